@@ -1,0 +1,187 @@
+/*
+ * Batch SQL. The update walks keys with a MATERIALIZED CTE (index-ordered, LIMIT n), then
+ * updates the range [first, last] of those keys: bounds that reach the executor as values,
+ * so the target is read by a bounded index scan whatever the planner estimates.
+ */
+#include "batch.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* A growing string; allocation failure aborts (we are a daemon, not a library). */
+typedef struct sbuf {
+	char *data;
+	size_t len, cap;
+} sbuf_t;
+
+static void sbuf_printf(sbuf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void sbuf_printf(sbuf_t *b, const char *fmt, ...)
+{
+	va_list ap;
+	int n;
+
+	for (;;) {
+		size_t room = b->cap - b->len;
+		va_start(ap, fmt);
+		n = vsnprintf(b->data ? b->data + b->len : NULL, room, fmt, ap);
+		va_end(ap);
+		if (n < 0)
+			abort();
+		if ((size_t)n < room) {
+			b->len += (size_t)n;
+			return;
+		}
+		b->cap = (b->cap + (size_t)n + 1) * 2;
+		b->data = realloc(b->data, b->cap);
+		if (!b->data)
+			abort();
+	}
+}
+
+static const char *const kind_names[] = {
+	[JOB_KIND_UPDATE] = "update",
+	[JOB_KIND_STATEMENT] = "statement",
+	[JOB_KIND_VERIFY] = "verify",
+};
+
+bool job_kind_parse(const char *text, job_kind_t *out)
+{
+	for (size_t i = 0; i < sizeof(kind_names) / sizeof(kind_names[0]); i++) {
+		if (text && strcmp(text, kind_names[i]) == 0) {
+			*out = (job_kind_t)i;
+			return true;
+		}
+	}
+	return false;
+}
+
+const char *job_kind_name(job_kind_t kind)
+{
+	return (unsigned)kind < sizeof(kind_names) / sizeof(kind_names[0]) ? kind_names[kind] : "?";
+}
+
+char *sql_quote_ident(const char *name)
+{
+	size_t len = strlen(name);
+	char *out = malloc(len * 2 + 3), *p = out;
+
+	if (!out)
+		abort();
+	*p++ = '"';
+	for (const char *s = name; *s; s++) {
+		if (*s == '"')
+			*p++ = '"';
+		*p++ = *s;
+	}
+	*p++ = '"';
+	*p = '\0';
+	return out;
+}
+
+/* "a", "b" or __bf_k1, __bf_k2 (with optional DESC) */
+static void sbuf_keys(sbuf_t *b, const batch_spec_t *spec, bool aliases, const char *suffix)
+{
+	for (int i = 0; i < spec->nkeys; i++) {
+		if (aliases) {
+			sbuf_printf(b, "%s__bf_k%d%s", i ? ", " : "", i + 1, suffix);
+		} else {
+			char *q = sql_quote_ident(spec->key_names[i]);
+			sbuf_printf(b, "%s%s%s", i ? ", " : "", q, suffix);
+			free(q);
+		}
+	}
+}
+
+char *batch_build_update(const batch_spec_t *spec, bool first)
+{
+	sbuf_t b = {0};
+	char *schema = sql_quote_ident(spec->target_schema);
+	char *table = sql_quote_ident(spec->target_table);
+	int limit_param = first ? 1 : spec->nkeys + 1;
+
+	/* The keys of this batch, in index order. */
+	sbuf_printf(&b, "WITH __bf_keys AS MATERIALIZED (\n  SELECT ");
+	for (int i = 0; i < spec->nkeys; i++) {
+		char *q = sql_quote_ident(spec->key_names[i]);
+		sbuf_printf(&b, "%s%s AS __bf_k%d", i ? ", " : "", q, i + 1);
+		free(q);
+	}
+	sbuf_printf(&b, "\n  FROM %s.%s\n", schema, table);
+	if (!first) {
+		sbuf_printf(&b, "  WHERE (");
+		sbuf_keys(&b, spec, false, "");
+		sbuf_printf(&b, ") > (");
+		for (int i = 0; i < spec->nkeys; i++)
+			sbuf_printf(&b, "%s$%d::%s", i ? ", " : "", i + 1, spec->key_types[i]);
+		sbuf_printf(&b, ")\n");
+	}
+	sbuf_printf(&b, "  ORDER BY ");
+	sbuf_keys(&b, spec, false, "");
+	sbuf_printf(&b, "\n  LIMIT $%d\n), __bf_first AS MATERIALIZED (\n  SELECT * FROM __bf_keys ORDER BY ", limit_param);
+	sbuf_keys(&b, spec, true, "");
+	sbuf_printf(&b, " LIMIT 1\n), __bf_last AS MATERIALIZED (\n  SELECT * FROM __bf_keys ORDER BY ");
+	sbuf_keys(&b, spec, true, " DESC");
+	sbuf_printf(&b, " LIMIT 1\n), __bf_changed AS (\n  UPDATE %s.%s SET\n%s\n  WHERE (", schema, table,
+		    spec->set_sql);
+
+	/* The range [first, last]; for a composite key the leading column's range too, which
+	 * keeps the planner's estimate small (row comparisons are estimated poorly). */
+	sbuf_keys(&b, spec, false, "");
+	sbuf_printf(&b, ") >= (SELECT ");
+	sbuf_keys(&b, spec, true, "");
+	sbuf_printf(&b, " FROM __bf_first)\n    AND (");
+	sbuf_keys(&b, spec, false, "");
+	sbuf_printf(&b, ") <= (SELECT ");
+	sbuf_keys(&b, spec, true, "");
+	sbuf_printf(&b, " FROM __bf_last)\n");
+	if (spec->nkeys > 1) {
+		char *k1 = sql_quote_ident(spec->key_names[0]);
+		sbuf_printf(&b, "    AND %s >= (SELECT __bf_k1 FROM __bf_first) AND %s <= (SELECT __bf_k1 FROM __bf_last)\n",
+			    k1, k1);
+		free(k1);
+	}
+	if (spec->where_sql && spec->where_sql[0])
+		sbuf_printf(&b, "    AND (\n%s\n    )\n", spec->where_sql);
+	sbuf_printf(&b, "  RETURNING 1\n)\n");
+
+	/* One row for the daemon, and the same values for the checkpoint function. */
+	sbuf_printf(&b, "SELECT s.scanned, s.changed, s.first_key, s.last_key,\n"
+			"  set_config('backfilld.scanned', s.scanned::text, true),\n"
+			"  set_config('backfilld.changed', s.changed::text, true),\n"
+			"  set_config('backfilld.first_key', coalesce(s.first_key::text, ''), true),\n"
+			"  set_config('backfilld.last_key', coalesce(s.last_key::text, ''), true)\n"
+			"FROM (SELECT (SELECT count(*) FROM __bf_keys) AS scanned,\n"
+			"             (SELECT count(*) FROM __bf_changed) AS changed,\n"
+			"             (SELECT ARRAY[");
+	for (int i = 0; i < spec->nkeys; i++)
+		sbuf_printf(&b, "%s__bf_k%d::text", i ? ", " : "", i + 1);
+	sbuf_printf(&b, "] FROM __bf_first) AS first_key,\n             (SELECT ARRAY[");
+	for (int i = 0; i < spec->nkeys; i++)
+		sbuf_printf(&b, "%s__bf_k%d::text", i ? ", " : "", i + 1);
+	sbuf_printf(&b, "] FROM __bf_last) AS last_key) AS s");
+
+	free(schema);
+	free(table);
+	return b.data;
+}
+
+const char batch_open_sql[] = "SELECT set_config('statement_timeout', $1, true), set_config('lock_timeout', $2, true),"
+			      " set_config('backfilld.lsn0', pg_current_wal_insert_lsn()::text, true),"
+			      " set_config('role', $3, true)";
+
+char *batch_build_checkpoint(const char *schema)
+{
+	sbuf_t b = {0};
+	char *q = sql_quote_ident(schema);
+
+	sbuf_printf(&b,
+		    "SELECT state, rows_scanned, rows_changed, batches, rows_estimate FROM %s._checkpoint("
+		    "$1::bigint, $2::text, $3::int, $4::int, $5::int, $6::int, $7::int, $8::bigint, $9::bigint,"
+		    " $10::int, $11::text)",
+		    q);
+	free(q);
+	return b.data;
+}

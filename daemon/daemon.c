@@ -1,0 +1,426 @@
+/*
+ * The daemon: the event base, the current configuration, the modes signals set, the jobs
+ * this instance runs, and the timers that claim more, renew leases and stop in time.
+ */
+#include "daemon.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+
+#include "batch.h"
+#include "exitcodes.h"
+#include "job.h"
+#include "log.h"
+#include "notify.h"
+#include "pgconn.h"
+#include "queue.h"
+#include "signals.h"
+
+#define MAX_JOBS 1024
+#define STOP_HARD_LIMIT_MS 5000 /* after the grace: cancelled batches get this long to roll back */
+
+typedef enum daemon_mode {
+	DAEMON_RUNNING,
+	DAEMON_STOPPING, /* waiting for jobs to give their leases back */
+	DAEMON_EXITING,	 /* the loop is ending */
+} daemon_mode_t;
+
+static struct {
+	struct event_base *base;
+	config_t *config;
+	daemon_options_t options;
+	char *schema_quoted;
+	daemon_mode_t mode;
+	bool paused;
+	int exit_code;
+
+	job_t *jobs[MAX_JOBS];
+	int njobs;
+	job_t *finished[MAX_JOBS]; /* freed after the loop iteration that finished them */
+	int nfinished;
+
+	bool ready_sent; /* READY=1 went to systemd */
+	bool claiming;	 /* a claim request is in flight */
+	bool idle_check; /* an --exit-when-idle count is in flight */
+	bool renewing;
+	struct event *wake;	 /* zero-delay: claim, reap finished jobs */
+	struct event *poll;	 /* poll_interval_ms: rescan without a NOTIFY */
+	struct event *renew;	 /* lease_ms / 3 */
+	struct event *grace;	 /* shutdown_grace_ms after SIGTERM */
+	struct event *hard_stop; /* the last resort after the grace */
+} d;
+
+struct event_base *daemon_base(void)
+{
+	return d.base;
+}
+
+const config_t *daemon_config(void)
+{
+	return d.config;
+}
+
+const char *daemon_name(void)
+{
+	return d.config->name;
+}
+
+const char *daemon_schema_quoted(void)
+{
+	return d.schema_quoted;
+}
+
+bool daemon_paused(void)
+{
+	return d.paused;
+}
+
+bool daemon_stopping(void)
+{
+	return d.mode != DAEMON_RUNNING;
+}
+
+static struct timeval ms_to_tv(int64_t ms)
+{
+	struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000)};
+	return tv;
+}
+
+static void daemon_arm(struct event *ev, int64_t ms)
+{
+	struct timeval tv = ms_to_tv(ms);
+	evtimer_add(ev, &tv);
+}
+
+void daemon_wake(void)
+{
+	if (d.wake && !evtimer_pending(d.wake, NULL))
+		daemon_arm(d.wake, 0);
+}
+
+void daemon_job_finished(job_t *job)
+{
+	for (int i = 0; i < d.njobs; i++) {
+		if (d.jobs[i] == job) {
+			d.jobs[i] = d.jobs[--d.njobs];
+			d.finished[d.nfinished++] = job;
+			break;
+		}
+	}
+	daemon_wake();
+}
+
+void daemon_cancel_backend(int pid)
+{
+	queue_cancel_backend(pid);
+}
+
+/* One STATUS= line for systemd, sent when it changes. */
+static void daemon_send_status(void)
+{
+	static char last[160];
+	char status[160];
+
+	snprintf(status, sizeof(status), "%s: %d job(s) running%s", !queue_is_up() ? "waiting for the queue"
+			 : d.mode != DAEMON_RUNNING ? "stopping" : "running", d.njobs, d.paused ? ", paused by signal" : "");
+	if (strcmp(status, last) != 0) {
+		snprintf(last, sizeof(last), "%s", status);
+		notify_status(status);
+	}
+}
+
+/* ---- ending ---- */
+
+static void daemon_exit_loop(int code)
+{
+	d.mode = DAEMON_EXITING;
+	d.exit_code = code;
+	event_base_loopexit(d.base, NULL);
+}
+
+/* Stopping and no job left: done. */
+static void daemon_check_stopped(void)
+{
+	if (d.mode == DAEMON_STOPPING && d.njobs == 0) {
+		log_notice("every lease given back; exiting");
+		daemon_exit_loop(EXIT_OK);
+	}
+}
+
+static void daemon_grace_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	(void)arg;
+	for (int i = 0; i < d.njobs; i++) {
+		int pid = job_batch_backend_pid(d.jobs[i]);
+		if (pid) {
+			log_notice("shutdown grace of %lld ms passed: cancelling the batch of job %lld (backend %d)",
+				   (long long)d.config->shutdown_grace_ms, (long long)job_id(d.jobs[i]), pid);
+			daemon_cancel_backend(pid);
+		}
+	}
+	daemon_arm(d.hard_stop, STOP_HARD_LIMIT_MS);
+}
+
+static void daemon_hard_stop_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	(void)arg;
+	log_warning("%d job(s) did not give their lease back in time; exiting anyway (leases expire by themselves)",
+		    d.njobs);
+	daemon_exit_loop(EXIT_RUNTIME);
+}
+
+void daemon_request_stop(int signo)
+{
+	if (d.mode != DAEMON_RUNNING) {
+		log_warning("second stop signal (%s): exiting at once", strsignal(signo));
+		notify_stopping();
+		exit(EXIT_RUNTIME);
+	}
+	log_notice("stop requested (%s): finishing batches in flight, then giving leases back (grace %lld ms)",
+		   strsignal(signo), (long long)d.config->shutdown_grace_ms);
+	notify_stopping();
+	d.mode = DAEMON_STOPPING;
+	for (int i = d.njobs - 1; i >= 0; i--)
+		job_stop(d.jobs[i]);
+	daemon_arm(d.grace, d.config->shutdown_grace_ms);
+	daemon_wake();
+}
+
+/* ---- pause and reload ---- */
+
+void daemon_set_paused(bool paused)
+{
+	if (d.paused == paused) {
+		log_info("already %s", paused ? "paused" : "running");
+		return;
+	}
+	d.paused = paused;
+	log_notice(paused ? "paused: batches in flight commit, no new batch starts, leases are kept"
+			  : "resumed");
+	for (int i = 0; i < d.njobs; i++)
+		job_pause_changed(d.jobs[i]);
+	daemon_send_status();
+	daemon_wake();
+}
+
+static void daemon_warn_restart_only(const char *key)
+{
+	log_warning("reload: %s changed, but it only takes effect at restart; keeping the running value", key);
+}
+
+void daemon_reload(void)
+{
+	char err[1024];
+	config_t *fresh;
+
+	if (!d.options.config_path) {
+		log_warning("reload: no configuration file to read");
+		return;
+	}
+	notify_reloading();
+	fresh = config_load(d.options.config_path, err, sizeof(err));
+	if (!fresh) {
+		log_error("reload failed, keeping the running configuration: %s", err);
+		notify_ready();
+		return;
+	}
+	config_diff_restart_only(d.config, fresh, daemon_warn_restart_only);
+	/* Keep what only a restart changes. */
+	free(fresh->conninfo);
+	free(fresh->schema);
+	free(fresh->name);
+	free(fresh->http_listen);
+	fresh->conninfo = strdup(d.config->conninfo);
+	fresh->schema = strdup(d.config->schema);
+	fresh->name = strdup(d.config->name);
+	fresh->http_listen = strdup(d.config->http_listen);
+	if (!fresh->conninfo || !fresh->schema || !fresh->name || !fresh->http_listen)
+		abort();
+	if (d.options.log_level_override)
+		fresh->log_level = d.options.log_level;
+	config_free(d.config);
+	d.config = fresh;
+	log_configure(d.config->log_level, d.config->log_syslog);
+	log_notice("configuration reloaded from %s; it applies from the next batch", d.options.config_path);
+	notify_ready();
+}
+
+/* ---- claiming ---- */
+
+static void daemon_claim(void);
+
+static void daemon_idle_cb(const PGresult *res, void *arg)
+{
+	(void)arg;
+	d.idle_check = false;
+	if (!res || d.mode != DAEMON_RUNNING || d.njobs > 0 || d.claiming || d.paused)
+		return;
+	if (pgconn_int64(res, 0, 0, 1) == 0) {
+		log_notice("no runnable job is pending or running: exiting (--exit-when-idle)");
+		daemon_exit_loop(EXIT_OK);
+	}
+}
+
+static void daemon_claim_cb(const PGresult *res, void *arg)
+{
+	(void)arg;
+	d.claiming = false;
+	if (res && PQntuples(res) == 1) {
+		if (d.mode != DAEMON_RUNNING) {
+			/* Claimed just as a stop arrived: give it straight back through the job. */
+			job_t *job = job_start(res, 0);
+			d.jobs[d.njobs++] = job;
+			job_stop(job);
+			return;
+		}
+		d.jobs[d.njobs++] = job_start(res, 0);
+		daemon_claim(); /* maybe more room */
+		return;
+	}
+	if (res && d.options.exit_when_idle && d.njobs == 0 && !d.paused && !d.idle_check)
+		d.idle_check = queue_runnable(daemon_idle_cb, NULL);
+}
+
+static void daemon_claim(void)
+{
+	int64_t ids[MAX_JOBS];
+
+	if (d.mode != DAEMON_RUNNING || d.paused || d.claiming || !queue_is_up())
+		return;
+	if (d.njobs >= d.config->workers || d.njobs >= MAX_JOBS)
+		return;
+	for (int i = 0; i < d.njobs; i++)
+		ids[i] = job_id(d.jobs[i]);
+	d.claiming = queue_claim(ids, d.njobs, daemon_claim_cb, NULL);
+}
+
+static void daemon_wake_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	(void)arg;
+	/* Free the jobs that finished: no callback of theirs is on the stack now. */
+	for (int i = 0; i < d.nfinished; i++)
+		job_free(d.finished[i]);
+	d.nfinished = 0;
+	if (!d.ready_sent && queue_is_up()) {
+		notify_ready(); /* after the schema check */
+		d.ready_sent = true;
+	}
+	daemon_check_stopped();
+	daemon_claim();
+	daemon_send_status();
+}
+
+static void daemon_poll_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	(void)arg;
+	daemon_claim();
+	daemon_arm(d.poll, d.config->poll_interval_ms);
+}
+
+static void daemon_renew_cb_rows(const PGresult *res, void *arg)
+{
+	(void)arg;
+	d.renewing = false;
+	if (!res)
+		return;
+	for (int i = 0; i < d.njobs; i++) {
+		job_t *job = d.jobs[i];
+		bool seen = false;
+		for (int r = 0; r < PQntuples(res); r++) {
+			if (pgconn_int64(res, r, 0, -1) == job_id(job)) {
+				job_lease_seen(job, pgconn_value(res, r, 1), pgconn_value(res, r, 2));
+				seen = true;
+				break;
+			}
+		}
+		if (!seen)
+			job_lease_seen(job, NULL, NULL);
+		if (d.njobs <= i || d.jobs[i] != job)
+			i--; /* the job finished and left the array */
+	}
+}
+
+static void daemon_renew_cb(evutil_socket_t fd, short what, void *arg)
+{
+	int64_t ids[MAX_JOBS];
+	(void)fd;
+	(void)what;
+	(void)arg;
+
+	if (d.njobs > 0 && !d.renewing && d.mode == DAEMON_RUNNING) {
+		for (int i = 0; i < d.njobs; i++)
+			ids[i] = job_id(d.jobs[i]);
+		d.renewing = queue_renew(ids, d.njobs, daemon_renew_cb_rows, NULL);
+	}
+	daemon_arm(d.renew, d.config->lease_ms / 3);
+}
+
+/* ---- the loop ---- */
+
+int daemon_run(config_t *config, const daemon_options_t *options)
+{
+	struct event *ev[5];
+
+	memset(&d, 0, sizeof(d));
+	d.config = config;
+	d.options = *options;
+	d.schema_quoted = sql_quote_ident(config->schema);
+	srandom((unsigned)time(NULL) ^ (unsigned)getpid());
+
+	d.base = event_base_new();
+	if (!d.base) {
+		log_error("cannot create the event loop");
+		return EXIT_RUNTIME;
+	}
+	d.wake = evtimer_new(d.base, daemon_wake_cb, NULL);
+	d.poll = evtimer_new(d.base, daemon_poll_cb, NULL);
+	d.renew = evtimer_new(d.base, daemon_renew_cb, NULL);
+	d.grace = evtimer_new(d.base, daemon_grace_cb, NULL);
+	d.hard_stop = evtimer_new(d.base, daemon_hard_stop_cb, NULL);
+	if (!d.wake || !d.poll || !d.renew || !d.grace || !d.hard_stop || !signals_install(d.base)) {
+		log_error("cannot set up the event loop");
+		return EXIT_RUNTIME;
+	}
+
+	log_notice("backfilld %s starting as %s: %lld worker(s), queue schema %s", BACKFILLD_VERSION, config->name,
+		   (long long)config->workers, config->schema);
+	notify_start(d.base);
+	queue_open();
+	daemon_arm(d.poll, d.config->poll_interval_ms);
+	daemon_arm(d.renew, d.config->lease_ms / 3);
+
+	event_base_dispatch(d.base);
+
+	/* Free everything so leak reports mean something. */
+	for (int i = 0; i < d.njobs; i++)
+		job_free(d.jobs[i]);
+	for (int i = 0; i < d.nfinished; i++)
+		job_free(d.finished[i]);
+	queue_close();
+	signals_remove();
+	notify_stop();
+	ev[0] = d.wake;
+	ev[1] = d.poll;
+	ev[2] = d.renew;
+	ev[3] = d.grace;
+	ev[4] = d.hard_stop;
+	for (int i = 0; i < 5; i++)
+		event_free(ev[i]);
+	event_base_free(d.base);
+	free(d.schema_quoted);
+	config_free(d.config);
+	return d.exit_code;
+}

@@ -1,0 +1,862 @@
+/*
+ * A job's life on this instance. Each job has its own connection and one explicit state;
+ * every batch is one pipeline (BEGIN, settings and role, the batch, RESET ROLE, checkpoint,
+ * COMMIT), so the checkpoint commits with the rows it covers or not at all.
+ */
+#include "job.h"
+
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <event2/event.h>
+
+#include "batch.h"
+#include "config.h"
+#include "daemon.h"
+#include "keys.h"
+#include "log.h"
+#include "pgconn.h"
+#include "throttle.h"
+
+typedef enum job_state {
+	JOB_CONNECTING, /* waiting for its connection, first or after a loss */
+	JOB_LOADING,	/* reading its row and key metadata */
+	JOB_BATCH,	/* a batch pipeline in flight */
+	JOB_SLEEPING,	/* between batches, or backing off before a retry */
+	JOB_HELD,	/* paused by signal */
+	JOB_RELEASING,	/* giving the job back (pending, failed, or a user's state) */
+	JOB_FINISHED,	/* nothing more to do; the daemon frees it */
+} job_state_t;
+
+/* The job's throttle overrides, in the order the load query selects them. */
+static const struct {
+	const char *column;
+	size_t offset;
+} job_overrides[] = {
+	{"batch_size", offsetof(throttle_settings_t, batch_size)},
+	{"min_batch_size", offsetof(throttle_settings_t, min_batch_size)},
+	{"max_batch_size", offsetof(throttle_settings_t, max_batch_size)},
+	{"target_batch_ms", offsetof(throttle_settings_t, target_batch_ms)},
+	{"sleep_ms", offsetof(throttle_settings_t, sleep_ms)},
+	{"max_sleep_ms", offsetof(throttle_settings_t, max_sleep_ms)},
+	{"max_replication_lag_bytes", offsetof(throttle_settings_t, max_replication_lag_bytes)},
+	{"max_replication_lag_ms", offsetof(throttle_settings_t, max_replication_lag_ms)},
+	{"max_blocked_ms", offsetof(throttle_settings_t, max_blocked_ms)},
+	{"lock_timeout_ms", offsetof(throttle_settings_t, lock_timeout_ms)},
+	{"statement_timeout_ms", offsetof(throttle_settings_t, statement_timeout_ms)},
+	{"max_failed_rows", offsetof(throttle_settings_t, max_failed_rows)},
+};
+#define NOVERRIDES ((int)(sizeof(job_overrides) / sizeof(job_overrides[0])))
+#define LOAD_FIXED_COLUMNS 14 /* columns of the load query before the overrides */
+
+struct job {
+	int64_t id;
+	char id_text[24];
+	char context[160]; /* log prefix: "job 12 (public.users)" */
+	job_state_t state;
+	pgconn_t *conn;
+	struct event *timer;
+
+	/* The definition, from the queue. */
+	bool loaded;
+	job_kind_t kind;
+	char *target_schema, *target_table;
+	char *set_sql, *where_sql, *run_as;
+	int nkeys;
+	char **key_names, **key_types;
+	bool has_override[NOVERRIDES];
+	int64_t override[NOVERRIDES];
+	char *sql_first, *sql_next, *sql_checkpoint;
+
+	/* Progress, as committed. */
+	jobkey_t last_key; /* n == 0 before the first batch */
+	int64_t rows_scanned, rows_changed, batches, rows_estimate;
+
+	/* The walk on this instance. */
+	throttle_state_t throttle;
+	int64_t batch_limit;  /* the size of the batch in flight */
+	int64_t slept_ms;     /* the pause that preceded it */
+	const char *reason;   /* throttled_reason for the next checkpoint (NULL: running freely) */
+	struct timespec started, last_progress;
+	int64_t rows_at_start;
+
+	/* Modes. */
+	bool stopping;	     /* daemon shutdown: release to pending at the next boundary */
+	bool lease_lost;     /* another instance owns it: write nothing more */
+	bool held_reason_set; /* paused_by_signal is written in the queue */
+	const char *release_state; /* what RELEASING asks for */
+	char *release_error;
+};
+
+static void job_connection_event(pgconn_t *conn, pgconn_event_t event, const char *reason, void *arg);
+static void job_load(job_t *job);
+static void job_next_batch(job_t *job);
+static void job_release(job_t *job, const char *state, const char *error);
+static void job_finish(job_t *job);
+static void job_hold(job_t *job);
+static void job_timer_cb(evutil_socket_t fd, short what, void *arg);
+
+#define job_log(job, level, ...) log_msg(level, (job)->context, __VA_ARGS__)
+
+static char *xstrdup_or_null(const char *s)
+{
+	char *d;
+	if (!s)
+		return NULL;
+	d = strdup(s);
+	if (!d)
+		abort();
+	return d;
+}
+
+static double elapsed_s(const struct timespec *since)
+{
+	struct timespec now;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return (double)(now.tv_sec - since->tv_sec) + (double)(now.tv_nsec - since->tv_nsec) / 1e9;
+}
+
+/* The configuration's throttle settings with this job's overrides applied. */
+static void job_settings(const job_t *job, throttle_settings_t *s)
+{
+	*s = daemon_config()->throttle;
+	for (int i = 0; i < NOVERRIDES; i++)
+		if (job->has_override[i])
+			*(int64_t *)((char *)s + job_overrides[i].offset) = job->override[i];
+	if (s->min_batch_size > s->max_batch_size)
+		s->max_batch_size = s->min_batch_size;
+	if (s->sleep_ms > s->max_sleep_ms)
+		s->max_sleep_ms = s->sleep_ms;
+}
+
+job_t *job_start(const PGresult *res, int row)
+{
+	job_t *job = calloc(1, sizeof(*job));
+	const config_t *config = daemon_config();
+	const char *target = pgconn_value(res, row, PQfnumber(res, "target"));
+	char app_name[64];
+	pgconn_options_t opt;
+
+	if (!job)
+		abort();
+	job->id = pgconn_int64(res, row, PQfnumber(res, "id"), 0);
+	snprintf(job->id_text, sizeof(job->id_text), "%lld", (long long)job->id);
+	snprintf(job->context, sizeof(job->context), "job %lld (%s)", (long long)job->id, target ? target : "?");
+	snprintf(app_name, sizeof(app_name), "backfilld job %lld", (long long)job->id);
+	job->timer = evtimer_new(daemon_base(), job_timer_cb, job);
+	if (!job->timer)
+		abort();
+	clock_gettime(CLOCK_MONOTONIC, &job->started);
+	job->last_progress = job->started;
+
+	opt = (pgconn_options_t){.conninfo = config->conninfo,
+				 .application_name = app_name,
+				 .log_context = job->context,
+				 .idle_in_transaction_ms = config->lease_ms,
+				 .on_event = job_connection_event,
+				 .arg = job};
+	job->conn = pgconn_new(daemon_base(), &opt);
+	job->state = JOB_CONNECTING;
+	job_log(job, LOG_LEVEL_INFO, "claimed (%s rows scanned so far)",
+		pgconn_value(res, row, PQfnumber(res, "rows_scanned")) ?: "0");
+	pgconn_connect(job->conn);
+	return job;
+}
+
+int64_t job_id(const job_t *job)
+{
+	return job->id;
+}
+
+bool job_is_finished(const job_t *job)
+{
+	return job->state == JOB_FINISHED;
+}
+
+int job_batch_backend_pid(const job_t *job)
+{
+	return job->state == JOB_BATCH ? pgconn_backend_pid(job->conn) : 0;
+}
+
+static void job_clear_definition(job_t *job)
+{
+	free(job->target_schema);
+	free(job->target_table);
+	free(job->set_sql);
+	free(job->where_sql);
+	free(job->run_as);
+	for (int i = 0; i < job->nkeys; i++) {
+		free(job->key_names[i]);
+		free(job->key_types[i]);
+	}
+	free(job->key_names);
+	free(job->key_types);
+	free(job->sql_first);
+	free(job->sql_next);
+	free(job->sql_checkpoint);
+	job->target_schema = job->target_table = job->set_sql = job->where_sql = job->run_as = NULL;
+	job->key_names = job->key_types = NULL;
+	job->sql_first = job->sql_next = job->sql_checkpoint = NULL;
+	job->nkeys = 0;
+}
+
+void job_free(job_t *job)
+{
+	if (!job)
+		return;
+	pgconn_free(job->conn);
+	event_free(job->timer);
+	job_clear_definition(job);
+	keys_clear(&job->last_key);
+	free(job->release_error);
+	free(job);
+}
+
+/* ---- timer ---- */
+
+static void job_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	job_t *job = arg;
+	(void)fd;
+	(void)what;
+
+	switch (job->state) {
+	case JOB_SLEEPING:
+		job_next_batch(job);
+		break;
+	case JOB_CONNECTING:
+	case JOB_LOADING:
+	case JOB_BATCH:
+	case JOB_HELD:
+	case JOB_RELEASING:
+	case JOB_FINISHED:
+		job_log(job, LOG_LEVEL_WARNING, "unexpected timer in state %d", (int)job->state);
+		break;
+	}
+}
+
+static void job_sleep(job_t *job, int64_t ms)
+{
+	struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000)};
+
+	job->state = JOB_SLEEPING;
+	job->slept_ms = ms;
+	evtimer_add(job->timer, &tv);
+}
+
+/* ---- connection ---- */
+
+static void job_connection_event(pgconn_t *conn, pgconn_event_t event, const char *reason, void *arg)
+{
+	job_t *job = arg;
+	(void)conn;
+
+	switch (event) {
+	case PGCONN_EVENT_READY:
+		switch (job->state) {
+		case JOB_CONNECTING:
+			job_load(job);
+			break;
+		case JOB_RELEASING:
+			job_release(job, job->release_state, job->release_error);
+			break;
+		case JOB_LOADING:
+		case JOB_BATCH:
+		case JOB_SLEEPING:
+		case JOB_HELD:
+		case JOB_FINISHED:
+			job_log(job, LOG_LEVEL_WARNING, "connection ready in unexpected state %d", (int)job->state);
+			break;
+		}
+		break;
+	case PGCONN_EVENT_LOST:
+		switch (job->state) {
+		case JOB_RELEASING:
+		case JOB_FINISHED:
+			break; /* the release is retried once connected again */
+		case JOB_SLEEPING:
+		case JOB_HELD:
+			evtimer_del(job->timer);
+			/* fall through */
+		case JOB_CONNECTING:
+		case JOB_LOADING:
+		case JOB_BATCH:
+			if (job->stopping) {
+				job_log(job, LOG_LEVEL_WARNING,
+					"connection lost during shutdown (%s): the lease will expire by itself", reason);
+				job_finish(job);
+				return;
+			}
+			/* Whether a batch in flight committed is read back from the queue once connected. */
+			job->state = JOB_CONNECTING;
+			job->held_reason_set = false;
+			break;
+		}
+		break;
+	}
+}
+
+/* ---- loading ---- */
+
+static bool job_build(job_t *job, const PGresult *row, const PGresult *keys, char *err, size_t errlen)
+{
+	const char *kind = pgconn_value(row, 0, 2);
+	const char *last_key = pgconn_value(row, 0, 8);
+	batch_spec_t spec;
+
+	job_clear_definition(job);
+	if (!job_kind_parse(kind, &job->kind)) {
+		snprintf(err, errlen, "unknown kind \"%s\"", kind ? kind : "");
+		return false;
+	}
+	if (job->kind != JOB_KIND_UPDATE) {
+		snprintf(err, errlen, "kind \"%s\" is not supported by backfilld %s yet", kind, BACKFILLD_VERSION);
+		return false;
+	}
+	if (!pgconn_value(row, 0, 3)) {
+		snprintf(err, errlen, "the target table no longer exists");
+		return false;
+	}
+	job->target_schema = xstrdup_or_null(pgconn_value(row, 0, 3));
+	job->target_table = xstrdup_or_null(pgconn_value(row, 0, 4));
+	job->set_sql = xstrdup_or_null(pgconn_value(row, 0, 5));
+	job->where_sql = xstrdup_or_null(pgconn_value(row, 0, 6));
+	job->run_as = xstrdup_or_null(pgconn_value(row, 0, 7));
+	if (!job->set_sql || !job->run_as) {
+		snprintf(err, errlen, "an update job needs set_sql and run_as");
+		return false;
+	}
+
+	job->nkeys = PQntuples(keys);
+	if (job->nkeys == 0) {
+		snprintf(err, errlen, "the job has no key columns");
+		return false;
+	}
+	job->key_names = calloc((size_t)job->nkeys, sizeof(char *));
+	job->key_types = calloc((size_t)job->nkeys, sizeof(char *));
+	if (!job->key_names || !job->key_types)
+		abort();
+	for (int i = 0; i < job->nkeys; i++) {
+		job->key_names[i] = xstrdup_or_null(pgconn_value(keys, i, 0));
+		job->key_types[i] = xstrdup_or_null(pgconn_value(keys, i, 1));
+		if (!job->key_types[i]) {
+			snprintf(err, errlen, "key column \"%s\" no longer exists in %s.%s", job->key_names[i],
+				 job->target_schema, job->target_table);
+			return false;
+		}
+	}
+
+	keys_clear(&job->last_key);
+	if (last_key && !keys_decode(last_key, &job->last_key)) {
+		snprintf(err, errlen, "the checkpoint last_key %s cannot be decoded", last_key);
+		return false;
+	}
+	if (job->last_key.n != 0 && job->last_key.n != job->nkeys) {
+		snprintf(err, errlen, "the checkpoint has %d values but the key has %d columns", job->last_key.n,
+			 job->nkeys);
+		return false;
+	}
+
+	for (int i = 0; i < NOVERRIDES; i++) {
+		const char *v = pgconn_value(row, 0, LOAD_FIXED_COLUMNS + i);
+		job->has_override[i] = v != NULL;
+		job->override[i] = v ? strtoll(v, NULL, 10) : 0;
+	}
+
+	spec = (batch_spec_t){.kind = job->kind,
+			      .target_schema = job->target_schema,
+			      .target_table = job->target_table,
+			      .nkeys = job->nkeys,
+			      .key_names = (const char *const *)job->key_names,
+			      .key_types = (const char *const *)job->key_types,
+			      .set_sql = job->set_sql,
+			      .where_sql = job->where_sql};
+	job->sql_first = batch_build_update(&spec, true);
+	job->sql_next = batch_build_update(&spec, false);
+	job->sql_checkpoint = batch_build_checkpoint(daemon_config()->schema);
+	snprintf(job->context, sizeof(job->context), "job %lld (%s.%s)", (long long)job->id, job->target_schema,
+		 job->target_table);
+	return true;
+}
+
+static void job_load_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
+{
+	job_t *job = arg;
+	const char *state, *owner;
+	char err[512];
+	throttle_settings_t s;
+	(void)conn;
+
+	if (job->state != JOB_LOADING)
+		return;
+	if (res->broken) {
+		job->state = JOB_CONNECTING;
+		return;
+	}
+	if (!res->ok) {
+		job_log(job, LOG_LEVEL_ERROR, "cannot read the job: %s %s", res->sqlstate, res->message);
+		snprintf(err, sizeof(err), "%s: cannot read the job: %s", res->sqlstate, res->message);
+		job_release(job, "failed", err);
+		return;
+	}
+	if (PQntuples(res->results[0]) != 1) {
+		job_log(job, LOG_LEVEL_WARNING, "the job was deleted from the queue");
+		job_finish(job);
+		return;
+	}
+	state = pgconn_value(res->results[0], 0, 0);
+	owner = pgconn_value(res->results[0], 0, 1);
+	if (!owner || strcmp(owner, daemon_name()) != 0) {
+		job_log(job, LOG_LEVEL_WARNING, "lease lost: the job is owned by %s now", owner ? owner : "nobody");
+		job->lease_lost = true;
+		job_finish(job);
+		return;
+	}
+	if (strcmp(state, "running") != 0) {
+		job_log(job, LOG_LEVEL_INFO, "state is %s: giving it back", state);
+		job_release(job, state, NULL);
+		return;
+	}
+	job->rows_scanned = pgconn_int64(res->results[0], 0, 9, 0);
+	job->rows_changed = pgconn_int64(res->results[0], 0, 10, 0);
+	job->batches = pgconn_int64(res->results[0], 0, 11, 0);
+	job->rows_estimate = pgconn_int64(res->results[0], 0, 12, -1);
+	if (!job_build(job, res->results[0], res->results[1], err, sizeof(err))) {
+		job_log(job, LOG_LEVEL_ERROR, "%s", err);
+		job_release(job, "failed", err);
+		return;
+	}
+	job_settings(job, &s);
+	if (!job->loaded) {
+		throttle_init(&job->throttle, &s);
+		job->rows_at_start = job->rows_scanned;
+		job->loaded = true;
+		job_log(job, LOG_LEVEL_INFO, "walking %d key column%s from %s, batch size %lld, sleep %lld ms",
+			job->nkeys, job->nkeys > 1 ? "s" : "", job->last_key.n ? "the checkpoint" : "the start",
+			(long long)job->throttle.batch_size, (long long)job->throttle.sleep_ms);
+	}
+	if (job->stopping)
+		job_release(job, "pending", NULL);
+	else if (daemon_paused())
+		job_hold(job);
+	else
+		job_next_batch(job);
+}
+
+static void job_load(job_t *job)
+{
+	char *schema = (char *)daemon_schema_quoted();
+	char row_sql[2048], keys_sql[1024];
+	const char *params[] = {job->id_text};
+	pgconn_stmt_t stmts[2];
+
+	snprintf(row_sql, sizeof(row_sql),
+		 "SELECT j.state, j.owner, j.kind, n.nspname, c.relname, j.set_sql, j.where_sql, j.run_as,"
+		 " j.last_key::text, j.rows_scanned, j.rows_changed, j.batches, j.rows_estimate, j.name,"
+		 " j.batch_size, j.min_batch_size, j.max_batch_size, j.target_batch_ms, j.sleep_ms, j.max_sleep_ms,"
+		 " j.max_replication_lag_bytes, j.max_replication_lag_ms, j.max_blocked_ms, j.lock_timeout_ms,"
+		 " j.statement_timeout_ms, j.max_failed_rows"
+		 " FROM %s.jobs j LEFT JOIN pg_catalog.pg_class c ON c.oid = j.target"
+		 " LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE j.id = $1",
+		 schema);
+	snprintf(keys_sql, sizeof(keys_sql),
+		 "SELECT k.name, pg_catalog.format_type(a.atttypid, a.atttypmod)"
+		 " FROM %s.jobs j CROSS JOIN LATERAL unnest(j.key_columns) WITH ORDINALITY AS k(name, ord)"
+		 " LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = j.target AND a.attname = k.name"
+		 " AND a.attnum > 0 AND NOT a.attisdropped WHERE j.id = $1 ORDER BY k.ord",
+		 schema);
+	stmts[0] = (pgconn_stmt_t){row_sql, 1, params};
+	stmts[1] = (pgconn_stmt_t){keys_sql, 1, params};
+	job->state = JOB_LOADING;
+	if (!pgconn_send(job->conn, stmts, 2, job_load_cb, job))
+		job->state = JOB_CONNECTING;
+}
+
+/* ---- holding (SIGUSR1) ---- */
+
+static void job_reason_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
+{
+	job_t *job = arg;
+	(void)conn;
+	if (!res->ok && !res->broken)
+		job_log(job, LOG_LEVEL_WARNING, "cannot record the throttle reason: %s %s", res->sqlstate,
+			res->message);
+}
+
+/* Write throttled_reason now (not only at the next checkpoint): a held job has none. */
+static void job_write_reason(job_t *job, const char *reason)
+{
+	char sql[256];
+	char ids[32];
+	const char *params[] = {daemon_name(), ids, reason};
+	pgconn_stmt_t stmt = {sql, 3, params};
+
+	snprintf(ids, sizeof(ids), "{%lld}", (long long)job->id);
+	snprintf(sql, sizeof(sql), "SELECT %s._set_reason($1, $2::bigint[], $3)", daemon_schema_quoted());
+	if (!pgconn_send(job->conn, &stmt, 1, job_reason_cb, job))
+		job_log(job, LOG_LEVEL_DEBUG, "not connected: throttle reason not written");
+}
+
+static void job_hold(job_t *job)
+{
+	job->state = JOB_HELD;
+	if (!job->held_reason_set) {
+		job_write_reason(job, "paused_by_signal");
+		job->held_reason_set = true;
+		job_log(job, LOG_LEVEL_INFO, "held: paused by signal");
+	}
+}
+
+void job_pause_changed(job_t *job)
+{
+	switch (job->state) {
+	case JOB_SLEEPING:
+		if (daemon_paused()) {
+			evtimer_del(job->timer);
+			job_hold(job);
+		}
+		break;
+	case JOB_HELD:
+		if (!daemon_paused()) {
+			job_log(job, LOG_LEVEL_INFO, "resumed");
+			job->held_reason_set = false;
+			job_write_reason(job, NULL);
+			job->slept_ms = 0;
+			job_next_batch(job);
+		}
+		break;
+	case JOB_CONNECTING:
+	case JOB_LOADING:
+	case JOB_BATCH:
+	case JOB_RELEASING:
+	case JOB_FINISHED:
+		break; /* acted on at the next boundary */
+	}
+}
+
+/* ---- batches ---- */
+
+static bool sqlstate_is_retryable(const char *sqlstate)
+{
+	static const char *const retryable[] = {"55P03", "40P01", "40001", "57014"};
+	for (size_t i = 0; i < sizeof(retryable) / sizeof(retryable[0]); i++)
+		if (strcmp(sqlstate, retryable[i]) == 0)
+			return true;
+	return false;
+}
+
+static void job_log_progress(job_t *job, bool force)
+{
+	struct timespec now;
+	int64_t interval = daemon_config()->log_progress_interval_ms;
+	double secs = elapsed_s(&job->started);
+	double rate = secs > 0 ? (double)(job->rows_scanned - job->rows_at_start) / secs : 0;
+	char percent[16] = "?", eta[32] = "?";
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	if (!force) {
+		double since = (double)(now.tv_sec - job->last_progress.tv_sec) +
+			       (double)(now.tv_nsec - job->last_progress.tv_nsec) / 1e9;
+		if (interval <= 0 || since * 1000 < (double)interval)
+			return;
+	}
+	job->last_progress = now;
+	if (job->rows_estimate > 0) {
+		double p = 100.0 * (double)job->rows_scanned / (double)job->rows_estimate;
+		snprintf(percent, sizeof(percent), "%.1f%%", p > 100 ? 100 : p);
+		if (rate > 0) {
+			double left = (double)(job->rows_estimate - job->rows_scanned) / rate;
+			snprintf(eta, sizeof(eta), "%.0fs", left > 0 ? left : 0);
+		}
+	}
+	job_log(job, LOG_LEVEL_INFO, "%s  %lld rows scanned, %lld changed, %.0f rows/s, batch %lld, sleep %lld ms, ETA %s",
+		percent, (long long)job->rows_scanned, (long long)job->rows_changed, rate,
+		(long long)job->throttle.batch_size, (long long)job->throttle.sleep_ms, eta);
+}
+
+/* After a committed batch, or a retry's backoff: what comes next. */
+static void job_continue(job_t *job)
+{
+	if (job->stopping)
+		job_release(job, "pending", NULL);
+	else if (daemon_paused())
+		job_hold(job);
+	else if (job->throttle.sleep_ms > 0)
+		job_sleep(job, job->throttle.sleep_ms);
+	else {
+		job->slept_ms = 0;
+		job_next_batch(job);
+	}
+}
+
+static void job_batch_done(job_t *job, const pgconn_result_t *res)
+{
+	const PGresult *b = res->results[2], *cp = res->results[4];
+	const char *last_key = pgconn_value(b, 0, 3);
+	const char *state = pgconn_value(cp, 0, 0);
+	int64_t scanned = pgconn_int64(b, 0, 0, 0), changed = pgconn_int64(b, 0, 1, 0);
+	throttle_settings_t s;
+
+	if (last_key) {
+		keys_clear(&job->last_key);
+		if (!keys_decode(last_key, &job->last_key)) {
+			/* Committed, but we cannot walk on from it: stop; a restart reads it again. */
+			job_log(job, LOG_LEVEL_ERROR, "cannot decode the key %s", last_key);
+			job_release(job, "failed", "cannot decode the checkpoint key");
+			return;
+		}
+	}
+	job->rows_scanned = pgconn_int64(cp, 0, 1, job->rows_scanned);
+	job->rows_changed = pgconn_int64(cp, 0, 2, job->rows_changed);
+	job->batches = pgconn_int64(cp, 0, 3, job->batches);
+	job->rows_estimate = pgconn_int64(cp, 0, 4, job->rows_estimate);
+	job->reason = NULL;
+	job_log(job, LOG_LEVEL_DEBUG, "batch %lld: %lld rows scanned, %lld changed, up to %s",
+		(long long)job->batches, (long long)scanned, (long long)changed, last_key ? last_key : "(end)");
+
+	if (!state || strcmp(state, "running") != 0) {
+		if (state && strcmp(state, "done") == 0) {
+			double secs = elapsed_s(&job->started);
+			job_log_progress(job, true);
+			job_log(job, LOG_LEVEL_INFO,
+				"done: %lld rows scanned, %lld changed in %lld batches; %.1f s on this instance (%.0f rows/s)",
+				(long long)job->rows_scanned, (long long)job->rows_changed, (long long)job->batches,
+				secs, secs > 0 ? (double)(job->rows_scanned - job->rows_at_start) / secs : 0.0);
+		} else {
+			job_log(job, LOG_LEVEL_INFO, "%s by a user after batch %lld", state ? state : "changed",
+				(long long)job->batches);
+		}
+		job_finish(job); /* the checkpoint already gave the job back */
+		return;
+	}
+	job_settings(job, &s);
+	throttle_after_batch(&job->throttle, &s, scanned, 0);
+	job_log_progress(job, false);
+	job_continue(job);
+}
+
+static void job_batch_failed(job_t *job, const pgconn_result_t *res)
+{
+	static const char *const where[] = {"starting the transaction", "setting up the batch (role, timeouts)",
+					    "in the batch statement", "resetting the role", "in the checkpoint",
+					    "at commit"};
+	const char *stage = res->failed_index >= 0 && res->failed_index < 6 ? where[res->failed_index] : "";
+	char err[1024];
+	throttle_settings_t s;
+
+	if (strcmp(res->sqlstate, "BFL01") == 0) {
+		job_log(job, LOG_LEVEL_WARNING, "lease lost (%s): batch rolled back, the job is another instance's now",
+			res->message);
+		job->lease_lost = true;
+		job_finish(job);
+		return;
+	}
+	if (job->stopping && strcmp(res->sqlstate, "57014") == 0) {
+		job_log(job, LOG_LEVEL_NOTICE, "batch cancelled for shutdown and rolled back");
+		job_release(job, "pending", NULL);
+		return;
+	}
+	if (sqlstate_is_retryable(res->sqlstate)) {
+		job_settings(job, &s);
+		throttle_after_retry(&job->throttle, &s, (double)(random() % 1000) / 1000.0);
+		job->reason = "lock_timeout";
+		log_msg(job->throttle.retries == 1 ? LOG_LEVEL_NOTICE : LOG_LEVEL_DEBUG, job->context,
+			"batch rolled back (%s %s); retry %d in %lld ms with %lld rows", res->sqlstate, res->message,
+			job->throttle.retries, (long long)job->throttle.sleep_ms, (long long)job->throttle.batch_size);
+		if (job->stopping)
+			job_release(job, "pending", NULL);
+		else
+			job_sleep(job, job->throttle.sleep_ms);
+		return;
+	}
+	snprintf(err, sizeof(err), "%s: %s (%s)", res->sqlstate, res->message, stage);
+	job_log(job, LOG_LEVEL_ERROR, "failed: %s", err);
+	job_release(job, "failed", err);
+}
+
+static void job_batch_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
+{
+	job_t *job = arg;
+	(void)conn;
+
+	if (job->state != JOB_BATCH)
+		return;
+	if (res->broken) {
+		job_log(job, LOG_LEVEL_WARNING, "connection lost during batch %lld: its outcome is read back once reconnected",
+			(long long)job->batches + 1);
+		job->state = JOB_CONNECTING;
+		return;
+	}
+	if (res->ok)
+		job_batch_done(job, res);
+	else
+		job_batch_failed(job, res);
+}
+
+static void job_next_batch(job_t *job)
+{
+	throttle_settings_t s;
+	char stmt_timeout[24], lock_timeout[24], limit[24], lease[24], slept[24], size_now[24], sleep_now[24];
+	const char *open_params[3], *checkpoint_params[11];
+	const char **batch_params;
+	pgconn_stmt_t stmts[6];
+	bool first = job->last_key.n == 0;
+
+	if (job->stopping) {
+		job_release(job, "pending", NULL);
+		return;
+	}
+	if (daemon_paused()) {
+		job_hold(job);
+		return;
+	}
+	job_settings(job, &s);
+	job->batch_limit = job->throttle.batch_size;
+	snprintf(stmt_timeout, sizeof(stmt_timeout), "%lld", (long long)s.statement_timeout_ms);
+	snprintf(lock_timeout, sizeof(lock_timeout), "%lld", (long long)s.lock_timeout_ms);
+	snprintf(limit, sizeof(limit), "%lld", (long long)job->batch_limit);
+	snprintf(lease, sizeof(lease), "%lld", (long long)daemon_config()->lease_ms);
+	snprintf(slept, sizeof(slept), "%lld", (long long)job->slept_ms);
+	snprintf(size_now, sizeof(size_now), "%lld", (long long)job->throttle.batch_size);
+	snprintf(sleep_now, sizeof(sleep_now), "%lld", (long long)job->throttle.sleep_ms);
+
+	open_params[0] = stmt_timeout;
+	open_params[1] = lock_timeout;
+	open_params[2] = job->run_as;
+
+	batch_params = calloc((size_t)job->nkeys + 1, sizeof(char *));
+	if (!batch_params)
+		abort();
+	for (int i = 0; i < job->last_key.n; i++)
+		batch_params[i] = job->last_key.values[i];
+	batch_params[first ? 0 : job->nkeys] = limit;
+
+	checkpoint_params[0] = job->id_text;
+	checkpoint_params[1] = daemon_name();
+	checkpoint_params[2] = lease;
+	checkpoint_params[3] = limit;
+	checkpoint_params[4] = slept;
+	checkpoint_params[5] = size_now;
+	checkpoint_params[6] = sleep_now;
+	checkpoint_params[7] = NULL; /* replication lag: sampled by the throttle issue's sampler */
+	checkpoint_params[8] = NULL;
+	checkpoint_params[9] = "0";
+	checkpoint_params[10] = job->reason;
+
+	stmts[0] = (pgconn_stmt_t){"BEGIN", 0, NULL};
+	stmts[1] = (pgconn_stmt_t){batch_open_sql, 3, open_params};
+	stmts[2] = (pgconn_stmt_t){first ? job->sql_first : job->sql_next, first ? 1 : job->nkeys + 1, batch_params};
+	stmts[3] = (pgconn_stmt_t){"RESET ROLE", 0, NULL};
+	stmts[4] = (pgconn_stmt_t){job->sql_checkpoint, 11, checkpoint_params};
+	stmts[5] = (pgconn_stmt_t){"COMMIT", 0, NULL};
+
+	job->state = JOB_BATCH;
+	if (!pgconn_send(job->conn, stmts, 6, job_batch_cb, job))
+		job->state = JOB_CONNECTING; /* the loss is being handled; the load resumes it */
+	free(batch_params);
+}
+
+/* ---- the end ---- */
+
+static void job_release_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
+{
+	job_t *job = arg;
+	const char *state;
+	(void)conn;
+
+	if (job->state != JOB_RELEASING)
+		return;
+	if (res->broken)
+		return; /* retried when the connection is back */
+	if (!res->ok) {
+		job_log(job, LOG_LEVEL_ERROR, "cannot give the job back: %s %s", res->sqlstate, res->message);
+	} else {
+		state = pgconn_value(res->results[0], 0, 0);
+		if (!state)
+			job_log(job, LOG_LEVEL_WARNING, "lease lost before the job could be given back");
+		else
+			job_log(job, LOG_LEVEL_INFO, "given back as %s", state);
+	}
+	job_finish(job);
+}
+
+static void job_release(job_t *job, const char *state, const char *error)
+{
+	char sql[256];
+	const char *params[4];
+	pgconn_stmt_t stmt = {sql, 4, params};
+
+	evtimer_del(job->timer);
+	if (job->lease_lost) {
+		job_finish(job);
+		return;
+	}
+	job->state = JOB_RELEASING;
+	job->release_state = state;
+	if (error != job->release_error) {
+		free(job->release_error);
+		job->release_error = xstrdup_or_null(error);
+	}
+	params[0] = job->id_text;
+	params[1] = daemon_name();
+	params[2] = job->release_state;
+	params[3] = job->release_error;
+	snprintf(sql, sizeof(sql), "SELECT %s._release($1::bigint, $2, $3, $4)", daemon_schema_quoted());
+	if (!pgconn_send(job->conn, &stmt, 1, job_release_cb, job)) {
+		if (job->stopping) {
+			job_log(job, LOG_LEVEL_WARNING, "not connected: the lease will expire by itself");
+			job_finish(job);
+		}
+		/* else: sent again once the connection is back (JOB_RELEASING on READY) */
+	}
+}
+
+static void job_finish(job_t *job)
+{
+	evtimer_del(job->timer);
+	job->state = JOB_FINISHED;
+	daemon_job_finished(job);
+}
+
+void job_stop(job_t *job)
+{
+	job->stopping = true;
+	switch (job->state) {
+	case JOB_SLEEPING:
+	case JOB_HELD:
+		job_release(job, "pending", NULL);
+		break;
+	case JOB_CONNECTING:
+		job_log(job, LOG_LEVEL_WARNING, "not connected at shutdown: the lease will expire by itself");
+		job_finish(job);
+		break;
+	case JOB_LOADING:
+	case JOB_BATCH:
+	case JOB_RELEASING:
+	case JOB_FINISHED:
+		break; /* acted on when the request in flight completes */
+	}
+}
+
+void job_lease_seen(job_t *job, const char *state, const char *owner)
+{
+	bool ours = owner && strcmp(owner, daemon_name()) == 0;
+
+	if (job->state == JOB_FINISHED || job->state == JOB_RELEASING)
+		return;
+	if (!ours) {
+		job_log(job, LOG_LEVEL_WARNING, "lease lost: the job is %s now", owner ? owner : "not owned by anyone");
+		job->lease_lost = true;
+		if (job->state != JOB_BATCH) /* a batch in flight fails its fence by itself */
+			job_finish(job);
+		return;
+	}
+	if (state && strcmp(state, "running") != 0 &&
+	    (job->state == JOB_SLEEPING || job->state == JOB_HELD)) {
+		job_log(job, LOG_LEVEL_INFO, "%s by a user", state);
+		job_release(job, state, NULL);
+	}
+}

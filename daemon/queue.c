@@ -1,0 +1,266 @@
+/*
+ * The queue connection. Up means: connected, the schema installed at the version this
+ * binary expects, and LISTEN backfill_jobs in place; after any loss it reconnects (pgconn's
+ * backoff), checks again, re-LISTENs, and the daemon rescans.
+ */
+#include "queue.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/event.h>
+
+#include "config.h"
+#include "daemon.h"
+#include "log.h"
+#include "pgconn.h"
+#include "schema.h"
+
+#define QUEUE_CONTEXT "queue"
+
+/* The single control connection and what we know of it. */
+static struct {
+	pgconn_t *conn;
+	bool up;
+	struct event *recheck; /* schema missing or old: look again later */
+	char reason[512];
+} queue;
+
+typedef struct queue_call {
+	queue_rows_cb cb;
+	void *arg;
+	const char *what;
+} queue_call_t;
+
+static void queue_check_schema(void);
+
+static void queue_set_down(const char *why)
+{
+	queue.up = false;
+	snprintf(queue.reason, sizeof(queue.reason), "%s", why);
+}
+
+static void queue_recheck_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	(void)arg;
+	if (pgconn_is_ready(queue.conn))
+		queue_check_schema();
+}
+
+static void queue_schema_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
+{
+	int64_t version;
+	int64_t ms = daemon_config()->poll_interval_ms;
+	struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000)};
+	char why[512];
+	(void)conn;
+	(void)arg;
+
+	if (res->broken)
+		return;
+	if (!res->ok) {
+		if (strcmp(res->sqlstate, "42P01") == 0 || strcmp(res->sqlstate, "3F000") == 0)
+			snprintf(why, sizeof(why),
+				 "the queue schema %s is not installed in this database: run backfilld --install-schema",
+				 daemon_config()->schema);
+		else
+			snprintf(why, sizeof(why), "cannot check the queue schema: %s %s", res->sqlstate, res->message);
+		log_msg(LOG_LEVEL_ERROR, QUEUE_CONTEXT, "%s; checking again in %lld ms", why, (long long)ms);
+		queue_set_down(why);
+		evtimer_add(queue.recheck, &tv);
+		return;
+	}
+	version = pgconn_int64(res->results[1], 0, 0, 0);
+	if (version != SCHEMA_VERSION) {
+		snprintf(why, sizeof(why),
+			 version < SCHEMA_VERSION
+				 ? "the queue schema %s is at version %lld, this backfilld needs %d: run backfilld --install-schema to upgrade it"
+				 : "the queue schema %s is at version %lld, newer than this backfilld knows (%d): upgrade backfilld",
+			 daemon_config()->schema, (long long)version, SCHEMA_VERSION);
+		log_msg(LOG_LEVEL_ERROR, QUEUE_CONTEXT, "%s; checking again in %lld ms", why, (long long)ms);
+		queue_set_down(why);
+		evtimer_add(queue.recheck, &tv);
+		return;
+	}
+	queue.up = true;
+	queue.reason[0] = '\0';
+	log_msg(LOG_LEVEL_INFO, QUEUE_CONTEXT, "connected; schema %s version %lld; listening on backfill_jobs",
+		daemon_config()->schema, (long long)version);
+	daemon_wake();
+}
+
+static void queue_check_schema(void)
+{
+	char sql[256];
+	pgconn_stmt_t stmts[2];
+
+	snprintf(sql, sizeof(sql), "SELECT max(version) FROM %s.schema_version", daemon_schema_quoted());
+	stmts[0] = (pgconn_stmt_t){"LISTEN backfill_jobs", 0, NULL};
+	stmts[1] = (pgconn_stmt_t){sql, 0, NULL};
+	if (!pgconn_send(queue.conn, stmts, 2, queue_schema_cb, NULL))
+		queue_set_down("not connected");
+}
+
+
+static void queue_event_cb(pgconn_t *conn, pgconn_event_t event, const char *reason, void *arg)
+{
+	(void)conn;
+	(void)arg;
+	switch (event) {
+	case PGCONN_EVENT_READY:
+		queue_check_schema();
+		break;
+	case PGCONN_EVENT_LOST:
+		queue_set_down(reason);
+		break;
+	}
+}
+
+static void queue_notify_cb(pgconn_t *conn, const char *channel, const char *payload, void *arg)
+{
+	(void)conn;
+	(void)arg;
+	log_msg(LOG_LEVEL_DEBUG, QUEUE_CONTEXT, "notification on %s: %s", channel, payload);
+	daemon_wake();
+}
+
+void queue_open(void)
+{
+	pgconn_options_t opt = {.conninfo = daemon_config()->conninfo,
+				.application_name = "backfilld queue",
+				.log_context = QUEUE_CONTEXT,
+				.idle_in_transaction_ms = daemon_config()->lease_ms,
+				.on_event = queue_event_cb,
+				.on_notify = queue_notify_cb};
+
+	queue.conn = pgconn_new(daemon_base(), &opt);
+	queue.recheck = evtimer_new(daemon_base(), queue_recheck_cb, NULL);
+	if (!queue.recheck)
+		abort();
+	queue_set_down("connecting");
+	pgconn_connect(queue.conn);
+}
+
+void queue_close(void)
+{
+	if (queue.conn)
+		pgconn_free(queue.conn);
+	if (queue.recheck)
+		event_free(queue.recheck);
+	queue.conn = NULL;
+	queue.recheck = NULL;
+	queue_set_down("closed");
+}
+
+bool queue_is_up(void)
+{
+	return queue.up;
+}
+
+const char *queue_down_reason(void)
+{
+	return queue.reason;
+}
+
+static void queue_call_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
+{
+	queue_call_t *call = arg;
+	(void)conn;
+
+	if (!res->ok && !res->broken)
+		log_msg(LOG_LEVEL_ERROR, QUEUE_CONTEXT, "%s failed: %s %s", call->what, res->sqlstate, res->message);
+	call->cb(res->ok ? res->results[0] : NULL, call->arg);
+	free(call);
+}
+
+static bool queue_call(const char *what, const char *sql, int nparams, const char *const *params, queue_rows_cb cb,
+		       void *arg)
+{
+	pgconn_stmt_t stmt = {sql, nparams, params};
+	queue_call_t *call;
+
+	if (!queue.up)
+		return false;
+	call = malloc(sizeof(*call));
+	if (!call)
+		abort();
+	*call = (queue_call_t){cb, arg, what};
+	if (!pgconn_send(queue.conn, &stmt, 1, queue_call_cb, call)) {
+		free(call);
+		return false;
+	}
+	return true;
+}
+
+/* IDS as a bigint[] literal. Caller frees. */
+static char *queue_id_array(const int64_t *ids, int n)
+{
+	size_t cap = 3 + (size_t)n * 21;
+	char *out = malloc(cap), *p = out;
+
+	if (!out)
+		abort();
+	*p++ = '{';
+	for (int i = 0; i < n; i++)
+		p += snprintf(p, cap - (size_t)(p - out), "%s%lld", i ? "," : "", (long long)ids[i]);
+	*p++ = '}';
+	*p = '\0';
+	return out;
+}
+
+bool queue_claim(const int64_t *exclude, int n, queue_rows_cb cb, void *arg)
+{
+	char sql[256], lease[24];
+	char *ids = queue_id_array(exclude, n);
+	const char *params[] = {daemon_name(), lease, ids};
+	bool ok;
+
+	snprintf(lease, sizeof(lease), "%lld", (long long)daemon_config()->lease_ms);
+	snprintf(sql, sizeof(sql), "SELECT * FROM %s._claim($1, $2::int, $3::bigint[])", daemon_schema_quoted());
+	ok = queue_call("claim", sql, 3, params, cb, arg);
+	free(ids);
+	return ok;
+}
+
+bool queue_renew(const int64_t *ids, int n, queue_rows_cb cb, void *arg)
+{
+	char sql[256], lease[24];
+	char *array = queue_id_array(ids, n);
+	const char *params[] = {daemon_name(), array, lease};
+	bool ok;
+
+	snprintf(lease, sizeof(lease), "%lld", (long long)daemon_config()->lease_ms);
+	snprintf(sql, sizeof(sql), "SELECT id, state, owner FROM %s._renew($1, $2::bigint[], $3::int)",
+		 daemon_schema_quoted());
+	ok = queue_call("lease renewal", sql, 3, params, cb, arg);
+	free(array);
+	return ok;
+}
+
+bool queue_runnable(queue_rows_cb cb, void *arg)
+{
+	char sql[128];
+
+	snprintf(sql, sizeof(sql), "SELECT %s._runnable_count()", daemon_schema_quoted());
+	return queue_call("idle check", sql, 0, NULL, cb, arg);
+}
+
+static void queue_cancel_cb(const PGresult *res, void *arg)
+{
+	(void)arg;
+	if (res)
+		log_msg(LOG_LEVEL_DEBUG, QUEUE_CONTEXT, "cancel request sent: %s", pgconn_value(res, 0, 0) ?: "?");
+}
+
+void queue_cancel_backend(int pid)
+{
+	char pid_text[24];
+	const char *params[] = {pid_text};
+
+	snprintf(pid_text, sizeof(pid_text), "%d", pid);
+	if (!queue_call("cancel", "SELECT pg_cancel_backend($1::int)", 1, params, queue_cancel_cb, NULL))
+		log_msg(LOG_LEVEL_WARNING, QUEUE_CONTEXT, "cannot cancel backend %d: the queue connection is down", pid);
+}

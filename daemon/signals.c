@@ -1,0 +1,63 @@
+/*
+ * Signal handling. libevent delivers signals as ordinary callbacks on the loop, so these
+ * run at a safe point; they only log and hand the request to the daemon.
+ */
+#include "signals.h"
+
+#include <signal.h>
+#include <string.h>
+
+#include <event2/event.h>
+
+#include "daemon.h"
+#include "log.h"
+
+static const int handled[] = {SIGUSR1, SIGUSR2, SIGHUP, SIGTERM, SIGINT};
+#define NHANDLED ((int)(sizeof(handled) / sizeof(handled[0])))
+
+static struct event *signal_events[NHANDLED];
+
+static void signals_cb(evutil_socket_t signo, short what, void *arg)
+{
+	(void)what;
+	(void)arg;
+	log_notice("received %s", strsignal((int)signo));
+	switch (signo) {
+	case SIGUSR1:
+		daemon_set_paused(true);
+		break;
+	case SIGUSR2:
+		daemon_set_paused(false);
+		break;
+	case SIGHUP:
+		daemon_reload();
+		break;
+	case SIGTERM:
+	case SIGINT:
+		daemon_request_stop((int)signo);
+		break;
+	default:
+		log_warning("unexpected signal %d ignored", (int)signo);
+		break;
+	}
+}
+
+bool signals_install(struct event_base *base)
+{
+	signal(SIGPIPE, SIG_IGN);
+	for (int i = 0; i < NHANDLED; i++) {
+		signal_events[i] = evsignal_new(base, handled[i], signals_cb, NULL);
+		if (!signal_events[i] || evsignal_add(signal_events[i], NULL) != 0)
+			return false;
+	}
+	return true;
+}
+
+void signals_remove(void)
+{
+	for (int i = 0; i < NHANDLED; i++) {
+		if (signal_events[i])
+			event_free(signal_events[i]);
+		signal_events[i] = NULL;
+	}
+}

@@ -1,0 +1,54 @@
+/*
+ * The daemon: one event loop, its modes (paused, stopping), the jobs it runs, and when to
+ * claim more. Signal handlers and connections report here; the loop acts at safe points.
+ */
+#ifndef BACKFILLD_DAEMON_H
+#define BACKFILLD_DAEMON_H
+
+#include <stdbool.h>
+
+#include "config.h"
+
+struct event_base;
+typedef struct job job_t;
+
+typedef struct daemon_options {
+	const char *config_path;
+	bool log_level_override; /* --log-level given: reloads keep it */
+	log_level_t log_level;
+	bool exit_when_idle;
+} daemon_options_t;
+
+/* Run until stopped. Takes ownership of CONFIG. Returns the process exit code. */
+int daemon_run(config_t *config, const daemon_options_t *options) __attribute__((warn_unused_result));
+
+struct event_base *daemon_base(void);
+const config_t *daemon_config(void);
+
+/* The instance name written to jobs.owner. */
+const char *daemon_name(void);
+
+/* The queue schema's quoted name, for building SQL. */
+const char *daemon_schema_quoted(void);
+
+/* SIGUSR1/SIGUSR2: every job holds at its next batch boundary, or resumes. */
+bool daemon_paused(void);
+void daemon_set_paused(bool paused);
+
+/* SIGTERM/SIGINT: the first stops gracefully, a second exits at once. */
+bool daemon_stopping(void);
+void daemon_request_stop(int signo);
+
+/* SIGHUP. */
+void daemon_reload(void);
+
+/* Something may be claimable (a NOTIFY, a job ended, the queue connection came up). */
+void daemon_wake(void);
+
+/* A job reached its end; the daemon frees it once the loop iteration is over. */
+void daemon_job_finished(job_t *job);
+
+/* Ask the server to cancel the statement running in backend PID (via the queue connection). */
+void daemon_cancel_backend(int pid);
+
+#endif

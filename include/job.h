@@ -1,0 +1,41 @@
+/*
+ * One claimed job: its own connection, its keyset walk, one transaction per batch with the
+ * checkpoint inside it, and the states it passes through (connecting, loading, in a batch,
+ * sleeping, held, releasing, finished).
+ */
+#ifndef BACKFILLD_JOB_H
+#define BACKFILLD_JOB_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <libpq-fe.h>
+
+typedef struct job job_t;
+
+/* Take over the job in row ROW of a <schema>.jobs result (as _claim returns it) and start it. */
+job_t *job_start(const PGresult *res, int row) __attribute__((warn_unused_result));
+
+int64_t job_id(const job_t *job);
+
+/* The daemon's pause mode changed: held jobs resume, running ones hold at the next boundary. */
+void job_pause_changed(job_t *job);
+
+/* Shutdown: no new batch; the one in flight finishes, then the lease is released (pending). */
+void job_stop(job_t *job);
+
+/* The shutdown grace has passed: the backend of the batch in flight, or 0 if none. */
+int job_batch_backend_pid(const job_t *job);
+
+/*
+ * The control connection renewed leases: STATE and OWNER are what the queue holds for this
+ * job now (NULL when the row is gone). A lost lease or a user's pause/cancel ends the job.
+ */
+void job_lease_seen(job_t *job, const char *state, const char *owner);
+
+/* Nothing more will happen: the daemon may free it (after the current loop iteration). */
+bool job_is_finished(const job_t *job);
+
+void job_free(job_t *job);
+
+#endif

@@ -1,0 +1,41 @@
+/*
+ * The queue connection: the daemon's control session. It checks the schema version,
+ * LISTENs on backfill_jobs, claims jobs, renews leases and cancels backends. Jobs run on
+ * connections of their own.
+ */
+#ifndef BACKFILLD_QUEUE_H
+#define BACKFILLD_QUEUE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <libpq-fe.h>
+
+/* RES is NULL when the request failed (already logged). */
+typedef void (*queue_rows_cb)(const PGresult *res, void *arg);
+
+/* Create the connection and start connecting. */
+void queue_open(void);
+
+/* Close and free (shutdown). */
+void queue_close(void);
+
+/* Connected, schema checked, listening. */
+bool queue_is_up(void);
+
+/* Why the queue is not up ("" when it is). */
+const char *queue_down_reason(void);
+
+/* Claim one job not in EXCLUDE; CB gets zero or one row of <schema>.jobs. */
+bool queue_claim(const int64_t *exclude, int n, queue_rows_cb cb, void *arg) __attribute__((warn_unused_result));
+
+/* Renew the leases of IDS; CB gets rows (id, state, owner). */
+bool queue_renew(const int64_t *ids, int n, queue_rows_cb cb, void *arg) __attribute__((warn_unused_result));
+
+/* Count jobs that are runnable now (pending and due, or running); CB gets one row. */
+bool queue_runnable(queue_rows_cb cb, void *arg) __attribute__((warn_unused_result));
+
+/* Ask the server to cancel what backend PID runs. Fire and forget. */
+void queue_cancel_backend(int pid);
+
+#endif

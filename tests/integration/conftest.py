@@ -1,0 +1,98 @@
+"""Fixtures for the integration suite: one shared cluster, a fresh database per test, daemons.
+
+Run with Debian's python: `/usr/bin/python3 -m pytest tests/integration`.
+"""
+
+import itertools
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+import pgharness
+
+_db_counter = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """One primary for the whole run, under a short /tmp dir (Unix socket paths are short)."""
+    base = Path(tempfile.mkdtemp(prefix="bfl-"))
+    primary = pgharness.Cluster(base / "primary", name="primary")
+    try:
+        primary.init().start()
+        yield primary
+    finally:
+        primary.destroy()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+class Database:
+    """A database of the shared cluster, with the queue schema installed."""
+
+    def __init__(self, cluster, name):
+        self.cluster = cluster
+        self.name = name
+        self.conninfo = cluster.conninfo(name)
+        self._conns = []
+
+    def connect(self, autocommit=True, daemon=False):
+        """A new connection; daemon=True makes it look like the daemon's own session."""
+        conn = self.cluster.connect(self.name, autocommit=autocommit)
+        self._conns.append(conn)
+        if daemon:
+            conn.execute("SELECT set_config('backfilld.daemon', 'on', false)")
+            if not autocommit:
+                conn.commit()
+        return conn
+
+    def sql(self, query, params=None):
+        """One statement in autocommit: a list of row tuples, or None without a result."""
+        return self.cluster.sql(query, params, dbname=self.name)
+
+    def one(self, query, params=None):
+        """The single value of a one-row, one-column query."""
+        rows = self.sql(query, params)
+        assert rows is not None and len(rows) == 1 and len(rows[0]) == 1, rows
+        return rows[0][0]
+
+    def close(self):
+        for conn in self._conns:
+            try:
+                conn.close()
+            except Exception:
+                pass
+        self._conns.clear()
+
+
+@pytest.fixture
+def db(cluster):
+    name = f"t_{next(_db_counter)}"
+    cluster.sql(f'CREATE DATABASE "{name}"')
+    database = Database(cluster, name)
+    try:
+        with cluster.connect(name) as conn:
+            pgharness.install_schema(conn)
+        yield database
+    finally:
+        database.close()
+        cluster.sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def daemon_factory(db, tmp_path):
+    """make(**sections) -> a Daemon on the test's database with base_config + SECTIONS.
+    Every daemon made is stopped at teardown."""
+    made = []
+
+    def make(binary=None, **sections):
+        workdir = tmp_path / f"daemon{len(made) + 1}"
+        daemon = pgharness.Daemon(binary or pgharness.default_binary(), workdir,
+                                  pgharness.base_config(db.conninfo, **sections))
+        made.append(daemon)
+        return daemon
+
+    yield make
+    for daemon in made:
+        daemon.stop()
