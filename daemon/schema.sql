@@ -1,9 +1,10 @@
 -- backfilld queue schema (version 1).
 --
--- "@schema@" stands for the quoted schema name: backfilld substitutes it (--install-schema,
--- --schema-sql). Never put it inside a single-quoted literal, where a name holding a quote would
--- break the text. The installer runs this whole file in one transaction after taking an advisory
--- lock, so the file holds no transaction control. Running it again changes nothing.
+-- Every schema name in this file is a placeholder (at-sign, "schema", at-sign) that backfilld
+-- replaces with the quoted schema name (--install-schema, --schema-sql). Never put the placeholder
+-- inside a single-quoted literal, where a name holding a quote would break the text.
+-- The installer runs this whole file in one transaction after taking an advisory lock, so the
+-- file holds no transaction control. Running it again changes no data and no definition.
 --
 -- Layout:
 --   1. the schema and schema_version (one row; 0 while a first install is under way), then a guard
@@ -421,7 +422,7 @@ BEGIN
         END IF;
         IF NEW.run_as IS NOT NULL AND NEW.run_as <> current_user THEN
             RAISE EXCEPTION 'run_as is the role that inserts the job and cannot be set to another role'
-                USING ERRCODE = 'insufficient_privilege',
+                USING ERRCODE = 'check_violation',
                       HINT = format('Leave run_as out, or insert as role %s (SET ROLE).', NEW.run_as);
         END IF;
         NEW.run_as := current_user;
@@ -687,8 +688,10 @@ BEGIN
 END
 $$;
 
--- Extends the leases p_owner holds on running jobs and lets go of those a user paused or
--- cancelled. One row per existing id of p_ids, with its state and owner afterwards.
+-- Extends every lease p_owner holds among p_ids, whatever the job's state: a job a user paused
+-- or cancelled keeps its owner until the daemon gives it back at the next batch boundary (a
+-- batch in flight must still pass its checkpoint's fence). One row per existing id of p_ids,
+-- with its state and owner, so the daemon sees lost leases and users' steering.
 CREATE OR REPLACE FUNCTION @schema@._renew(p_owner text, p_ids bigint[], p_lease_ms int)
 RETURNS TABLE(id bigint, state text, owner text)
 LANGUAGE plpgsql SECURITY INVOKER SET search_path = pg_catalog, pg_temp
@@ -697,12 +700,7 @@ AS $$
 BEGIN
     PERFORM @schema@._require_daemon('_renew');
     UPDATE @schema@.jobs j
-    SET lease_until = CASE WHEN j.state = 'running'
-                           THEN clock_timestamp() + p_lease_ms * interval '1 millisecond' END,
-        owner = CASE WHEN j.state = 'running' THEN j.owner END,
-        throttled_reason = CASE WHEN j.state = 'running' THEN j.throttled_reason END,
-        finished_at = CASE WHEN j.state = 'cancelled' THEN coalesce(j.finished_at, now())
-                           ELSE j.finished_at END
+    SET lease_until = clock_timestamp() + p_lease_ms * interval '1 millisecond'
     WHERE j.id = ANY (p_ids) AND j.owner = p_owner;
     RETURN QUERY SELECT j.id, j.state, j.owner FROM @schema@.jobs j
                  WHERE j.id = ANY (p_ids) ORDER BY j.id;

@@ -39,10 +39,9 @@ void throttle_after_retry(throttle_state_t *st, const throttle_settings_t *s, do
 	st->batch_size = clamp64(st->batch_size / 2, s->min_batch_size, s->max_batch_size);
 	for (int i = 0; i < st->retries && backoff < s->max_sleep_ms; i++)
 		backoff *= 2;
-	if (jitter < 0 || jitter >= 1)
+	if (!(jitter >= 0 && jitter < 1)) /* also NaN */
 		jitter = 0;
 	backoff = (int64_t)((double)backoff * (0.5 + jitter / 2));
-	st->sleep_ms = clamp64(backoff > s->sleep_ms ? backoff : s->sleep_ms, 0,
-			       s->max_sleep_ms > 0 ? s->max_sleep_ms : backoff);
+	st->sleep_ms = clamp64(backoff > s->sleep_ms ? backoff : s->sleep_ms, 0, s->max_sleep_ms);
 	st->retries++;
 }

@@ -1,0 +1,242 @@
+#!/usr/bin/env bash
+# The README's demo: build backfilld, start a throwaway PostgreSQL 15 cluster, fill a users table,
+# submit the status -> state rename backfill with one INSERT, watch the daemon run it in the
+# foreground, then prove every row was copied. Everything is removed at exit unless --keep.
+set -euo pipefail
+
+usage() {
+    cat <<'USAGE'
+usage: scripts/demo.sh [--rows N] [--keep]
+  --rows N   rows in the demo table (default 1000000)
+  --keep     leave the cluster running at exit and print how to connect to it and stop it
+  BUILD_DIR  environment: build directory (default build under the repository root)
+  PG_BINDIR  environment: PostgreSQL server binaries (default /usr/lib/postgresql/15/bin)
+USAGE
+}
+
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+rows=1000000
+keep=0
+while (($#)); do
+    case $1 in
+    --rows)
+        (($# >= 2)) || { usage >&2; exit 64; }
+        rows=$2
+        shift
+        ;;
+    --rows=*) rows=${1#--rows=} ;;
+    --keep) keep=1 ;;
+    -h | --help)
+        usage
+        exit 0
+        ;;
+    *)
+        usage >&2
+        exit 64
+        ;;
+    esac
+    shift
+done
+[[ $rows =~ ^[1-9][0-9]*$ ]] || { echo "error: --rows wants a positive integer, not '$rows'" >&2; exit 64; }
+
+root=$(repo_root)
+build=${BUILD_DIR:-$root/build}
+bin=$build/backfilld
+
+# -- helpers ------------------------------------------------------------------------------------
+
+# A short headed section; bold on a terminal.
+if [[ -t 1 ]]; then
+    section() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+else
+    section() { printf '\n== %s\n' "$*"; }
+fi
+
+# initdb refuses root: run the server tools as the postgres OS user when we are root.
+as_pg() {
+    if ((EUID == 0)); then
+        runuser -u postgres -- "$@"
+    else
+        "$@"
+    fi
+}
+
+free_port() {
+    local port
+    if command -v python3 >/dev/null 2>&1; then
+        python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+        return
+    fi
+    for ((port = 54320; port < 54420; port++)); do
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            echo "$port"
+            return
+        fi
+    done
+    die "no free TCP port in 54320..54419"
+}
+
+now() {
+    date +%s.%N
+}
+
+# Seconds since $1 (a now() value), with one decimal.
+since() {
+    awk -v t0="$1" -v t1="$(now)" 'BEGIN { printf "%.1f", t1 - t0 }'
+}
+
+SUDO_HINT=""
+((EUID == 0)) && SUDO_HINT="runuser -u postgres -- "
+cluster_dir=""
+cluster_up=0
+port=""
+
+sql() {
+    psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d demo "$@"
+}
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    if [[ -n $cluster_dir ]]; then
+        if ((keep && cluster_up)); then
+            section "Cluster kept (--keep)"
+            cat <<EOF
+connect:  psql -h 127.0.0.1 -p $port -U postgres demo
+daemon:   $bin -c $cluster_dir/backfilld.conf --exit-when-idle
+stop:     ${SUDO_HINT}$PG_BINDIR/pg_ctl -D $cluster_dir/data -m fast stop && rm -rf $cluster_dir
+EOF
+        else
+            if ((cluster_up)); then
+                as_pg "$PG_BINDIR/pg_ctl" -D "$cluster_dir/data" -m immediate -w stop >/dev/null 2>&1 || true
+            fi
+            rm -rf "$cluster_dir"
+        fi
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# -- 1. packages and build ----------------------------------------------------------------------
+
+# One directory for the build log, the cluster and the daemon's configuration. As root the
+# postgres user must reach it: keep it directly under /tmp.
+if ((EUID == 0)); then
+    cluster_dir=$(mktemp -d /tmp/backfilld-demo.XXXXXX)
+    chown postgres: "$cluster_dir"
+else
+    cluster_dir=$(mktemp -d "${TMPDIR:-/tmp}/backfilld-demo.XXXXXX")
+fi
+chmod 700 "$cluster_dir"
+
+section "Packages and build"
+ensure_backfilld_packages
+jobs=$(nproc 2>/dev/null || echo 2)
+t0=$(now)
+{
+    cmake -S "$root" -B "$build" && cmake --build "$build" -j"$jobs" --target backfilld
+} >"$cluster_dir/build.log" 2>&1 || { tail -n 40 "$cluster_dir/build.log" >&2; die "the build failed"; }
+[[ -x $bin ]] || die "the build produced no $bin"
+echo "built $bin ($("$bin" --version)) in $(since "$t0") s"
+
+# -- 2. a throwaway cluster ---------------------------------------------------------------------
+
+section "Throwaway PostgreSQL cluster"
+port=$(free_port)
+as_pg "$PG_BINDIR/initdb" -D "$cluster_dir/data" -A trust -U postgres -E UTF8 --locale=C --no-sync \
+    >"$cluster_dir/initdb.log" 2>&1 || { cat "$cluster_dir/initdb.log" >&2; die "initdb failed"; }
+cat >>"$cluster_dir/data/postgresql.conf" <<EOF
+
+# scripts/demo.sh: a throwaway cluster
+listen_addresses = '127.0.0.1'
+port = $port
+unix_socket_directories = '$cluster_dir'
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+shared_buffers = 128MB
+max_wal_size = 2GB
+EOF
+as_pg "$PG_BINDIR/pg_ctl" -D "$cluster_dir/data" -l "$cluster_dir/postgresql.log" -w -t 60 start >/dev/null ||
+    { tail -n 20 "$cluster_dir/postgresql.log" >&2; die "the cluster did not start"; }
+cluster_up=1
+psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d postgres -c 'CREATE DATABASE demo'
+echo "PostgreSQL $(sql -Atc 'SHOW server_version') on 127.0.0.1:$port, data in $cluster_dir"
+
+# -- 3. the table -------------------------------------------------------------------------------
+
+section "A users table with $rows rows"
+t0=$(now)
+sql <<EOF
+CREATE TABLE users (id bigint PRIMARY KEY, email text, status text NOT NULL, state text);
+INSERT INTO users (id, email, status)
+SELECT g, 'user' || g || '@example.com',
+       (ARRAY['active', 'active', 'active', 'inactive', 'pending', 'banned'])[1 + g % 6]
+FROM generate_series(1, $rows) AS g;
+ANALYZE users;
+EOF
+echo "loaded in $(since "$t0") s; the new column state is empty, status holds the data:"
+sql -c 'SELECT status, count(*) AS rows, count(state) AS with_state FROM users GROUP BY status ORDER BY 2 DESC'
+
+# -- 4. schema and job --------------------------------------------------------------------------
+
+section "Install the queue schema"
+cat >"$cluster_dir/backfilld.conf" <<EOF
+database: { conninfo = "host=127.0.0.1 port=$port user=postgres dbname=demo"; schema = "backfill"; };
+daemon: { workers = 2; poll_interval_ms = 1000; lease_ms = 30000; };
+throttle: { batch_size = 5000; sleep_ms = 0; };
+http: { listen = ""; };
+log: { level = "info"; progress_interval_ms = 1000; };
+EOF
+echo "\$ backfilld -c $cluster_dir/backfilld.conf --install-schema"
+"$bin" -c "$cluster_dir/backfilld.conf" --install-schema
+
+section "Submit the backfill: one INSERT"
+submit="INSERT INTO backfill.jobs (target, set_sql, where_sql)
+VALUES ('users', 'state = status', 'state IS DISTINCT FROM status');"
+printf '%s\n' "$submit" | sed 's/^/    /'
+sql -c "$submit"
+job_id=$(sql -Atc 'SELECT max(id) FROM backfill.jobs')
+echo "job $job_id is pending"
+
+# -- 5. the daemon, in the foreground -----------------------------------------------------------
+
+section "Run backfilld until the queue is empty"
+echo "\$ backfilld -c $cluster_dir/backfilld.conf --exit-when-idle"
+daemon_rc=0
+"$bin" -c "$cluster_dir/backfilld.conf" --exit-when-idle || daemon_rc=$?
+((daemon_rc == 0)) || die "backfilld exited with status $daemon_rc"
+
+# -- 6. summary ---------------------------------------------------------------------------------
+
+section "The job"
+sql -x -c "SELECT id, state, rows_scanned, rows_changed, batches, failed_rows,
+                  finished_at - started_at AS elapsed,
+                  round(rows_scanned / nullif(extract(epoch FROM finished_at - started_at), 0))
+                      AS rows_per_second,
+                  last_error
+           FROM backfill.jobs WHERE id = $job_id"
+state=$(sql -Atc "SELECT state FROM backfill.jobs WHERE id = $job_id")
+[[ $state == "done" ]] || die "job $job_id ended in state '$state', not 'done'"
+
+section "Check: every row has state = status"
+echo "    SELECT count(*) FROM users WHERE state IS DISTINCT FROM status;"
+differ=$(sql -Atc 'SELECT count(*) FROM users WHERE state IS DISTINCT FROM status')
+if [[ $differ != 0 ]]; then
+    echo "FAIL: $differ rows differ" >&2
+    exit 1
+fi
+echo "OK: 0 rows differ"
+
+section "backfill.batches (first and last)"
+sql -c "SELECT batch, rows_scanned, rows_changed, round(duration_ms::numeric, 1) AS duration_ms,
+               pg_size_pretty(wal_bytes) AS wal, finished_at::time(3) AS finished_at
+        FROM backfill.batches
+        WHERE job_id = $job_id
+          AND (batch <= 3 OR batch > (SELECT max(batch) - 2 FROM backfill.batches WHERE job_id = $job_id))
+        ORDER BY batch"
+((keep)) || echo "removing the cluster (--keep leaves it running)"

@@ -1,0 +1,366 @@
+#!/usr/bin/env bash
+# Core throughput benchmark: backfilld against the server-side PL/pgSQL keyset loop the usual
+# articles recommend, on one throwaway PostgreSQL 15 cluster. It prints figures, it does not pass
+# or fail: a missed target is reported as missed. See tests/bench/README.md.
+set -euo pipefail
+
+usage() {
+    cat <<'USAGE'
+usage: tests/bench/bench_core.sh [--rows N] [--runs N]
+  --rows N   rows in the benchmark table (default 1000000)
+  --runs N   runs of each method, alternating a,b,a,b,... (default 3)
+  BUILD_DIR  environment: build directory (default build under the repository root)
+  PG_BINDIR  environment: PostgreSQL server binaries (default /usr/lib/postgresql/15/bin)
+USAGE
+}
+
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../../scripts/lib.sh"
+
+rows=1000000
+runs=3
+batch=5000
+while (($#)); do
+    case $1 in
+    --rows | --runs)
+        (($# >= 2)) || { usage >&2; exit 64; }
+        printf -v "${1#--}" '%s' "$2"
+        shift
+        ;;
+    --rows=*) rows=${1#--rows=} ;;
+    --runs=*) runs=${1#--runs=} ;;
+    -h | --help)
+        usage
+        exit 0
+        ;;
+    *)
+        usage >&2
+        exit 64
+        ;;
+    esac
+    shift
+done
+[[ $rows =~ ^[1-9][0-9]*$ ]] || { echo "error: --rows wants a positive integer" >&2; exit 64; }
+[[ $runs =~ ^[1-9][0-9]*$ ]] || { echo "error: --runs wants a positive integer" >&2; exit 64; }
+
+root=$(repo_root)
+build=${BUILD_DIR:-$root/build}
+bin=$build/backfilld
+
+# -- helpers ------------------------------------------------------------------------------------
+
+# initdb refuses root: run the server tools as the postgres OS user when we are root.
+as_pg() {
+    if ((EUID == 0)); then
+        runuser -u postgres -- "$@"
+    else
+        "$@"
+    fi
+}
+
+free_port() {
+    local port
+    if command -v python3 >/dev/null 2>&1; then
+        python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+        return
+    fi
+    for ((port = 54320; port < 54420; port++)); do
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            echo "$port"
+            return
+        fi
+    done
+    die "no free TCP port in 54320..54419"
+}
+
+sql() {
+    psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d bench "$@"
+}
+
+# calc EXPR [VAR=VALUE...]: awk arithmetic, e.g. calc 'r / t' r=10 t=4
+calc() {
+    local expr=$1
+    shift
+    local -a vars=()
+    local v
+    for v in "$@"; do vars+=(-v "$v"); done
+    awk "${vars[@]}" "BEGIN { print ($expr) }"
+}
+
+# Median of the numbers given as arguments.
+median() {
+    printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {
+        if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+# An integer with thousands separators: 1234567 -> 1,234,567.
+thousands() {
+    awk -v n="$1" 'BEGIN {
+        s = sprintf("%.0f", n); neg = (s ~ /^-/); if (neg) s = substr(s, 2)
+        out = ""; while (length(s) > 3) { out = "," substr(s, length(s) - 2) out; s = substr(s, 1, length(s) - 3) }
+        print (neg ? "-" : "") s out }'
+}
+
+work=""
+cluster_up=0
+port=""
+daemon_pid=""
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    if [[ -n $daemon_pid ]] && kill -0 "$daemon_pid" 2>/dev/null; then
+        kill -KILL "$daemon_pid" 2>/dev/null || true
+        wait "$daemon_pid" 2>/dev/null || true
+    fi
+    if [[ -n $work ]]; then
+        if ((cluster_up)); then
+            as_pg "$PG_BINDIR/pg_ctl" -D "$work/data" -m immediate -w stop >/dev/null 2>&1 || true
+        fi
+        rm -rf "$work"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# -- setup: build, cluster, table ---------------------------------------------------------------
+
+# One directory for the build log, the cluster, the daemon's configuration and its log. As root
+# the postgres user must reach it: keep it directly under /tmp.
+if ((EUID == 0)); then
+    work=$(mktemp -d /tmp/backfilld-bench.XXXXXX)
+    chown postgres: "$work"
+else
+    work=$(mktemp -d "${TMPDIR:-/tmp}/backfilld-bench.XXXXXX")
+fi
+chmod 700 "$work"
+
+ensure_backfilld_packages
+say "building $bin"
+{
+    cmake -S "$root" -B "$build" &&
+        cmake --build "$build" -j"$(nproc 2>/dev/null || echo 2)" --target backfilld
+} >"$work/build.log" 2>&1 || { tail -n 40 "$work/build.log" >&2; die "the build failed"; }
+
+say "starting a throwaway cluster in $work"
+port=$(free_port)
+as_pg "$PG_BINDIR/initdb" -D "$work/data" -A trust -U postgres -E UTF8 --locale=C --no-sync \
+    >"$work/initdb.log" 2>&1 || { cat "$work/initdb.log" >&2; die "initdb failed"; }
+# The brief's settings, and checkpoints kept out of the timed runs (each run starts after an
+# explicit CHECKPOINT) so that one method does not pay for the other's WAL.
+cat >>"$work/data/postgresql.conf" <<EOF
+
+# tests/bench/bench_core.sh
+listen_addresses = '127.0.0.1'
+port = $port
+unix_socket_directories = '$work'
+shared_buffers = 256MB
+fsync = off
+synchronous_commit = off
+max_wal_size = 8GB
+checkpoint_timeout = 1h
+EOF
+as_pg "$PG_BINDIR/pg_ctl" -D "$work/data" -l "$work/postgresql.log" -w -t 60 start >/dev/null ||
+    { tail -n 20 "$work/postgresql.log" >&2; die "the cluster did not start"; }
+cluster_up=1
+psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d postgres -c 'CREATE DATABASE bench'
+
+say "loading $(thousands "$rows") rows"
+# Autovacuum is off on the table for both methods alike: the reset between runs vacuums it, and a
+# worker waking in the middle of one run would only add noise.
+sql <<EOF
+CREATE TABLE users (id bigint PRIMARY KEY, status text, state text, pad text)
+    WITH (autovacuum_enabled = off);
+INSERT INTO users (id, status, pad)
+SELECT g, (ARRAY['active', 'inactive', 'pending', 'banned'])[1 + g % 4],
+       rpad(md5(g::text), 60, md5((-g)::text))
+FROM generate_series(1, $rows) AS g;
+VACUUM (ANALYZE) users;
+
+-- (a) the articles' loop: keyset batches, one COMMIT per batch, all inside the server.
+CREATE PROCEDURE keyset_backfill(batch_size int)
+LANGUAGE plpgsql AS \$\$
+DECLARE
+    last_id bigint := (SELECT min(id) - 1 FROM users);
+    upto    bigint;
+    t0      timestamptz := clock_timestamp();
+BEGIN
+    LOOP
+        SELECT max(id) INTO upto
+        FROM (SELECT id FROM users WHERE id > last_id ORDER BY id LIMIT batch_size) AS next_keys;
+        EXIT WHEN upto IS NULL;
+        UPDATE users SET state = status
+        WHERE id > last_id AND id <= upto AND state IS DISTINCT FROM status;
+        last_id := upto;
+        COMMIT;
+    END LOOP;
+    RAISE NOTICE 'server_seconds=%', extract(epoch FROM clock_timestamp() - t0);
+END
+\$\$;
+
+-- (b) waits for a backfilld job in one session rather than one psql per poll; a short
+-- transaction per poll, so no snapshot is held across the daemon's batches.
+CREATE PROCEDURE wait_job(job bigint, timeout_s int)
+LANGUAGE plpgsql AS \$\$
+DECLARE
+    s        text;
+    deadline timestamptz := clock_timestamp() + make_interval(secs => timeout_s);
+BEGIN
+    LOOP
+        SELECT state INTO s FROM backfill.jobs WHERE id = job;
+        EXIT WHEN s IN ('done', 'failed', 'cancelled');
+        IF clock_timestamp() > deadline THEN
+            RAISE EXCEPTION 'job % is still % after % s', job, s, timeout_s;
+        END IF;
+        COMMIT;
+        PERFORM pg_sleep(0.01);
+        COMMIT;
+    END LOOP;
+END
+\$\$;
+EOF
+table_bytes=$(sql -Atc "SELECT pg_relation_size('users')")
+row_bytes=$(calc 'int(b / r + 0.5)' b="$table_bytes" r="$rows")
+
+# -- backfilld: one resident daemon, fixed batches of $batch, no sleep --------------------------
+
+cat >"$work/backfilld.conf" <<EOF
+database: { conninfo = "host=127.0.0.1 port=$port user=postgres dbname=bench"; schema = "backfill"; };
+daemon: { workers = 2; poll_interval_ms = 1000; lease_ms = 30000; };
+throttle: { batch_size = $batch; min_batch_size = $batch; max_batch_size = $batch; sleep_ms = 0; };
+http: { listen = ""; };
+log: { level = "info"; progress_interval_ms = 10000; };
+EOF
+"$bin" -c "$work/backfilld.conf" --install-schema >>"$work/backfilld.log" 2>&1 ||
+    { cat "$work/backfilld.log" >&2; die "--install-schema failed"; }
+"$bin" -c "$work/backfilld.conf" 2>>"$work/backfilld.log" &
+daemon_pid=$!
+
+# Undo any run: the column back to NULL, dead rows vacuumed, a checkpoint, so every run of either
+# method starts from the same table.
+reset_table() {
+    sql -c 'UPDATE users SET state = NULL' -c 'VACUUM (ANALYZE) users' -c 'CHECKPOINT'
+}
+
+# Every row must be done after a run, whichever method ran it.
+check_table() {
+    local differ
+    differ=$(sql -Atc 'SELECT count(*) FROM users WHERE state IS DISTINCT FROM status')
+    [[ $differ == 0 ]] || die "$1: $differ rows still differ after the run"
+}
+
+declare -a a_rate=() a_server_rate=() b_rate=() b_job_rate=() b_insert_rate=()
+
+run_plpgsql() {
+    local t0 t1 out server wall
+    t0=$EPOCHREALTIME
+    out=$(sql -c "CALL keyset_backfill($batch)" 2>&1) || { echo "$out" >&2; die "CALL keyset_backfill failed"; }
+    t1=$EPOCHREALTIME
+    server=$(sed -n 's/.*server_seconds=\([0-9.]*\).*/\1/p' <<<"$out")
+    [[ -n $server ]] || server=0
+    check_table "PL/pgSQL run $1"
+    wall=$(calc 't1 - t0' t0="$t0" t1="$t1")
+    a_rate+=("$(calc 'r / w' r="$rows" w="$wall")")
+    a_server_rate+=("$(calc 's > 0 ? r / s : 0' r="$rows" s="$server")")
+    printf '  run %d  (a) PL/pgSQL   %8.2f s wall  %8.2f s in the procedure            %10s rows/s\n' \
+        "$1" "$wall" "$server" "$(thousands "${a_rate[-1]}")"
+}
+
+run_backfilld() {
+    local t0 t1 id wall fields state changed nbatches job_s insert_s
+    kill -0 "$daemon_pid" 2>/dev/null || { tail -n 20 "$work/backfilld.log" >&2; die "backfilld is not running"; }
+    # One psql session, like the CALL of (a): submit, then wait for the daemon to finish.
+    t0=$EPOCHREALTIME
+    id=$(sql -At <<EOF
+INSERT INTO backfill.jobs (target, set_sql, where_sql)
+VALUES ('users', 'state = status', 'state IS DISTINCT FROM status') RETURNING id AS job_id \gset
+CALL wait_job(:job_id, $((600 + rows / 1000)));
+\echo :job_id
+EOF
+    ) || { tail -n 20 "$work/backfilld.log" >&2; die "backfilld run $1: the job did not finish"; }
+    t1=$EPOCHREALTIME
+    fields=$(sql -At -F ' ' -c "SELECT state, rows_changed, batches,
+                                       extract(epoch FROM finished_at - started_at),
+                                       extract(epoch FROM finished_at - created_at)
+                                FROM backfill.jobs WHERE id = $id")
+    read -r state changed nbatches job_s insert_s <<<"$fields"
+    [[ $state == "done" ]] ||
+        die "backfilld run $1: job $id ended '$state': $(sql -Atc "SELECT last_error FROM backfill.jobs WHERE id = $id")"
+    ((changed == rows)) || die "backfilld run $1: job $id changed $changed rows, not $rows"
+    check_table "backfilld run $1"
+    wall=$(calc 't1 - t0' t0="$t0" t1="$t1")
+    b_rate+=("$(calc 'r / w' r="$rows" w="$wall")")
+    b_job_rate+=("$(calc 's > 0 ? r / s : 0' r="$rows" s="$job_s")")
+    b_insert_rate+=("$(calc 's > 0 ? r / s : 0' r="$rows" s="$insert_s")")
+    printf '  run %d  (b) backfilld  %8.2f s wall  %8.2f s started->finished, %d batches  %10s rows/s\n' \
+        "$1" "$wall" "$job_s" "$nbatches" "$(thousands "${b_rate[-1]}")"
+}
+
+say "timing $runs runs of each method, alternating (a) PL/pgSQL and (b) backfilld"
+for ((i = 1; i <= runs; i++)); do
+    reset_table
+    run_plpgsql "$i"
+    reset_table
+    run_backfilld "$i"
+done
+
+# The peak resident set over the daemon's whole life (kernel high-water mark), read while it
+# is still running, then a graceful stop.
+peak_kib=$(awk '/^VmHWM:/ { print $2 }' "/proc/$daemon_pid/status")
+kill -TERM "$daemon_pid"
+daemon_rc=0
+wait "$daemon_pid" || daemon_rc=$?
+daemon_pid=""
+((daemon_rc == 0)) || say "warning: backfilld exited with status $daemon_rc on SIGTERM"
+peak_mib=$(calc 'k / 1024' k="$peak_kib")
+
+# -- the figures --------------------------------------------------------------------------------
+
+a_med=$(median "${a_rate[@]}")
+b_med=$(median "${b_rate[@]}")
+ratio=$(calc 'b / a' a="$a_med" b="$b_med")
+a_srv_med=$(median "${a_server_rate[@]}")
+b_job_med=$(median "${b_job_rate[@]}")
+b_ins_med=$(median "${b_insert_rate[@]}")
+ratio_srv=$(calc 'b / a' a="$a_srv_med" b="$b_ins_med")
+ratio_met=$(awk -v r="$ratio" 'BEGIN { print (r >= 0.9 ? "met" : "NOT MET") }')
+rss_met=$(awk -v m="$peak_mib" 'BEGIN { print (m < 20 ? "met" : "NOT MET") }')
+
+cpu=$(awk -F': *' '/^(model name|Model|cpu model|Hardware)[[:space:]]*:/ { print $2; exit }' /proc/cpuinfo)
+[[ -n $cpu ]] || cpu=$(uname -m)
+mem=$(awk '/^MemTotal:/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
+pg_version=$(sql -Atc 'SHOW server_version')
+
+# Each run's rate, joined: "97,104 / 95,880 / 98,012".
+series() {
+    local v out=""
+    for v in "$@"; do out+="${out:+ / }$(thousands "$v")"; done
+    printf '%s' "$out"
+}
+
+line() { printf '%-36s %s\n' "$1" "$2"; }
+rule() { printf '%s\n' "------------------------------------------------------------------------------"; }
+
+echo
+echo "backfilld core benchmark"
+rule
+line "machine" "$(nproc) CPUs, $cpu, $mem RAM"
+line "kernel" "$(uname -sr)"
+line "PostgreSQL" "$pg_version (shared_buffers 256MB, fsync off, synchronous_commit off)"
+line "backfilld" "$("$bin" --version)"
+line "table" "$(thousands "$rows") rows, $((table_bytes / 1048576)) MiB after load (~$row_bytes bytes/row)"
+line "work per run" "UPDATE users SET state = status, every row, batches of $(thousands "$batch"), sleep 0"
+line "runs" "$runs of each, alternating a,b; column reset + VACUUM + CHECKPOINT before each"
+rule
+line "(a) PL/pgSQL keyset CALL, rows/s" "$(series "${a_rate[@]}")   median $(thousands "$a_med")"
+line "    inside the procedure, rows/s" "$(series "${a_server_rate[@]}")   median $(thousands "$a_srv_med")"
+line "(b) backfilld INSERT->done, rows/s" "$(series "${b_rate[@]}")   median $(thousands "$b_med")"
+line "    created_at->finished_at, rows/s" "$(series "${b_insert_rate[@]}")   median $(thousands "$b_ins_med")"
+line "    started_at->finished_at, rows/s" "$(series "${b_job_rate[@]}")   median $(thousands "$b_job_med")"
+rule
+line "ratio backfilld / PL/pgSQL (wall)" "$(printf '%.3f' "$ratio")   target >= 0.9: $ratio_met"
+line "  same, server-side clocks" "$(printf '%.3f' "$ratio_srv")"
+line "backfilld peak RSS (VmHWM)" "$(printf '%.1f MiB' "$peak_mib")   target < 20 MiB: $rss_met"
+rule

@@ -1,0 +1,53 @@
+"""Exactly once: the checkpoint commits with its batch, so SIGKILL at any moment neither loses
+nor repeats a row. The job's set_sql is n = n + 1: any repeat shows as n = 2, any loss as n = 0."""
+
+import random
+import time
+
+from bfhelp import job, make_users, run_to_idle, submit, wait_state
+
+
+def kill_loop(db, daemon, job_id, kills, rnd, lo=0.05, hi=0.5):
+    progress = []
+    for _ in range(kills):
+        daemon.start()
+        time.sleep(rnd.uniform(lo, hi))
+        daemon.kill()
+        row = job(db, job_id)
+        progress.append(row["batches"])
+        if row["state"] == "done":
+            break
+    return progress
+
+
+def test_sigkill_many_times_same_instance_name(db, daemon_factory):
+    """A restarted instance with the same name takes its own jobs back at once."""
+    make_users(db, 100000)
+    job_id = submit(db, "users", set_sql="n = n + 1", where_sql=None, batch_size=250, sleep_ms=10)
+    d = daemon_factory(daemon={"name": "fixed-instance", "lease_ms": 60000})
+    rnd = random.Random(20261122)
+    progress = kill_loop(db, d, job_id, kills=15, rnd=rnd)
+    # The kills really landed mid-job: progress was made between them and the job was not done.
+    assert len(progress) == 15 and len(set(progress)) >= 8, progress
+    assert job(db, job_id)["state"] == "running"
+    assert run_to_idle(d) == 0
+    row = job(db, job_id)
+    assert row["state"] == "done"
+    assert db.one("SELECT count(*) FROM users WHERE n <> 1") == 0
+    assert db.one("SELECT min(n) FROM users") == 1
+    assert row["rows_changed"] == 100000 and row["rows_scanned"] == 100000
+
+
+def test_sigkill_then_takeover_after_the_lease_expires(db, daemon_factory):
+    """Instances named host:pid: the next one waits for the dead one's lease, then takes over."""
+    make_users(db, 20000)
+    job_id = submit(db, "users", set_sql="n = n + 1", where_sql=None, batch_size=200, sleep_ms=50)
+    d = daemon_factory(daemon={"lease_ms": 1000, "poll_interval_ms": 200})
+    rnd = random.Random(7)
+    progress = kill_loop(db, d, job_id, kills=4, rnd=rnd, lo=1.2, hi=2.0)
+    assert len(set(progress)) >= 3, progress
+    d.start()
+    wait_state(db, job_id, "done", timeout=60, daemon=d)
+    assert db.one("SELECT count(*) FROM users WHERE n <> 1") == 0
+    owners = db.one("SELECT count(DISTINCT owner) FROM backfill.jobs WHERE id = %s", [job_id])
+    assert owners == 0  # released when done
