@@ -120,7 +120,8 @@ char *batch_build_update(const batch_spec_t *spec, bool first)
 	}
 	sbuf_printf(&b, "  ORDER BY ");
 	sbuf_keys(&b, spec, false, "");
-	sbuf_printf(&b, "\n  LIMIT $%d\n), __bf_first AS MATERIALIZED (\n  SELECT * FROM __bf_keys ORDER BY ", limit_param);
+	sbuf_printf(&b, "\n  LIMIT $%d\n), __bf_first AS MATERIALIZED (\n  SELECT * FROM __bf_keys ORDER BY ",
+		    limit_param);
 	sbuf_keys(&b, spec, true, "");
 	sbuf_printf(&b, " LIMIT 1\n), __bf_last AS MATERIALIZED (\n  SELECT * FROM __bf_keys ORDER BY ");
 	sbuf_keys(&b, spec, true, " DESC");
@@ -139,7 +140,9 @@ char *batch_build_update(const batch_spec_t *spec, bool first)
 	sbuf_printf(&b, " FROM __bf_last)\n");
 	if (spec->nkeys > 1) {
 		char *k1 = sql_quote_ident(spec->key_names[0]);
-		sbuf_printf(&b, "    AND %s >= (SELECT __bf_k1 FROM __bf_first) AND %s <= (SELECT __bf_k1 FROM __bf_last)\n",
+		sbuf_printf(&b,
+			    "    AND %s >= (SELECT __bf_k1 FROM __bf_first) AND %s <= (SELECT __bf_k1 FROM "
+			    "__bf_last)\n",
 			    k1, k1);
 		free(k1);
 	}
@@ -168,20 +171,22 @@ char *batch_build_update(const batch_spec_t *spec, bool first)
 	return b.data;
 }
 
-const char batch_open_sql[] = "SELECT set_config('statement_timeout', $1, true), set_config('lock_timeout', $2, true),"
-			      " set_config('backfilld.lsn0', pg_current_wal_insert_lsn()::text, true),"
-			      " set_config('role', $3, true)";
+const char batch_open_sql[] =
+	"SELECT set_config('statement_timeout', $1, true), set_config('lock_timeout', $2, true),"
+	" set_config('backfilld.lsn0', pg_current_wal_insert_lsn()::text, true),"
+	" set_config('role', $3, true)";
 
 char *batch_build_checkpoint(const char *schema)
 {
 	sbuf_t b = {0};
 	char *q = sql_quote_ident(schema);
 
-	sbuf_printf(&b,
-		    "SELECT state, rows_scanned, rows_changed, batches, rows_estimate FROM %s._checkpoint("
-		    "$1::bigint, $2::text, $3::int, $4::int, $5::int, $6::int, $7::int, $8::bigint, $9::bigint,"
-		    " $10::int, $11::text)",
-		    q);
+	sbuf_printf(
+		&b,
+		"SELECT state, rows_scanned, rows_changed, batches, rows_estimate FROM %s._checkpoint("
+		"$1::bigint, $2::text, $3::int, $4::int, $5::int, $6::int, $7::int, $8::bigint, $9::bigint,"
+		" $10::int, $11::text)",
+		q);
 	free(q);
 	return b.data;
 }

@@ -126,8 +126,11 @@ static void daemon_send_status(void)
 	static char last[160];
 	char status[160];
 
-	snprintf(status, sizeof(status), "%s: %d job(s) running%s", !queue_is_up() ? "waiting for the queue"
-			 : d.mode != DAEMON_RUNNING ? "stopping" : "running", d.njobs, d.paused ? ", paused by signal" : "");
+	snprintf(status, sizeof(status), "%s: %d job(s) running%s",
+		 !queue_is_up()		    ? "waiting for the queue"
+		 : d.mode != DAEMON_RUNNING ? "stopping"
+					    : "running",
+		 d.njobs, d.paused ? ", paused by signal" : "");
 	if (strcmp(status, last) != 0) {
 		snprintf(last, sizeof(last), "%s", status);
 		notify_status(status);
@@ -160,7 +163,8 @@ static void daemon_grace_cb(evutil_socket_t fd, short what, void *arg)
 	for (int i = 0; i < d.njobs; i++) {
 		int pid = job_batch_backend_pid(d.jobs[i]);
 		if (pid) {
-			log_notice("shutdown grace of %lld ms passed: cancelling the batch of job %lld (backend %d)",
+			log_notice("shutdown grace of %lld ms passed: cancelling the batch of job %lld "
+				   "(backend %d)",
 				   (long long)d.config->shutdown_grace_ms, (long long)job_id(d.jobs[i]), pid);
 			daemon_cancel_backend(pid);
 		}
@@ -173,7 +177,8 @@ static void daemon_hard_stop_cb(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	(void)arg;
-	log_warning("%d job(s) did not give their lease back in time; exiting anyway (leases expire by themselves)",
+	log_warning("%d job(s) did not give their lease back in time; exiting anyway (leases expire by "
+		    "themselves)",
 		    d.njobs);
 	daemon_exit_loop(EXIT_RUNTIME);
 }
@@ -183,10 +188,11 @@ void daemon_request_stop(int signo)
 	if (d.mode != DAEMON_RUNNING) {
 		log_warning("second stop signal (%s): exiting at once", strsignal(signo));
 		notify_stopping();
-		exit(EXIT_RUNTIME);
+		_exit(EXIT_RUNTIME); /* no cleanup: leases expire by themselves */
 	}
-	log_notice("stop requested (%s): finishing batches in flight, then giving leases back (grace %lld ms)",
-		   strsignal(signo), (long long)d.config->shutdown_grace_ms);
+	log_notice(
+		"stop requested (%s): finishing batches in flight, then giving leases back (grace %lld ms)",
+		strsignal(signo), (long long)d.config->shutdown_grace_ms);
 	notify_stopping();
 	d.mode = DAEMON_STOPPING;
 	for (int i = d.njobs - 1; i >= 0; i--)
@@ -214,7 +220,8 @@ void daemon_set_paused(bool paused)
 
 static void daemon_warn_restart_only(const char *key)
 {
-	log_warning("reload: %s changed, but it only takes effect at restart; keeping the running value", key);
+	log_warning("reload: %s changed, but it only takes effect at restart; keeping the running value",
+		    key);
 }
 
 void daemon_reload(void)
@@ -395,8 +402,8 @@ int daemon_run(config_t *config, const daemon_options_t *options)
 		return EXIT_RUNTIME;
 	}
 
-	log_notice("backfilld %s starting as %s: %lld worker(s), queue schema %s", BACKFILLD_VERSION, config->name,
-		   (long long)config->workers, config->schema);
+	log_notice("backfilld %s starting as %s: %lld worker(s), queue schema %s", BACKFILLD_VERSION,
+		   config->name, (long long)config->workers, config->schema);
 	notify_start(d.base);
 	queue_open();
 	daemon_arm(d.poll, d.config->poll_interval_ms);

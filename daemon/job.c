@@ -77,16 +77,16 @@ struct job {
 
 	/* The walk on this instance. */
 	throttle_state_t throttle;
-	int64_t batch_limit;  /* the size of the batch in flight */
-	int64_t slept_ms;     /* the pause that preceded it */
-	const char *reason;   /* throttled_reason for the next checkpoint (NULL: running freely) */
+	int64_t batch_limit; /* the size of the batch in flight */
+	int64_t slept_ms;    /* the pause that preceded it */
+	const char *reason;  /* throttled_reason for the next checkpoint (NULL: running freely) */
 	struct timespec started, last_progress;
 	int64_t rows_at_start;
 
 	/* Modes. */
-	bool stopping;	     /* daemon shutdown: release to pending at the next boundary */
-	bool lease_lost;     /* another instance owns it: write nothing more */
-	bool held_reason_set; /* paused_by_signal is written in the queue */
+	bool stopping;		   /* daemon shutdown: release to pending at the next boundary */
+	bool lease_lost;	   /* another instance owns it: write nothing more */
+	bool held_reason_set;	   /* paused_by_signal is written in the queue */
 	const char *release_state; /* what RELEASING asks for */
 	char *release_error;
 };
@@ -144,7 +144,8 @@ job_t *job_start(const PGresult *res, int row)
 		abort();
 	job->id = pgconn_int64(res, row, PQfnumber(res, "id"), 0);
 	snprintf(job->id_text, sizeof(job->id_text), "%lld", (long long)job->id);
-	snprintf(job->context, sizeof(job->context), "job %lld (%s)", (long long)job->id, target ? target : "?");
+	snprintf(job->context, sizeof(job->context), "job %lld (%s)", (long long)job->id,
+		 target ? target : "?");
 	snprintf(app_name, sizeof(app_name), "backfilld job %lld", (long long)job->id);
 	job->timer = evtimer_new(daemon_base(), job_timer_cb, job);
 	if (!job->timer)
@@ -268,7 +269,8 @@ static void job_connection_event(pgconn_t *conn, pgconn_event_t event, const cha
 		case JOB_SLEEPING:
 		case JOB_HELD:
 		case JOB_FINISHED:
-			job_log(job, LOG_LEVEL_WARNING, "connection ready in unexpected state %d", (int)job->state);
+			job_log(job, LOG_LEVEL_WARNING, "connection ready in unexpected state %d",
+				(int)job->state);
 			break;
 		}
 		break;
@@ -286,7 +288,9 @@ static void job_connection_event(pgconn_t *conn, pgconn_event_t event, const cha
 		case JOB_BATCH:
 			if (job->stopping) {
 				job_log(job, LOG_LEVEL_WARNING,
-					"connection lost during shutdown (%s): the lease will expire by itself", reason);
+					"connection lost during shutdown (%s): the lease will expire by "
+					"itself",
+					reason);
 				job_finish(job);
 				return;
 			}
@@ -313,13 +317,24 @@ static bool job_build(job_t *job, const PGresult *row, const PGresult *keys, cha
 		return false;
 	}
 	if (job->kind != JOB_KIND_UPDATE) {
-		snprintf(err, errlen, "kind \"%s\" is not supported by backfilld %s yet", kind, BACKFILLD_VERSION);
+		snprintf(err, errlen, "kind \"%s\" is not supported by backfilld %s yet", kind,
+			 BACKFILLD_VERSION);
 		return false;
 	}
 	if (!pgconn_value(row, 0, 3)) {
 		snprintf(err, errlen, "the target table no longer exists");
 		return false;
 	}
+	/* Refuse rather than change data a user asked us only to measure. */
+	if (strcmp(pgconn_value(row, 0, LOAD_FIXED_COLUMNS + NOVERRIDES) ?: "f", "t") == 0) {
+		snprintf(err, errlen, "dry_run is not supported by backfilld %s yet; nothing was changed",
+			 BACKFILLD_VERSION);
+		return false;
+	}
+	if (pgconn_int64(row, 0, LOAD_FIXED_COLUMNS + NOVERRIDES + 1, 1) > 1 && !job->loaded)
+		job_log(job, LOG_LEVEL_NOTICE,
+			"parallel slices are not supported by backfilld %s yet: walking as one",
+			BACKFILLD_VERSION);
 	job->target_schema = xstrdup_or_null(pgconn_value(row, 0, 3));
 	job->target_table = xstrdup_or_null(pgconn_value(row, 0, 4));
 	job->set_sql = xstrdup_or_null(pgconn_value(row, 0, 5));
@@ -343,8 +358,8 @@ static bool job_build(job_t *job, const PGresult *row, const PGresult *keys, cha
 		job->key_names[i] = xstrdup_or_null(pgconn_value(keys, i, 0));
 		job->key_types[i] = xstrdup_or_null(pgconn_value(keys, i, 1));
 		if (!job->key_types[i]) {
-			snprintf(err, errlen, "key column \"%s\" no longer exists in %s.%s", job->key_names[i],
-				 job->target_schema, job->target_table);
+			snprintf(err, errlen, "key column \"%s\" no longer exists in %s.%s",
+				 job->key_names[i], job->target_schema, job->target_table);
 			return false;
 		}
 	}
@@ -355,8 +370,8 @@ static bool job_build(job_t *job, const PGresult *row, const PGresult *keys, cha
 		return false;
 	}
 	if (job->last_key.n != 0 && job->last_key.n != job->nkeys) {
-		snprintf(err, errlen, "the checkpoint has %d values but the key has %d columns", job->last_key.n,
-			 job->nkeys);
+		snprintf(err, errlen, "the checkpoint has %d values but the key has %d columns",
+			 job->last_key.n, job->nkeys);
 		return false;
 	}
 
@@ -377,8 +392,8 @@ static bool job_build(job_t *job, const PGresult *row, const PGresult *keys, cha
 	job->sql_first = batch_build_update(&spec, true);
 	job->sql_next = batch_build_update(&spec, false);
 	job->sql_checkpoint = batch_build_checkpoint(daemon_config()->schema);
-	snprintf(job->context, sizeof(job->context), "job %lld (%s.%s)", (long long)job->id, job->target_schema,
-		 job->target_table);
+	snprintf(job->context, sizeof(job->context), "job %lld (%s.%s)", (long long)job->id,
+		 job->target_schema, job->target_table);
 	return true;
 }
 
@@ -410,7 +425,8 @@ static void job_load_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
 	state = pgconn_value(res->results[0], 0, 0);
 	owner = pgconn_value(res->results[0], 0, 1);
 	if (!owner || strcmp(owner, daemon_name()) != 0) {
-		job_log(job, LOG_LEVEL_WARNING, "lease lost: the job is owned by %s now", owner ? owner : "nobody");
+		job_log(job, LOG_LEVEL_WARNING, "lease lost: the job is owned by %s now",
+			owner ? owner : "nobody");
 		job->lease_lost = true;
 		job_finish(job);
 		return;
@@ -434,8 +450,9 @@ static void job_load_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
 		throttle_init(&job->throttle, &s);
 		job->rows_at_start = job->rows_scanned;
 		job->loaded = true;
-		job_log(job, LOG_LEVEL_INFO, "walking %d key column%s from %s, batch size %lld, sleep %lld ms",
-			job->nkeys, job->nkeys > 1 ? "s" : "", job->last_key.n ? "the checkpoint" : "the start",
+		job_log(job, LOG_LEVEL_INFO,
+			"walking %d key column%s from %s, batch size %lld, sleep %lld ms", job->nkeys,
+			job->nkeys > 1 ? "s" : "", job->last_key.n ? "the checkpoint" : "the start",
 			(long long)job->throttle.batch_size, (long long)job->throttle.sleep_ms);
 	}
 	if (job->stopping)
@@ -453,15 +470,17 @@ static void job_load(job_t *job)
 	const char *params[] = {job->id_text};
 	pgconn_stmt_t stmts[2];
 
-	snprintf(row_sql, sizeof(row_sql),
-		 "SELECT j.state, j.owner, j.kind, n.nspname, c.relname, j.set_sql, j.where_sql, j.run_as,"
-		 " j.last_key::text, j.rows_scanned, j.rows_changed, j.batches, j.rows_estimate, j.name,"
-		 " j.batch_size, j.min_batch_size, j.max_batch_size, j.target_batch_ms, j.sleep_ms, j.max_sleep_ms,"
-		 " j.max_replication_lag_bytes, j.max_replication_lag_ms, j.max_blocked_ms, j.lock_timeout_ms,"
-		 " j.statement_timeout_ms, j.max_failed_rows"
-		 " FROM %s.jobs j LEFT JOIN pg_catalog.pg_class c ON c.oid = j.target"
-		 " LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE j.id = $1",
-		 schema);
+	snprintf(
+		row_sql, sizeof(row_sql),
+		"SELECT j.state, j.owner, j.kind, n.nspname, c.relname, j.set_sql, j.where_sql, j.run_as,"
+		" j.last_key::text, j.rows_scanned, j.rows_changed, j.batches, j.rows_estimate, j.name,"
+		" j.batch_size, j.min_batch_size, j.max_batch_size, j.target_batch_ms, j.sleep_ms, "
+		"j.max_sleep_ms,"
+		" j.max_replication_lag_bytes, j.max_replication_lag_ms, j.max_blocked_ms, j.lock_timeout_ms,"
+		" j.statement_timeout_ms, j.max_failed_rows, j.dry_run, j.parallel"
+		" FROM %s.jobs j LEFT JOIN pg_catalog.pg_class c ON c.oid = j.target"
+		" LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE j.id = $1",
+		schema);
 	snprintf(keys_sql, sizeof(keys_sql),
 		 "SELECT k.name, pg_catalog.format_type(a.atttypid, a.atttypmod)"
 		 " FROM %s.jobs j CROSS JOIN LATERAL unnest(j.key_columns) WITH ORDINALITY AS k(name, ord)"
@@ -572,7 +591,8 @@ static void job_log_progress(job_t *job, bool force)
 			snprintf(eta, sizeof(eta), "%.0fs", left > 0 ? left : 0);
 		}
 	}
-	job_log(job, LOG_LEVEL_INFO, "%s  %lld rows scanned, %lld changed, %.0f rows/s, batch %lld, sleep %lld ms, ETA %s",
+	job_log(job, LOG_LEVEL_INFO,
+		"%s  %lld rows scanned, %lld changed, %.0f rows/s, batch %lld, sleep %lld ms, ETA %s",
 		percent, (long long)job->rows_scanned, (long long)job->rows_changed, rate,
 		(long long)job->throttle.batch_size, (long long)job->throttle.sleep_ms, eta);
 }
@@ -615,19 +635,22 @@ static void job_batch_done(job_t *job, const pgconn_result_t *res)
 	job->rows_estimate = pgconn_int64(cp, 0, 4, job->rows_estimate);
 	job->reason = NULL;
 	job_log(job, LOG_LEVEL_DEBUG, "batch %lld: %lld rows scanned, %lld changed, up to %s",
-		(long long)job->batches, (long long)scanned, (long long)changed, last_key ? last_key : "(end)");
+		(long long)job->batches, (long long)scanned, (long long)changed,
+		last_key ? last_key : "(end)");
 
 	if (!state || strcmp(state, "running") != 0) {
 		if (state && strcmp(state, "done") == 0) {
 			double secs = elapsed_s(&job->started);
 			job_log_progress(job, true);
 			job_log(job, LOG_LEVEL_INFO,
-				"done: %lld rows scanned, %lld changed in %lld batches; %.1f s on this instance (%.0f rows/s)",
-				(long long)job->rows_scanned, (long long)job->rows_changed, (long long)job->batches,
-				secs, secs > 0 ? (double)(job->rows_scanned - job->rows_at_start) / secs : 0.0);
+				"done: %lld rows scanned, %lld changed in %lld batches; %.1f s on this "
+				"instance (%.0f rows/s)",
+				(long long)job->rows_scanned, (long long)job->rows_changed,
+				(long long)job->batches, secs,
+				secs > 0 ? (double)(job->rows_scanned - job->rows_at_start) / secs : 0.0);
 		} else {
-			job_log(job, LOG_LEVEL_INFO, "%s by a user after batch %lld", state ? state : "changed",
-				(long long)job->batches);
+			job_log(job, LOG_LEVEL_INFO, "%s by a user after batch %lld",
+				state ? state : "changed", (long long)job->batches);
 		}
 		job_finish(job); /* the checkpoint already gave the job back */
 		return;
@@ -640,15 +663,17 @@ static void job_batch_done(job_t *job, const pgconn_result_t *res)
 
 static void job_batch_failed(job_t *job, const pgconn_result_t *res)
 {
-	static const char *const where[] = {"starting the transaction", "setting up the batch (role, timeouts)",
-					    "in the batch statement", "resetting the role", "in the checkpoint",
-					    "at commit"};
+	static const char *const where[] = {
+		"starting the transaction", "setting up the batch (role, timeouts)",
+		"in the batch statement",   "resetting the role",
+		"in the checkpoint",	    "at commit"};
 	const char *stage = res->failed_index >= 0 && res->failed_index < 6 ? where[res->failed_index] : "";
 	char err[1024];
 	throttle_settings_t s;
 
 	if (strcmp(res->sqlstate, "BFL01") == 0) {
-		job_log(job, LOG_LEVEL_WARNING, "lease lost (%s): batch rolled back, the job is another instance's now",
+		job_log(job, LOG_LEVEL_WARNING,
+			"lease lost (%s): batch rolled back, the job is another instance's now",
 			res->message);
 		job->lease_lost = true;
 		job_finish(job);
@@ -664,8 +689,9 @@ static void job_batch_failed(job_t *job, const pgconn_result_t *res)
 		throttle_after_retry(&job->throttle, &s, (double)(random() % 1000) / 1000.0);
 		job->reason = "lock_timeout";
 		log_msg(job->throttle.retries == 1 ? LOG_LEVEL_NOTICE : LOG_LEVEL_DEBUG, job->context,
-			"batch rolled back (%s %s); retry %d in %lld ms with %lld rows", res->sqlstate, res->message,
-			job->throttle.retries, (long long)job->throttle.sleep_ms, (long long)job->throttle.batch_size);
+			"batch rolled back (%s %s); retry %d in %lld ms with %lld rows", res->sqlstate,
+			res->message, job->throttle.retries, (long long)job->throttle.sleep_ms,
+			(long long)job->throttle.batch_size);
 		if (job->stopping)
 			job_release(job, "pending", NULL);
 		else
@@ -685,7 +711,8 @@ static void job_batch_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
 	if (job->state != JOB_BATCH)
 		return;
 	if (res->broken) {
-		job_log(job, LOG_LEVEL_WARNING, "connection lost during batch %lld: its outcome is read back once reconnected",
+		job_log(job, LOG_LEVEL_WARNING,
+			"connection lost during batch %lld: its outcome is read back once reconnected",
 			(long long)job->batches + 1);
 		job->state = JOB_CONNECTING;
 		return;
@@ -748,7 +775,8 @@ static void job_next_batch(job_t *job)
 
 	stmts[0] = (pgconn_stmt_t){"BEGIN", 0, NULL};
 	stmts[1] = (pgconn_stmt_t){batch_open_sql, 3, open_params};
-	stmts[2] = (pgconn_stmt_t){first ? job->sql_first : job->sql_next, first ? 1 : job->nkeys + 1, batch_params};
+	stmts[2] = (pgconn_stmt_t){first ? job->sql_first : job->sql_next, first ? 1 : job->nkeys + 1,
+				   batch_params};
 	stmts[3] = (pgconn_stmt_t){"RESET ROLE", 0, NULL};
 	stmts[4] = (pgconn_stmt_t){job->sql_checkpoint, 11, checkpoint_params};
 	stmts[5] = (pgconn_stmt_t){"COMMIT", 0, NULL};
@@ -848,7 +876,8 @@ void job_lease_seen(job_t *job, const char *state, const char *owner)
 	if (job->state == JOB_FINISHED || job->state == JOB_RELEASING)
 		return;
 	if (!ours) {
-		job_log(job, LOG_LEVEL_WARNING, "lease lost: the job is %s now", owner ? owner : "not owned by anyone");
+		job_log(job, LOG_LEVEL_WARNING, "lease lost: the job is %s now",
+			owner ? owner : "not owned by anyone");
 		job->lease_lost = true;
 		if (job->state != JOB_BATCH) /* a batch in flight fails its fence by itself */
 			job_finish(job);

@@ -17,17 +17,20 @@
 
 static void usage(FILE *out)
 {
-	fprintf(out, "Usage: backfilld [OPTIONS]\n"
-		     "A PostgreSQL backfill daemon: walks tables in key order, one short transaction per batch.\n\n"
-		     "  -c, --config FILE     configuration file (default " CONFIG_DEFAULT_PATH ")\n"
-		     "      --check-config    parse and validate the file, print the effective settings, exit\n"
-		     "      --install-schema  create or upgrade the queue schema in the configured database, exit\n"
-		     "      --schema-sql      print the schema SQL to stdout, exit\n"
-		     "      --exit-when-idle  exit 0 once no runnable job is pending or running\n"
-		     "      --log-level LEVEL error | warning | notice | info | debug (overrides the file)\n"
-		     "  -V, --version         print the version, exit\n"
-		     "  -h, --help            print this help, exit\n\n"
-		     "Signals: SIGUSR1 pause, SIGUSR2 resume, SIGHUP reload, SIGTERM/SIGINT stop.\n");
+	fprintf(out,
+		"Usage: backfilld [OPTIONS]\n"
+		"A PostgreSQL backfill daemon: walks tables in key order, one short transaction per "
+		"batch.\n\n"
+		"  -c, --config FILE     configuration file (default " CONFIG_DEFAULT_PATH ")\n"
+		"      --check-config    parse and validate the file, print the effective settings, exit\n"
+		"      --install-schema  create or upgrade the queue schema in the configured database, "
+		"exit\n"
+		"      --schema-sql      print the schema SQL to stdout, exit\n"
+		"      --exit-when-idle  exit 0 once no runnable job is pending or running\n"
+		"      --log-level LEVEL error | warning | notice | info | debug (overrides the file)\n"
+		"  -V, --version         print the version, exit\n"
+		"  -h, --help            print this help, exit\n\n"
+		"Signals: SIGUSR1 pause, SIGUSR2 resume, SIGHUP reload, SIGTERM/SIGINT stop.\n");
 }
 
 enum {
@@ -78,7 +81,9 @@ int main(int argc, char **argv)
 			break;
 		case OPT_LOG_LEVEL:
 			if (!log_level_parse(optarg, &dopt.log_level)) {
-				fprintf(stderr, "backfilld: --log-level: \"%s\" is not one of error, warning, notice, info, debug\n",
+				fprintf(stderr,
+					"backfilld: --log-level: \"%s\" is not one of error, warning, "
+					"notice, info, debug\n",
 					optarg);
 				return EXIT_BAD_USAGE;
 			}
@@ -102,7 +107,8 @@ int main(int argc, char **argv)
 	}
 	modes = (int)check_config + (int)install_schema + (int)print_schema;
 	if (modes > 1) {
-		fprintf(stderr, "backfilld: --check-config, --install-schema and --schema-sql exclude each other\n");
+		fprintf(stderr,
+			"backfilld: --check-config, --install-schema and --schema-sql exclude each other\n");
 		return EXIT_BAD_USAGE;
 	}
 

@@ -14,7 +14,6 @@
 #include <systemd/sd-daemon.h>
 #endif
 
-
 static struct event *watchdog;
 
 #ifdef HAVE_LIBSYSTEMD

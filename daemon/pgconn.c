@@ -218,8 +218,8 @@ static void pgconn_watch_poll(pgconn_t *c, PostgresPollingStatusType want)
 void pgconn_connect(pgconn_t *c)
 {
 	/* Our keywords first so the user's conninfo may override them; application_name last. */
-	const char *keys[] = {"connect_timeout", "keepalives", "keepalives_idle", "keepalives_interval",
-			      "keepalives_count", "dbname", "application_name", NULL};
+	const char *keys[] = {"connect_timeout",  "keepalives", "keepalives_idle",  "keepalives_interval",
+			      "keepalives_count", "dbname",	"application_name", NULL};
 	const char *values[] = {"10", "1", "10", "5", "3", c->opt.conninfo, c->opt.application_name, NULL};
 	struct timeval tv = {CONNECT_TIMEOUT_MS / 1000, (CONNECT_TIMEOUT_MS % 1000) * 1000};
 
@@ -358,8 +358,8 @@ static void pgconn_lost(pgconn_t *c, const char *why)
 	delay = delay / 2 + random() % (delay / 2 + 1); /* jitter: half to full */
 	c->attempts++;
 	log_msg(was_up ? LOG_LEVEL_WARNING : LOG_LEVEL_NOTICE, c->opt.log_context,
-		"%s: %s; reconnecting in %ld ms", was_up ? "connection lost" : "cannot connect", c->last_error,
-		delay);
+		"%s: %s; reconnecting in %ld ms", was_up ? "connection lost" : "cannot connect",
+		c->last_error, delay);
 	tv.tv_sec = delay / 1000;
 	tv.tv_usec = (delay % 1000) * 1000;
 	evtimer_add(c->ev_timer, &tv);
@@ -414,7 +414,11 @@ static void pgconn_start_next(pgconn_t *c)
 static void pgconn_complete_head(pgconn_t *c)
 {
 	request_t *r = c->head;
-	pgconn_result_t res = {.results = r->results, .n = r->n, .ok = true, .failed_index = -1, .sqlstate = "",
+	pgconn_result_t res = {.results = r->results,
+			       .n = r->n,
+			       .ok = true,
+			       .failed_index = -1,
+			       .sqlstate = "",
 			       .message = ""};
 	PGTransactionStatusType ts;
 
@@ -445,7 +449,8 @@ static void pgconn_complete_head(pgconn_t *c)
 	if (ts == PQTRANS_INERROR || ts == PQTRANS_INTRANS) {
 		pgconn_stmt_t rollback = {"ROLLBACK", 0, NULL};
 		if (ts == PQTRANS_INTRANS)
-			log_msg(LOG_LEVEL_WARNING, c->opt.log_context, "a request left a transaction open; rolling back");
+			log_msg(LOG_LEVEL_WARNING, c->opt.log_context,
+				"a request left a transaction open; rolling back");
 		if (!pgconn_enqueue(c, &rollback, 1, NULL, NULL, true, true)) {
 			request_free(r);
 			pgconn_lost(c, "cannot roll back");

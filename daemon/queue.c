@@ -64,10 +64,12 @@ static void queue_schema_cb(pgconn_t *conn, const pgconn_result_t *res, void *ar
 	if (!res->ok) {
 		if (strcmp(res->sqlstate, "42P01") == 0 || strcmp(res->sqlstate, "3F000") == 0)
 			snprintf(why, sizeof(why),
-				 "the queue schema %s is not installed in this database: run backfilld --install-schema",
+				 "the queue schema %s is not installed in this database: run backfilld "
+				 "--install-schema",
 				 daemon_config()->schema);
 		else
-			snprintf(why, sizeof(why), "cannot check the queue schema: %s %s", res->sqlstate, res->message);
+			snprintf(why, sizeof(why), "cannot check the queue schema: %s %s", res->sqlstate,
+				 res->message);
 		log_msg(LOG_LEVEL_ERROR, QUEUE_CONTEXT, "%s; checking again in %lld ms", why, (long long)ms);
 		queue_set_down(why);
 		evtimer_add(queue.recheck, &tv);
@@ -76,9 +78,10 @@ static void queue_schema_cb(pgconn_t *conn, const pgconn_result_t *res, void *ar
 	version = pgconn_int64(res->results[1], 0, 0, 0);
 	if (version != SCHEMA_VERSION) {
 		snprintf(why, sizeof(why),
-			 version < SCHEMA_VERSION
-				 ? "the queue schema %s is at version %lld, this backfilld needs %d: run backfilld --install-schema to upgrade it"
-				 : "the queue schema %s is at version %lld, newer than this backfilld knows (%d): upgrade backfilld",
+			 version < SCHEMA_VERSION ? "the queue schema %s is at version %lld, this backfilld "
+						    "needs %d: run backfilld --install-schema to upgrade it"
+						  : "the queue schema %s is at version %lld, newer than this "
+						    "backfilld knows (%d): upgrade backfilld",
 			 daemon_config()->schema, (long long)version, SCHEMA_VERSION);
 		log_msg(LOG_LEVEL_ERROR, QUEUE_CONTEXT, "%s; checking again in %lld ms", why, (long long)ms);
 		queue_set_down(why);
@@ -87,8 +90,9 @@ static void queue_schema_cb(pgconn_t *conn, const pgconn_result_t *res, void *ar
 	}
 	queue.up = true;
 	queue.reason[0] = '\0';
-	log_msg(LOG_LEVEL_INFO, QUEUE_CONTEXT, "connected; schema %s version %lld; listening on backfill_jobs",
-		daemon_config()->schema, (long long)version);
+	log_msg(LOG_LEVEL_INFO, QUEUE_CONTEXT,
+		"connected; schema %s version %lld; listening on backfill_jobs", daemon_config()->schema,
+		(long long)version);
 	daemon_wake();
 }
 
@@ -103,7 +107,6 @@ static void queue_check_schema(void)
 	if (!pgconn_send(queue.conn, stmts, 2, queue_schema_cb, NULL))
 		queue_set_down("not connected");
 }
-
 
 static void queue_event_cb(pgconn_t *conn, pgconn_event_t event, const char *reason, void *arg)
 {
@@ -171,13 +174,14 @@ static void queue_call_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
 	(void)conn;
 
 	if (!res->ok && !res->broken)
-		log_msg(LOG_LEVEL_ERROR, QUEUE_CONTEXT, "%s failed: %s %s", call->what, res->sqlstate, res->message);
+		log_msg(LOG_LEVEL_ERROR, QUEUE_CONTEXT, "%s failed: %s %s", call->what, res->sqlstate,
+			res->message);
 	call->cb(res->ok ? res->results[0] : NULL, call->arg);
 	free(call);
 }
 
-static bool queue_call(const char *what, const char *sql, int nparams, const char *const *params, queue_rows_cb cb,
-		       void *arg)
+static bool queue_call(const char *what, const char *sql, int nparams, const char *const *params,
+		       queue_rows_cb cb, void *arg)
 {
 	pgconn_stmt_t stmt = {sql, nparams, params};
 	queue_call_t *call;
@@ -219,7 +223,8 @@ bool queue_claim(const int64_t *exclude, int n, queue_rows_cb cb, void *arg)
 	bool ok;
 
 	snprintf(lease, sizeof(lease), "%lld", (long long)daemon_config()->lease_ms);
-	snprintf(sql, sizeof(sql), "SELECT * FROM %s._claim($1, $2::int, $3::bigint[])", daemon_schema_quoted());
+	snprintf(sql, sizeof(sql), "SELECT * FROM %s._claim($1, $2::int, $3::bigint[])",
+		 daemon_schema_quoted());
 	ok = queue_call("claim", sql, 3, params, cb, arg);
 	free(ids);
 	return ok;
@@ -252,7 +257,8 @@ static void queue_cancel_cb(const PGresult *res, void *arg)
 {
 	(void)arg;
 	if (res)
-		log_msg(LOG_LEVEL_DEBUG, QUEUE_CONTEXT, "cancel request sent: %s", pgconn_value(res, 0, 0) ?: "?");
+		log_msg(LOG_LEVEL_DEBUG, QUEUE_CONTEXT, "cancel request sent: %s",
+			pgconn_value(res, 0, 0) ?: "?");
 }
 
 void queue_cancel_backend(int pid)
@@ -262,5 +268,6 @@ void queue_cancel_backend(int pid)
 
 	snprintf(pid_text, sizeof(pid_text), "%d", pid);
 	if (!queue_call("cancel", "SELECT pg_cancel_backend($1::int)", 1, params, queue_cancel_cb, NULL))
-		log_msg(LOG_LEVEL_WARNING, QUEUE_CONTEXT, "cannot cancel backend %d: the queue connection is down", pid);
+		log_msg(LOG_LEVEL_WARNING, QUEUE_CONTEXT,
+			"cannot cancel backend %d: the queue connection is down", pid);
 }

@@ -47,7 +47,8 @@ static bool schema_exec(PGconn *conn, const char *sql, const char *what)
 
 	if (!ok) {
 		const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-		log_error("%s failed: %s%s%s", what, state ? state : "", state ? " " : "", PQerrorMessage(conn));
+		log_error("%s failed: %s%s%s", what, state ? state : "", state ? " " : "",
+			  PQerrorMessage(conn));
 	}
 	PQclear(res);
 	return ok;
@@ -71,7 +72,8 @@ int schema_install(const char *conninfo, const char *schema)
 	/* One transaction, serialised against concurrent installers. */
 	ok = schema_exec(conn, "SET client_min_messages = warning", "setting up") &&
 	     schema_exec(conn, "BEGIN", "BEGIN") &&
-	     schema_exec(conn, "SELECT pg_advisory_xact_lock(hashtext('backfilld install-schema'))", "locking") &&
+	     schema_exec(conn, "SELECT pg_advisory_xact_lock(hashtext('backfilld install-schema'))",
+			 "locking") &&
 	     schema_exec(conn, sql, "installing the schema") && schema_exec(conn, "COMMIT", "COMMIT");
 	free(sql);
 	if (!ok) {

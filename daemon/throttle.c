@@ -17,7 +17,8 @@ void throttle_init(throttle_state_t *st, const throttle_settings_t *s)
 	st->retries = 0;
 }
 
-void throttle_after_batch(throttle_state_t *st, const throttle_settings_t *s, int64_t rows, double duration_ms)
+void throttle_after_batch(throttle_state_t *st, const throttle_settings_t *s, int64_t rows,
+			  double duration_ms)
 {
 	(void)rows;
 	(void)duration_ms;

@@ -53,7 +53,8 @@ typedef struct pgconn_options {
 } pgconn_options_t;
 
 /* A new, unconnected connection. Strings in OPTIONS are copied. */
-pgconn_t *pgconn_new(struct event_base *base, const pgconn_options_t *options) __attribute__((warn_unused_result));
+pgconn_t *pgconn_new(struct event_base *base, const pgconn_options_t *options)
+	__attribute__((warn_unused_result));
 
 /* Start connecting (now, or restart at once if a reconnect is pending). */
 void pgconn_connect(pgconn_t *conn);

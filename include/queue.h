@@ -27,7 +27,8 @@ bool queue_is_up(void);
 const char *queue_down_reason(void);
 
 /* Claim one job not in EXCLUDE; CB gets zero or one row of <schema>.jobs. */
-bool queue_claim(const int64_t *exclude, int n, queue_rows_cb cb, void *arg) __attribute__((warn_unused_result));
+bool queue_claim(const int64_t *exclude, int n, queue_rows_cb cb, void *arg)
+	__attribute__((warn_unused_result));
 
 /* Renew the leases of IDS; CB gets rows (id, state, owner). */
 bool queue_renew(const int64_t *ids, int n, queue_rows_cb cb, void *arg) __attribute__((warn_unused_result));

@@ -20,7 +20,8 @@ typedef struct throttle_state {
 void throttle_init(throttle_state_t *st, const throttle_settings_t *s);
 
 /* A batch committed. */
-void throttle_after_batch(throttle_state_t *st, const throttle_settings_t *s, int64_t rows, double duration_ms);
+void throttle_after_batch(throttle_state_t *st, const throttle_settings_t *s, int64_t rows,
+			  double duration_ms);
 
 /*
  * A batch was rolled back for a reason worth retrying (lock timeout, deadlock, statement

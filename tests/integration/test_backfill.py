@@ -297,3 +297,58 @@ def test_malformed_job_refused_at_insert(db, bad):
                [cols[n] for n in names])
     key = next(iter(bad))
     assert key.split("_")[0] in str(err.value) or "kind" in str(err.value), str(err.value)
+
+
+def test_unsupported_features_never_change_data(db, daemon_factory):
+    """Features this version does not have yet: a dry run fails before touching a row; kinds
+    statement and verify fail with a clear message; parallel > 1 walks as one slice."""
+    make_users(db, 1000)
+    dry = submit(db, "users", dry_run=True)
+    db.sql("CREATE TABLE other (id int PRIMARY KEY, a int, b int)")
+    db.sql("INSERT INTO other SELECT g, g FROM generate_series(1, 500) g")
+    verify = db.one("INSERT INTO backfill.jobs (target, kind, mismatch_sql) VALUES ('other', 'verify', 'b <> a')"
+                    " RETURNING id")
+    par = submit(db, "other", set_sql="b = a", where_sql=None, parallel=2, priority=-1)
+    d = daemon_factory(daemon={"workers": 1})
+    assert run_to_idle(d) == 0
+    row = job(db, dry)
+    assert row["state"] == "failed" and "dry_run is not supported" in row["last_error"]
+    assert differing(db) == 1000
+    assert job(db, verify)["state"] == "failed" and "not supported" in job(db, verify)["last_error"]
+    assert job(db, par)["state"] == "done"
+    assert db.one("SELECT count(*) FROM other WHERE b IS DISTINCT FROM a") == 0
+    assert "walking as one" in d.log_text()
+
+
+def test_daemon_as_an_unprivileged_role_with_the_readme_grants(db, daemon_factory):
+    """The README's recipe: a non-superuser daemon role, member of the submitting role."""
+    make_users(db, 5000)
+    daemon_role, owner = f"{db.name}_daemon", f"{db.name}_owner"
+    db.sql(f'CREATE ROLE "{daemon_role}" LOGIN')
+    db.sql(f'CREATE ROLE "{owner}"')
+    try:
+        db.sql(f'ALTER TABLE users OWNER TO "{owner}"')
+        db.sql(f'GRANT "{owner}" TO "{daemon_role}"')
+        db.sql(f'GRANT USAGE ON SCHEMA backfill TO "{owner}", "{daemon_role}"')
+        db.sql(f'GRANT SELECT, INSERT, UPDATE (state) ON backfill.jobs TO "{owner}"')
+        db.sql(f'GRANT SELECT ON backfill.progress, backfill.batches TO "{owner}"')
+        db.sql(f'GRANT ALL ON ALL TABLES IN SCHEMA backfill TO "{daemon_role}"')
+        with db.connect() as conn:
+            conn.execute(f'SET ROLE "{owner}"')
+            job_id = submit(db, "users", conn=conn, batch_size=700)
+            assert conn.execute("SELECT count(*) FROM backfill.progress").fetchone()[0] == 1
+        conninfo = db.conninfo.replace("user=postgres", f"user={daemon_role}")
+        assert conninfo != db.conninfo
+        d = daemon_factory(database={"conninfo": conninfo})
+        assert run_to_idle(d) == 0
+        row = job(db, job_id)
+        assert row["state"] == "done", (row, d.log_tail())
+        assert row["run_as"] == owner and differing(db) == 0
+        with db.connect() as conn:  # the owner can pause its own jobs through the function
+            conn.execute(f'SET ROLE "{owner}"')
+            again = submit(db, "users", conn=conn, set_sql="n = 1", where_sql=None)
+            assert conn.execute("SELECT backfill.pause(%s)", [again]).fetchone()[0] == "paused"
+    finally:
+        db.sql(f'DROP OWNED BY "{daemon_role}", "{owner}" CASCADE')
+        db.sql(f'DROP ROLE "{daemon_role}"')
+        db.sql(f'DROP ROLE "{owner}"')
