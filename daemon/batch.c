@@ -183,7 +183,8 @@ char *batch_build_checkpoint(const char *schema)
 
 	sbuf_printf(
 		&b,
-		"SELECT state, rows_scanned, rows_changed, batches, rows_estimate FROM %s._checkpoint("
+		"SELECT state, rows_scanned, rows_changed, batches, rows_estimate, wal_bytes FROM "
+		"%s._checkpoint("
 		"$1::bigint, $2::text, $3::int, $4::int, $5::int, $6::int, $7::int, $8::bigint, $9::bigint,"
 		" $10::int, $11::text)",
 		q);

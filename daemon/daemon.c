@@ -14,11 +14,14 @@
 
 #include "batch.h"
 #include "exitcodes.h"
+#include "http.h"
 #include "job.h"
 #include "log.h"
+#include "metrics.h"
 #include "notify.h"
 #include "pgconn.h"
 #include "queue.h"
+#include "sampler.h"
 #include "signals.h"
 
 #define MAX_JOBS 1024
@@ -120,17 +123,41 @@ void daemon_cancel_backend(int pid)
 	queue_cancel_backend(pid);
 }
 
+void daemon_batch_pids(char *buf, size_t len)
+{
+	size_t used = 0;
+
+	used += (size_t)snprintf(buf, len, "{");
+	for (int i = 0; i < d.njobs && used + 16 < len; i++) {
+		int pid = job_batch_backend_pid(d.jobs[i]);
+		if (pid)
+			used += (size_t)snprintf(buf + used, len - used, "%s%d", used > 1 ? "," : "", pid);
+	}
+	snprintf(buf + used, len - used, "}");
+}
+
+void daemon_on_blocked(int pid, int64_t sessions, int64_t waited_ms)
+{
+	for (int i = 0; i < d.njobs; i++) {
+		if (pid && job_batch_backend_pid(d.jobs[i]) == pid) {
+			job_on_blocked(d.jobs[i], sessions, waited_ms);
+			return;
+		}
+	}
+}
+
 /* One STATUS= line for systemd, sent when it changes. */
 static void daemon_send_status(void)
 {
-	static char last[160];
-	char status[160];
+	static char last[256];
+	char status[256], summary[160];
 
-	snprintf(status, sizeof(status), "%s: %d job(s) running%s",
+	metrics_summary(summary, sizeof(summary));
+	snprintf(status, sizeof(status), "%s: %d job(s) running, %s%s",
 		 !queue_is_up()		    ? "waiting for the queue"
 		 : d.mode != DAEMON_RUNNING ? "stopping"
 					    : "running",
-		 d.njobs, d.paused ? ", paused by signal" : "");
+		 d.njobs, summary, d.paused ? ", paused by signal" : "");
 	if (strcmp(status, last) != 0) {
 		snprintf(last, sizeof(last), "%s", status);
 		notify_status(status);
@@ -210,6 +237,7 @@ void daemon_set_paused(bool paused)
 		return;
 	}
 	d.paused = paused;
+	metrics_paused(paused);
 	log_notice(paused ? "paused: batches in flight commit, no new batch starts, leases are kept"
 			  : "resumed");
 	for (int i = 0; i < d.njobs; i++)
@@ -323,6 +351,7 @@ static void daemon_wake_cb(evutil_socket_t fd, short what, void *arg)
 		notify_ready(); /* after the schema check */
 		d.ready_sent = true;
 	}
+	metrics_database(queue_is_up(), queue_down_reason());
 	daemon_check_stopped();
 	daemon_claim();
 	daemon_send_status();
@@ -333,7 +362,9 @@ static void daemon_poll_cb(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	(void)arg;
+	metrics_database(queue_is_up(), queue_down_reason()); /* a lost connection wakes nobody */
 	daemon_claim();
+	daemon_send_status(); /* rows/s moves */
 	daemon_arm(d.poll, d.config->poll_interval_ms);
 }
 
@@ -404,18 +435,25 @@ int daemon_run(config_t *config, const daemon_options_t *options)
 
 	log_notice("backfilld %s starting as %s: %lld worker(s), queue schema %s", BACKFILLD_VERSION,
 		   config->name, (long long)config->workers, config->schema);
+	if (!http_start(d.base, config->http_listen)) {
+		d.exit_code = EXIT_RUNTIME;
+		goto out;
+	}
 	notify_start(d.base);
 	queue_open();
+	sampler_open();
 	daemon_arm(d.poll, d.config->poll_interval_ms);
 	daemon_arm(d.renew, d.config->lease_ms / 3);
 
 	event_base_dispatch(d.base);
+out:
 
 	/* Free everything so leak reports mean something. */
 	for (int i = 0; i < d.njobs; i++)
 		job_free(d.jobs[i]);
 	for (int i = 0; i < d.nfinished; i++)
 		job_free(d.finished[i]);
+	sampler_close();
 	queue_close();
 	signals_remove();
 	notify_stop();
@@ -426,6 +464,8 @@ int daemon_run(config_t *config, const daemon_options_t *options)
 	ev[4] = d.hard_stop;
 	for (int i = 0; i < 5; i++)
 		event_free(ev[i]);
+	http_stop();
+	metrics_reset();
 	event_base_free(d.base);
 	free(d.schema_quoted);
 	config_free(d.config);

@@ -19,6 +19,8 @@
 #include "keys.h"
 #include "log.h"
 #include "pgconn.h"
+#include "sampler.h"
+
 #include "throttle.h"
 
 typedef enum job_state {
@@ -26,6 +28,7 @@ typedef enum job_state {
 	JOB_LOADING,	/* reading its row and key metadata */
 	JOB_BATCH,	/* a batch pipeline in flight */
 	JOB_SLEEPING,	/* between batches, or backing off before a retry */
+	JOB_THROTTLED,	/* held by the throttle (lag, a missing standby, autovacuum): decide again soon */
 	JOB_HELD,	/* paused by signal */
 	JOB_RELEASING,	/* giving the job back (pending, failed, or a user's state) */
 	JOB_FINISHED,	/* nothing more to do; the daemon frees it */
@@ -65,6 +68,7 @@ struct job {
 	job_kind_t kind;
 	char *target_schema, *target_table;
 	char *set_sql, *where_sql, *run_as;
+	uint32_t target_oid;
 	int nkeys;
 	char **key_names, **key_types;
 	bool has_override[NOVERRIDES];
@@ -77,9 +81,14 @@ struct job {
 
 	/* The walk on this instance. */
 	throttle_state_t throttle;
-	int64_t batch_limit; /* the size of the batch in flight */
-	int64_t slept_ms;    /* the pause that preceded it */
-	const char *reason;  /* throttled_reason for the next checkpoint (NULL: running freely) */
+	int64_t batch_limit;	   /* the size of the batch in flight */
+	int64_t slept_ms;	   /* the pause that preceded it */
+	const char *reason;	   /* throttled_reason for the next checkpoint (NULL: running freely) */
+	const char *logged_reason; /* the reason last logged: a change is logged once */
+	const char *cancel_reason; /* why we asked the server to cancel the batch in flight */
+	struct timespec batch_started;
+	int64_t batch_blocked;	/* most sessions seen blocked by the batch in flight */
+	throttle_input_t input; /* what the throttle saw before the batch in flight */
 	struct timespec started, last_progress;
 	int64_t rows_at_start;
 
@@ -98,6 +107,8 @@ static void job_release(job_t *job, const char *state, const char *error);
 static void job_finish(job_t *job);
 static void job_hold(job_t *job);
 static void job_timer_cb(evutil_socket_t fd, short what, void *arg);
+static void job_continue(job_t *job);
+static void job_write_reason(job_t *job, const char *reason);
 
 #define job_log(job, level, ...) log_msg(level, (job)->context, __VA_ARGS__)
 
@@ -228,6 +239,9 @@ static void job_timer_cb(evutil_socket_t fd, short what, void *arg)
 	case JOB_SLEEPING:
 		job_next_batch(job);
 		break;
+	case JOB_THROTTLED:
+		job_continue(job);
+		break;
 	case JOB_CONNECTING:
 	case JOB_LOADING:
 	case JOB_BATCH:
@@ -267,6 +281,7 @@ static void job_connection_event(pgconn_t *conn, pgconn_event_t event, const cha
 		case JOB_LOADING:
 		case JOB_BATCH:
 		case JOB_SLEEPING:
+		case JOB_THROTTLED:
 		case JOB_HELD:
 		case JOB_FINISHED:
 			job_log(job, LOG_LEVEL_WARNING, "connection ready in unexpected state %d",
@@ -280,6 +295,7 @@ static void job_connection_event(pgconn_t *conn, pgconn_event_t event, const cha
 		case JOB_FINISHED:
 			break; /* the release is retried once connected again */
 		case JOB_SLEEPING:
+		case JOB_THROTTLED:
 		case JOB_HELD:
 			evtimer_del(job->timer);
 			/* fall through */
@@ -335,6 +351,7 @@ static bool job_build(job_t *job, const PGresult *row, const PGresult *keys, cha
 		job_log(job, LOG_LEVEL_NOTICE,
 			"parallel slices are not supported by backfilld %s yet: walking as one",
 			BACKFILLD_VERSION);
+	job->target_oid = (uint32_t)pgconn_int64(row, 0, LOAD_FIXED_COLUMNS + NOVERRIDES + 2, 0);
 	job->target_schema = xstrdup_or_null(pgconn_value(row, 0, 3));
 	job->target_table = xstrdup_or_null(pgconn_value(row, 0, 4));
 	job->set_sql = xstrdup_or_null(pgconn_value(row, 0, 5));
@@ -460,7 +477,7 @@ static void job_load_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
 	else if (daemon_paused())
 		job_hold(job);
 	else
-		job_next_batch(job);
+		job_continue(job);
 }
 
 static void job_load(job_t *job)
@@ -477,7 +494,7 @@ static void job_load(job_t *job)
 		" j.batch_size, j.min_batch_size, j.max_batch_size, j.target_batch_ms, j.sleep_ms, "
 		"j.max_sleep_ms,"
 		" j.max_replication_lag_bytes, j.max_replication_lag_ms, j.max_blocked_ms, j.lock_timeout_ms,"
-		" j.statement_timeout_ms, j.max_failed_rows, j.dry_run, j.parallel"
+		" j.statement_timeout_ms, j.max_failed_rows, j.dry_run, j.parallel, c.oid"
 		" FROM %s.jobs j LEFT JOIN pg_catalog.pg_class c ON c.oid = j.target"
 		" LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE j.id = $1",
 		schema);
@@ -533,6 +550,7 @@ void job_pause_changed(job_t *job)
 {
 	switch (job->state) {
 	case JOB_SLEEPING:
+	case JOB_THROTTLED:
 		if (daemon_paused()) {
 			evtimer_del(job->timer);
 			job_hold(job);
@@ -544,7 +562,7 @@ void job_pause_changed(job_t *job)
 			job->held_reason_set = false;
 			job_write_reason(job, NULL);
 			job->slept_ms = 0;
-			job_next_batch(job);
+			job_continue(job);
 		}
 		break;
 	case JOB_CONNECTING:
@@ -592,24 +610,98 @@ static void job_log_progress(job_t *job, bool force)
 		}
 	}
 	job_log(job, LOG_LEVEL_INFO,
-		"%s  %lld rows scanned, %lld changed, %.0f rows/s, batch %lld, sleep %lld ms, ETA %s",
+		"%s  %lld rows scanned, %lld changed, %.0f rows/s, batch %lld, sleep %lld ms, ETA %s%s%s",
 		percent, (long long)job->rows_scanned, (long long)job->rows_changed, rate,
-		(long long)job->throttle.batch_size, (long long)job->throttle.sleep_ms, eta);
+		(long long)job->throttle.batch_size, (long long)job->slept_ms, eta,
+		job->reason ? ", throttled: " : "", job->reason ? job->reason : "");
 }
 
-/* After a committed batch, or a retry's backoff: what comes next. */
+/* Log a change of throttle reason once, not once per batch. */
+static void job_note_reason(job_t *job, const char *reason, const char *detail)
+{
+	if (reason == job->logged_reason ||
+	    (reason && job->logged_reason && strcmp(reason, job->logged_reason) == 0))
+		return;
+	if (reason)
+		job_log(job, LOG_LEVEL_NOTICE, "throttled: %s%s%s%s", reason, detail && detail[0] ? " (" : "",
+			detail && detail[0] ? detail : "", detail && detail[0] ? ")" : "");
+	else
+		job_log(job, LOG_LEVEL_NOTICE, "running freely again (was %s)", job->logged_reason);
+	job->logged_reason = reason;
+}
+
+/* After a committed batch, or while held by the throttle: ask it what comes next. */
 static void job_continue(job_t *job)
 {
-	if (job->stopping)
+	throttle_settings_t s;
+	sampler_view_t view;
+	throttle_decision_t d;
+
+	if (job->stopping) {
 		job_release(job, "pending", NULL);
-	else if (daemon_paused())
+		return;
+	}
+	if (daemon_paused()) {
 		job_hold(job);
-	else if (job->throttle.sleep_ms > 0)
-		job_sleep(job, job->throttle.sleep_ms);
-	else {
+		return;
+	}
+	job_settings(job, &s);
+	sampler_view(&view);
+	if (view.warming) { /* the sampler has not looked yet: wait a moment for it */
+		struct timeval tv = {0, 50 * 1000};
+		job->state = JOB_THROTTLED;
+		evtimer_add(job->timer, &tv);
+		return;
+	}
+	job->input = (throttle_input_t){.lag_known = view.known,
+					.lag_bytes = view.lag_bytes,
+					.lag_ms = view.lag_ms,
+					.hold = view.hold};
+	if (!job->input.hold && s.pause_during_autovacuum && sampler_autovacuum(job->target_oid)) {
+		job->input.hold = "autovacuum";
+		snprintf(view.detail, sizeof(view.detail), "autovacuum is processing the table");
+	}
+	d = throttle_decide(&job->throttle, &s, &job->input);
+	/* A retry's reason stays on the batch that retries; otherwise the throttle's applies. */
+	if (d.reason || job->throttle.retries == 0)
+		job->reason = d.reason;
+	job_note_reason(job, job->reason, view.detail);
+	if (d.hold) {
+		struct timeval tv = {(time_t)(s.sample_interval_ms / 1000),
+				     (suseconds_t)((s.sample_interval_ms % 1000) * 1000)};
+		if (job->state != JOB_THROTTLED) {
+			job_log(job, LOG_LEVEL_NOTICE, "held: %s%s%s%s", d.reason, view.detail[0] ? " (" : "",
+				view.detail, view.detail[0] ? ")" : "");
+			job_write_reason(job, d.reason);
+		}
+		job->state = JOB_THROTTLED;
+		evtimer_add(job->timer, &tv);
+		return;
+	}
+	if (d.sleep_ms > 0) {
+		job_sleep(job, d.sleep_ms);
+	} else {
 		job->slept_ms = 0;
 		job_next_batch(job);
 	}
+}
+
+void job_on_blocked(job_t *job, int64_t sessions, int64_t waited_ms)
+{
+	throttle_settings_t s;
+	int pid = job_batch_backend_pid(job);
+
+	if (job->state != JOB_BATCH || !pid)
+		return;
+	if (sessions > job->batch_blocked)
+		job->batch_blocked = sessions;
+	job_settings(job, &s);
+	if (waited_ms < s.max_blocked_ms || job->cancel_reason)
+		return;
+	job_log(job, LOG_LEVEL_NOTICE, "%lld session(s) waited %lld ms on the batch's locks: cancelling it",
+		(long long)sessions, (long long)waited_ms);
+	job->cancel_reason = "blocked_sessions";
+	daemon_cancel_backend(pid);
 }
 
 static void job_batch_done(job_t *job, const pgconn_result_t *res)
@@ -618,7 +710,11 @@ static void job_batch_done(job_t *job, const pgconn_result_t *res)
 	const char *last_key = pgconn_value(b, 0, 3);
 	const char *state = pgconn_value(cp, 0, 0);
 	int64_t scanned = pgconn_int64(b, 0, 0, 0), changed = pgconn_int64(b, 0, 1, 0);
+	double duration_ms = elapsed_s(&job->batch_started) * 1000.0;
 	throttle_settings_t s;
+
+	sampler_wal_written(pgconn_int64(cp, 0, 5, 0));
+	job->batch_blocked = 0;
 
 	if (last_key) {
 		keys_clear(&job->last_key);
@@ -633,9 +729,8 @@ static void job_batch_done(job_t *job, const pgconn_result_t *res)
 	job->rows_changed = pgconn_int64(cp, 0, 2, job->rows_changed);
 	job->batches = pgconn_int64(cp, 0, 3, job->batches);
 	job->rows_estimate = pgconn_int64(cp, 0, 4, job->rows_estimate);
-	job->reason = NULL;
-	job_log(job, LOG_LEVEL_DEBUG, "batch %lld: %lld rows scanned, %lld changed, up to %s",
-		(long long)job->batches, (long long)scanned, (long long)changed,
+	job_log(job, LOG_LEVEL_DEBUG, "batch %lld: %lld rows scanned, %lld changed in %.1f ms, up to %s",
+		(long long)job->batches, (long long)scanned, (long long)changed, duration_ms,
 		last_key ? last_key : "(end)");
 
 	if (!state || strcmp(state, "running") != 0) {
@@ -656,7 +751,7 @@ static void job_batch_done(job_t *job, const pgconn_result_t *res)
 		return;
 	}
 	job_settings(job, &s);
-	throttle_after_batch(&job->throttle, &s, scanned, 0);
+	throttle_after_batch(&job->throttle, &s, scanned, duration_ms);
 	job_log_progress(job, false);
 	job_continue(job);
 }
@@ -679,6 +774,15 @@ static void job_batch_failed(job_t *job, const pgconn_result_t *res)
 		job_finish(job);
 		return;
 	}
+	if (job->cancel_reason && !job->stopping && strcmp(res->sqlstate, "57014") == 0) {
+		job_settings(job, &s);
+		throttle_after_retry(&job->throttle, &s, (double)(random() % 1000) / 1000.0);
+		job->reason = job->cancel_reason;
+		job_note_reason(job, job->reason, "a batch blocked other sessions too long");
+		job->cancel_reason = NULL;
+		job_sleep(job, job->throttle.sleep_ms);
+		return;
+	}
 	if (job->stopping && strcmp(res->sqlstate, "57014") == 0) {
 		job_log(job, LOG_LEVEL_NOTICE, "batch cancelled for shutdown and rolled back");
 		job_release(job, "pending", NULL);
@@ -688,6 +792,7 @@ static void job_batch_failed(job_t *job, const pgconn_result_t *res)
 		job_settings(job, &s);
 		throttle_after_retry(&job->throttle, &s, (double)(random() % 1000) / 1000.0);
 		job->reason = "lock_timeout";
+		job_note_reason(job, job->reason, res->message);
 		log_msg(job->throttle.retries == 1 ? LOG_LEVEL_NOTICE : LOG_LEVEL_DEBUG, job->context,
 			"batch rolled back (%s %s); retry %d in %lld ms with %lld rows", res->sqlstate,
 			res->message, job->throttle.retries, (long long)job->throttle.sleep_ms,
@@ -727,6 +832,7 @@ static void job_next_batch(job_t *job)
 {
 	throttle_settings_t s;
 	char stmt_timeout[24], lock_timeout[24], limit[24], lease[24], slept[24], size_now[24], sleep_now[24];
+	char lag_bytes[24], lag_ms[24], blocked[24];
 	const char *open_params[3], *checkpoint_params[11];
 	const char **batch_params;
 	pgconn_stmt_t stmts[6];
@@ -768,9 +874,12 @@ static void job_next_batch(job_t *job)
 	checkpoint_params[4] = slept;
 	checkpoint_params[5] = size_now;
 	checkpoint_params[6] = sleep_now;
-	checkpoint_params[7] = NULL; /* replication lag: sampled by the throttle issue's sampler */
-	checkpoint_params[8] = NULL;
-	checkpoint_params[9] = "0";
+	snprintf(lag_bytes, sizeof(lag_bytes), "%lld", (long long)job->input.lag_bytes);
+	snprintf(lag_ms, sizeof(lag_ms), "%lld", (long long)job->input.lag_ms);
+	snprintf(blocked, sizeof(blocked), "%lld", (long long)job->batch_blocked);
+	checkpoint_params[7] = job->input.lag_known ? lag_bytes : NULL;
+	checkpoint_params[8] = job->input.lag_known ? lag_ms : NULL;
+	checkpoint_params[9] = blocked; /* sessions the previous attempt blocked, when it was cancelled */
 	checkpoint_params[10] = job->reason;
 
 	stmts[0] = (pgconn_stmt_t){"BEGIN", 0, NULL};
@@ -782,6 +891,8 @@ static void job_next_batch(job_t *job)
 	stmts[5] = (pgconn_stmt_t){"COMMIT", 0, NULL};
 
 	job->state = JOB_BATCH;
+	job->cancel_reason = NULL;
+	clock_gettime(CLOCK_MONOTONIC, &job->batch_started);
 	if (!pgconn_send(job->conn, stmts, 6, job_batch_cb, job))
 		job->state = JOB_CONNECTING; /* the loss is being handled; the load resumes it */
 	free(batch_params);
@@ -854,6 +965,7 @@ void job_stop(job_t *job)
 	job->stopping = true;
 	switch (job->state) {
 	case JOB_SLEEPING:
+	case JOB_THROTTLED:
 	case JOB_HELD:
 		job_release(job, "pending", NULL);
 		break;
@@ -884,7 +996,7 @@ void job_lease_seen(job_t *job, const char *state, const char *owner)
 		return;
 	}
 	if (state && strcmp(state, "running") != 0 &&
-	    (job->state == JOB_SLEEPING || job->state == JOB_HELD)) {
+	    (job->state == JOB_SLEEPING || job->state == JOB_THROTTLED || job->state == JOB_HELD)) {
 		job_log(job, LOG_LEVEL_INFO, "%s by a user", state);
 		job_release(job, state, NULL);
 	}

@@ -595,12 +595,15 @@ $$;
 -- transaction-local settings: backfilld.scanned, backfilld.changed (numbers),
 -- backfilld.first_key, backfilld.last_key (text[] literals, '' when the batch saw no row) and
 -- backfilld.lsn0 (the WAL insert position at BEGIN). Raises BFL01 when p_owner lost the job.
-CREATE OR REPLACE FUNCTION @schema@._checkpoint(
+-- Its result columns changed before the first release: drop any older shape (daemon-only, no
+-- dependents).
+DROP FUNCTION IF EXISTS @schema@._checkpoint(bigint, text, int, int, int, int, int, bigint, bigint, int, text);
+CREATE FUNCTION @schema@._checkpoint(
     p_id bigint, p_owner text, p_lease_ms int, p_limit int, p_sleep_ms int,
     p_batch_size_now int, p_sleep_ms_now int, p_lag_bytes bigint, p_lag_ms bigint,
     p_blocked int, p_throttled_reason text)
 RETURNS TABLE(state text, rows_scanned bigint, rows_changed bigint, batches bigint,
-              rows_estimate bigint)
+              rows_estimate bigint, wal_bytes bigint)
 LANGUAGE plpgsql SECURITY INVOKER SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
@@ -614,6 +617,7 @@ DECLARE
     v_new_state text;
 BEGIN
     PERFORM @schema@._require_daemon('_checkpoint');
+    wal_bytes := pg_wal_lsn_diff(pg_current_wal_insert_lsn(), v_lsn0)::bigint;
     SELECT j.state INTO v_old_state FROM @schema@.jobs j
     WHERE j.id = p_id AND j.owner = p_owner FOR UPDATE;
     IF NOT FOUND THEN
@@ -647,8 +651,7 @@ BEGIN
         batch_size, throttled_reason)
     VALUES (p_id, batches, v_first_key, v_last_key, v_scanned, v_changed,
         extract(epoch FROM clock_timestamp() - now()) * 1000, p_sleep_ms, p_lag_bytes, p_lag_ms,
-        p_blocked, pg_wal_lsn_diff(pg_current_wal_insert_lsn(), v_lsn0)::bigint,
-        p_batch_size_now, p_throttled_reason);
+        p_blocked, wal_bytes, p_batch_size_now, p_throttled_reason);
     RETURN NEXT;
 END
 $$;

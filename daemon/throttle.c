@@ -1,9 +1,14 @@
 /*
- * Throttle controller. For now a fixed batch size and sleep from the configuration, with
- * halving and exponential backoff on retryable failures; the adaptive controller builds on
- * these entry points.
+ * Throttle controller. Batch size follows the smoothed rate toward target_batch_ms; sleep
+ * grows continuously with lag pressure so lag pushes back long before it stops a job, and a
+ * hold at the limit lasts until lag is back under half of it (hysteresis).
  */
 #include "throttle.h"
+
+#include <math.h>
+
+#define RATE_SMOOTHING 0.3 /* weight of the newest batch in the rate */
+#define GROWTH_CAP 1.5
 
 static int64_t clamp64(int64_t v, int64_t lo, int64_t hi)
 {
@@ -13,23 +18,37 @@ static int64_t clamp64(int64_t v, int64_t lo, int64_t hi)
 void throttle_init(throttle_state_t *st, const throttle_settings_t *s)
 {
 	st->batch_size = clamp64(s->batch_size, s->min_batch_size, s->max_batch_size);
-	st->sleep_ms = s->sleep_ms;
+	st->sleep_ms = clamp64(s->sleep_ms, 0, s->max_sleep_ms);
 	st->retries = 0;
+	st->rate = 0;
+	st->lag_hold = false;
 }
 
 void throttle_after_batch(throttle_state_t *st, const throttle_settings_t *s, int64_t rows,
 			  double duration_ms)
 {
-	(void)rows;
-	(void)duration_ms;
-	/* A successful batch ends a retry streak; a size the retries shrank grows back by
-	 * half per batch toward the configured one, and a reload that lowered it applies now. */
+	double target = (double)s->target_batch_ms;
+	double size = (double)st->batch_size;
+	/* Only a (nearly) full batch with a real duration says how fast a full one goes. */
+	bool full = rows > 0 && rows >= st->batch_size / 2 && duration_ms > 0;
+	double rate = full ? (double)rows / (duration_ms < 1 ? 1 : duration_ms) : 0;
+
 	st->retries = 0;
-	if (st->batch_size < s->batch_size)
-		st->batch_size = st->batch_size + st->batch_size / 2 + 1;
-	if (st->batch_size > s->batch_size)
-		st->batch_size = s->batch_size;
-	st->batch_size = clamp64(st->batch_size, s->min_batch_size, s->max_batch_size);
+	if (duration_ms > 2 * target) {
+		size = size / 2; /* overshoot: shrink fast */
+		if (full)
+			st->rate = rate; /* and forget the history that let it happen */
+	} else if (full) {
+		double want;
+
+		st->rate = st->rate > 0 ? RATE_SMOOTHING * rate + (1 - RATE_SMOOTHING) * st->rate : rate;
+		want = st->rate * target;
+		size = want > size * GROWTH_CAP ? size * GROWTH_CAP : want;
+	}
+	if (!(size >= 1))
+		size = 1;
+	st->batch_size = clamp64(size > 9e18 ? INT64_MAX : (int64_t)llround(size), s->min_batch_size,
+				 s->max_batch_size);
 	st->sleep_ms = clamp64(s->sleep_ms, 0, s->max_sleep_ms);
 }
 
@@ -45,4 +64,46 @@ void throttle_after_retry(throttle_state_t *st, const throttle_settings_t *s, do
 	backoff = (int64_t)((double)backoff * (0.5 + jitter / 2));
 	st->sleep_ms = clamp64(backoff > s->sleep_ms ? backoff : s->sleep_ms, 0, s->max_sleep_ms);
 	st->retries++;
+}
+
+double throttle_pressure(const throttle_settings_t *s, const throttle_input_t *in)
+{
+	double pb, pt;
+
+	if (!in->lag_known)
+		return 0;
+	pb = s->max_replication_lag_bytes > 0 ? (double)in->lag_bytes / (double)s->max_replication_lag_bytes
+					      : 0;
+	pt = s->max_replication_lag_ms > 0 ? (double)in->lag_ms / (double)s->max_replication_lag_ms : 0;
+	return pb > pt ? pb : pt;
+}
+
+throttle_decision_t throttle_decide(throttle_state_t *st, const throttle_settings_t *s,
+				    const throttle_input_t *in)
+{
+	throttle_decision_t d = {false, clamp64(st->sleep_ms, 0, s->max_sleep_ms), NULL};
+	double p = throttle_pressure(s, in);
+
+	if (in->hold) {
+		d.hold = true;
+		d.reason = in->hold;
+		return d;
+	}
+	/* Unknown lag (no fresh sample) neither starts nor ends a hold. */
+	if (in->lag_known && st->lag_hold && p < 0.5)
+		st->lag_hold = false;
+	else if (in->lag_known && p >= 1)
+		st->lag_hold = true;
+	if (st->lag_hold) {
+		d.hold = true;
+		d.reason = "replication_lag";
+		return d;
+	}
+	if (p > 0.5) {
+		double base = (double)d.sleep_ms;
+		double extra = ((double)s->max_sleep_ms - base) * (p - 0.5) / 0.5;
+		d.sleep_ms = clamp64((int64_t)(base + (extra > 0 ? extra : 0)), 0, s->max_sleep_ms);
+		d.reason = "replication_lag";
+	}
+	return d;
 }

@@ -6,6 +6,8 @@
 #define BACKFILLD_DAEMON_H
 
 #include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
 
 #include "config.h"
 
@@ -50,5 +52,11 @@ void daemon_job_finished(job_t *job);
 
 /* Ask the server to cancel the statement running in backend PID (via the queue connection). */
 void daemon_cancel_backend(int pid);
+
+/* The backends of the batches in flight, as an int[] literal ("{12,34}") for the sampler. */
+void daemon_batch_pids(char *buf, size_t len);
+
+/* The sampler saw SESSIONS waiting on locks of backend PID, the longest for WAITED_MS. */
+void daemon_on_blocked(int pid, int64_t sessions, int64_t waited_ms);
 
 #endif

@@ -33,6 +33,12 @@ int job_batch_backend_pid(const job_t *job);
  */
 void job_lease_seen(job_t *job, const char *state, const char *owner);
 
+/*
+ * SESSIONS other sessions wait on locks of this job's batch, the longest for WAITED_MS: past
+ * max_blocked_ms the batch is cancelled (it rolls back) and retried with half the size.
+ */
+void job_on_blocked(job_t *job, int64_t sessions, int64_t waited_ms);
+
 /* Nothing more will happen: the daemon may free it (after the current loop iteration). */
 bool job_is_finished(const job_t *job);
 

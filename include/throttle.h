@@ -1,6 +1,7 @@
 /*
- * The throttle controller: pure arithmetic over plain structs, no I/O. Given what the last
- * batch did, it chooses the next batch size and the sleep before it.
+ * The throttle controller: pure arithmetic over plain structs, no I/O. After each batch it
+ * moves the batch size toward target_batch_ms; before each batch it turns what the sampler
+ * saw (replication lag, holds) into a sleep, or a hold, with a reason.
  */
 #ifndef BACKFILLD_THROTTLE_H
 #define BACKFILLD_THROTTLE_H
@@ -14,20 +15,52 @@ typedef struct throttle_state {
 	int64_t batch_size; /* the size the next batch will use */
 	int64_t sleep_ms;   /* the pause before the next batch */
 	int retries;	    /* consecutive retried batches */
+	double rate;	    /* smoothed keys walked per millisecond; 0 until measured */
+	bool lag_hold;	    /* held for lag until it is back under half the limit */
 } throttle_state_t;
+
+/* What the sampler saw, for one decision. */
+typedef struct throttle_input {
+	bool lag_known;	   /* false: no sample yet (lag is not throttled on) */
+	int64_t lag_bytes; /* worst watched standby or slot, plus WAL written since the sample */
+	int64_t lag_ms;	   /* worst watched standby, on the daemon's own clock */
+	const char *hold;  /* a reason that holds the job outright (standby_missing, logical_slot,
+			       autovacuum), or NULL */
+} throttle_input_t;
+
+typedef struct throttle_decision {
+	bool hold;	    /* run no batch now; decide again after a sample interval */
+	int64_t sleep_ms;   /* otherwise sleep this long first */
+	const char *reason; /* NULL when running freely */
+} throttle_decision_t;
 
 /* Start a job: the configured size, clamped into [min, max]. */
 void throttle_init(throttle_state_t *st, const throttle_settings_t *s);
 
-/* A batch committed. */
+/*
+ * A batch committed after walking ROWS keys in DURATION_MS. The size moves toward
+ * target_batch_ms from the smoothed rate, growing at most x1.5 a step; a batch over twice
+ * the target halves it. Always within [min, max].
+ */
 void throttle_after_batch(throttle_state_t *st, const throttle_settings_t *s, int64_t rows,
 			  double duration_ms);
 
 /*
  * A batch was rolled back for a reason worth retrying (lock timeout, deadlock, statement
- * timeout, serialization failure): halve the size (not below min) and back off with
- * exponential growth up to max_sleep_ms. JITTER in [0,1) spreads the backoff.
+ * timeout, serialization failure, or cancelled for blocking others): halve the size (not
+ * below min) and back off exponentially up to max_sleep_ms. JITTER in [0,1) spreads it.
  */
 void throttle_after_retry(throttle_state_t *st, const throttle_settings_t *s, double jitter);
+
+/*
+ * Before a batch. Lag pressure p is the worse of lag_bytes/max_replication_lag_bytes and
+ * lag_ms/max_replication_lag_ms: below 0.5 no sleep is added; from 0.5 to 1 the sleep grows
+ * linearly from sleep_ms to max_sleep_ms; at 1 the job holds until p is back under 0.5.
+ */
+throttle_decision_t throttle_decide(throttle_state_t *st, const throttle_settings_t *s,
+				    const throttle_input_t *in);
+
+/* Lag pressure as above (0 when unknown). */
+double throttle_pressure(const throttle_settings_t *s, const throttle_input_t *in);
 
 #endif

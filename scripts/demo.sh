@@ -92,14 +92,30 @@ SUDO_HINT=""
 cluster_dir=""
 cluster_up=0
 port=""
+daemon_pid=""
+
+# A process's state letter (R, S, ... or Z for an exited child not yet reaped); Z when gone.
+proc_state() {
+    local st
+    st=$(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null) || st=Z
+    printf '%s' "${st:-Z}"
+}
 
 sql() {
-    psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d demo "$@"
+    psql -X -q -P pager=off -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d demo "$@"
 }
 
 cleanup() {
     local rc=$?
-    trap - EXIT INT TERM
+    trap - EXIT INT TERM HUP
+    # Interrupted while the daemon runs. A Ctrl-C reached it too and it is stopping gracefully:
+    # give it a moment before a SIGTERM of our own (a second stop signal makes it exit at once).
+    if [[ -n $daemon_pid ]]; then
+        local i=0
+        while ((i++ < 30)) && [[ $(proc_state "$daemon_pid") != Z ]]; do sleep 0.1; done
+        kill -TERM "$daemon_pid" 2>/dev/null || true
+        wait "$daemon_pid" 2>/dev/null || true
+    fi
     if [[ -n $cluster_dir ]]; then
         if ((keep && cluster_up)); then
             section "Cluster kept (--keep)"
@@ -120,6 +136,7 @@ EOF
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+trap 'exit 129' HUP
 
 # -- 1. packages and build ----------------------------------------------------------------------
 
@@ -164,7 +181,7 @@ EOF
 as_pg "$PG_BINDIR/pg_ctl" -D "$cluster_dir/data" -l "$cluster_dir/postgresql.log" -w -t 60 start >/dev/null ||
     { tail -n 20 "$cluster_dir/postgresql.log" >&2; die "the cluster did not start"; }
 cluster_up=1
-psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d postgres -c 'CREATE DATABASE demo'
+psql -X -q -P pager=off -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d postgres -c 'CREATE DATABASE demo'
 echo "PostgreSQL $(sql -Atc 'SHOW server_version') on 127.0.0.1:$port, data in $cluster_dir"
 
 # -- 3. the table -------------------------------------------------------------------------------
@@ -207,15 +224,19 @@ echo "job $job_id is pending"
 
 section "Run backfilld until the queue is empty"
 echo "\$ backfilld -c $cluster_dir/backfilld.conf --exit-when-idle"
+# In the background and waited for, so that a signal to this script runs its cleanup at once.
+"$bin" -c "$cluster_dir/backfilld.conf" --exit-when-idle &
+daemon_pid=$!
 daemon_rc=0
-"$bin" -c "$cluster_dir/backfilld.conf" --exit-when-idle || daemon_rc=$?
+wait "$daemon_pid" || daemon_rc=$?
+daemon_pid=""
 ((daemon_rc == 0)) || die "backfilld exited with status $daemon_rc"
 
 # -- 6. summary ---------------------------------------------------------------------------------
 
 section "The job"
 sql -x -c "SELECT id, state, rows_scanned, rows_changed, batches, failed_rows,
-                  finished_at - started_at AS elapsed,
+                  date_trunc('milliseconds', finished_at - started_at) AS elapsed,
                   round(rows_scanned / nullif(extract(epoch FROM finished_at - started_at), 0))
                       AS rows_per_second,
                   last_error
@@ -234,7 +255,7 @@ echo "OK: 0 rows differ"
 
 section "backfill.batches (first and last)"
 sql -c "SELECT batch, rows_scanned, rows_changed, round(duration_ms::numeric, 1) AS duration_ms,
-               pg_size_pretty(wal_bytes) AS wal, finished_at::time(3) AS finished_at
+               pg_size_pretty(wal_bytes) AS wal, to_char(finished_at, 'HH24:MI:SS.MS') AS finished_at
         FROM backfill.batches
         WHERE job_id = $job_id
           AND (batch <= 3 OR batch > (SELECT max(batch) - 2 FROM backfill.batches WHERE job_id = $job_id))

@@ -74,7 +74,7 @@ free_port() {
 }
 
 sql() {
-    psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d bench "$@"
+    psql -X -q -P pager=off -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d bench "$@"
 }
 
 # calc EXPR [VAR=VALUE...]: awk arithmetic, e.g. calc 'r / t' r=10 t=4
@@ -108,7 +108,7 @@ daemon_pid=""
 
 cleanup() {
     local rc=$?
-    trap - EXIT INT TERM
+    trap - EXIT INT TERM HUP
     if [[ -n $daemon_pid ]] && kill -0 "$daemon_pid" 2>/dev/null; then
         kill -KILL "$daemon_pid" 2>/dev/null || true
         wait "$daemon_pid" 2>/dev/null || true
@@ -124,6 +124,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+trap 'exit 129' HUP
 
 # -- setup: build, cluster, table ---------------------------------------------------------------
 
@@ -137,6 +138,7 @@ else
 fi
 chmod 700 "$work"
 
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 ensure_backfilld_packages
 say "building $bin"
 {
@@ -165,7 +167,7 @@ EOF
 as_pg "$PG_BINDIR/pg_ctl" -D "$work/data" -l "$work/postgresql.log" -w -t 60 start >/dev/null ||
     { tail -n 20 "$work/postgresql.log" >&2; die "the cluster did not start"; }
 cluster_up=1
-psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d postgres -c 'CREATE DATABASE bench'
+psql -X -q -P pager=off -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d postgres -c 'CREATE DATABASE bench'
 
 say "loading $(thousands "$rows") rows"
 # Autovacuum is off on the table for both methods alike: the reset between runs vacuums it, and a
@@ -251,7 +253,7 @@ check_table() {
     [[ $differ == 0 ]] || die "$1: $differ rows still differ after the run"
 }
 
-declare -a a_rate=() a_server_rate=() b_rate=() b_job_rate=() b_insert_rate=()
+declare -a a_rate=() a_server_rate=() a_per_batch=() b_rate=() b_job_rate=() b_insert_rate=() b_in_batch=() b_per_batch=()
 
 run_plpgsql() {
     local t0 t1 out server wall
@@ -264,12 +266,13 @@ run_plpgsql() {
     wall=$(calc 't1 - t0' t0="$t0" t1="$t1")
     a_rate+=("$(calc 'r / w' r="$rows" w="$wall")")
     a_server_rate+=("$(calc 's > 0 ? r / s : 0' r="$rows" s="$server")")
+    a_per_batch+=("$(calc '1000 * s / n' s="$server" n="$(((rows + batch - 1) / batch))")")
     printf '  run %d  (a) PL/pgSQL   %8.2f s wall  %8.2f s in the procedure            %10s rows/s\n' \
         "$1" "$wall" "$server" "$(thousands "${a_rate[-1]}")"
 }
 
 run_backfilld() {
-    local t0 t1 id wall fields state changed nbatches job_s insert_s
+    local t0 t1 id wall fields state changed nbatches job_s insert_s in_batch_s
     kill -0 "$daemon_pid" 2>/dev/null || { tail -n 20 "$work/backfilld.log" >&2; die "backfilld is not running"; }
     # One psql session, like the CALL of (a): submit, then wait for the daemon to finish.
     t0=$EPOCHREALTIME
@@ -283,9 +286,11 @@ EOF
     t1=$EPOCHREALTIME
     fields=$(sql -At -F ' ' -c "SELECT state, rows_changed, batches,
                                        extract(epoch FROM finished_at - started_at),
-                                       extract(epoch FROM finished_at - created_at)
+                                       extract(epoch FROM finished_at - created_at),
+                                       (SELECT coalesce(sum(duration_ms), 0) / 1000
+                                        FROM backfill.batches WHERE job_id = $id)
                                 FROM backfill.jobs WHERE id = $id")
-    read -r state changed nbatches job_s insert_s <<<"$fields"
+    read -r state changed nbatches job_s insert_s in_batch_s <<<"$fields"
     [[ $state == "done" ]] ||
         die "backfilld run $1: job $id ended '$state': $(sql -Atc "SELECT last_error FROM backfill.jobs WHERE id = $id")"
     ((changed == rows)) || die "backfilld run $1: job $id changed $changed rows, not $rows"
@@ -294,6 +299,8 @@ EOF
     b_rate+=("$(calc 'r / w' r="$rows" w="$wall")")
     b_job_rate+=("$(calc 's > 0 ? r / s : 0' r="$rows" s="$job_s")")
     b_insert_rate+=("$(calc 's > 0 ? r / s : 0' r="$rows" s="$insert_s")")
+    b_in_batch+=("$(calc 'j > 0 ? 100 * b / j : 0' b="$in_batch_s" j="$job_s")")
+    b_per_batch+=("$(calc '1000 * j / n' j="$job_s" n="$(((rows + batch - 1) / batch))")")
     printf '  run %d  (b) backfilld  %8.2f s wall  %8.2f s started->finished, %d batches  %10s rows/s\n' \
         "$1" "$wall" "$job_s" "$nbatches" "$(thousands "${b_rate[-1]}")"
 }
@@ -348,6 +355,7 @@ echo "backfilld core benchmark"
 rule
 line "machine" "$(nproc) CPUs, $cpu, $mem RAM"
 line "kernel" "$(uname -sr)"
+line "load average (1/5/15 min)" "$load_start at the start, $(cut -d' ' -f1-3 /proc/loadavg) at the end"
 line "PostgreSQL" "$pg_version (shared_buffers 256MB, fsync off, synchronous_commit off)"
 line "backfilld" "$("$bin" --version)"
 line "table" "$(thousands "$rows") rows, $((table_bytes / 1048576)) MiB after load (~$row_bytes bytes/row)"
@@ -362,5 +370,6 @@ line "    started_at->finished_at, rows/s" "$(series "${b_job_rate[@]}")   media
 rule
 line "ratio backfilld / PL/pgSQL (wall)" "$(printf '%.3f' "$ratio")   target >= 0.9: $ratio_met"
 line "  same, server-side clocks" "$(printf '%.3f' "$ratio_srv")"
+line "ms per $(thousands "$batch") rows, median" "PL/pgSQL $(printf '%.1f' "$(median "${a_per_batch[@]}")"), backfilld $(printf '%.1f' "$(median "${b_per_batch[@]}")") ($(printf '%.0f' "$(median "${b_in_batch[@]}")")% of it in batches.duration_ms)"
 line "backfilld peak RSS (VmHWM)" "$(printf '%.1f MiB' "$peak_mib")   target < 20 MiB: $rss_met"
 rule

@@ -14,8 +14,12 @@ def make_users(db, rows, name="users"):
 
 
 def submit(db, target, set_sql="state = status", where_sql="state IS DISTINCT FROM status", conn=None,
-           **columns):
-    """INSERT a job and return its id. Extra COLUMNS are job columns (batch_size=..., name=...)."""
+           fixed=None, **columns):
+    """INSERT a job and return its id. Extra COLUMNS are job columns (batch_size=..., name=...).
+    FIXED=N pins the batch size (batch_size = min_batch_size = max_batch_size = N), for tests that
+    count batches or need a job to last."""
+    if fixed is not None:
+        columns.update(batch_size=fixed, min_batch_size=fixed, max_batch_size=fixed)
     cols = ["target", "set_sql", "where_sql"] + list(columns)
     vals = [target, set_sql, where_sql] + list(columns.values())
     placeholders = ", ".join(["%s"] * len(cols))

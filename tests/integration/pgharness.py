@@ -192,15 +192,16 @@ class Cluster:
 
     # -- replication -------------------------------------------------------------------------
 
-    def make_standby(self, basedir, port=None):
-        """A hot standby streaming from this cluster (pg_basebackup -R -X stream), started."""
-        standby = Cluster(basedir, port, name=f"{self.name}-standby")
+    def make_standby(self, basedir, port=None, name=None):
+        """A hot standby streaming from this cluster (pg_basebackup -R -X stream), started. Its
+        cluster_name (NAME) is the application_name the primary's pg_stat_replication shows."""
+        standby = Cluster(basedir, port, name=name or f"{self.name}-standby")
         _pg_owned(standby.basedir)
         standby._run(["pg_basebackup", "-h", "127.0.0.1", "-p", self.port, "-U", "postgres",
                       "-D", standby.datadir, "-R", "-X", "stream", "-c", "fast",
                       "--no-sync"])
         # The copied postgresql.conf carries the primary's port and socket dir; later lines win.
-        standby._append_conf(standby._conf_lines())
+        standby._append_conf(standby._conf_lines() + [f"cluster_name = '{standby.name}'"])
         return standby.start()
 
 

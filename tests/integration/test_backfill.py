@@ -15,7 +15,7 @@ def test_rename_backfill_exact_under_concurrent_dual_writes(db, daemon_factory):
     """The application keeps writing (dual-writes keep state = status on its own rows) while the
     job walks: at the end no row differs, and the counters add up."""
     make_users(db, 60000)
-    job_id = submit(db, "users", batch_size=1000, sleep_ms=5)
+    job_id = submit(db, "users", fixed=1000, sleep_ms=5)
     stop = threading.Event()
     writes = {"updates": 0, "inserts": 0}
 
@@ -57,7 +57,7 @@ def test_rename_backfill_exact_under_concurrent_dual_writes(db, daemon_factory):
 def test_sparse_where_scans_at_most_batch_size(db, daemon_factory):
     make_users(db, 20000)
     db.sql("UPDATE users SET state = status WHERE id % 100 <> 0")  # only 1% left to change
-    job_id = submit(db, "users", batch_size=500)
+    job_id = submit(db, "users", fixed=500)
     assert run_to_idle(daemon_factory()) == 0
     row = job(db, job_id)
     assert row["state"] == "done"
@@ -93,7 +93,7 @@ def test_text_key_with_tricky_values(db, daemon_factory):
     with db.connect() as conn:
         with conn.cursor() as cur:
             cur.executemany("INSERT INTO tags (name, label) VALUES (%s, %s)", [(v, v + "!") for v in values])
-    job_id = submit(db, "tags", set_sql="copy = label", where_sql=None, batch_size=7)
+    job_id = submit(db, "tags", set_sql="copy = label", where_sql=None, fixed=7)
     assert run_to_idle(daemon_factory(log={"level": "info"}), timeout=180) == 0
     row = job(db, job_id)
     assert row["state"] == "done", row
@@ -160,9 +160,9 @@ def test_workers_limit_and_one_running_job_per_table(db, daemon_factory):
     """With workers = 2, three jobs: two on one table never run together; at most two run."""
     make_users(db, 8000)
     make_users(db, 8000, name="users2")
-    a = submit(db, "users", batch_size=200, sleep_ms=20)
-    b = submit(db, "users", set_sql="n = n + 1", where_sql=None, batch_size=200, sleep_ms=20)
-    c = submit(db, "users2", batch_size=200, sleep_ms=20)
+    a = submit(db, "users", fixed=200, sleep_ms=20)
+    b = submit(db, "users", set_sql="n = n + 1", where_sql=None, fixed=200, sleep_ms=20)
+    c = submit(db, "users2", fixed=200, sleep_ms=20)
     d = daemon_factory(daemon={"workers": 2})
     d.start()
     seen_max = 0
@@ -216,7 +216,7 @@ def test_notify_wakes_the_daemon_at_once(db, daemon_factory):
 
 def test_user_pause_resume_and_cancel(db, daemon_factory):
     make_users(db, 20000)
-    job_id = submit(db, "users", batch_size=200, sleep_ms=20)
+    job_id = submit(db, "users", fixed=200, sleep_ms=20)
     d = daemon_factory()
     d.start()
     wait_batches(db, job_id, 3)
@@ -242,7 +242,7 @@ def test_user_pause_resume_and_cancel(db, daemon_factory):
 
 def test_expired_lease_of_another_instance_is_taken_over(db, daemon_factory):
     make_users(db, 3000)
-    job_id = submit(db, "users", batch_size=1000)
+    job_id = submit(db, "users", fixed=1000)
     with db.connect(daemon=True) as conn:  # a dead instance that had done one batch
         conn.execute("UPDATE backfill.jobs SET state = 'running', owner = 'ghost:1', started_at = now(),"
                      " lease_until = now() + interval '2 seconds', last_key = '{1000}', rows_scanned = 1000,"
@@ -262,7 +262,7 @@ def test_expired_lease_of_another_instance_is_taken_over(db, daemon_factory):
 def test_connections_terminated_mid_job_reconnect_and_finish(db, daemon_factory):
     make_users(db, 30000)
     db.sql("UPDATE users SET n = 0")
-    job_id = submit(db, "users", set_sql="n = n + 1", where_sql=None, batch_size=300, sleep_ms=10)
+    job_id = submit(db, "users", set_sql="n = n + 1", where_sql=None, fixed=300, sleep_ms=10)
     d = daemon_factory()
     d.start()
     for _ in range(3):

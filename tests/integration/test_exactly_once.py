@@ -23,7 +23,7 @@ def kill_loop(db, daemon, job_id, kills, rnd, lo=0.05, hi=0.5):
 def test_sigkill_many_times_same_instance_name(db, daemon_factory):
     """A restarted instance with the same name takes its own jobs back at once."""
     make_users(db, 100000)
-    job_id = submit(db, "users", set_sql="n = n + 1", where_sql=None, batch_size=250, sleep_ms=10)
+    job_id = submit(db, "users", set_sql="n = n + 1", where_sql=None, fixed=250, sleep_ms=10)
     d = daemon_factory(daemon={"name": "fixed-instance", "lease_ms": 60000})
     rnd = random.Random(20261122)
     progress = kill_loop(db, d, job_id, kills=15, rnd=rnd)
@@ -41,7 +41,7 @@ def test_sigkill_many_times_same_instance_name(db, daemon_factory):
 def test_sigkill_then_takeover_after_the_lease_expires(db, daemon_factory):
     """Instances named host:pid: the next one waits for the dead one's lease, then takes over."""
     make_users(db, 20000)
-    job_id = submit(db, "users", set_sql="n = n + 1", where_sql=None, batch_size=200, sleep_ms=50)
+    job_id = submit(db, "users", set_sql="n = n + 1", where_sql=None, fixed=200, sleep_ms=50)
     d = daemon_factory(daemon={"lease_ms": 1000, "poll_interval_ms": 200})
     rnd = random.Random(7)
     progress = kill_loop(db, d, job_id, kills=4, rnd=rnd, lo=1.2, hi=2.0)

@@ -524,8 +524,11 @@ def test_checkpoint_counts_and_marks_done(conn, dconn):
     claim(dconn, "a")
     res = checkpoint(dconn, jid, "a", scanned=100, changed=40, first="{1}", last="{100}",
                      limit=100, reason="replication_lag", batch_size_now=100, sleep_ms_now=5)
+    wal = res.pop("wal_bytes")
     assert res == {"state": "running", "rows_scanned": 100, "rows_changed": 40, "batches": 1,
                    "rows_estimate": 1000}
+    assert wal > 0  # the checkpoint's own writes at least
+    assert conn.execute("SELECT wal_bytes FROM backfill.batches WHERE job_id = %s", [jid]).fetchone() == (wal,)
     row = job(conn, jid)
     assert row["last_key"] == ["100"] and row["throttled_reason"] == "replication_lag"
     assert row["batch_size_now"] == 100 and row["sleep_ms_now"] == 5 and row["owner"] == "a"

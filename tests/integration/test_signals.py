@@ -8,7 +8,7 @@ from bfhelp import differing, job, make_users, submit, wait_batches, wait_state
 
 def test_sigusr1_holds_within_one_batch_and_sigusr2_resumes(db, daemon_factory):
     make_users(db, 40000)
-    job_id = submit(db, "users", batch_size=200, sleep_ms=30)
+    job_id = submit(db, "users", fixed=200, sleep_ms=30)
     d = daemon_factory(daemon={"lease_ms": 1500})
     d.start()
     wait_batches(db, job_id, 3)
@@ -59,7 +59,7 @@ def test_sigusr1_stops_claiming_new_jobs(db, daemon_factory):
 
 def test_sigterm_commits_the_batch_in_flight_and_releases_the_lease(db, daemon_factory):
     make_users(db, 40000)
-    job_id = submit(db, "users", batch_size=200, sleep_ms=30)
+    job_id = submit(db, "users", fixed=200, sleep_ms=30)
     d = daemon_factory()
     d.start()
     wait_batches(db, job_id, 3)
@@ -83,7 +83,7 @@ def test_sigterm_cancels_a_long_batch_after_the_grace(db, daemon_factory):
     make_users(db, 2000)
     # Each row sleeps 5 ms: a batch of 1000 takes about 5 s, longer than the 1 s grace.
     job_id = submit(db, "users", set_sql="state = status || left(pg_sleep(0.005)::text, 0)",
-                    batch_size=1000, statement_timeout_ms=60000)
+                    fixed=1000, statement_timeout_ms=60000)
     d = daemon_factory(daemon={"shutdown_grace_ms": 1000})
     d.start()
     wait_state(db, job_id, "running", daemon=d)
@@ -121,10 +121,10 @@ def test_second_sigterm_exits_at_once(db, daemon_factory):
 def test_sighup_applies_a_good_file_and_keeps_running_on_a_broken_one(db, daemon_factory):
     make_users(db, 60000)
     job_id = submit(db, "users", sleep_ms=20)
-    d = daemon_factory(throttle={"batch_size": 100})
+    d = daemon_factory(throttle={"batch_size": 100, "min_batch_size": 100, "max_batch_size": 100})
     d.start()
     wait_batches(db, job_id, 3)
-    path = d.write_config(throttle={"batch_size": 300})
+    path = d.write_config(throttle={"batch_size": 300, "min_batch_size": 300, "max_batch_size": 300})
     mark = d.log_mark()
     d.signal(signal.SIGHUP)
     d.wait_for_log(r"configuration reloaded", since=mark)

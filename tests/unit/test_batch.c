@@ -409,7 +409,7 @@ static void test_checkpoint(void **state)
 
 	(void)state;
 	assert_non_null(sql);
-	expect_contains(sql, "SELECT state, rows_scanned, rows_changed, batches, rows_estimate"
+	expect_contains(sql, "SELECT state, rows_scanned, rows_changed, batches, rows_estimate, wal_bytes"
 			     " FROM \"backfilld\"._checkpoint(");
 	expect_contains(sql, "$1::bigint, $2::text, $3::int, $4::int, $5::int, $6::int, $7::int, $8::bigint,"
 			     " $9::bigint, $10::int, $11::text)");

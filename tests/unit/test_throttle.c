@@ -1,16 +1,24 @@
 /*
- * Unit tests for throttle.c: the starting size, halving and jittered exponential backoff
- * on retries, and the growth back toward the configured size after successful batches.
+ * Unit tests for throttle.c: the starting size; retries (halving, jittered exponential
+ * backoff); the batch size following target_batch_ms on synthetic and recorded-looking
+ * traces (convergence, overshoot, limits, bad measurements); and lag pressure turned into
+ * sleep or a hold with hysteresis.
  */
+#include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include <cmocka.h>
 
 #include "throttle.h"
+
+#define LAG_BYTES 1000000 /* max_replication_lag_bytes in make_settings */
+#define LAG_MS 10000	  /* max_replication_lag_ms in make_settings */
 
 static char *no_standbys[] = {NULL};
 
@@ -25,18 +33,85 @@ static throttle_settings_t make_settings(int64_t batch, int64_t min, int64_t max
 		.target_batch_ms = 1000,
 		.sleep_ms = sleep_ms,
 		.max_sleep_ms = max_sleep_ms,
+		.max_replication_lag_bytes = LAG_BYTES,
+		.max_replication_lag_ms = LAG_MS,
+		.max_blocked_ms = 5000,
 		.lock_timeout_ms = 2000,
 		.statement_timeout_ms = 30000,
+		.sample_interval_ms = 1000,
 		.standbys = no_standbys,
 		.nstandbys = 0,
 	};
 	return s;
 }
 
-/* A state as if a job had been running with SIZE, SLEEP and RETRIES. */
+/* A state as if a job had been running with SIZE, SLEEP and RETRIES (no rate measured yet). */
 static throttle_state_t make_state(int64_t size, int64_t sleep_ms, int retries)
 {
 	throttle_state_t st = {.batch_size = size, .sleep_ms = sleep_ms, .retries = retries};
+	return st;
+}
+
+/* ---- a synthetic server: a batch of ROWS takes rows / rate + overhead ms, times noise ---- */
+
+typedef struct server {
+	double rate;	 /* rows per ms */
+	double overhead; /* ms per batch whatever its size (begin, checkpoint, commit) */
+	double noise;	 /* each duration is scaled by a uniform factor in [1 - noise, 1 + noise] */
+	uint64_t prng;	 /* xorshift64 state; never 0 */
+} server_t;
+
+static double server_uniform(server_t *sv)
+{
+	sv->prng ^= sv->prng << 13;
+	sv->prng ^= sv->prng >> 7;
+	sv->prng ^= sv->prng << 17;
+	return (double)(sv->prng >> 11) / 9007199254740992.0; /* [0, 1) */
+}
+
+static double server_batch_ms(server_t *sv, int64_t rows)
+{
+	double ms = (double)rows / sv->rate + sv->overhead;
+
+	if (sv->noise > 0)
+		ms *= 1 + sv->noise * (2 * server_uniform(sv) - 1);
+	return ms;
+}
+
+/* The size whose batch takes exactly the target on SV (noise aside). */
+static double server_ideal(const server_t *sv, const throttle_settings_t *s)
+{
+	return sv->rate * ((double)s->target_batch_ms - sv->overhead);
+}
+
+/* Run one full batch of the current size on SV; returns its duration. */
+static double run_batch(throttle_state_t *st, const throttle_settings_t *s, server_t *sv)
+{
+	double ms = server_batch_ms(sv, st->batch_size);
+
+	throttle_after_batch(st, s, st->batch_size, ms);
+	return ms;
+}
+
+static bool within(double v, double ideal, double frac)
+{
+	return v >= ideal * (1 - frac) && v <= ideal * (1 + frac);
+}
+
+/* One step may grow the size by x1.5 at most (rounded to the nearest row). */
+static void expect_growth_capped(int64_t before, int64_t after, int step)
+{
+	if (2 * after > 3 * before + 1)
+		fail_msg("step %d: the size grew from %lld to %lld, more than x1.5", step, (long long)before,
+			 (long long)after);
+}
+
+/* A state that has run SIZE-row batches at RATE rows/ms for long enough to trust it. */
+static throttle_state_t steady_state(int64_t size, double rate)
+{
+	throttle_state_t st = make_state(size, 0, 0);
+
+	st.rate = rate;
 	return st;
 }
 
@@ -48,10 +123,14 @@ static void test_init_within_bounds(void **state)
 	throttle_state_t st = make_state(-1, -1, 7);
 
 	(void)state;
+	st.rate = 42;
+	st.lag_hold = true;
 	throttle_init(&st, &s);
 	assert_int_equal(st.batch_size, 1000);
 	assert_int_equal(st.sleep_ms, 250);
 	assert_int_equal(st.retries, 0);
+	assert_true(st.rate == 0);
+	assert_false(st.lag_hold);
 }
 
 static void test_init_clamps(void **state)
@@ -60,6 +139,7 @@ static void test_init_clamps(void **state)
 	throttle_settings_t above = make_settings(500000, 10, 100000, 0, 30000);
 	throttle_settings_t at_min = make_settings(10, 10, 100000, 0, 30000);
 	throttle_settings_t at_max = make_settings(100000, 10, 100000, 0, 30000);
+	throttle_settings_t long_sleep = make_settings(1000, 10, 100000, 5000, 1000);
 	throttle_state_t st = make_state(0, 0, 3);
 
 	(void)state;
@@ -72,6 +152,9 @@ static void test_init_clamps(void **state)
 	assert_int_equal(st.batch_size, 10);
 	throttle_init(&st, &at_max);
 	assert_int_equal(st.batch_size, 100000);
+	/* A pause longer than the longest allowed is cut to it. */
+	throttle_init(&st, &long_sleep);
+	assert_int_equal(st.sleep_ms, 1000);
 }
 
 /* ---- throttle_after_retry ---- */
@@ -158,7 +241,7 @@ static void test_retry_backoff_sequence(void **state)
 
 static void test_retry_bad_jitter_is_zero(void **state)
 {
-	static const double bad[] = {-0.5, -1e-9, 1.0, 2.0, 1e300};
+	static const double bad[] = {-0.5, -1e-9, 1.0, 2.0, 1e300, NAN, INFINITY, -INFINITY};
 	throttle_settings_t s = make_settings(1000, 10, 100000, 0, 30000);
 
 	(void)state;
@@ -224,45 +307,406 @@ static void test_retry_sleep_at_least_sleep_ms(void **state)
 	}
 }
 
-/* ---- throttle_after_batch ---- */
+/* ---- throttle_after_batch: a committed batch steers the size ---- */
 
 static void test_batch_resets_retries_and_sleep(void **state)
 {
 	throttle_settings_t s = make_settings(1000, 10, 100000, 250, 30000);
+	throttle_settings_t long_sleep = make_settings(1000, 10, 100000, 5000, 1000);
 	throttle_state_t st = make_state(1000, 12800, 5);
 
 	(void)state;
 	throttle_after_batch(&st, &s, 1000, 120.0);
 	assert_int_equal(st.retries, 0);
 	assert_int_equal(st.sleep_ms, 250);
-	assert_int_equal(st.batch_size, 1000);
+	st = make_state(1000, 30000, 2);
+	throttle_after_batch(&st, &long_sleep, 1000, 120.0);
+	assert_int_equal(st.sleep_ms, 1000);
 }
 
-static void test_batch_grows_back_by_half(void **state)
+static void test_batch_first_steps_exact(void **state)
 {
-	/* Half of the size plus one per batch (the one lets a size of 1 grow), capped at 1000. */
-	static const int64_t want[] = {16, 25, 38, 58, 88, 133, 200, 301, 452, 679, 1000, 1000, 1000};
-	throttle_settings_t s = make_settings(1000, 10, 100000, 0, 30000);
-	throttle_state_t st = make_state(10, 0, 0);
+	/* 1000 rows in 100 ms: 10 rows/ms, so 10000 would take the 1000 ms target; growth is
+	 * capped at x1.5 a step. A batch at the target keeps its size. */
+	throttle_settings_t s = make_settings(1000, 10, 1000000, 0, 30000);
+	throttle_state_t st;
 
 	(void)state;
-	for (int i = 0; i < (int)(sizeof(want) / sizeof(want[0])); i++) {
-		throttle_after_batch(&st, &s, st.batch_size, 50.0);
-		assert_int_equal(st.batch_size, want[i]);
-	}
+	throttle_init(&st, &s);
+	throttle_after_batch(&st, &s, 1000, 100.0);
+	assert_true(st.rate == 10.0);
+	assert_int_equal(st.batch_size, 1500);
+	/* The second measurement is smoothed with weight 0.3: 0.3 * 20 + 0.7 * 10 = 13. */
+	throttle_after_batch(&st, &s, 1500, 75.0);
+	assert_float_equal(st.rate, 13.0, 1e-9);
+	assert_int_equal(st.batch_size, 2250);
+	/* Close to the target the size is the smoothed rate times the target, uncapped. */
+	st = steady_state(9000, 10.0);
+	throttle_after_batch(&st, &s, 9000, 900.0);
+	assert_int_equal(st.batch_size, 10000);
+	st = steady_state(10000, 10.0);
+	throttle_after_batch(&st, &s, 10000, 1000.0);
+	assert_int_equal(st.batch_size, 10000);
+	/* Slower than the target (but under twice it): down to rate * target, no cap. */
+	st = steady_state(10000, 10.0);
+	throttle_after_batch(&st, &s, 10000, 2000.0);
+	assert_float_equal(st.rate, 8.5, 1e-9);
+	assert_int_equal(st.batch_size, 8500);
 }
 
 static void test_batch_grows_from_one(void **state)
 {
-	static const int64_t want[] = {2, 4, 7, 11, 17, 20, 20};
-	throttle_settings_t s = make_settings(20, 1, 100, 0, 30000);
-	throttle_state_t st = make_state(1, 0, 0);
+	/* A size of 1 can grow: 1.5 rounds to 2, then x1.5 rounded each step, up to rate * target. */
+	static const int64_t want[] = {2,  3,	5,   8,	  12,  18,  27,	  41,  62,
+				       93, 140, 210, 315, 473, 710, 1000, 1000};
+	throttle_settings_t s = make_settings(1, 1, 100000, 0, 30000);
+	server_t sv = {.rate = 1.0};
+	throttle_state_t st;
 
 	(void)state;
+	throttle_init(&st, &s);
 	for (int i = 0; i < (int)(sizeof(want) / sizeof(want[0])); i++) {
-		throttle_after_batch(&st, &s, st.batch_size, 5.0);
+		run_batch(&st, &s, &sv);
 		assert_int_equal(st.batch_size, want[i]);
 	}
+}
+
+static void test_batch_converges(void **state)
+{
+	/* 20 rows/ms plus 20 ms a batch, target 500 ms: 9600 rows take exactly the target. */
+	throttle_settings_t s = make_settings(1000, 10, 1000000, 0, 30000);
+	server_t sv = {.rate = 20, .overhead = 20};
+	double ideal;
+	throttle_state_t st;
+	int reached = -1;
+
+	(void)state;
+	s.target_batch_ms = 500;
+	ideal = server_ideal(&sv, &s);
+	assert_float_equal(ideal, 9600, 1e-9);
+	throttle_init(&st, &s);
+	for (int i = 0; i < 15 && reached < 0; i++) {
+		int64_t before = st.batch_size;
+
+		run_batch(&st, &s, &sv);
+		expect_growth_capped(before, st.batch_size, i);
+		assert_true(st.batch_size >= before); /* from below it only grows */
+		if (within((double)st.batch_size, ideal, 0.10))
+			reached = i + 1;
+	}
+	if (reached < 0 || reached > 10)
+		fail_msg("the size was not within 10%% of %.0f after 10 batches (now %lld)", ideal,
+			 (long long)st.batch_size);
+	for (int i = 0; i < 50; i++) {
+		int64_t before = st.batch_size;
+		double ms = run_batch(&st, &s, &sv);
+
+		expect_growth_capped(before, st.batch_size, reached + i);
+		if (!within((double)st.batch_size, ideal, 0.10))
+			fail_msg("batch %d after converging: size %lld left 10%% of %.0f", i,
+				 (long long)st.batch_size, ideal);
+		assert_true(ms < 1.1 * 500);
+	}
+	/* Settled: the batch takes the target to within 1%. */
+	assert_true(within(server_batch_ms(&sv, st.batch_size), 500, 0.01));
+}
+
+static void test_batch_converges_from_above(void **state)
+{
+	/* Starting ten times too big: overshoots halve it, then it settles on the ideal. */
+	throttle_settings_t s = make_settings(96000, 10, 1000000, 0, 30000);
+	server_t sv = {.rate = 20, .overhead = 20};
+	throttle_state_t st;
+	int reached = -1;
+
+	(void)state;
+	s.target_batch_ms = 500;
+	throttle_init(&st, &s);
+	run_batch(&st, &s, &sv); /* 4820 ms: over twice the target */
+	assert_int_equal(st.batch_size, 48000);
+	for (int i = 0; i < 10 && reached < 0; i++) {
+		int64_t before = st.batch_size;
+
+		run_batch(&st, &s, &sv);
+		assert_true(st.batch_size <= before);
+		if (within((double)st.batch_size, 9600, 0.10))
+			reached = i;
+	}
+	if (reached < 0)
+		fail_msg("the size was not within 10%% of 9600 after 11 batches (now %lld)",
+			 (long long)st.batch_size);
+	for (int i = 0; i < 50; i++) {
+		run_batch(&st, &s, &sv);
+		if (!within((double)st.batch_size, 9600, 0.10))
+			fail_msg("batch %d after converging: size %lld", i, (long long)st.batch_size);
+	}
+}
+
+static void test_batch_converges_with_noise(void **state)
+{
+	/* Durations off by up to 20% either way: the smoothed rate keeps the size in a band
+	 * around the ideal instead of chasing each batch. */
+	throttle_settings_t s = make_settings(1000, 10, 1000000, 0, 30000);
+	server_t sv = {.rate = 20, .overhead = 20, .noise = 0.2, .prng = 0x9E3779B97F4A7C15ull};
+	double sum = 0, sq = 0;
+	throttle_state_t st;
+	const int n = 400;
+
+	(void)state;
+	s.target_batch_ms = 500;
+	throttle_init(&st, &s);
+	for (int i = 0; i < 20; i++)
+		run_batch(&st, &s, &sv);
+	for (int i = 0; i < n; i++) {
+		int64_t before = st.batch_size;
+		double ms = run_batch(&st, &s, &sv);
+		double dev = (double)st.batch_size / 9600 - 1;
+
+		expect_growth_capped(before, st.batch_size, i);
+		if (ms > 2 * 500)
+			fail_msg("batch %d took %.0f ms, over twice the target", i, ms);
+		if (dev < -0.15 || dev > 0.20)
+			fail_msg("batch %d: size %lld outside [0.85, 1.20] x 9600", i,
+				 (long long)st.batch_size);
+		sum += dev;
+		sq += dev * dev;
+	}
+	/* On average on the ideal (the inverse of the noise leans slightly high) and smooth:
+	 * an unsmoothed controller would wander about twice as far. */
+	if (fabs(sum / n) > 0.04)
+		fail_msg("mean size off the ideal by %.1f%%", 100 * sum / n);
+	if (sqrt(sq / n) > 0.07)
+		fail_msg("size wanders %.1f%% (rms) around the ideal", 100 * sqrt(sq / n));
+}
+
+static void test_batch_follows_rate_drop(void **state)
+{
+	/* A recorded-looking run: 20 rows/ms, then the server gets busy (4 rows/ms, ideal 1920)
+	 * for a while, then it is quiet again. */
+	throttle_settings_t s = make_settings(1000, 100, 1000000, 0, 30000);
+	server_t sv = {.rate = 20, .overhead = 20};
+	throttle_state_t st;
+	int reached = -1;
+
+	(void)state;
+	s.target_batch_ms = 500;
+	throttle_init(&st, &s);
+	for (int i = 0; i < 30; i++)
+		run_batch(&st, &s, &sv);
+	assert_true(within((double)st.batch_size, 9600, 0.01));
+
+	/* Busy: the first batch takes about 2400 ms, over twice the target: exactly half. */
+	sv.rate = 4;
+	st.batch_size = 9600;
+	assert_true(run_batch(&st, &s, &sv) > 1000);
+	assert_int_equal(st.batch_size, 4800);
+	for (int i = 1; i < 40; i++) {
+		int64_t before = st.batch_size;
+		double ms = run_batch(&st, &s, &sv);
+
+		/* A full batch slower than the target never makes the next one bigger. */
+		if (ms > 500 && st.batch_size > before)
+			fail_msg("busy batch %d: %lld rows took %.0f ms, yet the size grew to %lld", i,
+				 (long long)before, ms, (long long)st.batch_size);
+		if (reached < 0 && within((double)st.batch_size, 1920, 0.10))
+			reached = i;
+		else if (reached >= 0 && !within((double)st.batch_size, 1920, 0.10))
+			fail_msg("busy batch %d: size %lld left 10%% of 1920 after reaching it", i,
+				 (long long)st.batch_size);
+	}
+	if (reached < 0 || reached > 4)
+		fail_msg("the size took %d batches to come within 10%% of 1920 (at most 4 wanted)", reached);
+
+	/* Quiet again: it grows back, at most x1.5 a step, and settles. */
+	sv.rate = 20;
+	reached = -1;
+	for (int i = 0; i < 40; i++) {
+		int64_t before = st.batch_size;
+
+		run_batch(&st, &s, &sv);
+		expect_growth_capped(before, st.batch_size, i);
+		if (reached < 0 && within((double)st.batch_size, 9600, 0.10))
+			reached = i;
+		else if (reached >= 0 && !within((double)st.batch_size, 9600, 0.10))
+			fail_msg("quiet batch %d: size %lld left 10%% of 9600", i, (long long)st.batch_size);
+	}
+	if (reached < 0 || reached > 15)
+		fail_msg("the size took %d batches to grow back within 10%% of 9600 (at most 15 wanted)",
+			 reached);
+}
+
+static void test_batch_overshoot_halves(void **state)
+{
+	throttle_settings_t s = make_settings(8000, 1500, 1000000, 0, 30000);
+	throttle_state_t st;
+
+	(void)state;
+	/* Over twice the target: half, whatever the rate says (here 6800). */
+	st = steady_state(8000, 8.0);
+	throttle_after_batch(&st, &s, 8000, 2000.5);
+	assert_int_equal(st.batch_size, 4000);
+	/* Even a first batch, and even a partial one. */
+	st = make_state(8000, 0, 0);
+	throttle_after_batch(&st, &s, 8000, 5000);
+	assert_int_equal(st.batch_size, 4000);
+	st = steady_state(8000, 8.0);
+	throttle_after_batch(&st, &s, 100, 2500);
+	assert_int_equal(st.batch_size, 4000);
+	/* Exactly twice is not an overshoot: the rate decides (0.3 * 4 + 0.7 * 8 = 6.8). */
+	st = steady_state(8000, 8.0);
+	throttle_after_batch(&st, &s, 8000, 2000);
+	assert_int_equal(st.batch_size, 6800);
+	/* Repeated overshoots halve down to min and no further. */
+	st = steady_state(8000, 8.0);
+	throttle_after_batch(&st, &s, st.batch_size, 10000);
+	assert_int_equal(st.batch_size, 4000);
+	throttle_after_batch(&st, &s, st.batch_size, 10000);
+	assert_int_equal(st.batch_size, 2000);
+	throttle_after_batch(&st, &s, st.batch_size, 10000);
+	assert_int_equal(st.batch_size, 1500);
+	throttle_after_batch(&st, &s, st.batch_size, 10000);
+	assert_int_equal(st.batch_size, 1500);
+}
+
+static void test_batch_max_below_ideal(void **state)
+{
+	/* The ideal is 9600 but max is 5000: it reaches max and stays there. */
+	throttle_settings_t s = make_settings(1000, 10, 5000, 0, 30000);
+	server_t sv = {.rate = 20, .overhead = 20};
+	throttle_state_t st;
+
+	(void)state;
+	s.target_batch_ms = 500;
+	throttle_init(&st, &s);
+	for (int i = 0; i < 60; i++) {
+		run_batch(&st, &s, &sv);
+		assert_in_range(st.batch_size, 1000, 5000);
+		if (i >= 5)
+			assert_int_equal(st.batch_size, 5000);
+	}
+}
+
+static void test_batch_min_above_ideal(void **state)
+{
+	/* 1 row/ms: the ideal is 480, min is 2000 (a batch takes 2020 ms, an overshoot). */
+	throttle_settings_t s = make_settings(5000, 2000, 100000, 0, 30000);
+	server_t sv = {.rate = 1, .overhead = 20};
+	throttle_state_t st;
+
+	(void)state;
+	s.target_batch_ms = 500;
+	throttle_init(&st, &s);
+	run_batch(&st, &s, &sv);
+	assert_int_equal(st.batch_size, 2500);
+	for (int i = 0; i < 60; i++) {
+		run_batch(&st, &s, &sv);
+		assert_int_equal(st.batch_size, 2000);
+	}
+	/* No overshoot now (2000 ms of a 1500 ms target), but the ideal 1500 is under min. */
+	sv.overhead = 0;
+	s.target_batch_ms = 1500;
+	for (int i = 0; i < 10; i++) {
+		run_batch(&st, &s, &sv);
+		assert_int_equal(st.batch_size, 2000);
+	}
+}
+
+static void test_batch_within_reloaded_bounds(void **state)
+{
+	/* A reload moved [min, max] past the current size: the next size is inside. */
+	throttle_settings_t lowered = make_settings(500, 10, 1000, 0, 30000);
+	throttle_settings_t raised = make_settings(5000, 4000, 100000, 0, 30000);
+	throttle_state_t st;
+
+	(void)state;
+	st = steady_state(9000, 9.0);
+	throttle_after_batch(&st, &lowered, 9000, 1000);
+	assert_int_equal(st.batch_size, 1000);
+	st = steady_state(100, 0.1);
+	throttle_after_batch(&st, &raised, 100, 1000);
+	assert_int_equal(st.batch_size, 4000);
+	/* Even when the batch said nothing (no rows). */
+	st = steady_state(9000, 9.0);
+	throttle_after_batch(&st, &lowered, 0, 10);
+	assert_int_equal(st.batch_size, 1000);
+}
+
+static void test_batch_bad_duration(void **state)
+{
+	/* A duration that cannot be (zero, negative, NaN) is no measurement: the size and the
+	 * smoothed rate stay as they were, and nothing non-finite leaks into the state. */
+	static const double bad[] = {0.0, -0.0, -5.0, -1e9, NAN, -INFINITY};
+	throttle_settings_t s = make_settings(1000, 10, 1000000, 100, 30000);
+
+	(void)state;
+	for (int i = 0; i < (int)(sizeof(bad) / sizeof(bad[0])); i++) {
+		throttle_state_t st = steady_state(9600, 9.6);
+		throttle_state_t fresh = make_state(1000, 0, 2);
+
+		throttle_after_batch(&st, &s, 9600, bad[i]);
+		if (st.batch_size != 9600 || !(st.rate == 9.6))
+			fail_msg("duration %g: size %lld (was 9600), rate %g (was 9.6)", bad[i],
+				 (long long)st.batch_size, st.rate);
+		assert_int_equal(st.retries, 0);
+		assert_int_equal(st.sleep_ms, 100);
+		throttle_after_batch(&fresh, &s, 1000, bad[i]);
+		if (fresh.batch_size != 1000 || !(fresh.rate == 0))
+			fail_msg("duration %g on a first batch: size %lld (was 1000), rate %g (was 0)",
+				 bad[i], (long long)fresh.batch_size, fresh.rate);
+		assert_int_equal(fresh.retries, 0);
+	}
+}
+
+static void test_batch_no_rows(void **state)
+{
+	/* A batch that walked no keys says nothing about the rate: nothing moves, even at size 1. */
+	throttle_settings_t s = make_settings(1000, 1, 1000000, 0, 30000);
+	static const double ms[] = {0.5, 10, 1000, 1999};
+	static const int64_t sizes[] = {1, 2, 9600};
+
+	(void)state;
+	for (int i = 0; i < (int)(sizeof(sizes) / sizeof(sizes[0])); i++) {
+		for (int k = 0; k < (int)(sizeof(ms) / sizeof(ms[0])); k++) {
+			throttle_state_t st = steady_state(sizes[i], 9.6);
+
+			throttle_after_batch(&st, &s, 0, ms[k]);
+			if (st.batch_size != sizes[i] || !(st.rate == 9.6))
+				fail_msg("0 rows in %g ms at size %lld: size %lld, rate %g", ms[k],
+					 (long long)sizes[i], (long long)st.batch_size, st.rate);
+		}
+	}
+	/* And no rows on a first batch leaves the rate unmeasured. */
+	{
+		throttle_state_t st = make_state(1000, 0, 0);
+
+		throttle_after_batch(&st, &s, 0, 30);
+		assert_int_equal(st.batch_size, 1000);
+		assert_true(st.rate == 0);
+	}
+}
+
+static void test_batch_partial_does_not_shrink(void **state)
+{
+	/* The last batch of a range is short: its few rows, overhead-bound, must not be read as
+	 * a slow server. */
+	throttle_settings_t s = make_settings(1000, 10, 1000000, 0, 30000);
+	throttle_state_t st;
+
+	(void)state;
+	s.target_batch_ms = 500;
+	st = steady_state(9600, 19.2);
+	throttle_after_batch(&st, &s, 100, 25.0); /* 4 rows/ms: would say 2000 */
+	assert_int_equal(st.batch_size, 9600);
+	st = steady_state(9600, 19.2);
+	throttle_after_batch(&st, &s, 4799, 900.0); /* just under half, and slow */
+	assert_int_equal(st.batch_size, 9600);
+	st = make_state(1000, 0, 0);
+	throttle_after_batch(&st, &s, 3, 20.0); /* a first batch that found the end */
+	assert_int_equal(st.batch_size, 1000);
+	/* Half full counts: 4800 rows in 500 ms is 9.6 rows/ms, 0.3 * 9.6 + 0.7 * 19.2 = 16.32. */
+	st = steady_state(9600, 19.2);
+	throttle_after_batch(&st, &s, 4800, 500.0);
+	assert_int_equal(st.batch_size, 8160);
 }
 
 static void test_retry_then_recover(void **state)
@@ -279,6 +723,7 @@ static void test_retry_then_recover(void **state)
 	assert_int_equal(st.retries, 3);
 	assert_int_equal(st.sleep_ms, 200);
 
+	/* 125 rows in 40 ms would allow 3125 a second: capped at x1.5. */
 	throttle_after_batch(&st, &s, 125, 40.0);
 	assert_int_equal(st.batch_size, 188);
 	assert_int_equal(st.retries, 0);
@@ -291,47 +736,277 @@ static void test_retry_then_recover(void **state)
 	assert_int_equal(st.retries, 1);
 }
 
-static void test_batch_applies_lowered_size(void **state)
-{
-	throttle_settings_t s = make_settings(200, 10, 100000, 0, 30000);
-	throttle_state_t st = make_state(1000, 0, 0);
+/* ---- throttle_pressure and throttle_decide: lag becomes sleep, then a hold ---- */
 
-	(void)state;
-	throttle_after_batch(&st, &s, 1000, 80.0);
-	assert_int_equal(st.batch_size, 200);
-	throttle_after_batch(&st, &s, 200, 80.0);
-	assert_int_equal(st.batch_size, 200);
+static throttle_input_t lag_input(int64_t bytes, int64_t ms)
+{
+	throttle_input_t in = {.lag_known = true, .lag_bytes = bytes, .lag_ms = ms, .hold = NULL};
+	return in;
 }
 
-static void test_batch_stays_within_bounds(void **state)
+/* Lag pressure P on the byte limit alone. */
+static throttle_input_t pressure_input(double p)
 {
-	/* Inconsistent settings still give a size inside [min, max]. */
-	throttle_settings_t over = make_settings(5000, 10, 2000, 0, 30000);
-	throttle_settings_t under = make_settings(5, 10, 2000, 0, 30000);
-	throttle_state_t st = make_state(1900, 0, 0);
-
-	(void)state;
-	throttle_after_batch(&st, &over, 1900, 10.0);
-	assert_int_equal(st.batch_size, 2000);
-	throttle_after_batch(&st, &over, 2000, 10.0);
-	assert_int_equal(st.batch_size, 2000);
-	st = make_state(10, 0, 0);
-	throttle_after_batch(&st, &under, 10, 10.0);
-	assert_int_equal(st.batch_size, 10);
+	return lag_input((int64_t)llround(p * LAG_BYTES), 0);
 }
 
-static void test_batch_sleep_within_max(void **state)
+static void expect_runs(throttle_decision_t d, int64_t sleep_ms, const char *reason)
 {
-	throttle_settings_t s = make_settings(1000, 10, 100000, 5000, 1000);
-	throttle_settings_t zero = make_settings(1000, 10, 100000, 0, 30000);
-	throttle_state_t st = make_state(1000, 30000, 2);
+	if (d.hold)
+		fail_msg("held (%s), expected to run after %lld ms", d.reason ? d.reason : "NULL",
+			 (long long)sleep_ms);
+	assert_int_equal(d.sleep_ms, sleep_ms);
+	if (reason)
+		assert_string_equal(d.reason ? d.reason : "NULL", reason);
+	else if (d.reason)
+		fail_msg("reason %s, expected none", d.reason);
+}
+
+static void expect_holds(throttle_decision_t d, const char *reason)
+{
+	if (!d.hold)
+		fail_msg("ran after %lld ms (reason %s), expected a hold for %s", (long long)d.sleep_ms,
+			 d.reason ? d.reason : "NULL", reason);
+	assert_non_null(d.reason);
+	assert_string_equal(d.reason, reason);
+}
+
+static void test_pressure_values(void **state)
+{
+	throttle_settings_t s = make_settings(1000, 10, 100000, 100, 10100);
+	throttle_input_t in;
 
 	(void)state;
-	throttle_after_batch(&st, &s, 1000, 10.0);
-	assert_int_equal(st.sleep_ms, 1000);
-	st = make_state(1000, 30000, 2);
-	throttle_after_batch(&st, &zero, 1000, 10.0);
-	assert_int_equal(st.sleep_ms, 0);
+	in = lag_input(0, 0);
+	assert_float_equal(throttle_pressure(&s, &in), 0.0, 1e-12);
+	in = lag_input(250000, 0);
+	assert_float_equal(throttle_pressure(&s, &in), 0.25, 1e-12);
+	in = lag_input(0, 7500);
+	assert_float_equal(throttle_pressure(&s, &in), 0.75, 1e-12);
+	/* The worse of the two, either way round. */
+	in = lag_input(900000, 2000);
+	assert_float_equal(throttle_pressure(&s, &in), 0.9, 1e-12);
+	in = lag_input(100000, 6000);
+	assert_float_equal(throttle_pressure(&s, &in), 0.6, 1e-12);
+	/* Over the limit is over 1, not capped. */
+	in = lag_input(3000000, 25000);
+	assert_float_equal(throttle_pressure(&s, &in), 3.0, 1e-12);
+	/* Unknown lag is no pressure, whatever the numbers. */
+	in = lag_input(3000000, 25000);
+	in.lag_known = false;
+	assert_float_equal(throttle_pressure(&s, &in), 0.0, 1e-12);
+	/* A limit of 0 turns that measure off. */
+	s.max_replication_lag_bytes = 0;
+	in = lag_input(INT64_MAX, 2500);
+	assert_float_equal(throttle_pressure(&s, &in), 0.25, 1e-12);
+	s.max_replication_lag_bytes = LAG_BYTES;
+	s.max_replication_lag_ms = 0;
+	in = lag_input(500000, INT64_MAX);
+	assert_float_equal(throttle_pressure(&s, &in), 0.5, 1e-12);
+}
+
+static void test_decide_no_sleep_below_half(void **state)
+{
+	throttle_settings_t s = make_settings(1000, 10, 100000, 100, 10100);
+	static const int64_t bytes[] = {0, 1, 250000, 499999, 500000, 0, 0, 499999};
+	static const int64_t ms[] = {0, 0, 0, 0, 0, 4999, 5000, 4999};
+	throttle_state_t st;
+
+	(void)state;
+	throttle_init(&st, &s);
+	for (int i = 0; i < (int)(sizeof(bytes) / sizeof(bytes[0])); i++) {
+		throttle_input_t in = lag_input(bytes[i], ms[i]);
+
+		expect_runs(throttle_decide(&st, &s, &in), 100, NULL);
+	}
+	/* Deciding never touches the batch size. */
+	assert_int_equal(st.batch_size, 1000);
+	assert_false(st.lag_hold);
+}
+
+static void test_decide_sleep_proportional(void **state)
+{
+	/* From sleep_ms (100) at half the limit to max_sleep_ms (10100) at the limit. */
+	throttle_settings_t s = make_settings(1000, 10, 100000, 100, 10100);
+	throttle_state_t st;
+	throttle_input_t in;
+	int64_t last = 100;
+
+	(void)state;
+	throttle_init(&st, &s);
+	in = lag_input(750000, 0); /* 75% of the bytes: midway */
+	expect_runs(throttle_decide(&st, &s, &in), 5100, "replication_lag");
+	in = lag_input(0, 7500); /* 75% of the time: the same */
+	expect_runs(throttle_decide(&st, &s, &in), 5100, "replication_lag");
+	in = lag_input(625000, 0);
+	expect_runs(throttle_decide(&st, &s, &in), 2600, "replication_lag");
+	in = lag_input(0, 8750);
+	expect_runs(throttle_decide(&st, &s, &in), 7600, "replication_lag");
+	/* Continuous and rising all the way up, under max_sleep_ms until the hold. */
+	for (int64_t b = 500001; b < LAG_BYTES; b += 997) {
+		throttle_decision_t d;
+
+		in = lag_input(b, 0);
+		d = throttle_decide(&st, &s, &in);
+		assert_false(d.hold);
+		if (d.sleep_ms < last || d.sleep_ms > last + 25 || d.sleep_ms > 10100)
+			fail_msg("at %lld bytes: sleep %lld after %lld", (long long)b, (long long)d.sleep_ms,
+				 (long long)last);
+		last = d.sleep_ms;
+	}
+	assert_true(last >= 10080);
+	assert_false(st.lag_hold);
+}
+
+static void test_decide_worse_of_bytes_and_time(void **state)
+{
+	throttle_settings_t s = make_settings(1000, 10, 100000, 100, 10100);
+	throttle_state_t st;
+	throttle_input_t in;
+
+	(void)state;
+	throttle_init(&st, &s);
+	in = lag_input(100000, 7500); /* time is worse */
+	expect_runs(throttle_decide(&st, &s, &in), 5100, "replication_lag");
+	in = lag_input(750000, 1000); /* bytes are worse */
+	expect_runs(throttle_decide(&st, &s, &in), 5100, "replication_lag");
+	in = lag_input(625000, 8750); /* both over half: the worse one */
+	expect_runs(throttle_decide(&st, &s, &in), 7600, "replication_lag");
+	in = lag_input(499999, 4999); /* both just under half: nothing added */
+	expect_runs(throttle_decide(&st, &s, &in), 100, NULL);
+	in = lag_input(0, 10000); /* the time limit alone holds */
+	expect_holds(throttle_decide(&st, &s, &in), "replication_lag");
+}
+
+static void test_decide_holds_at_limit(void **state)
+{
+	throttle_settings_t s = make_settings(1000, 10, 100000, 100, 10100);
+	throttle_state_t st;
+	throttle_input_t in;
+
+	(void)state;
+	throttle_init(&st, &s);
+	in = lag_input(999999, 0);
+	expect_runs(throttle_decide(&st, &s, &in), 10099, "replication_lag");
+	in = lag_input(LAG_BYTES, 0);
+	expect_holds(throttle_decide(&st, &s, &in), "replication_lag");
+	assert_true(st.lag_hold);
+	throttle_init(&st, &s);
+	in = lag_input(50 * (int64_t)LAG_BYTES, 3 * LAG_MS);
+	expect_holds(throttle_decide(&st, &s, &in), "replication_lag");
+	/* Holding does not move the batch size. */
+	assert_int_equal(st.batch_size, 1000);
+}
+
+static void test_decide_hysteresis(void **state)
+{
+	static const double trace[] = {0.3, 0.8, 1.0, 0.8, 0.5, 0.6, 0.5, 0.49, 0.8, 0.99, 1.2, 0.7, 0.1};
+	static const bool held[] = {false, false, true,	 true, true, true, true,
+				    false, false, false, true, true, false};
+	throttle_settings_t s = make_settings(1000, 10, 100000, 100, 10100);
+	throttle_state_t st;
+
+	(void)state;
+	throttle_init(&st, &s);
+	for (int i = 0; i < (int)(sizeof(trace) / sizeof(trace[0])); i++) {
+		throttle_input_t in = pressure_input(trace[i]);
+		throttle_decision_t d = throttle_decide(&st, &s, &in);
+
+		if (d.hold != held[i])
+			fail_msg("step %d, pressure %.2f: %s, expected %s", i, trace[i],
+				 d.hold ? "held" : "ran", held[i] ? "a hold" : "to run");
+		if (d.hold)
+			expect_holds(d, "replication_lag");
+		assert_true(st.lag_hold == held[i]);
+	}
+	/* Released at 0.49: no added sleep and no reason. */
+	throttle_init(&st, &s);
+	{
+		throttle_input_t over = pressure_input(1.0), under = pressure_input(0.49);
+
+		expect_holds(throttle_decide(&st, &s, &over), "replication_lag");
+		expect_runs(throttle_decide(&st, &s, &under), 100, NULL);
+	}
+}
+
+static void test_decide_input_hold(void **state)
+{
+	static const double lag[] = {0, 0.3, 0.75, 1.5};
+	throttle_settings_t s = make_settings(1000, 10, 100000, 100, 10100);
+	throttle_state_t st;
+	throttle_input_t in;
+
+	(void)state;
+	for (int i = 0; i < (int)(sizeof(lag) / sizeof(lag[0])); i++) {
+		throttle_init(&st, &s);
+		in = pressure_input(lag[i]);
+		in.hold = "autovacuum";
+		expect_holds(throttle_decide(&st, &s, &in), "autovacuum");
+		in.lag_known = false;
+		expect_holds(throttle_decide(&st, &s, &in), "autovacuum");
+	}
+	in = lag_input(0, 0);
+	in.hold = "standby_missing";
+	expect_holds(throttle_decide(&st, &s, &in), "standby_missing");
+
+	/* Held for lag, then for autovacuum while lag eased to 0.7: once autovacuum is done the
+	 * lag hold still stands (0.7 is not under half), and goes at 0.4. */
+	throttle_init(&st, &s);
+	in = pressure_input(1.1);
+	expect_holds(throttle_decide(&st, &s, &in), "replication_lag");
+	in = pressure_input(0.7);
+	in.hold = "autovacuum";
+	expect_holds(throttle_decide(&st, &s, &in), "autovacuum");
+	in.hold = NULL;
+	expect_holds(throttle_decide(&st, &s, &in), "replication_lag");
+	in = pressure_input(0.4);
+	expect_runs(throttle_decide(&st, &s, &in), 100, NULL);
+}
+
+static void test_decide_unknown_lag(void **state)
+{
+	throttle_settings_t s = make_settings(1000, 10, 100000, 100, 10100);
+	throttle_state_t st;
+	throttle_input_t in;
+
+	(void)state;
+	throttle_init(&st, &s);
+	in = lag_input(INT64_MAX, INT64_MAX);
+	in.lag_known = false;
+	for (int i = 0; i < 5; i++)
+		expect_runs(throttle_decide(&st, &s, &in), 100, NULL);
+	assert_false(st.lag_hold);
+	in = lag_input(750000, 7500);
+	in.lag_known = false;
+	expect_runs(throttle_decide(&st, &s, &in), 100, NULL);
+}
+
+static void test_decide_sleep_from_current_pause(void **state)
+{
+	/* The pause a retry set is the base the lag adds to; all within max_sleep_ms. */
+	throttle_settings_t s = make_settings(1000, 10, 100000, 100, 10100);
+	throttle_state_t st;
+	throttle_input_t in;
+
+	(void)state;
+	throttle_init(&st, &s);
+	st.sleep_ms = 2100;
+	in = lag_input(0, 0);
+	expect_runs(throttle_decide(&st, &s, &in), 2100, NULL);
+	in = lag_input(750000, 0);
+	expect_runs(throttle_decide(&st, &s, &in), 6100, "replication_lag");
+	st.sleep_ms = 50000;
+	in = lag_input(0, 0);
+	expect_runs(throttle_decide(&st, &s, &in), 10100, NULL);
+	in = lag_input(750000, 0);
+	expect_runs(throttle_decide(&st, &s, &in), 10100, "replication_lag");
+	/* No pause configured at all: lag alone makes one. */
+	s = make_settings(1000, 10, 100000, 0, 10000);
+	throttle_init(&st, &s);
+	in = lag_input(0, 0);
+	expect_runs(throttle_decide(&st, &s, &in), 0, NULL);
+	in = lag_input(750000, 0);
+	expect_runs(throttle_decide(&st, &s, &in), 5000, "replication_lag");
 }
 
 int main(void)
@@ -348,12 +1023,29 @@ int main(void)
 		cmocka_unit_test(test_retry_backoff_capped),
 		cmocka_unit_test(test_retry_sleep_at_least_sleep_ms),
 		cmocka_unit_test(test_batch_resets_retries_and_sleep),
-		cmocka_unit_test(test_batch_grows_back_by_half),
+		cmocka_unit_test(test_batch_first_steps_exact),
 		cmocka_unit_test(test_batch_grows_from_one),
+		cmocka_unit_test(test_batch_converges),
+		cmocka_unit_test(test_batch_converges_from_above),
+		cmocka_unit_test(test_batch_converges_with_noise),
+		cmocka_unit_test(test_batch_follows_rate_drop),
+		cmocka_unit_test(test_batch_overshoot_halves),
+		cmocka_unit_test(test_batch_max_below_ideal),
+		cmocka_unit_test(test_batch_min_above_ideal),
+		cmocka_unit_test(test_batch_within_reloaded_bounds),
+		cmocka_unit_test(test_batch_bad_duration),
+		cmocka_unit_test(test_batch_no_rows),
+		cmocka_unit_test(test_batch_partial_does_not_shrink),
 		cmocka_unit_test(test_retry_then_recover),
-		cmocka_unit_test(test_batch_applies_lowered_size),
-		cmocka_unit_test(test_batch_stays_within_bounds),
-		cmocka_unit_test(test_batch_sleep_within_max),
+		cmocka_unit_test(test_pressure_values),
+		cmocka_unit_test(test_decide_no_sleep_below_half),
+		cmocka_unit_test(test_decide_sleep_proportional),
+		cmocka_unit_test(test_decide_worse_of_bytes_and_time),
+		cmocka_unit_test(test_decide_holds_at_limit),
+		cmocka_unit_test(test_decide_hysteresis),
+		cmocka_unit_test(test_decide_input_hold),
+		cmocka_unit_test(test_decide_unknown_lag),
+		cmocka_unit_test(test_decide_sleep_from_current_pause),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

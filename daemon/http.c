@@ -1,0 +1,256 @@
+/*
+ * The HTTP listener: libevent's evhttp on the daemon's one loop. It binds the sockets itself
+ * (so a failure names the address and the errno), then serves /metrics from the metrics
+ * registry and /healthz from the queue connection's state. Nothing here blocks.
+ */
+#include "http.h"
+
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+
+#include "log.h"
+#include "metrics.h"
+
+#define HTTP_CONTEXT "http"
+#define HTTP_TIMEOUT_S 10	   /* an idle or slow client is dropped after this */
+#define HTTP_MAX_HEADERS_SIZE 8192 /* a scrape's headers are far smaller */
+#define HTTP_MAX_BODY_SIZE 4096	   /* no endpoint takes a body */
+#define HTTP_BACKLOG 64
+
+#define METRICS_CONTENT_TYPE "text/plain; version=0.0.4; charset=utf-8"
+#define TEXT_CONTENT_TYPE "text/plain; charset=utf-8"
+
+static struct evhttp *http;
+
+/* Split "HOST:PORT" or "[V6]:PORT" into HOST (brackets dropped) and PORT. */
+static bool http_split(const char *address, char *host, size_t hostlen, char *port, size_t portlen)
+{
+	const char *colon, *host_start = address, *host_end;
+
+	if (address[0] == '[') {
+		host_end = strchr(address, ']');
+		if (!host_end || host_end[1] != ':')
+			return false;
+		host_start = address + 1;
+		colon = host_end + 1;
+	} else {
+		colon = strrchr(address, ':');
+		if (!colon)
+			return false;
+		host_end = colon;
+	}
+	if (host_end <= host_start || (size_t)(host_end - host_start) >= hostlen ||
+	    strlen(colon + 1) >= portlen || colon[1] == '\0')
+		return false;
+	memcpy(host, host_start, (size_t)(host_end - host_start));
+	host[host_end - host_start] = '\0';
+	snprintf(port, portlen, "%s", colon + 1);
+	return true;
+}
+
+/* Bind and listen on one resolved address and hand the socket to evhttp; errno on failure. */
+static bool http_listen_one(const struct addrinfo *ai)
+{
+	int one = 1, fd, saved;
+
+	fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol);
+	if (fd < 0)
+		return false;
+	/* Restart at once while old connections linger in TIME_WAIT; a live listener still conflicts. */
+	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0)
+		goto fail;
+	/* "localhost" may give both ::1 and 127.0.0.1: each family gets its own socket. */
+	if (ai->ai_family == AF_INET6 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one)) != 0)
+		goto fail;
+	if (bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(fd, HTTP_BACKLOG) != 0)
+		goto fail;
+	if (!evhttp_accept_socket_with_handle(http, fd)) {
+		errno = ENOMEM;
+		goto fail;
+	}
+	return true;
+fail:
+	saved = errno;
+	close(fd);
+	errno = saved;
+	return false;
+}
+
+static void http_reply(struct evhttp_request *req, int code, const char *reason, const char *content_type,
+		       const char *body, size_t len)
+{
+	struct evbuffer *buf = evbuffer_new();
+	struct evkeyvalq *headers = evhttp_request_get_output_headers(req);
+
+	if (!buf || evbuffer_add(buf, body, len) != 0) {
+		if (buf)
+			evbuffer_free(buf);
+		evhttp_send_error(req, HTTP_INTERNAL, NULL);
+		return;
+	}
+	evhttp_add_header(headers, "Content-Type", content_type);
+	evhttp_add_header(headers, "Cache-Control", "no-store");
+	evhttp_send_reply(req, code, reason, buf);
+	evbuffer_free(buf);
+}
+
+static void http_reply_text(struct evhttp_request *req, int code, const char *reason, const char *text)
+{
+	http_reply(req, code, reason, TEXT_CONTENT_TYPE, text, strlen(text));
+}
+
+static void http_metrics(struct evhttp_request *req)
+{
+	char *text = NULL;
+	size_t len = 0;
+	FILE *out = open_memstream(&text, &len);
+
+	if (!out) {
+		evhttp_send_error(req, HTTP_INTERNAL, NULL);
+		return;
+	}
+	metrics_render(out);
+	if (fclose(out) != 0 || !text) {
+		free(text);
+		evhttp_send_error(req, HTTP_INTERNAL, NULL);
+		return;
+	}
+	http_reply(req, HTTP_OK, "OK", METRICS_CONTENT_TYPE, text, len);
+	free(text);
+}
+
+static void http_healthz(struct evhttp_request *req)
+{
+	const char *reason;
+	char body[640];
+
+	if (metrics_database_up(&reason)) {
+		http_reply_text(req, HTTP_OK, "OK", "ok\n");
+		return;
+	}
+	snprintf(body, sizeof(body), "database down: %s\n", reason);
+	http_reply_text(req, 503, "Service Unavailable", body);
+}
+
+static const char *http_method_name(enum evhttp_cmd_type cmd)
+{
+	switch (cmd) {
+	case EVHTTP_REQ_GET:
+		return "GET";
+	case EVHTTP_REQ_HEAD:
+		return "HEAD";
+	case EVHTTP_REQ_POST:
+		return "POST";
+	case EVHTTP_REQ_PUT:
+		return "PUT";
+	case EVHTTP_REQ_DELETE:
+		return "DELETE";
+	case EVHTTP_REQ_OPTIONS:
+		return "OPTIONS";
+	case EVHTTP_REQ_TRACE:
+		return "TRACE";
+	case EVHTTP_REQ_CONNECT:
+		return "CONNECT";
+	case EVHTTP_REQ_PATCH:
+		return "PATCH";
+	}
+	return "?";
+}
+
+/* Every request lands here: route by path, then method. */
+static void http_request_cb(struct evhttp_request *req, void *arg)
+{
+	enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
+	const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
+	const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
+	bool metrics, healthz;
+	(void)arg;
+
+	if (!path)
+		path = "";
+	log_msg(LOG_LEVEL_DEBUG, HTTP_CONTEXT, "%s %s", http_method_name(cmd), path);
+	metrics = strcmp(path, "/metrics") == 0;
+	healthz = strcmp(path, "/healthz") == 0;
+	if (!metrics && !healthz) {
+		http_reply_text(req, HTTP_NOTFOUND, "Not Found", "not found: try /metrics or /healthz\n");
+		return;
+	}
+	/* HEAD is GET without the body; evhttp leaves the body out. */
+	if (cmd != EVHTTP_REQ_GET && cmd != EVHTTP_REQ_HEAD) {
+		evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "GET, HEAD");
+		http_reply_text(req, HTTP_BADMETHOD, "Method Not Allowed", "method not allowed: use GET\n");
+		return;
+	}
+	if (metrics)
+		http_metrics(req);
+	else
+		http_healthz(req);
+}
+
+bool http_start(struct event_base *base, const char *address)
+{
+	struct addrinfo hints = {0}, *res = NULL;
+	char host[256], port[16];
+	int rc, bound = 0;
+
+	if (!address || !*address) {
+		log_msg(LOG_LEVEL_INFO, HTTP_CONTEXT, "http.listen is empty: no /metrics or /healthz");
+		return true;
+	}
+	if (!http_split(address, host, sizeof(host), port, sizeof(port))) {
+		log_error("cannot listen on HTTP address %s: not HOST:PORT", address);
+		return false;
+	}
+	hints.ai_family = AF_UNSPEC;
+	hints.ai_socktype = SOCK_STREAM;
+	hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+	rc = getaddrinfo(host, port, &hints, &res);
+	if (rc != 0) {
+		log_error("cannot listen on HTTP address %s: %s", address, gai_strerror(rc));
+		return false;
+	}
+	http = evhttp_new(base);
+	if (!http) {
+		freeaddrinfo(res);
+		log_error("cannot listen on HTTP address %s: out of memory", address);
+		return false;
+	}
+	evhttp_set_timeout(http, HTTP_TIMEOUT_S);
+	evhttp_set_max_headers_size(http, HTTP_MAX_HEADERS_SIZE);
+	evhttp_set_max_body_size(http, HTTP_MAX_BODY_SIZE);
+	/* Let every method reach the callback, which answers 405 with an Allow header. */
+	evhttp_set_allowed_methods(http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD | EVHTTP_REQ_PUT |
+						 EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS | EVHTTP_REQ_TRACE |
+						 EVHTTP_REQ_CONNECT | EVHTTP_REQ_PATCH);
+	evhttp_set_gencb(http, http_request_cb, NULL);
+	for (const struct addrinfo *ai = res; ai; ai = ai->ai_next) {
+		if (!http_listen_one(ai)) {
+			log_error("cannot listen on HTTP address %s: %s", address, strerror(errno));
+			freeaddrinfo(res);
+			http_stop();
+			return false;
+		}
+		bound++;
+	}
+	freeaddrinfo(res);
+	log_msg(LOG_LEVEL_NOTICE, HTTP_CONTEXT, "serving /metrics and /healthz on %s (%d socket%s)", address,
+		bound, bound == 1 ? "" : "s");
+	return true;
+}
+
+void http_stop(void)
+{
+	if (http)
+		evhttp_free(http);
+	http = NULL;
+}

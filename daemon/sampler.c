@@ -1,0 +1,281 @@
+/*
+ * The sampler. Lag bytes come from pg_stat_replication's replay_lsn (and logical slots'
+ * confirmed_flush_lsn) against pg_current_wal_lsn(); lag time from the lag clock, not from
+ * replay_lag or replay timestamps, which both lie. Blocked sessions are found by filtering
+ * pg_stat_activity on wait_event_type = 'Lock' first and calling pg_blocking_pids() only on
+ * those; the daemon then cancels the batch that blocks too long.
+ */
+#include "sampler.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <event2/event.h>
+
+#include "config.h"
+#include "daemon.h"
+#include "lagclock.h"
+#include "log.h"
+#include "pgconn.h"
+
+#define SAMPLER_CONTEXT "sampler"
+#define MAX_AUTOVACUUM 64
+#define STALE_SAMPLES 10 /* a view older than this many intervals (and 5 s) is unknown */
+#define WARMUP_MS 5000	 /* how long jobs wait for the first sample before going on without */
+
+static const char sample_wal_sql[] = "SELECT pg_catalog.pg_current_wal_lsn()::text";
+static const char sample_standbys_sql[] =
+	"SELECT r.application_name, r.replay_lsn::text, extract(epoch FROM r.replay_lag) * 1000, r.state"
+	" FROM pg_catalog.pg_stat_replication r"
+	" WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots s"
+	"                   WHERE s.active_pid = r.pid AND s.slot_type = 'logical')";
+static const char sample_slots_sql[] = "SELECT slot_name, confirmed_flush_lsn::text, wal_status"
+				       " FROM pg_catalog.pg_replication_slots WHERE slot_type = 'logical'";
+static const char sample_blocked_sql[] =
+	"SELECT b.blocker, count(DISTINCT a.pid),"
+	" max(extract(epoch FROM clock_timestamp() - coalesce(l.waitstart, a.query_start))) * 1000"
+	" FROM pg_catalog.pg_stat_activity a"
+	" CROSS JOIN LATERAL unnest(pg_catalog.pg_blocking_pids(a.pid)) AS b(blocker)"
+	" LEFT JOIN pg_catalog.pg_locks l ON l.pid = a.pid AND NOT l.granted"
+	" WHERE a.wait_event_type = 'Lock' AND b.blocker = ANY ($1::int[])"
+	" GROUP BY b.blocker";
+static const char sample_autovacuum_sql[] =
+	"SELECT p.relid FROM pg_catalog.pg_stat_progress_vacuum p"
+	" JOIN pg_catalog.pg_stat_activity a ON a.pid = p.pid WHERE a.backend_type = 'autovacuum worker'";
+
+/* The sampler's connection, timer and latest view. */
+static struct {
+	pgconn_t *conn;
+	struct event *tick;
+	bool in_flight;
+	lagclock_t clock;
+	sampler_view_t view;
+	double view_at_ms; /* monotonic time of the view; 0: none yet */
+	double opened_at_ms;
+	int64_t wal_since; /* our WAL committed since the sample was taken */
+	uint32_t autovacuum[MAX_AUTOVACUUM];
+	int nautovacuum;
+	bool warned_invisible;
+} sampler;
+
+static double now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec * 1000.0 + (double)ts.tv_nsec / 1e6;
+}
+
+static void sampler_arm(void)
+{
+	int64_t ms = daemon_config()->throttle.sample_interval_ms;
+	struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000)};
+	evtimer_add(sampler.tick, &tv);
+}
+
+static bool sampler_watches(const char *name)
+{
+	const throttle_settings_t *s = &daemon_config()->throttle;
+	if (s->nstandbys == 0)
+		return true;
+	for (int i = 0; i < s->nstandbys; i++)
+		if (name && strcmp(s->standbys[i], name) == 0)
+			return true;
+	return false;
+}
+
+/* Fold one round of results into the view. */
+static void sampler_absorb(const pgconn_result_t *res, double at)
+{
+	const throttle_settings_t *s = &daemon_config()->throttle;
+	const PGresult *standbys = res->results[1], *slots = res->results[2], *blocked = res->results[3],
+		       *vacuum = res->results[4];
+	sampler_view_t v = {.known = true};
+	uint64_t current, lsn;
+
+	if (!lagclock_parse_lsn(pgconn_value(res->results[0], 0, 0), &current))
+		return;
+	lagclock_add(&sampler.clock, at, current);
+
+	for (int r = 0; r < PQntuples(standbys); r++) {
+		const char *name = pgconn_value(standbys, r, 0);
+		int64_t bytes;
+		double ms;
+
+		if (!sampler_watches(name))
+			continue;
+		if (!lagclock_parse_lsn(pgconn_value(standbys, r, 1), &lsn)) {
+			if (!sampler.warned_invisible) {
+				log_msg(LOG_LEVEL_WARNING, SAMPLER_CONTEXT,
+					"cannot read the replay position of standby %s (state %s): without "
+					"it lag is"
+					" not throttled; GRANT pg_monitor to the daemon's role",
+					name ? name : "?", pgconn_value(standbys, r, 3) ?: "?");
+				sampler.warned_invisible = true;
+			}
+			continue;
+		}
+		bytes = current > lsn ? (int64_t)(current - lsn) : 0;
+		ms = lagclock_lag_ms(&sampler.clock, at, lsn);
+		if (bytes > v.lag_bytes || (int64_t)ms > v.lag_ms)
+			snprintf(v.detail, sizeof(v.detail), "standby %s: %lld bytes, %.0f ms behind",
+				 name ? name : "?", (long long)bytes, ms);
+		if (bytes > v.lag_bytes)
+			v.lag_bytes = bytes;
+		if ((int64_t)ms > v.lag_ms)
+			v.lag_ms = (int64_t)ms;
+	}
+	/* A named standby that is not connected counts as lagging. */
+	for (int i = 0; i < s->nstandbys; i++) {
+		bool seen = false;
+		for (int r = 0; r < PQntuples(standbys) && !seen; r++)
+			seen = strcmp(pgconn_value(standbys, r, 0) ?: "", s->standbys[i]) == 0;
+		if (!seen) {
+			v.hold = "standby_missing";
+			snprintf(v.detail, sizeof(v.detail), "standby %s is not connected", s->standbys[i]);
+		}
+	}
+	if (s->logical_slots) {
+		for (int r = 0; r < PQntuples(slots); r++) {
+			const char *name = pgconn_value(slots, r, 0), *status = pgconn_value(slots, r, 2);
+			int64_t bytes;
+			if (status && strcmp(status, "reserved") != 0 && !v.hold) {
+				v.hold = "logical_slot";
+				snprintf(v.detail, sizeof(v.detail), "logical slot %s has wal_status %s",
+					 name, status);
+			}
+			if (!lagclock_parse_lsn(pgconn_value(slots, r, 1), &lsn))
+				continue;
+			bytes = current > lsn ? (int64_t)(current - lsn) : 0;
+			if (bytes > v.lag_bytes) {
+				v.lag_bytes = bytes;
+				snprintf(v.detail, sizeof(v.detail), "logical slot %s: %lld bytes behind",
+					 name, (long long)bytes);
+			}
+		}
+	}
+	for (int r = 0; r < PQntuples(blocked); r++)
+		daemon_on_blocked((int)pgconn_int64(blocked, r, 0, 0), pgconn_int64(blocked, r, 1, 0),
+				  pgconn_int64(blocked, r, 2, 0));
+	sampler.nautovacuum = 0;
+	for (int r = 0; r < PQntuples(vacuum) && sampler.nautovacuum < MAX_AUTOVACUUM; r++)
+		sampler.autovacuum[sampler.nautovacuum++] = (uint32_t)pgconn_int64(vacuum, r, 0, 0);
+
+	sampler.view = v;
+	sampler.view_at_ms = at;
+}
+
+static void sampler_result_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
+{
+	double *sent_at = arg;
+	(void)conn;
+
+	sampler.in_flight = false;
+	if (res->ok)
+		sampler_absorb(res, *sent_at);
+	else if (!res->broken)
+		log_msg(LOG_LEVEL_WARNING, SAMPLER_CONTEXT, "sample failed: %s %s", res->sqlstate,
+			res->message);
+	free(sent_at);
+}
+
+static void sampler_tick_cb(evutil_socket_t fd, short what, void *arg)
+{
+	char pids[1024];
+	const char *params[] = {pids};
+	pgconn_stmt_t stmts[5] = {
+		{sample_wal_sql, 0, NULL},	  {sample_standbys_sql, 0, NULL},
+		{sample_slots_sql, 0, NULL},	  {sample_blocked_sql, 1, params},
+		{sample_autovacuum_sql, 0, NULL},
+	};
+	double *sent_at;
+	(void)fd;
+	(void)what;
+	(void)arg;
+
+	sampler_arm();
+	if (sampler.in_flight || !pgconn_is_ready(sampler.conn))
+		return;
+	daemon_batch_pids(pids, sizeof(pids));
+	sent_at = malloc(sizeof(*sent_at));
+	if (!sent_at)
+		abort();
+	*sent_at = now_ms();
+	if (pgconn_send(sampler.conn, stmts, 5, sampler_result_cb, sent_at)) {
+		sampler.in_flight = true;
+		sampler.wal_since = 0; /* WAL from here on is not in this sample */
+	} else {
+		free(sent_at);
+	}
+}
+
+static void sampler_event_cb(pgconn_t *conn, pgconn_event_t event, const char *reason, void *arg)
+{
+	(void)conn;
+	(void)arg;
+	if (event == PGCONN_EVENT_LOST)
+		log_msg(LOG_LEVEL_DEBUG, SAMPLER_CONTEXT, "down: %s", reason);
+	else if (sampler.view_at_ms == 0) {
+		/* Connected: take the first sample now rather than an interval later. */
+		evtimer_del(sampler.tick);
+		sampler_tick_cb(-1, 0, NULL);
+	}
+}
+
+void sampler_open(void)
+{
+	pgconn_options_t opt = {.conninfo = daemon_config()->conninfo,
+				.application_name = "backfilld sampler",
+				.log_context = SAMPLER_CONTEXT,
+				.idle_in_transaction_ms = daemon_config()->lease_ms,
+				.on_event = sampler_event_cb};
+
+	memset(&sampler, 0, sizeof(sampler));
+	sampler.conn = pgconn_new(daemon_base(), &opt);
+	sampler.tick = evtimer_new(daemon_base(), sampler_tick_cb, NULL);
+	if (!sampler.tick)
+		abort();
+	sampler.opened_at_ms = now_ms();
+	pgconn_connect(sampler.conn);
+	sampler_arm();
+}
+
+void sampler_close(void)
+{
+	if (sampler.conn)
+		pgconn_free(sampler.conn);
+	if (sampler.tick)
+		event_free(sampler.tick);
+	sampler.conn = NULL;
+	sampler.tick = NULL;
+}
+
+void sampler_view(sampler_view_t *out)
+{
+	double age = now_ms() - sampler.view_at_ms;
+	double stale = (double)daemon_config()->throttle.sample_interval_ms * STALE_SAMPLES;
+
+	*out = sampler.view;
+	if (sampler.view_at_ms == 0 || age > (stale > 5000 ? stale : 5000)) {
+		out->known = false;
+		out->hold = NULL;
+		out->warming = sampler.view_at_ms == 0 && now_ms() - sampler.opened_at_ms < WARMUP_MS;
+		return;
+	}
+	out->lag_bytes += sampler.wal_since;
+}
+
+bool sampler_autovacuum(uint32_t relid)
+{
+	for (int i = 0; i < sampler.nautovacuum; i++)
+		if (sampler.autovacuum[i] == relid)
+			return true;
+	return false;
+}
+
+void sampler_wal_written(int64_t bytes)
+{
+	if (bytes > 0)
+		sampler.wal_since += bytes;
+}

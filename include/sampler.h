@@ -1,0 +1,33 @@
+/*
+ * The sampler: a monitoring connection that every sample_interval_ms reads replication lag
+ * (per physical standby, and logical slots), sessions blocked by our batches, and autovacuum
+ * workers, in one pipelined round trip. It never blocks the loop; jobs read its latest view.
+ */
+#ifndef BACKFILLD_SAMPLER_H
+#define BACKFILLD_SAMPLER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+typedef struct sampler_view {
+	bool known;	   /* a recent sample exists */
+	bool warming;	   /* no sample yet, but one is due within seconds: wait for it */
+	int64_t lag_bytes; /* the worst watched standby or logical slot, plus WAL written since */
+	int64_t lag_ms;	   /* the worst watched standby, on the daemon's clock */
+	const char *hold;  /* "standby_missing", "logical_slot", or NULL */
+	char detail[160];  /* which standby or slot, for the log */
+} sampler_view_t;
+
+void sampler_open(void);
+void sampler_close(void);
+
+/* The latest sample, as the throttle sees it. */
+void sampler_view(sampler_view_t *out);
+
+/* An autovacuum worker is processing the table RELID now. */
+bool sampler_autovacuum(uint32_t relid);
+
+/* A batch committed having written BYTES of WAL: counted as lag until the next sample. */
+void sampler_wal_written(int64_t bytes);
+
+#endif

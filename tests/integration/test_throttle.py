@@ -1,0 +1,213 @@
+"""Adaptive throttling against a real primary and a streaming standby (pg_basebackup -R):
+replication lag, row locks, sessions blocked by a batch, and steady application load."""
+
+import shutil
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+import pgharness
+from bfhelp import differing, job, make_users, submit, wait_batches, wait_state
+
+STANDBY = "standby1"
+
+
+@pytest.fixture(scope="module")
+def standby(cluster):
+    base = Path(tempfile.mkdtemp(prefix="bfl-sb-"))
+    sb = cluster.make_standby(base / STANDBY, name=STANDBY)
+    try:
+        pgharness.wait_until(lambda: cluster.sql(
+            "SELECT count(*) FROM pg_stat_replication WHERE application_name = %s AND state = 'streaming'",
+            [STANDBY])[0][0] == 1, timeout=30, what="the standby streaming")
+        yield sb
+    finally:
+        try:
+            sb.sql("SELECT pg_wal_replay_resume()")
+        except Exception:
+            pass
+        sb.destroy()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def replay_lag_bytes(cluster):
+    rows = cluster.sql("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint FROM pg_stat_replication"
+                       " WHERE application_name = %s", [STANDBY])
+    return rows[0][0] if rows else None
+
+
+def wait_caught_up(cluster, timeout=60):
+    pgharness.wait_until(lambda: (replay_lag_bytes(cluster) or 0) == 0, timeout=timeout, what="standby caught up")
+
+
+def test_replay_paused_holds_the_job_then_it_finishes(cluster, standby, db, daemon_factory):
+    make_users(db, 200000)
+    wait_caught_up(cluster)
+    limit = 4 * 1024 * 1024
+    job_id = submit(db, "users", fixed=2000)
+    d = daemon_factory(throttle={"max_replication_lag_bytes": limit, "max_replication_lag_ms": 600000,
+                                 "sample_interval_ms": 100, "max_sleep_ms": 2000},
+                       daemon={"lease_ms": 3000})
+    d.start()
+    wait_batches(db, job_id, 3)
+    standby.sql("SELECT pg_wal_replay_pause()")
+    t_pause = time.monotonic()
+    peak = 0
+    held_at = None
+    while time.monotonic() - t_pause < 60:
+        peak = max(peak, replay_lag_bytes(cluster) or 0)
+        if held_at is None and "held: replication_lag" in d.log_text():
+            held_at = time.monotonic()
+            batches_at_hold = job(db, job_id)["batches"]
+        if held_at and time.monotonic() - held_at > 2.0:
+            break
+        time.sleep(0.02)
+    assert held_at is not None, d.log_tail()
+    assert job(db, job_id)["throttled_reason"] == "replication_lag"
+    assert job(db, job_id)["batches"] <= batches_at_hold + 1  # held: no more batches
+    assert job(db, job_id)["state"] == "running"
+    batch_wal = db.one("SELECT max(wal_bytes) FROM backfill.batches WHERE job_id = %s", [job_id])
+    # Byte lag never exceeds the limit by more than what one batch writes.
+    assert peak <= limit + batch_wal + 64 * 1024, (peak, limit, batch_wal)
+    assert peak >= limit // 2  # it really ran up to the limit before holding
+    # Before holding, lag pressure already slowed it down: sleeps grew past half the limit.
+    assert db.one("SELECT max(sleep_ms) FROM backfill.batches WHERE job_id = %s", [job_id]) > 0
+    assert "throttled: replication_lag" in d.log_text()
+    assert d.log_text().count("throttled: replication_lag") <= 3  # logged per change, not per batch
+
+    standby.sql("SELECT pg_wal_replay_resume()")
+    row = wait_state(db, job_id, "done", timeout=120, daemon=d)
+    assert row["throttled_reason"] is None
+    assert differing(db) == 0
+    assert "running freely again" in d.log_text()
+
+
+def test_time_lag_on_the_daemons_clock_holds_while_replay_is_paused(cluster, standby, db, daemon_factory):
+    """replay_lag freezes while replay is paused; our own clock does not."""
+    make_users(db, 100000)
+    wait_caught_up(cluster)
+    job_id = submit(db, "users", fixed=500, sleep_ms=20)
+    d = daemon_factory(throttle={"max_replication_lag_bytes": 1 << 40, "max_replication_lag_ms": 1500,
+                                 "sample_interval_ms": 100})
+    d.start()
+    wait_batches(db, job_id, 2)
+    standby.sql("SELECT pg_wal_replay_pause()")
+    try:
+        t0 = time.monotonic()
+        pgharness.wait_until(lambda: job(db, job_id)["throttled_reason"] == "replication_lag", timeout=15,
+                             what="held on time lag")
+        assert time.monotonic() - t0 >= 0.6  # not before half the limit could be reached
+        n = job(db, job_id)["batches"]
+        time.sleep(2.5)  # the primary is idle now; the lag keeps growing on our clock
+        assert job(db, job_id)["batches"] <= n + 1
+    finally:
+        standby.sql("SELECT pg_wal_replay_resume()")
+    wait_state(db, job_id, "done", timeout=120, daemon=d)
+    assert differing(db) == 0
+
+
+def test_a_named_standby_that_is_missing_holds_the_job(cluster, standby, db, daemon_factory):
+    make_users(db, 2000)
+    job_id = submit(db, "users")
+    d = daemon_factory(throttle={"standbys": ["no-such-standby"], "sample_interval_ms": 100})
+    d.start()
+    pgharness.wait_until(lambda: job(db, job_id)["throttled_reason"] == "standby_missing", timeout=15,
+                         what="standby_missing")
+    assert job(db, job_id)["batches"] <= 1
+    assert "standby no-such-standby is not connected" in d.log_text()
+    # Naming the real standby (a reload) lets it run.
+    path = d.write_config(throttle={"standbys": [STANDBY]})
+    assert path.exists()
+    import signal as _signal
+    d.signal(_signal.SIGHUP)
+    wait_state(db, job_id, "done", timeout=60, daemon=d)
+    assert differing(db) == 0
+
+
+def test_a_row_lock_in_range_waits_at_most_lock_timeout_and_retries_smaller(cluster, standby, db, daemon_factory):
+    make_users(db, 20000)
+    job_id = submit(db, "users", batch_size=1000, lock_timeout_ms=200)
+    locker = psycopg.connect(db.conninfo)
+    locker.execute("SELECT * FROM users WHERE id = 5000 FOR UPDATE")  # held until commit
+    d = daemon_factory(throttle={"sample_interval_ms": 100})
+    d.start()
+    d.wait_for_log(r"55P03", timeout=20)
+    # Watch how long the job's backend waits on the lock each time.
+    longest = 0.0
+    t_end = time.monotonic() + 2.0
+    while time.monotonic() < t_end:
+        w = db.one("""SELECT coalesce(max(extract(epoch FROM clock_timestamp() - l.waitstart)), 0)
+                      FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+                      WHERE NOT l.granted AND a.application_name LIKE 'backfilld job%%'""")
+        longest = max(longest, float(w))
+        time.sleep(0.01)
+    assert job(db, job_id)["state"] == "running"
+    locker.commit()
+    locker.close()
+    row = wait_state(db, job_id, "done", timeout=60, daemon=d)
+    assert longest <= 0.2 + 0.15, longest  # never much more than lock_timeout_ms
+    assert differing(db) == 0
+    sizes = db.one("SELECT min(batch_size) FROM backfill.batches WHERE job_id = %s", [job_id])
+    assert sizes < 1000  # it retried smaller
+    assert db.one("SELECT count(*) FROM backfill.batches WHERE job_id = %s AND throttled_reason = 'lock_timeout'",
+                  [job_id]) >= 1
+    assert row["rows_scanned"] == 20000
+
+
+def test_a_long_batch_blocking_the_application_is_cancelled(cluster, standby, db, daemon_factory):
+    make_users(db, 3000)
+    # 8 ms a row: a batch of 400 takes over 3 s.
+    job_id = submit(db, "users", set_sql="state = status || left(pg_sleep(0.008)::text, 0), n = n + 1",
+                    where_sql=None, batch_size=400, statement_timeout_ms=120000)
+    d = daemon_factory(throttle={"max_blocked_ms": 300, "sample_interval_ms": 100})
+    d.start()
+    wait_state(db, job_id, "running", daemon=d)
+    time.sleep(0.6)  # the first rows of the first batch are updated and locked by now
+    with psycopg.connect(db.conninfo, autocommit=True) as app:
+        t0 = time.monotonic()
+        app.execute("UPDATE users SET status = 'app', state = 'app' WHERE id = 2")
+        waited = time.monotonic() - t0
+    assert waited < 0.3 + 0.1 + 0.6, waited  # max_blocked_ms + a sample interval + slack (vs > 3 s)
+    d.wait_for_log(r"waited \d+ ms on the batch's locks: cancelling it")
+    row = wait_state(db, job_id, "done", timeout=120, daemon=d)
+    assert differing(db) == 0
+    assert db.one("SELECT count(*) FROM users WHERE n <> 1") == 0  # the cancelled batch rolled back
+    assert db.one("SELECT count(*) FROM backfill.batches WHERE job_id = %s AND throttled_reason = 'blocked_sessions'",
+                  [job_id]) >= 1
+    assert db.one("SELECT min(batch_size) FROM backfill.batches WHERE job_id = %s", [job_id]) <= 200
+    assert row["rows_scanned"] == 3000
+
+
+def test_batch_duration_settles_near_target_under_pgbench_load(cluster, standby, db, daemon_factory, tmp_path):
+    make_users(db, 500000)
+    script = tmp_path / "app.sql"
+    script.write_text("\\set id random(1, 500000)\nUPDATE users SET n = n + 1 WHERE id = :id;\n")
+    target = 200
+    job_id = submit(db, "users", set_sql="state = status", where_sql=None, batch_size=100,
+                    target_batch_ms=target, max_batch_size=1000000)
+    pgbench = shutil.which("pgbench") or "/usr/lib/postgresql/15/bin/pgbench"
+    load = subprocess.Popen([pgbench, "-n", "-c", "2", "-j", "1", "-T", "60", "-R", "300", "-f", str(script),
+                             "-h", "127.0.0.1", "-p", str(cluster.port), "-U", "postgres", db.name],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        time.sleep(1.0)
+        d = daemon_factory(throttle={"sample_interval_ms": 100})
+        d.start()
+        wait_state(db, job_id, "done", timeout=180, daemon=d)
+    finally:
+        load.terminate()
+        load.wait(10)
+    durations = [r[0] for r in db.sql("SELECT duration_ms FROM backfill.batches WHERE job_id = %s"
+                                      " ORDER BY batch DESC LIMIT 9 OFFSET 1", [job_id])]  # skip the short last one
+    assert len(durations) == 9, durations
+    med = statistics.median(durations)
+    assert 0.5 * target <= med <= 2.0 * target, durations
+    sizes = [r[0] for r in db.sql("SELECT batch_size FROM backfill.batches WHERE job_id = %s ORDER BY batch", [job_id])]
+    assert max(sizes) > 10 * sizes[0]  # it grew from its start
+    assert all(b <= a * 1.5 + 1 for a, b in zip(sizes, sizes[1:]))  # at most x1.5 a step
