@@ -357,12 +357,24 @@ static void daemon_wake_cb(evutil_socket_t fd, short what, void *arg)
 	daemon_send_status();
 }
 
+static void daemon_count_cb(const PGresult *res, void *arg)
+{
+	(void)arg;
+	if (!res)
+		return;
+	for (int r = 0; r < PQntuples(res); r++)
+		metrics_queue_jobs(pgconn_value(res, r, 0), pgconn_int64(res, r, 1, 0));
+	metrics_queue_round();
+}
+
 static void daemon_poll_cb(evutil_socket_t fd, short what, void *arg)
 {
 	(void)fd;
 	(void)what;
 	(void)arg;
 	metrics_database(queue_is_up(), queue_down_reason()); /* a lost connection wakes nobody */
+	if (queue_is_up() && !queue_count_states(daemon_count_cb, NULL))
+		log_debug("cannot count the queue's jobs now");
 	daemon_claim();
 	daemon_send_status(); /* rows/s moves */
 	daemon_arm(d.poll, d.config->poll_interval_ms);

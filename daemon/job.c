@@ -18,6 +18,8 @@
 #include "daemon.h"
 #include "keys.h"
 #include "log.h"
+#include "metrics.h"
+
 #include "pgconn.h"
 #include "sampler.h"
 
@@ -225,6 +227,27 @@ void job_free(job_t *job)
 	keys_clear(&job->last_key);
 	free(job->release_error);
 	free(job);
+}
+
+/* Tell the metrics registry where this job stands. */
+static void job_report(const job_t *job, bool running)
+{
+	char target[160];
+	metrics_job_report_t r;
+
+	snprintf(target, sizeof(target), "%s.%s", job->target_schema ? job->target_schema : "?",
+		 job->target_table ? job->target_table : "?");
+	r = (metrics_job_report_t){.id = job->id,
+				   .target = target,
+				   .rows_scanned = job->rows_scanned,
+				   .rows_changed = job->rows_changed,
+				   .batches = job->batches,
+				   .batch_size = job->throttle.batch_size,
+				   .sleep_ms = job->slept_ms,
+				   .throttled_reason =
+					   job->state == JOB_HELD ? "paused_by_signal" : job->reason,
+				   .running = running};
+	metrics_job(&r);
 }
 
 /* ---- timer ---- */
@@ -539,6 +562,7 @@ static void job_write_reason(job_t *job, const char *reason)
 static void job_hold(job_t *job)
 {
 	job->state = JOB_HELD;
+	job_report(job, true);
 	if (!job->held_reason_set) {
 		job_write_reason(job, "paused_by_signal");
 		job->held_reason_set = true;
@@ -666,6 +690,7 @@ static void job_continue(job_t *job)
 	if (d.reason || job->throttle.retries == 0)
 		job->reason = d.reason;
 	job_note_reason(job, job->reason, view.detail);
+	job_report(job, true);
 	if (d.hold) {
 		struct timeval tv = {(time_t)(s.sample_interval_ms / 1000),
 				     (suseconds_t)((s.sample_interval_ms % 1000) * 1000)};
@@ -752,6 +777,7 @@ static void job_batch_done(job_t *job, const pgconn_result_t *res)
 	}
 	job_settings(job, &s);
 	throttle_after_batch(&job->throttle, &s, scanned, duration_ms);
+	metrics_batch_duration(duration_ms / 1000.0);
 	job_log_progress(job, false);
 	job_continue(job);
 }
@@ -956,6 +982,8 @@ static void job_release(job_t *job, const char *state, const char *error)
 static void job_finish(job_t *job)
 {
 	evtimer_del(job->timer);
+	if (job->loaded)
+		job_report(job, false);
 	job->state = JOB_FINISHED;
 	daemon_job_finished(job);
 }

@@ -253,6 +253,15 @@ bool queue_runnable(queue_rows_cb cb, void *arg)
 	return queue_call("idle check", sql, 0, NULL, cb, arg);
 }
 
+bool queue_count_states(queue_rows_cb cb, void *arg)
+{
+	char sql[160];
+
+	snprintf(sql, sizeof(sql), "SELECT state, count(*) FROM %s.jobs GROUP BY state",
+		 daemon_schema_quoted());
+	return queue_call("counting jobs", sql, 0, NULL, cb, arg);
+}
+
 static void queue_cancel_cb(const PGresult *res, void *arg)
 {
 	(void)arg;

@@ -18,6 +18,8 @@
 #include "daemon.h"
 #include "lagclock.h"
 #include "log.h"
+#include "metrics.h"
+
 #include "pgconn.h"
 
 #define SAMPLER_CONTEXT "sampler"
@@ -118,6 +120,7 @@ static void sampler_absorb(const pgconn_result_t *res, double at)
 		}
 		bytes = current > lsn ? (int64_t)(current - lsn) : 0;
 		ms = lagclock_lag_ms(&sampler.clock, at, lsn);
+		metrics_standby_lag(name ? name : "?", bytes, ms / 1000.0);
 		if (bytes > v.lag_bytes || (int64_t)ms > v.lag_ms)
 			snprintf(v.detail, sizeof(v.detail), "standby %s: %lld bytes, %.0f ms behind",
 				 name ? name : "?", (long long)bytes, ms);
@@ -148,12 +151,24 @@ static void sampler_absorb(const pgconn_result_t *res, double at)
 			if (!lagclock_parse_lsn(pgconn_value(slots, r, 1), &lsn))
 				continue;
 			bytes = current > lsn ? (int64_t)(current - lsn) : 0;
+			{
+				char label[128];
+				snprintf(label, sizeof(label), "slot:%s", name ? name : "?");
+				metrics_standby_lag(label, bytes, 0);
+			}
 			if (bytes > v.lag_bytes) {
 				v.lag_bytes = bytes;
 				snprintf(v.detail, sizeof(v.detail), "logical slot %s: %lld bytes behind",
 					 name, (long long)bytes);
 			}
 		}
+	}
+	metrics_standby_round();
+	{
+		int64_t total = 0;
+		for (int r = 0; r < PQntuples(blocked); r++)
+			total += pgconn_int64(blocked, r, 1, 0);
+		metrics_blocked_sessions(total);
 	}
 	for (int r = 0; r < PQntuples(blocked); r++)
 		daemon_on_blocked((int)pgconn_int64(blocked, r, 0, 0), pgconn_int64(blocked, r, 1, 0),

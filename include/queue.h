@@ -36,6 +36,9 @@ bool queue_renew(const int64_t *ids, int n, queue_rows_cb cb, void *arg) __attri
 /* Count jobs that are runnable now (pending and due, or running); CB gets one row. */
 bool queue_runnable(queue_rows_cb cb, void *arg) __attribute__((warn_unused_result));
 
+/* Count the queue's jobs by state; CB gets rows (state, count). */
+bool queue_count_states(queue_rows_cb cb, void *arg) __attribute__((warn_unused_result));
+
 /* Ask the server to cancel what backend PID runs. Fire and forget. */
 void queue_cancel_backend(int pid);
 
