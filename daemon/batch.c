@@ -171,6 +171,35 @@ char *batch_build_update(const batch_spec_t *spec, bool first)
 	return b.data;
 }
 
+char *batch_build_peek(const batch_spec_t *spec, bool first)
+{
+	sbuf_t b = {0};
+	char *schema = sql_quote_ident(spec->target_schema);
+	char *table = sql_quote_ident(spec->target_table);
+
+	sbuf_printf(&b, "SELECT set_config('backfilld.skip_key', ARRAY[");
+	for (int i = 0; i < spec->nkeys; i++) {
+		char *q = sql_quote_ident(spec->key_names[i]);
+		sbuf_printf(&b, "%s%s::text", i ? ", " : "", q);
+		free(q);
+	}
+	sbuf_printf(&b, "]::text, true)\nFROM %s.%s\n", schema, table);
+	if (!first) {
+		sbuf_printf(&b, "WHERE (");
+		sbuf_keys(&b, spec, false, "");
+		sbuf_printf(&b, ") > (");
+		for (int i = 0; i < spec->nkeys; i++)
+			sbuf_printf(&b, "%s$%d::%s", i ? ", " : "", i + 1, spec->key_types[i]);
+		sbuf_printf(&b, ")\n");
+	}
+	sbuf_printf(&b, "ORDER BY ");
+	sbuf_keys(&b, spec, false, "");
+	sbuf_printf(&b, "\nLIMIT 1");
+	free(schema);
+	free(table);
+	return b.data;
+}
+
 const char batch_open_sql[] =
 	"SELECT set_config('statement_timeout', $1, true), set_config('lock_timeout', $2, true),"
 	" set_config('backfilld.lsn0', pg_current_wal_insert_lsn()::text, true),"

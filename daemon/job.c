@@ -28,6 +28,7 @@
 typedef enum job_state {
 	JOB_CONNECTING, /* waiting for its connection, first or after a loss */
 	JOB_LOADING,	/* reading its row and key metadata */
+	JOB_CHECKING,	/* EXPLAIN of its batch as its role, before touching any row */
 	JOB_BATCH,	/* a batch pipeline in flight */
 	JOB_SLEEPING,	/* between batches, or backing off before a retry */
 	JOB_THROTTLED,	/* held by the throttle (lag, a missing standby, autovacuum): decide again soon */
@@ -75,11 +76,18 @@ struct job {
 	char **key_names, **key_types;
 	bool has_override[NOVERRIDES];
 	int64_t override[NOVERRIDES];
-	char *sql_first, *sql_next, *sql_checkpoint;
+	char *sql_first, *sql_next, *sql_checkpoint, *sql_peek_first, *sql_peek_next;
+	bool checked; /* its SQL passed the pre-flight check */
 
 	/* Progress, as committed. */
 	jobkey_t last_key; /* n == 0 before the first batch */
-	int64_t rows_scanned, rows_changed, batches, rows_estimate;
+	int64_t rows_scanned, rows_changed, batches, rows_estimate, failed_rows;
+
+	/* Bisecting a batch that failed on its data. */
+	int64_t bisect_left; /* keys still to walk in small steps; 0 when not bisecting */
+	int64_t bisect_size; /* the size of the next step */
+	char skip_sqlstate[8];
+	char skip_message[512];
 
 	/* The walk on this instance. */
 	throttle_state_t throttle;
@@ -110,6 +118,8 @@ static void job_finish(job_t *job);
 static void job_hold(job_t *job);
 static void job_timer_cb(evutil_socket_t fd, short what, void *arg);
 static void job_continue(job_t *job);
+static void job_check(job_t *job);
+
 static void job_write_reason(job_t *job, const char *reason);
 
 #define job_log(job, level, ...) log_msg(level, (job)->context, __VA_ARGS__)
@@ -211,9 +221,12 @@ static void job_clear_definition(job_t *job)
 	free(job->sql_first);
 	free(job->sql_next);
 	free(job->sql_checkpoint);
+	free(job->sql_peek_first);
+	free(job->sql_peek_next);
 	job->target_schema = job->target_table = job->set_sql = job->where_sql = job->run_as = NULL;
 	job->key_names = job->key_types = NULL;
-	job->sql_first = job->sql_next = job->sql_checkpoint = NULL;
+	job->sql_first = job->sql_next = job->sql_checkpoint = job->sql_peek_first = job->sql_peek_next =
+		NULL;
 	job->nkeys = 0;
 }
 
@@ -266,6 +279,7 @@ static void job_timer_cb(evutil_socket_t fd, short what, void *arg)
 		job_continue(job);
 		break;
 	case JOB_CONNECTING:
+	case JOB_CHECKING:
 	case JOB_LOADING:
 	case JOB_BATCH:
 	case JOB_HELD:
@@ -301,6 +315,7 @@ static void job_connection_event(pgconn_t *conn, pgconn_event_t event, const cha
 		case JOB_RELEASING:
 			job_release(job, job->release_state, job->release_error);
 			break;
+		case JOB_CHECKING:
 		case JOB_LOADING:
 		case JOB_BATCH:
 		case JOB_SLEEPING:
@@ -323,6 +338,7 @@ static void job_connection_event(pgconn_t *conn, pgconn_event_t event, const cha
 			evtimer_del(job->timer);
 			/* fall through */
 		case JOB_CONNECTING:
+		case JOB_CHECKING:
 		case JOB_LOADING:
 		case JOB_BATCH:
 			if (job->stopping) {
@@ -432,6 +448,8 @@ static bool job_build(job_t *job, const PGresult *row, const PGresult *keys, cha
 	job->sql_first = batch_build_update(&spec, true);
 	job->sql_next = batch_build_update(&spec, false);
 	job->sql_checkpoint = batch_build_checkpoint(daemon_config()->schema);
+	job->sql_peek_first = batch_build_peek(&spec, true);
+	job->sql_peek_next = batch_build_peek(&spec, false);
 	snprintf(job->context, sizeof(job->context), "job %lld (%s.%s)", (long long)job->id,
 		 job->target_schema, job->target_table);
 	return true;
@@ -480,6 +498,7 @@ static void job_load_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
 	job->rows_changed = pgconn_int64(res->results[0], 0, 10, 0);
 	job->batches = pgconn_int64(res->results[0], 0, 11, 0);
 	job->rows_estimate = pgconn_int64(res->results[0], 0, 12, -1);
+	job->failed_rows = pgconn_int64(res->results[0], 0, LOAD_FIXED_COLUMNS + NOVERRIDES + 3, 0);
 	if (!job_build(job, res->results[0], res->results[1], err, sizeof(err))) {
 		job_log(job, LOG_LEVEL_ERROR, "%s", err);
 		job_release(job, "failed", err);
@@ -497,6 +516,8 @@ static void job_load_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
 	}
 	if (job->stopping)
 		job_release(job, "pending", NULL);
+	else if (!job->checked)
+		job_check(job);
 	else if (daemon_paused())
 		job_hold(job);
 	else
@@ -517,7 +538,7 @@ static void job_load(job_t *job)
 		" j.batch_size, j.min_batch_size, j.max_batch_size, j.target_batch_ms, j.sleep_ms, "
 		"j.max_sleep_ms,"
 		" j.max_replication_lag_bytes, j.max_replication_lag_ms, j.max_blocked_ms, j.lock_timeout_ms,"
-		" j.statement_timeout_ms, j.max_failed_rows, j.dry_run, j.parallel, c.oid"
+		" j.statement_timeout_ms, j.max_failed_rows, j.dry_run, j.parallel, c.oid, j.failed_rows"
 		" FROM %s.jobs j LEFT JOIN pg_catalog.pg_class c ON c.oid = j.target"
 		" LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE j.id = $1",
 		schema);
@@ -590,12 +611,207 @@ void job_pause_changed(job_t *job)
 		}
 		break;
 	case JOB_CONNECTING:
+	case JOB_CHECKING:
 	case JOB_LOADING:
 	case JOB_BATCH:
 	case JOB_RELEASING:
 	case JOB_FINISHED:
 		break; /* acted on at the next boundary */
 	}
+}
+
+/* ---- rows that fail on their own ---- */
+
+/* Errors one row's data can cause (as opposed to the job's SQL or the server's state). */
+static bool sqlstate_is_row_error(const char *sqlstate)
+{
+	static const char *const classes[] = {"22", "23", "P0", "2F", "38", "39", "44", "54"};
+	for (size_t i = 0; i < sizeof(classes) / sizeof(classes[0]); i++)
+		if (strncmp(sqlstate, classes[i], 2) == 0)
+			return true;
+	return false;
+}
+
+static void job_skip_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
+{
+	job_t *job = arg;
+	char err[1024];
+	(void)conn;
+
+	if (job->state != JOB_BATCH)
+		return;
+	if (res->broken) {
+		job->state = JOB_CONNECTING;
+		return;
+	}
+	if (!res->ok) {
+		if (strcmp(res->sqlstate, "BFL01") == 0) {
+			job_log(job, LOG_LEVEL_WARNING, "lease lost while skipping a row");
+			job->lease_lost = true;
+			job_finish(job);
+			return;
+		}
+		snprintf(err, sizeof(err), "%s: %s (skipping a failing row)", res->sqlstate, res->message);
+		job_log(job, LOG_LEVEL_ERROR, "failed: %s", err);
+		job_release(job, "failed", err);
+		return;
+	}
+	job->failed_rows = pgconn_int64(res->results[4], 0, 0, job->failed_rows);
+	job->rows_scanned++;
+	keys_clear(&job->last_key);
+	if (!keys_decode(pgconn_value(res->results[2], 0, 0), &job->last_key)) {
+		job_release(job, "failed", "cannot decode the key of a skipped row");
+		return;
+	}
+	job_log(job, LOG_LEVEL_NOTICE, "skipped row %s: %s %s (%lld failed rows so far)",
+		pgconn_value(res->results[2], 0, 0), job->skip_sqlstate, job->skip_message,
+		(long long)job->failed_rows);
+	if (--job->bisect_left <= 0)
+		job->bisect_left = 0;
+	job_continue(job);
+}
+
+/* One row fails alone: record it in failed_rows and move the checkpoint past it. */
+static void job_skip_row(job_t *job, const char *sqlstate, const char *message)
+{
+	char lease[24];
+	const char *open_params[3], *skip_params[5];
+	char stmt_timeout[24], lock_timeout[24];
+	pgconn_stmt_t stmts[6];
+	char skip_sql[256];
+	throttle_settings_t s;
+	bool first = job->last_key.n == 0;
+
+	job_settings(job, &s);
+	snprintf(job->skip_sqlstate, sizeof(job->skip_sqlstate), "%s", sqlstate);
+	snprintf(job->skip_message, sizeof(job->skip_message), "%s", message);
+	snprintf(stmt_timeout, sizeof(stmt_timeout), "%lld", (long long)s.statement_timeout_ms);
+	snprintf(lock_timeout, sizeof(lock_timeout), "%lld", (long long)s.lock_timeout_ms);
+	snprintf(lease, sizeof(lease), "%lld", (long long)daemon_config()->lease_ms);
+	snprintf(skip_sql, sizeof(skip_sql), "SELECT %s._skip_row($1::bigint, $2, $3::int, $4, $5)",
+		 daemon_schema_quoted());
+	open_params[0] = stmt_timeout;
+	open_params[1] = lock_timeout;
+	open_params[2] = job->run_as;
+	skip_params[0] = job->id_text;
+	skip_params[1] = daemon_name();
+	skip_params[2] = lease;
+	skip_params[3] = job->skip_sqlstate;
+	skip_params[4] = job->skip_message;
+	stmts[0] = (pgconn_stmt_t){"BEGIN", 0, NULL};
+	stmts[1] = (pgconn_stmt_t){batch_open_sql, 3, open_params};
+	stmts[2] = (pgconn_stmt_t){first ? job->sql_peek_first : job->sql_peek_next, first ? 0 : job->nkeys,
+				   (const char *const *)job->last_key.values};
+	stmts[3] = (pgconn_stmt_t){"RESET ROLE", 0, NULL};
+	stmts[4] = (pgconn_stmt_t){skip_sql, 5, skip_params};
+	stmts[5] = (pgconn_stmt_t){"COMMIT", 0, NULL};
+	job->state = JOB_BATCH;
+	if (!pgconn_send(job->conn, stmts, 6, job_skip_cb, job))
+		job->state = JOB_CONNECTING;
+}
+
+/*
+ * The batch failed on its data: halve it until the failing rows stand alone, committing the
+ * good ones on the way; a single failing row is recorded and skipped, up to max_failed_rows.
+ * Returns false when the error is not one a row can cause.
+ */
+static bool job_bisect(job_t *job, const pgconn_result_t *res)
+{
+	throttle_settings_t s;
+	char err[1024];
+
+	if (res->failed_index != 2 || !sqlstate_is_row_error(res->sqlstate))
+		return false;
+	job_settings(job, &s);
+	if (job->batch_limit > 1) {
+		if (job->bisect_left <= 0) {
+			job_log(job, LOG_LEVEL_NOTICE,
+				"a batch of %lld rows failed on its data (%s %s): bisecting",
+				(long long)job->batch_limit, res->sqlstate, res->message);
+			job->bisect_left = job->batch_limit;
+		}
+		job->bisect_size = job->batch_limit / 2;
+		job_next_batch(job);
+		return true;
+	}
+	if (job->failed_rows + 1 > s.max_failed_rows) {
+		snprintf(err, sizeof(err),
+			 "%s: %s (a row failed on its own, and %lld already did: max_failed_rows is %lld;"
+			 " see the failed_rows table)",
+			 res->sqlstate, res->message, (long long)job->failed_rows,
+			 (long long)s.max_failed_rows);
+		job_log(job, LOG_LEVEL_ERROR, "failed: %s", err);
+		job_release(job, "failed", err);
+		return true;
+	}
+	job_skip_row(job, res->sqlstate, res->message);
+	return true;
+}
+
+/* ---- checking the job's SQL before any data is touched ---- */
+
+static void job_check_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
+{
+	job_t *job = arg;
+	char err[1024];
+	(void)conn;
+
+	if (job->state != JOB_CHECKING)
+		return;
+	if (res->broken) {
+		job->state = JOB_CONNECTING;
+		return;
+	}
+	if (!res->ok) {
+		snprintf(err, sizeof(err), "%s: %s (checking the job's SQL as %s, before touching any row)",
+			 res->sqlstate, res->message, job->run_as);
+		job_log(job, LOG_LEVEL_ERROR, "failed: %s", err);
+		job_release(job, "failed", err);
+		return;
+	}
+	job->checked = true;
+	job_continue(job);
+}
+
+/* EXPLAIN the batch as the job's role in a transaction that rolls back: syntax errors, unknown
+ * names and missing privileges show up here, before any data is touched. */
+static void job_check(job_t *job)
+{
+	throttle_settings_t s;
+	char stmt_timeout[24], lock_timeout[24], limit[24];
+	const char *open_params[3];
+	const char **params;
+	char *explain;
+	size_t len;
+	bool first = job->last_key.n == 0;
+	const char *sql = first ? job->sql_first : job->sql_next;
+	pgconn_stmt_t stmts[4];
+
+	job_settings(job, &s);
+	snprintf(stmt_timeout, sizeof(stmt_timeout), "%lld", (long long)s.statement_timeout_ms);
+	snprintf(lock_timeout, sizeof(lock_timeout), "%lld", (long long)s.lock_timeout_ms);
+	snprintf(limit, sizeof(limit), "%lld", (long long)job->throttle.batch_size);
+	open_params[0] = stmt_timeout;
+	open_params[1] = lock_timeout;
+	open_params[2] = job->run_as;
+	params = calloc((size_t)job->nkeys + 1, sizeof(char *));
+	len = strlen(sql) + 16;
+	explain = malloc(len);
+	if (!params || !explain)
+		abort();
+	snprintf(explain, len, "EXPLAIN %s", sql);
+	for (int i = 0; i < job->last_key.n; i++)
+		params[i] = job->last_key.values[i];
+	params[first ? 0 : job->nkeys] = limit;
+	stmts[0] = (pgconn_stmt_t){"BEGIN", 0, NULL};
+	stmts[1] = (pgconn_stmt_t){batch_open_sql, 3, open_params};
+	stmts[2] = (pgconn_stmt_t){explain, first ? 1 : job->nkeys + 1, params};
+	stmts[3] = (pgconn_stmt_t){"ROLLBACK", 0, NULL};
+	job->state = JOB_CHECKING;
+	if (!pgconn_send(job->conn, stmts, 4, job_check_cb, job))
+		job->state = JOB_CONNECTING;
+	free(explain);
+	free(params);
 }
 
 /* ---- batches ---- */
@@ -776,7 +992,17 @@ static void job_batch_done(job_t *job, const pgconn_result_t *res)
 		return;
 	}
 	job_settings(job, &s);
-	throttle_after_batch(&job->throttle, &s, scanned, duration_ms);
+	if (job->bisect_left > 0) {
+		/* Walked past the rows that failed: the controller takes over again. */
+		job->bisect_left -= scanned;
+		if (job->bisect_left <= 0) {
+			job->bisect_left = 0;
+			job_log(job, LOG_LEVEL_NOTICE, "bisecting done: %lld failed rows so far",
+				(long long)job->failed_rows);
+		}
+	} else {
+		throttle_after_batch(&job->throttle, &s, scanned, duration_ms);
+	}
 	metrics_batch_duration(duration_ms / 1000.0);
 	job_log_progress(job, false);
 	job_continue(job);
@@ -800,6 +1026,8 @@ static void job_batch_failed(job_t *job, const pgconn_result_t *res)
 		job_finish(job);
 		return;
 	}
+	if (!job->stopping && job_bisect(job, res))
+		return;
 	if (job->cancel_reason && !job->stopping && strcmp(res->sqlstate, "57014") == 0) {
 		job_settings(job, &s);
 		throttle_after_retry(&job->throttle, &s, (double)(random() % 1000) / 1000.0);
@@ -873,7 +1101,8 @@ static void job_next_batch(job_t *job)
 		return;
 	}
 	job_settings(job, &s);
-	job->batch_limit = job->throttle.batch_size;
+	job->batch_limit =
+		job->bisect_left > 0 && job->bisect_size > 0 ? job->bisect_size : job->throttle.batch_size;
 	snprintf(stmt_timeout, sizeof(stmt_timeout), "%lld", (long long)s.statement_timeout_ms);
 	snprintf(lock_timeout, sizeof(lock_timeout), "%lld", (long long)s.lock_timeout_ms);
 	snprintf(limit, sizeof(limit), "%lld", (long long)job->batch_limit);
@@ -1001,6 +1230,7 @@ void job_stop(job_t *job)
 		job_log(job, LOG_LEVEL_WARNING, "not connected at shutdown: the lease will expire by itself");
 		job_finish(job);
 		break;
+	case JOB_CHECKING:
 	case JOB_LOADING:
 	case JOB_BATCH:
 	case JOB_RELEASING:

@@ -15,7 +15,7 @@
 
 #define CONNECT_TIMEOUT_MS 10000
 #define BACKOFF_MIN_MS 100
-#define BACKOFF_MAX_MS 30000
+#define BACKOFF_MAX_MS 10000
 
 typedef enum pgconn_state {
 	PGCONN_DOWN,	   /* not connected and not trying */

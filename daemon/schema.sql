@@ -656,6 +656,35 @@ BEGIN
 END
 $$;
 
+-- Skips one row that fails on its own: runs in the transaction where the daemon, as the job's
+-- role, read the row's key into backfilld.skip_key. Records it in failed_rows and moves the
+-- checkpoint past it (fenced by the lease like _checkpoint). Returns the job's failed_rows.
+CREATE OR REPLACE FUNCTION @schema@._skip_row(p_id bigint, p_owner text, p_lease_ms int,
+                                              p_sqlstate text, p_message text)
+RETURNS bigint
+LANGUAGE plpgsql SECURITY INVOKER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_key text[] := nullif(current_setting('backfilld.skip_key', true), '')::text[];
+    v_failed bigint;
+BEGIN
+    PERFORM @schema@._require_daemon('_skip_row');
+    IF v_key IS NULL THEN
+        RAISE EXCEPTION 'job %: no row to skip', p_id USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    UPDATE @schema@.jobs j
+    SET last_key = v_key, rows_scanned = j.rows_scanned + 1, failed_rows = j.failed_rows + 1,
+        lease_until = clock_timestamp() + p_lease_ms * interval '1 millisecond'
+    WHERE j.id = p_id AND j.owner = p_owner
+    RETURNING j.failed_rows INTO v_failed;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'job % lease lost: another instance owns it now', p_id USING ERRCODE = 'BFL01';
+    END IF;
+    INSERT INTO @schema@.failed_rows (job_id, key, sqlstate, message) VALUES (p_id, v_key, p_sqlstate, p_message);
+    RETURN v_failed;
+END
+$$;
+
 -- Gives a job back: 'failed' (with p_error) always wins; otherwise a running job takes p_state
 -- (e.g. 'pending' at shutdown) and a state a user set is kept. Returns the resulting state, NULL
 -- when p_owner does not hold the job.

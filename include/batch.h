@@ -43,6 +43,13 @@ char *sql_quote_ident(const char *name) __attribute__((warn_unused_result));
 char *batch_build_update(const batch_spec_t *spec, bool first) __attribute__((warn_unused_result));
 
 /*
+ * The key right after the checkpoint (parameters as batch_build_update, without the size),
+ * left in the transaction-local setting backfilld.skip_key for <schema>._skip_row: how one row
+ * that fails on its own is stepped over. Caller frees.
+ */
+char *batch_build_peek(const batch_spec_t *spec, bool first) __attribute__((warn_unused_result));
+
+/*
  * Session and transaction settings that open every batch transaction. Parameters:
  * $1 statement_timeout (ms), $2 lock_timeout (ms), $3 the role to run as.
  */
