@@ -24,6 +24,7 @@ static struct {
 	pgconn_t *conn;
 	bool up;
 	struct event *recheck; /* schema missing or old: look again later */
+	bool warned_superuser;
 	char reason[512];
 } queue;
 
@@ -88,6 +89,13 @@ static void queue_schema_cb(pgconn_t *conn, const pgconn_result_t *res, void *ar
 		evtimer_add(queue.recheck, &tv);
 		return;
 	}
+	if (!queue.warned_superuser && strcmp(pgconn_value(res->results[2], 0, 0) ?: "f", "t") == 0) {
+		log_msg(LOG_LEVEL_WARNING, QUEUE_CONTEXT,
+			"the daemon's database role %s is a superuser: give it a role of its own, member of"
+			" backfill_daemon and of the roles that submit jobs",
+			pgconn_value(res->results[2], 0, 1) ?: "?");
+		queue.warned_superuser = true;
+	}
 	queue.up = true;
 	queue.reason[0] = '\0';
 	log_msg(LOG_LEVEL_INFO, QUEUE_CONTEXT,
@@ -99,12 +107,15 @@ static void queue_schema_cb(pgconn_t *conn, const pgconn_result_t *res, void *ar
 static void queue_check_schema(void)
 {
 	char sql[256];
-	pgconn_stmt_t stmts[2];
+	pgconn_stmt_t stmts[3];
 
 	snprintf(sql, sizeof(sql), "SELECT max(version) FROM %s.schema_version", daemon_schema_quoted());
 	stmts[0] = (pgconn_stmt_t){"LISTEN backfill_jobs", 0, NULL};
 	stmts[1] = (pgconn_stmt_t){sql, 0, NULL};
-	if (!pgconn_send(queue.conn, stmts, 2, queue_schema_cb, NULL))
+	stmts[2] = (pgconn_stmt_t){
+		"SELECT rolsuper, current_user FROM pg_catalog.pg_roles WHERE rolname = current_user", 0,
+		NULL};
+	if (!pgconn_send(queue.conn, stmts, 3, queue_schema_cb, NULL))
 		queue_set_down("not connected");
 }
 

@@ -441,6 +441,12 @@ BEGIN
     END IF;
 
     IF NEW.state IS DISTINCT FROM OLD.state THEN
+        -- Only the job's role (or a member of it) steers the job.
+        IF EXISTS (SELECT FROM pg_roles r WHERE r.rolname = OLD.run_as)
+           AND NOT pg_has_role(current_user, OLD.run_as, 'MEMBER') THEN
+            RAISE EXCEPTION 'only role % (run_as) can change the state of job %', OLD.run_as, OLD.id
+                USING ERRCODE = 'insufficient_privilege';
+        END IF;
         IF OLD.state = 'done' THEN
             RAISE EXCEPTION 'job % is done: its state cannot change', OLD.id
                 USING ERRCODE = 'check_violation', HINT = 'Insert a new job to run it again.';
@@ -785,6 +791,54 @@ CROSS JOIN LATERAL (
     FROM (SELECT * FROM @schema@.batches b WHERE b.job_id = j.id
           ORDER BY b.batch DESC LIMIT 20) b) r;
 
--- 5. The version ---------------------------------------------------------------------------------
+-- 5. Roles and privileges -----------------------------------------------------------------------
+-- backfill_submit: for roles that submit and steer jobs (GRANT backfill_submit TO app_role).
+-- backfill_daemon: for the daemon's login role (GRANT backfill_daemon TO backfilld). Nothing is
+-- left to PUBLIC. Every function of the schema is SECURITY INVOKER with a fixed search_path.
+
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'backfill_submit') THEN
+        CREATE ROLE backfill_submit NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'backfill_daemon') THEN
+        CREATE ROLE backfill_daemon NOLOGIN;
+    END IF;
+END
+$$;
+
+REVOKE ALL ON SCHEMA @schema@ FROM PUBLIC;
+REVOKE ALL ON ALL TABLES IN SCHEMA @schema@ FROM PUBLIC;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA @schema@ FROM PUBLIC;
+GRANT USAGE ON SCHEMA @schema@ TO backfill_submit, backfill_daemon;
+
+GRANT SELECT, INSERT ON @schema@.jobs TO backfill_submit;
+GRANT UPDATE (state) ON @schema@.jobs TO backfill_submit;
+GRANT SELECT ON @schema@.progress, @schema@.batches, @schema@.failed_rows, @schema@.mismatches,
+    @schema@.schema_version TO backfill_submit;
+-- The validation trigger's helpers run as the submitter; the daemon's functions are the daemon's.
+GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA @schema@ TO backfill_submit;
+REVOKE EXECUTE ON FUNCTION @schema@._claim(text, int, bigint[]),
+    @schema@._checkpoint(bigint, text, int, int, int, int, int, bigint, bigint, int, text),
+    @schema@._skip_row(bigint, text, int, text, text),
+    @schema@._release(bigint, text, text, text), @schema@._renew(text, bigint[], int),
+    @schema@._set_reason(text, bigint[], text), @schema@._runnable_count()
+    FROM backfill_submit;
+
+GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA @schema@ TO backfill_daemon;
+GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA @schema@ TO backfill_daemon;
+
+-- Reading other sessions' lag and lock waits needs pg_monitor; only a superuser may grant it.
+DO $$
+BEGIN
+    IF NOT pg_catalog.pg_has_role('backfill_daemon', 'pg_monitor', 'MEMBER') THEN
+        GRANT pg_monitor TO backfill_daemon;
+    END IF;
+EXCEPTION WHEN insufficient_privilege THEN
+    RAISE WARNING 'could not grant pg_monitor to backfill_daemon: as a superuser, run GRANT pg_monitor TO backfill_daemon';
+END
+$$;
+
+-- 6. The version ---------------------------------------------------------------------------------
 
 UPDATE @schema@.schema_version SET version = 1 WHERE version IS DISTINCT FROM 1;

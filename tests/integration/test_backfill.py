@@ -139,8 +139,7 @@ def test_run_as_without_privilege_fails_and_touches_nothing(db, daemon_factory):
     role = f"{db.name}_reader"
     db.sql(f'CREATE ROLE "{role}"')
     try:
-        db.sql(f'GRANT USAGE ON SCHEMA backfill TO "{role}"')
-        db.sql(f'GRANT SELECT, INSERT ON backfill.jobs TO "{role}"')
+        db.sql(f'GRANT backfill_submit TO "{role}"')
         db.sql(f'GRANT SELECT ON users TO "{role}"')
         with db.connect() as conn:
             conn.execute(f'SET ROLE "{role}"')
@@ -321,7 +320,8 @@ def test_unsupported_features_never_change_data(db, daemon_factory):
 
 
 def test_daemon_as_an_unprivileged_role_with_the_readme_grants(db, daemon_factory):
-    """The README's recipe: a non-superuser daemon role, member of the submitting role."""
+    """The README's recipe: a non-superuser daemon role in backfill_daemon and member of the
+    submitting role, which is in backfill_submit; nothing else granted."""
     make_users(db, 5000)
     daemon_role, owner = f"{db.name}_daemon", f"{db.name}_owner"
     db.sql(f'CREATE ROLE "{daemon_role}" LOGIN')
@@ -329,10 +329,8 @@ def test_daemon_as_an_unprivileged_role_with_the_readme_grants(db, daemon_factor
     try:
         db.sql(f'ALTER TABLE users OWNER TO "{owner}"')
         db.sql(f'GRANT "{owner}" TO "{daemon_role}"')
-        db.sql(f'GRANT USAGE ON SCHEMA backfill TO "{owner}", "{daemon_role}"')
-        db.sql(f'GRANT SELECT, INSERT, UPDATE (state) ON backfill.jobs TO "{owner}"')
-        db.sql(f'GRANT SELECT ON backfill.progress, backfill.batches TO "{owner}"')
-        db.sql(f'GRANT ALL ON ALL TABLES IN SCHEMA backfill TO "{daemon_role}"')
+        db.sql(f'GRANT backfill_submit TO "{owner}"')
+        db.sql(f'GRANT backfill_daemon TO "{daemon_role}"')
         with db.connect() as conn:
             conn.execute(f'SET ROLE "{owner}"')
             job_id = submit(db, "users", conn=conn, batch_size=700)

@@ -129,8 +129,7 @@ def test_privilege_revoked_mid_job(db, daemon_factory):
     role = f"{db.name}_writer"
     db.sql(f'CREATE ROLE "{role}"')
     try:
-        db.sql(f'GRANT USAGE ON SCHEMA backfill TO "{role}"')
-        db.sql(f'GRANT SELECT, INSERT ON backfill.jobs TO "{role}"')
+        db.sql(f'GRANT backfill_submit TO "{role}"')
         db.sql(f'GRANT SELECT, UPDATE ON users TO "{role}"')
         with db.connect() as conn:
             conn.execute(f'SET ROLE "{role}"')

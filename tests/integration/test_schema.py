@@ -108,8 +108,8 @@ def role(db):
     """A fresh login role, allowed to submit jobs in the test database; dropped afterwards."""
     name = f"bfl_role_{next(_role_counter)}_{int(time.time() * 1000) % 100000}"
     db.sql(f"CREATE ROLE {name} LOGIN")
-    db.sql(f"GRANT USAGE ON SCHEMA backfill TO {name}")
-    db.sql(f"GRANT SELECT, INSERT, UPDATE ON backfill.jobs TO {name}")
+    db.sql(f"GRANT backfill_submit TO {name}")
+    db.sql(f"GRANT UPDATE ON backfill.jobs TO {name}")  # beyond backfill_submit: definitions too
     yield name
     db.sql(f"DROP OWNED BY {name}")
     db.cluster.sql(f"DROP ROLE {name}")
@@ -403,8 +403,11 @@ def test_only_run_as_rewrites_a_job_definition(conn, role):
     conn.execute(f"SET ROLE {role}")
     err = refused(conn, "UPDATE backfill.jobs SET set_sql = 'v = 9' WHERE id = %s", [jid])
     assert "only role postgres (run_as) can change column set_sql" in str(err)
-    assert conn.execute("SELECT backfill.pause(%s)", [jid]).fetchone() == ("paused",)  # steering is fine
+    # Steering is the job's role's too: another submitter cannot pause or cancel it.
+    err = refused(conn, "SELECT backfill.pause(%s)", [jid])
+    assert "only role postgres (run_as) can change the state of job" in str(err)
     conn.execute("RESET ROLE")
+    assert conn.execute("SELECT backfill.pause(%s)", [jid]).fetchone() == ("paused",)
 
 
 def test_daemon_session_cannot_change_what_a_job_runs(conn, dconn):
