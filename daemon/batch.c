@@ -202,8 +202,100 @@ char *batch_build_peek(const batch_spec_t *spec, bool first)
 
 const char batch_open_sql[] =
 	"SELECT set_config('statement_timeout', $1, true), set_config('lock_timeout', $2, true),"
-	" set_config('backfilld.lsn0', pg_current_wal_insert_lsn()::text, true),"
-	" set_config('role', $3, true)";
+	" set_config('backfilld.lsn0', pg_current_wal_insert_lsn()::text, true)";
+
+static const char *const function_names[] = {
+	[BATCH_FN_FIRST] = "backfilld_batch_first",
+	[BATCH_FN_NEXT] = "backfilld_batch_next",
+	[BATCH_FN_PEEK_FIRST] = "backfilld_peek_first",
+	[BATCH_FN_PEEK_NEXT] = "backfilld_peek_next",
+};
+
+const char *batch_function_name(batch_function_t fn)
+{
+	return function_names[fn];
+}
+
+/* The key values after which the statement starts (the NEXT variants). */
+static bool function_has_key_params(batch_function_t fn)
+{
+	return fn == BATCH_FN_NEXT || fn == BATCH_FN_PEEK_NEXT;
+}
+
+static bool function_has_limit(batch_function_t fn)
+{
+	return fn == BATCH_FN_FIRST || fn == BATCH_FN_NEXT;
+}
+
+/* "(type1, type2, bigint)": the function's argument types. */
+static void sbuf_signature(sbuf_t *b, const batch_spec_t *spec, batch_function_t fn)
+{
+	int n = 0;
+
+	sbuf_printf(b, "(");
+	if (function_has_key_params(fn))
+		for (int i = 0; i < spec->nkeys; i++)
+			sbuf_printf(b, "%s%s", n++ ? ", " : "", spec->key_types[i]);
+	if (function_has_limit(fn))
+		sbuf_printf(b, "%sbigint", n++ ? ", " : "");
+	sbuf_printf(b, ")");
+}
+
+char *batch_build_function(const batch_spec_t *spec, batch_function_t fn)
+{
+	sbuf_t b = {0}, tag = {0};
+	char *body = fn == BATCH_FN_FIRST	 ? batch_build_update(spec, true)
+		     : fn == BATCH_FN_NEXT	 ? batch_build_update(spec, false)
+		     : fn == BATCH_FN_PEEK_FIRST ? batch_build_peek(spec, true)
+						 : batch_build_peek(spec, false);
+
+	/* A dollar-quote tag the body does not contain. */
+	for (int i = 0;; i++) {
+		tag.len = 0;
+		sbuf_printf(&tag, "$bf%d$", i);
+		if (!strstr(body, tag.data))
+			break;
+	}
+	sbuf_printf(&b, "CREATE OR REPLACE FUNCTION pg_temp.%s", function_names[fn]);
+	sbuf_signature(&b, spec, fn);
+	if (function_has_limit(fn))
+		sbuf_printf(&b, "\nRETURNS TABLE(__bf_scanned bigint, __bf_changed bigint, __bf_first "
+				"text[], __bf_last text[],"
+				" __bf_s1 text, __bf_s2 text, __bf_s3 text, __bf_s4 text)");
+	else
+		sbuf_printf(&b, "\nRETURNS TABLE(__bf_key text)");
+	sbuf_printf(
+		&b,
+		"\nLANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = \"$user\", public\nAS %s\n%s\n%s",
+		tag.data, body, tag.data);
+	free(body);
+	free(tag.data);
+	return b.data;
+}
+
+char *batch_build_function_owner(const batch_spec_t *spec, batch_function_t fn, const char *run_as)
+{
+	sbuf_t b = {0};
+	char *role = sql_quote_ident(run_as);
+
+	sbuf_printf(&b, "ALTER FUNCTION pg_temp.%s", function_names[fn]);
+	sbuf_signature(&b, spec, fn);
+	sbuf_printf(&b, " OWNER TO %s", role);
+	free(role);
+	return b.data;
+}
+
+char *batch_build_call(const batch_spec_t *spec, batch_function_t fn)
+{
+	sbuf_t b = {0};
+	int n = (function_has_key_params(fn) ? spec->nkeys : 0) + (function_has_limit(fn) ? 1 : 0);
+
+	sbuf_printf(&b, "SELECT * FROM pg_temp.%s(", function_names[fn]);
+	for (int i = 1; i <= n; i++)
+		sbuf_printf(&b, "%s$%d", i > 1 ? ", " : "", i);
+	sbuf_printf(&b, ")");
+	return b.data;
+}
 
 char *batch_build_checkpoint(const char *schema)
 {

@@ -1,6 +1,6 @@
 /*
  * A job's life on this instance. Each job has its own connection and one explicit state;
- * every batch is one pipeline (BEGIN, settings and role, the batch, RESET ROLE, checkpoint,
+  * every batch is one pipeline (BEGIN, timeouts, the batch function, the checkpoint,
  * COMMIT), so the checkpoint commits with the rows it covers or not at all.
  */
 #include "job.h"
@@ -77,7 +77,6 @@ struct job {
 	bool has_override[NOVERRIDES];
 	int64_t override[NOVERRIDES];
 	char *sql_first, *sql_next, *sql_checkpoint, *sql_peek_first, *sql_peek_next;
-	bool checked; /* its SQL passed the pre-flight check */
 
 	/* Progress, as committed. */
 	jobkey_t last_key; /* n == 0 before the first batch */
@@ -360,6 +359,19 @@ static void job_connection_event(pgconn_t *conn, pgconn_event_t event, const cha
 
 /* ---- loading ---- */
 
+/* The job's definition as the SQL builder takes it. */
+static batch_spec_t job_spec(const job_t *job)
+{
+	return (batch_spec_t){.kind = job->kind,
+			      .target_schema = job->target_schema,
+			      .target_table = job->target_table,
+			      .nkeys = job->nkeys,
+			      .key_names = (const char *const *)job->key_names,
+			      .key_types = (const char *const *)job->key_types,
+			      .set_sql = job->set_sql,
+			      .where_sql = job->where_sql};
+}
+
 static bool job_build(job_t *job, const PGresult *row, const PGresult *keys, char *err, size_t errlen)
 {
 	const char *kind = pgconn_value(row, 0, 2);
@@ -437,19 +449,12 @@ static bool job_build(job_t *job, const PGresult *row, const PGresult *keys, cha
 		job->override[i] = v ? strtoll(v, NULL, 10) : 0;
 	}
 
-	spec = (batch_spec_t){.kind = job->kind,
-			      .target_schema = job->target_schema,
-			      .target_table = job->target_table,
-			      .nkeys = job->nkeys,
-			      .key_names = (const char *const *)job->key_names,
-			      .key_types = (const char *const *)job->key_types,
-			      .set_sql = job->set_sql,
-			      .where_sql = job->where_sql};
-	job->sql_first = batch_build_update(&spec, true);
-	job->sql_next = batch_build_update(&spec, false);
+	spec = job_spec(job);
+	job->sql_first = batch_build_call(&spec, BATCH_FN_FIRST);
+	job->sql_next = batch_build_call(&spec, BATCH_FN_NEXT);
 	job->sql_checkpoint = batch_build_checkpoint(daemon_config()->schema);
-	job->sql_peek_first = batch_build_peek(&spec, true);
-	job->sql_peek_next = batch_build_peek(&spec, false);
+	job->sql_peek_first = batch_build_call(&spec, BATCH_FN_PEEK_FIRST);
+	job->sql_peek_next = batch_build_call(&spec, BATCH_FN_PEEK_NEXT);
 	snprintf(job->context, sizeof(job->context), "job %lld (%s.%s)", (long long)job->id,
 		 job->target_schema, job->target_table);
 	return true;
@@ -516,12 +521,8 @@ static void job_load_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
 	}
 	if (job->stopping)
 		job_release(job, "pending", NULL);
-	else if (!job->checked)
-		job_check(job);
-	else if (daemon_paused())
-		job_hold(job);
 	else
-		job_continue(job);
+		job_check(job); /* on every (re)connection: the functions live in the session */
 }
 
 static void job_load(job_t *job)
@@ -656,7 +657,7 @@ static void job_skip_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
 		job_release(job, "failed", err);
 		return;
 	}
-	job->failed_rows = pgconn_int64(res->results[4], 0, 0, job->failed_rows);
+	job->failed_rows = pgconn_int64(res->results[3], 0, 0, job->failed_rows);
 	job->rows_scanned++;
 	keys_clear(&job->last_key);
 	if (!keys_decode(pgconn_value(res->results[2], 0, 0), &job->last_key)) {
@@ -675,9 +676,9 @@ static void job_skip_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
 static void job_skip_row(job_t *job, const char *sqlstate, const char *message)
 {
 	char lease[24];
-	const char *open_params[3], *skip_params[5];
+	const char *open_params[2], *skip_params[5];
 	char stmt_timeout[24], lock_timeout[24];
-	pgconn_stmt_t stmts[6];
+	pgconn_stmt_t stmts[5];
 	char skip_sql[256];
 	throttle_settings_t s;
 	bool first = job->last_key.n == 0;
@@ -692,21 +693,19 @@ static void job_skip_row(job_t *job, const char *sqlstate, const char *message)
 		 daemon_schema_quoted());
 	open_params[0] = stmt_timeout;
 	open_params[1] = lock_timeout;
-	open_params[2] = job->run_as;
 	skip_params[0] = job->id_text;
 	skip_params[1] = daemon_name();
 	skip_params[2] = lease;
 	skip_params[3] = job->skip_sqlstate;
 	skip_params[4] = job->skip_message;
 	stmts[0] = (pgconn_stmt_t){"BEGIN", 0, NULL};
-	stmts[1] = (pgconn_stmt_t){batch_open_sql, 3, open_params};
+	stmts[1] = (pgconn_stmt_t){batch_open_sql, 2, open_params};
 	stmts[2] = (pgconn_stmt_t){first ? job->sql_peek_first : job->sql_peek_next, first ? 0 : job->nkeys,
 				   (const char *const *)job->last_key.values};
-	stmts[3] = (pgconn_stmt_t){"RESET ROLE", 0, NULL};
-	stmts[4] = (pgconn_stmt_t){skip_sql, 5, skip_params};
-	stmts[5] = (pgconn_stmt_t){"COMMIT", 0, NULL};
+	stmts[3] = (pgconn_stmt_t){skip_sql, 5, skip_params};
+	stmts[4] = (pgconn_stmt_t){"COMMIT", 0, NULL};
 	job->state = JOB_BATCH;
-	if (!pgconn_send(job->conn, stmts, 6, job_skip_cb, job))
+	if (!pgconn_send(job->conn, stmts, 5, job_skip_cb, job))
 		job->state = JOB_CONNECTING;
 }
 
@@ -763,55 +762,58 @@ static void job_check_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
 		return;
 	}
 	if (!res->ok) {
-		snprintf(err, sizeof(err), "%s: %s (checking the job's SQL as %s, before touching any row)",
-			 res->sqlstate, res->message, job->run_as);
+		snprintf(err, sizeof(err), "%s: %s (%s for role %s, before touching any row)", res->sqlstate,
+			 res->message,
+			 res->failed_index < 4	 ? "checking the job's SQL"
+			 : res->failed_index < 8 ? "handing the batch to its run_as role"
+						 : "checking privileges",
+			 job->run_as);
 		job_log(job, LOG_LEVEL_ERROR, "failed: %s", err);
 		job_release(job, "failed", err);
 		return;
 	}
-	job->checked = true;
+	if (strcmp(pgconn_value(res->results[8], 0, 0) ?: "f", "t") != 0 ||
+	    strcmp(pgconn_value(res->results[8], 0, 1) ?: "f", "t") != 0) {
+		snprintf(err, sizeof(err),
+			 "42501: permission denied: role %s may not read and update table %s.%s (checked "
+			 "before"
+			 " touching any row)",
+			 job->run_as, job->target_schema, job->target_table);
+		job_log(job, LOG_LEVEL_ERROR, "failed: %s", err);
+		job_release(job, "failed", err);
+		return;
+	}
 	job_continue(job);
 }
 
-/* EXPLAIN the batch as the job's role in a transaction that rolls back: syntax errors, unknown
- * names and missing privileges show up here, before any data is touched. */
+/* Create the batch functions and hand them to run_as; check its privileges on the target. The
+ * function bodies are parsed as they are created: syntax errors and unknown names show up here,
+ * before any row is touched. */
 static void job_check(job_t *job)
 {
-	throttle_settings_t s;
-	char stmt_timeout[24], lock_timeout[24], limit[24];
-	const char *open_params[3];
-	const char **params;
-	char *explain;
-	size_t len;
-	bool first = job->last_key.n == 0;
-	const char *sql = first ? job->sql_first : job->sql_next;
-	pgconn_stmt_t stmts[4];
+	char oid[16];
+	const char *check_params[2];
+	pgconn_stmt_t stmts[9];
+	char *sql[8];
+	batch_spec_t spec = job_spec(job);
 
-	job_settings(job, &s);
-	snprintf(stmt_timeout, sizeof(stmt_timeout), "%lld", (long long)s.statement_timeout_ms);
-	snprintf(lock_timeout, sizeof(lock_timeout), "%lld", (long long)s.lock_timeout_ms);
-	snprintf(limit, sizeof(limit), "%lld", (long long)job->throttle.batch_size);
-	open_params[0] = stmt_timeout;
-	open_params[1] = lock_timeout;
-	open_params[2] = job->run_as;
-	params = calloc((size_t)job->nkeys + 1, sizeof(char *));
-	len = strlen(sql) + 16;
-	explain = malloc(len);
-	if (!params || !explain)
-		abort();
-	snprintf(explain, len, "EXPLAIN %s", sql);
-	for (int i = 0; i < job->last_key.n; i++)
-		params[i] = job->last_key.values[i];
-	params[first ? 0 : job->nkeys] = limit;
-	stmts[0] = (pgconn_stmt_t){"BEGIN", 0, NULL};
-	stmts[1] = (pgconn_stmt_t){batch_open_sql, 3, open_params};
-	stmts[2] = (pgconn_stmt_t){explain, first ? 1 : job->nkeys + 1, params};
-	stmts[3] = (pgconn_stmt_t){"ROLLBACK", 0, NULL};
+	for (int fn = 0; fn < 4; fn++) {
+		sql[fn] = batch_build_function(&spec, (batch_function_t)fn);
+		sql[4 + fn] = batch_build_function_owner(&spec, (batch_function_t)fn, job->run_as);
+	}
+	for (int i = 0; i < 8; i++)
+		stmts[i] = (pgconn_stmt_t){sql[i], 0, NULL};
+	snprintf(oid, sizeof(oid), "%u", job->target_oid);
+	check_params[0] = job->run_as;
+	check_params[1] = oid;
+	stmts[8] = (pgconn_stmt_t){"SELECT has_table_privilege($1::name, $2::oid, 'SELECT'),"
+				   " has_any_column_privilege($1::name, $2::oid, 'UPDATE')",
+				   2, check_params};
 	job->state = JOB_CHECKING;
-	if (!pgconn_send(job->conn, stmts, 4, job_check_cb, job))
+	if (!pgconn_send(job->conn, stmts, 9, job_check_cb, job))
 		job->state = JOB_CONNECTING;
-	free(explain);
-	free(params);
+	for (int i = 0; i < 8; i++)
+		free(sql[i]);
 }
 
 /* ---- batches ---- */
@@ -947,7 +949,7 @@ void job_on_blocked(job_t *job, int64_t sessions, int64_t waited_ms)
 
 static void job_batch_done(job_t *job, const pgconn_result_t *res)
 {
-	const PGresult *b = res->results[2], *cp = res->results[4];
+	const PGresult *b = res->results[2], *cp = res->results[3];
 	const char *last_key = pgconn_value(b, 0, 3);
 	const char *state = pgconn_value(cp, 0, 0);
 	int64_t scanned = pgconn_int64(b, 0, 0, 0), changed = pgconn_int64(b, 0, 1, 0);
@@ -1010,11 +1012,9 @@ static void job_batch_done(job_t *job, const pgconn_result_t *res)
 
 static void job_batch_failed(job_t *job, const pgconn_result_t *res)
 {
-	static const char *const where[] = {
-		"starting the transaction", "setting up the batch (role, timeouts)",
-		"in the batch statement",   "resetting the role",
-		"in the checkpoint",	    "at commit"};
-	const char *stage = res->failed_index >= 0 && res->failed_index < 6 ? where[res->failed_index] : "";
+	static const char *const where[] = {"starting the transaction", "setting the timeouts",
+					    "in the batch statement", "in the checkpoint", "at commit"};
+	const char *stage = res->failed_index >= 0 && res->failed_index < 5 ? where[res->failed_index] : "";
 	char err[1024];
 	throttle_settings_t s;
 
@@ -1087,9 +1087,9 @@ static void job_next_batch(job_t *job)
 	throttle_settings_t s;
 	char stmt_timeout[24], lock_timeout[24], limit[24], lease[24], slept[24], size_now[24], sleep_now[24];
 	char lag_bytes[24], lag_ms[24], blocked[24];
-	const char *open_params[3], *checkpoint_params[11];
+	const char *open_params[2], *checkpoint_params[11];
 	const char **batch_params;
-	pgconn_stmt_t stmts[6];
+	pgconn_stmt_t stmts[5];
 	bool first = job->last_key.n == 0;
 
 	if (job->stopping) {
@@ -1113,7 +1113,6 @@ static void job_next_batch(job_t *job)
 
 	open_params[0] = stmt_timeout;
 	open_params[1] = lock_timeout;
-	open_params[2] = job->run_as;
 
 	batch_params = calloc((size_t)job->nkeys + 1, sizeof(char *));
 	if (!batch_params)
@@ -1138,17 +1137,16 @@ static void job_next_batch(job_t *job)
 	checkpoint_params[10] = job->reason;
 
 	stmts[0] = (pgconn_stmt_t){"BEGIN", 0, NULL};
-	stmts[1] = (pgconn_stmt_t){batch_open_sql, 3, open_params};
+	stmts[1] = (pgconn_stmt_t){batch_open_sql, 2, open_params};
 	stmts[2] = (pgconn_stmt_t){first ? job->sql_first : job->sql_next, first ? 1 : job->nkeys + 1,
 				   batch_params};
-	stmts[3] = (pgconn_stmt_t){"RESET ROLE", 0, NULL};
-	stmts[4] = (pgconn_stmt_t){job->sql_checkpoint, 11, checkpoint_params};
-	stmts[5] = (pgconn_stmt_t){"COMMIT", 0, NULL};
+	stmts[3] = (pgconn_stmt_t){job->sql_checkpoint, 11, checkpoint_params};
+	stmts[4] = (pgconn_stmt_t){"COMMIT", 0, NULL};
 
 	job->state = JOB_BATCH;
 	job->cancel_reason = NULL;
 	clock_gettime(CLOCK_MONOTONIC, &job->batch_started);
-	if (!pgconn_send(job->conn, stmts, 6, job_batch_cb, job))
+	if (!pgconn_send(job->conn, stmts, 5, job_batch_cb, job))
 		job->state = JOB_CONNECTING; /* the loss is being handled; the load resumes it */
 	free(batch_params);
 }

@@ -49,9 +49,35 @@ char *batch_build_update(const batch_spec_t *spec, bool first) __attribute__((wa
  */
 char *batch_build_peek(const batch_spec_t *spec, bool first) __attribute__((warn_unused_result));
 
+/* The statement a batch function wraps. */
+typedef enum batch_function {
+	BATCH_FN_FIRST, /* batch_build_update(spec, true) */
+	BATCH_FN_NEXT,	/* batch_build_update(spec, false) */
+	BATCH_FN_PEEK_FIRST,
+	BATCH_FN_PEEK_NEXT,
+} batch_function_t;
+
+/* Its name in pg_temp, e.g. "backfilld_batch_next". */
+const char *batch_function_name(batch_function_t fn);
+
 /*
- * Session and transaction settings that open every batch transaction. Parameters:
- * $1 statement_timeout (ms), $2 lock_timeout (ms), $3 the role to run as.
+ * The user's SQL never runs with SET ROLE (which it could undo): it runs inside a temporary
+ * SECURITY DEFINER function owned by the job's run_as role, where PostgreSQL refuses any change
+ * of role. This returns the CREATE OR REPLACE FUNCTION pg_temp.<name>(...) statement for FN,
+ * followed (after a ";") by nothing else: a single statement. Caller frees.
+ */
+char *batch_build_function(const batch_spec_t *spec, batch_function_t fn) __attribute__((warn_unused_result));
+
+/* ALTER FUNCTION pg_temp.<name>(...) OWNER TO <run_as>. Caller frees. */
+char *batch_build_function_owner(const batch_spec_t *spec, batch_function_t fn, const char *run_as)
+	__attribute__((warn_unused_result));
+
+/* SELECT * FROM pg_temp.<name>($1, ...): the call, with the same parameters as the statement. */
+char *batch_build_call(const batch_spec_t *spec, batch_function_t fn) __attribute__((warn_unused_result));
+
+/*
+ * Settings that open every batch transaction. Parameters: $1 statement_timeout (ms),
+ * $2 lock_timeout (ms). It also notes the WAL position for the checkpoint's wal_bytes.
  */
 extern const char batch_open_sql[];
 

@@ -113,3 +113,35 @@ def test_daemon_warns_when_its_role_is_a_superuser(db, daemon_factory):
     d.start()
     d.wait_for_log(r"listening on backfill_jobs")
     d.wait_for_log(r"database role postgres is a superuser")
+
+
+def test_a_submitters_sql_cannot_escape_its_role(db, roles, daemon_factory):
+    """SET ROLE could be undone by the user's own SQL (set_config('role', 'none')); the batch runs
+    inside a SECURITY DEFINER function owned by run_as instead, where PostgreSQL refuses it."""
+    make_users(db, 200)
+    mallory = roles("backfill_submit")
+    db.sql(f'GRANT SELECT, UPDATE ON users TO "{mallory}"')
+    db.sql("CREATE TABLE secret (x int)")
+    db.sql(f'GRANT CREATE ON SCHEMA public TO "{mallory}"')
+    with as_role(db, mallory) as conn:
+        conn.execute("""CREATE FUNCTION public.escape() RETURNS text LANGUAGE plpgsql AS $$
+                        BEGIN PERFORM set_config('role', 'none', false); DROP TABLE public.secret;
+                        RETURN current_user; END $$""")
+        job_id = submit(db, "users", conn=conn, set_sql="state = public.escape()", where_sql=None)
+    assert run_to_idle(daemon_factory()) == 0
+    row = job(db, job_id)
+    assert row["state"] == "failed"
+    assert 'cannot set parameter "role" within security-definer function' in row["last_error"], row["last_error"]
+    assert db.one("SELECT count(*) FROM pg_class WHERE relname = 'secret'") == 1
+    assert db.one("SELECT count(*) FROM users WHERE state IS NOT NULL") == 0
+
+
+def test_batches_run_as_run_as(db, roles, daemon_factory):
+    make_users(db, 300)
+    alice = roles("backfill_submit")
+    db.sql(f'GRANT SELECT, UPDATE ON users TO "{alice}"')
+    with as_role(db, alice) as conn:
+        job_id = submit(db, "users", conn=conn, set_sql="state = current_user", where_sql=None)
+    assert run_to_idle(daemon_factory()) == 0
+    assert job(db, job_id)["state"] == "done"
+    assert db.sql("SELECT DISTINCT state FROM users") == [(alice,)]

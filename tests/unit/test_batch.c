@@ -433,17 +433,89 @@ static void test_checkpoint_quotes_schema(void **state)
 static void test_open_sql(void **state)
 {
 	(void)state;
-	expect_params(batch_open_sql, 3);
+	expect_params(batch_open_sql, 2);
 	expect_contains(batch_open_sql, "set_config('statement_timeout', $1, true)");
 	expect_contains(batch_open_sql, "set_config('lock_timeout', $2, true)");
-	expect_contains(batch_open_sql, "set_config('role', $3, true)");
+	expect_absent(batch_open_sql, "role"); /* the user's SQL runs in run_as's function instead */
 	expect_contains(batch_open_sql,
 			"set_config('backfilld.lsn0', pg_current_wal_insert_lsn()::text, true)");
+}
+
+/* ---- the SECURITY DEFINER functions the batches run in ---- */
+
+static const char *const fn_keys[] = {"tenant", "seq"};
+static const char *const fn_types[] = {"integer", "character varying(20)"};
+
+static batch_spec_t fn_spec(void)
+{
+	return (batch_spec_t){.kind = JOB_KIND_UPDATE,
+			      .target_schema = "public",
+			      .target_table = "events",
+			      .nkeys = 2,
+			      .key_names = fn_keys,
+			      .key_types = fn_types,
+			      .set_sql = "v = w",
+			      .where_sql = "v IS DISTINCT FROM w"};
+}
+
+static void test_function_next(void **state)
+{
+	batch_spec_t spec = fn_spec();
+	char *sql = batch_build_function(&spec, BATCH_FN_NEXT);
+	char *body = batch_build_update(&spec, false);
+
+	(void)state;
+	expect_contains(sql, "CREATE OR REPLACE FUNCTION pg_temp.backfilld_batch_next(integer, character "
+			     "varying(20), bigint)");
+	expect_contains(sql, "LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = \"$user\", public");
+	expect_contains(sql, "AS $bf0$\n");
+	expect_contains(sql, body);
+	expect_contains(sql, "__bf_scanned bigint");
+	free(body);
+	free(sql);
+}
+
+static void test_function_tag_avoids_the_body(void **state)
+{
+	batch_spec_t spec = fn_spec();
+	char *sql;
+
+	(void)state;
+	spec.set_sql = "v = $bf0$x$bf0$ || $bf1$y$bf1$";
+	sql = batch_build_function(&spec, BATCH_FN_FIRST);
+	expect_contains(sql, "AS $bf2$\n");
+	expect_contains(sql, "\n$bf2$");
+	expect_contains(sql, "CREATE OR REPLACE FUNCTION pg_temp.backfilld_batch_first(bigint)");
+	free(sql);
+}
+
+static void test_function_peek_and_owner_and_call(void **state)
+{
+	batch_spec_t spec = fn_spec();
+	char *peek = batch_build_function(&spec, BATCH_FN_PEEK_FIRST);
+	char *owner = batch_build_function_owner(&spec, BATCH_FN_PEEK_NEXT, "app \"owner\"");
+	char *call = batch_build_call(&spec, BATCH_FN_NEXT);
+	char *call_first = batch_build_call(&spec, BATCH_FN_PEEK_FIRST);
+
+	(void)state;
+	expect_contains(peek, "pg_temp.backfilld_peek_first()");
+	expect_contains(peek, "RETURNS TABLE(__bf_key text)");
+	expect_contains(owner, "ALTER FUNCTION pg_temp.backfilld_peek_next(integer, character varying(20)) "
+			       "OWNER TO \"app \"\"owner\"\"\"");
+	assert_string_equal(call, "SELECT * FROM pg_temp.backfilld_batch_next($1, $2, $3)");
+	assert_string_equal(call_first, "SELECT * FROM pg_temp.backfilld_peek_first()");
+	free(peek);
+	free(owner);
+	free(call);
+	free(call_first);
 }
 
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_function_next),
+		cmocka_unit_test(test_function_tag_avoids_the_body),
+		cmocka_unit_test(test_function_peek_and_owner_and_call),
 		cmocka_unit_test(test_quote_plain),
 		cmocka_unit_test(test_quote_embedded_quotes),
 		cmocka_unit_test(test_quote_empty),
