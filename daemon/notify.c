@@ -4,6 +4,7 @@
  */
 #include "notify.h"
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <time.h>
@@ -15,6 +16,8 @@
 #endif
 
 static struct event *watchdog;
+static bool ready;		/* READY=1 went out: startup is over */
+static bool reload_unannounced; /* a reload began before READY: its closing READY=1 is not sent */
 
 #ifdef HAVE_LIBSYSTEMD
 static void notify_watchdog_cb(evutil_socket_t fd, short what, void *arg)
@@ -51,6 +54,12 @@ void notify_stop(void)
 
 void notify_ready(void)
 {
+	/* A reload before startup ends must not end startup: READY waits for the schema check. */
+	if (reload_unannounced) {
+		reload_unannounced = false;
+		return;
+	}
+	ready = true;
 #ifdef HAVE_LIBSYSTEMD
 	sd_notify(0, "READY=1");
 #endif
@@ -58,6 +67,10 @@ void notify_ready(void)
 
 void notify_reloading(void)
 {
+	if (!ready) {
+		reload_unannounced = true;
+		return;
+	}
 #ifdef HAVE_LIBSYSTEMD
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);

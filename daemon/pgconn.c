@@ -51,6 +51,7 @@ struct pgconn {
 	bool head_sent;
 	int attempts; /* consecutive failures, for the backoff */
 	int depth;    /* nesting of entry points; a free waits for 0 */
+	bool freeing; /* pgconn_free is telling queued requests their end */
 	bool dead;
 	char last_error[512];
 };
@@ -595,13 +596,15 @@ void pgconn_disconnect(pgconn_t *c)
 
 void pgconn_free(pgconn_t *c)
 {
-	if (!c || c->dead)
+	if (!c || c->dead || c->freeing)
 		return;
 	pgconn_set_error(c, "closed by the daemon");
 	c->state = PGCONN_DOWN;
-	c->dead = true;
+	c->freeing = true;
 	pgconn_enter(c);
-	pgconn_close(c, false);
+	/* Queued requests learn that they broke, so their owners free what they passed along. */
+	pgconn_close(c, true);
+	c->dead = true;
 	event_free(c->ev_timer);
 	c->ev_timer = NULL;
 	pgconn_leave(c);

@@ -129,6 +129,7 @@ static void queue_event_cb(pgconn_t *conn, pgconn_event_t event, const char *rea
 		break;
 	case PGCONN_EVENT_LOST:
 		queue_set_down(reason);
+		daemon_wake(); /* /healthz and STATUS= see it now */
 		break;
 	}
 }

@@ -11,6 +11,8 @@ struct event_base;
 void notify_start(struct event_base *base);
 void notify_stop(void);
 
+/* READY=1; RELOADING=1 (with MONOTONIC_USEC), closed by notify_ready(). A reload before the
+ * first READY=1 is not announced and does not end startup. */
 void notify_ready(void);
 void notify_reloading(void);
 void notify_stopping(void);

@@ -17,6 +17,10 @@ BACKFILLD_PACKAGES=(
 	libsystemd-dev
 	python3-pytest
 	python3-psycopg
+	valgrind    # tests/integration/test_valgrind.py
+	prometheus  # promtool and a server the integration tests scrape with
+	gnuplot-nox # scripts/plot-job
+	systemd     # systemd-analyze verify|security on the unit
 )
 
 # The absolute path of the checkout this file lives in.
