@@ -125,8 +125,14 @@ char *batch_build_update(const batch_spec_t *spec, bool first)
 	sbuf_keys(&b, spec, true, "");
 	sbuf_printf(&b, " LIMIT 1\n), __bf_last AS MATERIALIZED (\n  SELECT * FROM __bf_keys ORDER BY ");
 	sbuf_keys(&b, spec, true, " DESC");
-	sbuf_printf(&b, " LIMIT 1\n), __bf_changed AS (\n  UPDATE %s.%s SET\n%s\n  WHERE (", schema, table,
-		    spec->set_sql);
+	if (spec->kind == JOB_KIND_VERIFY) {
+		sbuf_printf(&b, " LIMIT 1\n), __bf_changed AS MATERIALIZED (\n  SELECT ARRAY[");
+		sbuf_keys(&b, spec, false, "::text");
+		sbuf_printf(&b, "] AS key\n  FROM %s.%s\n  WHERE (", schema, table);
+	} else {
+		sbuf_printf(&b, " LIMIT 1\n), __bf_changed AS (\n  UPDATE %s.%s SET\n%s\n  WHERE (", schema,
+			    table, spec->set_sql);
+	}
 
 	/* The range [first, last]; for a composite key the leading column's range too, which
 	 * keeps the planner's estimate small (row comparisons are estimated poorly). */
@@ -146,19 +152,28 @@ char *batch_build_update(const batch_spec_t *spec, bool first)
 			    k1, k1);
 		free(k1);
 	}
-	if (spec->where_sql && spec->where_sql[0])
-		sbuf_printf(&b, "    AND (\n%s\n    )\n", spec->where_sql);
-	sbuf_printf(&b, "  RETURNING 1\n)\n");
+	if (spec->kind == JOB_KIND_VERIFY) {
+		sbuf_printf(&b, "    AND (\n%s\n    )\n)\n", spec->mismatch_sql);
+	} else {
+		if (spec->where_sql && spec->where_sql[0])
+			sbuf_printf(&b, "    AND (\n%s\n    )\n", spec->where_sql);
+		sbuf_printf(&b, "  RETURNING 1\n)\n");
+	}
 
 	/* One row for the daemon, and the same values for the checkpoint function. */
-	sbuf_printf(&b, "SELECT s.scanned, s.changed, s.first_key, s.last_key,\n"
-			"  set_config('backfilld.scanned', s.scanned::text, true),\n"
-			"  set_config('backfilld.changed', s.changed::text, true),\n"
-			"  set_config('backfilld.first_key', coalesce(s.first_key::text, ''), true),\n"
-			"  set_config('backfilld.last_key', coalesce(s.last_key::text, ''), true)\n"
-			"FROM (SELECT (SELECT count(*) FROM __bf_keys) AS scanned,\n"
-			"             (SELECT count(*) FROM __bf_changed) AS changed,\n"
-			"             (SELECT ARRAY[");
+	sbuf_printf(&b,
+		    "SELECT s.scanned, s.changed, s.first_key, s.last_key,\n"
+		    "  set_config('backfilld.scanned', s.scanned::text, true),\n"
+		    "  set_config('backfilld.changed', s.changed::text, true),\n"
+		    "  set_config('backfilld.first_key', coalesce(s.first_key::text, ''), true),\n"
+		    "  set_config('backfilld.last_key', coalesce(s.last_key::text, ''), true)%s\n"
+		    "FROM (SELECT (SELECT count(*) FROM __bf_keys) AS scanned,\n"
+		    "             (SELECT count(*) FROM __bf_changed) AS changed,\n"
+		    "             (SELECT ARRAY[",
+		    spec->kind == JOB_KIND_VERIFY
+			    ? ",\n  set_config('backfilld.mismatches',"
+			      " coalesce((SELECT jsonb_agg(key) FROM __bf_changed)::text, ''), true)"
+			    : "");
 	for (int i = 0; i < spec->nkeys; i++)
 		sbuf_printf(&b, "%s__bf_k%d::text", i ? ", " : "", i + 1);
 	sbuf_printf(&b, "] FROM __bf_first) AS first_key,\n             (SELECT ARRAY[");
@@ -241,10 +256,57 @@ static void sbuf_signature(sbuf_t *b, const batch_spec_t *spec, batch_function_t
 	sbuf_printf(b, ")");
 }
 
+/*
+ * A statement job's batch, as a PL/pgSQL body: walk at most $N keys after the checkpoint, then
+ * run the user's statement once with $1, $2 = the first and last of them, typed as the key.
+ */
+static char *batch_build_statement_body(const batch_spec_t *spec, bool first)
+{
+	sbuf_t b = {0};
+	char *schema = sql_quote_ident(spec->target_schema);
+	char *table = sql_quote_ident(spec->target_table);
+	char *key = sql_quote_ident(spec->key_names[0]);
+	const char *type = spec->key_types[0];
+
+	sbuf_printf(&b,
+		    "DECLARE\n  __bf_lo %s;\n  __bf_hi %s;\n  __bf_n bigint;\n  __bf_rows bigint := 0;\n"
+		    "  __bf_sql text := '",
+		    type, type);
+	for (const char *p = spec->batch_sql; *p; p++) /* as a string literal */
+		sbuf_printf(&b, *p == '\'' ? "''" : "%c", *p);
+	sbuf_printf(
+		&b,
+		"';\nBEGIN\n  SELECT (array_agg(__bf_k1 ORDER BY __bf_k1))[1],"
+		" (array_agg(__bf_k1 ORDER BY __bf_k1 DESC))[1], count(*)\n  INTO __bf_lo, __bf_hi, __bf_n\n"
+		"  FROM (SELECT %s AS __bf_k1 FROM %s.%s\n",
+		key, schema, table);
+	if (!first)
+		sbuf_printf(&b, "        WHERE %s > $1\n", key);
+	sbuf_printf(&b, "        ORDER BY %s LIMIT $%d) AS __bf_keys;\n", key, first ? 1 : 2);
+	sbuf_printf(&b, "  IF __bf_n > 0 THEN\n    EXECUTE __bf_sql USING __bf_lo, __bf_hi;\n"
+			"    GET DIAGNOSTICS __bf_rows = ROW_COUNT;\n  END IF;\n"
+			"  RETURN QUERY SELECT __bf_n, __bf_rows,\n"
+			"    CASE WHEN __bf_n > 0 THEN ARRAY[__bf_lo::text] END,\n"
+			"    CASE WHEN __bf_n > 0 THEN ARRAY[__bf_hi::text] END,\n"
+			"    set_config('backfilld.scanned', __bf_n::text, true),\n"
+			"    set_config('backfilld.changed', __bf_rows::text, true),\n"
+			"    set_config('backfilld.first_key',"
+			" CASE WHEN __bf_n > 0 THEN ARRAY[__bf_lo::text]::text ELSE '' END, true),\n"
+			"    set_config('backfilld.last_key',"
+			" CASE WHEN __bf_n > 0 THEN ARRAY[__bf_hi::text]::text ELSE '' END, true);\n"
+			"END;");
+	free(schema);
+	free(table);
+	free(key);
+	return b.data;
+}
+
 char *batch_build_function(const batch_spec_t *spec, batch_function_t fn)
 {
 	sbuf_t b = {0}, tag = {0};
-	char *body = fn == BATCH_FN_FIRST	 ? batch_build_update(spec, true)
+	bool plpgsql = spec->kind == JOB_KIND_STATEMENT && function_has_limit(fn);
+	char *body = plpgsql			 ? batch_build_statement_body(spec, fn == BATCH_FN_FIRST)
+		     : fn == BATCH_FN_FIRST	 ? batch_build_update(spec, true)
 		     : fn == BATCH_FN_NEXT	 ? batch_build_update(spec, false)
 		     : fn == BATCH_FN_PEEK_FIRST ? batch_build_peek(spec, true)
 						 : batch_build_peek(spec, false);
@@ -259,15 +321,17 @@ char *batch_build_function(const batch_spec_t *spec, batch_function_t fn)
 	sbuf_printf(&b, "CREATE OR REPLACE FUNCTION pg_temp.%s", function_names[fn]);
 	sbuf_signature(&b, spec, fn);
 	if (function_has_limit(fn))
-		sbuf_printf(&b, "\nRETURNS TABLE(__bf_scanned bigint, __bf_changed bigint, __bf_first "
-				"text[], __bf_last text[],"
-				" __bf_s1 text, __bf_s2 text, __bf_s3 text, __bf_s4 text)");
+		sbuf_printf(&b,
+			    "\nRETURNS TABLE(__bf_scanned bigint, __bf_changed bigint, __bf_first text[], "
+			    "__bf_last"
+			    " text[], __bf_s1 text, __bf_s2 text, __bf_s3 text, __bf_s4 text%s)",
+			    spec->kind == JOB_KIND_VERIFY ? ", __bf_s5 text" : "");
 	else
 		sbuf_printf(&b, "\nRETURNS TABLE(__bf_key text)");
 	sbuf_printf(
 		&b,
-		"\nLANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = \"$user\", public\nAS %s\n%s\n%s",
-		tag.data, body, tag.data);
+		"\nLANGUAGE %s VOLATILE SECURITY DEFINER SET search_path = \"$user\", public\nAS %s\n%s\n%s",
+		plpgsql ? "plpgsql" : "sql", tag.data, body, tag.data);
 	free(body);
 	free(tag.data);
 	return b.data;

@@ -70,7 +70,8 @@ struct job {
 	bool loaded;
 	job_kind_t kind;
 	char *target_schema, *target_table;
-	char *set_sql, *where_sql, *run_as;
+	char *set_sql, *where_sql, *batch_sql, *mismatch_sql, *run_as;
+	bool dry_run; /* measure in transactions that roll back, estimate, change nothing */
 	uint32_t target_oid;
 	int nkeys;
 	char **key_names, **key_types;
@@ -86,6 +87,11 @@ struct job {
 	int64_t bisect_left; /* keys still to walk in small steps; 0 when not bisecting */
 	int64_t bisect_size; /* the size of the next step */
 	char skip_sqlstate[8];
+	int checkpoint_at; /* where the checkpoint stands in the batch pipeline */
+
+	/* A dry run, measured in memory: nothing of it is committed. */
+	struct timespec dry_started;
+	int64_t dry_scanned, dry_wal;
 	char skip_message[512];
 
 	/* The walk on this instance. */
@@ -118,6 +124,8 @@ static void job_hold(job_t *job);
 static void job_timer_cb(evutil_socket_t fd, short what, void *arg);
 static void job_continue(job_t *job);
 static void job_check(job_t *job);
+static void job_batch_failed(job_t *job, const pgconn_result_t *res);
+static void job_dry_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg);
 
 static void job_write_reason(job_t *job, const char *reason);
 
@@ -210,6 +218,8 @@ static void job_clear_definition(job_t *job)
 	free(job->target_table);
 	free(job->set_sql);
 	free(job->where_sql);
+	free(job->batch_sql);
+	free(job->mismatch_sql);
 	free(job->run_as);
 	for (int i = 0; i < job->nkeys; i++) {
 		free(job->key_names[i]);
@@ -223,6 +233,7 @@ static void job_clear_definition(job_t *job)
 	free(job->sql_peek_first);
 	free(job->sql_peek_next);
 	job->target_schema = job->target_table = job->set_sql = job->where_sql = job->run_as = NULL;
+	job->batch_sql = job->mismatch_sql = NULL;
 	job->key_names = job->key_types = NULL;
 	job->sql_first = job->sql_next = job->sql_checkpoint = job->sql_peek_first = job->sql_peek_next =
 		NULL;
@@ -369,7 +380,9 @@ static batch_spec_t job_spec(const job_t *job)
 			      .key_names = (const char *const *)job->key_names,
 			      .key_types = (const char *const *)job->key_types,
 			      .set_sql = job->set_sql,
-			      .where_sql = job->where_sql};
+			      .where_sql = job->where_sql,
+			      .batch_sql = job->batch_sql,
+			      .mismatch_sql = job->mismatch_sql};
 }
 
 static bool job_build(job_t *job, const PGresult *row, const PGresult *keys, char *err, size_t errlen)
@@ -383,21 +396,12 @@ static bool job_build(job_t *job, const PGresult *row, const PGresult *keys, cha
 		snprintf(err, errlen, "unknown kind \"%s\"", kind ? kind : "");
 		return false;
 	}
-	if (job->kind != JOB_KIND_UPDATE) {
-		snprintf(err, errlen, "kind \"%s\" is not supported by backfilld %s yet", kind,
-			 BACKFILLD_VERSION);
-		return false;
-	}
+
 	if (!pgconn_value(row, 0, 3)) {
 		snprintf(err, errlen, "the target table no longer exists");
 		return false;
 	}
-	/* Refuse rather than change data a user asked us only to measure. */
-	if (strcmp(pgconn_value(row, 0, LOAD_FIXED_COLUMNS + NOVERRIDES) ?: "f", "t") == 0) {
-		snprintf(err, errlen, "dry_run is not supported by backfilld %s yet; nothing was changed",
-			 BACKFILLD_VERSION);
-		return false;
-	}
+	job->dry_run = strcmp(pgconn_value(row, 0, LOAD_FIXED_COLUMNS + NOVERRIDES) ?: "f", "t") == 0;
 	if (pgconn_int64(row, 0, LOAD_FIXED_COLUMNS + NOVERRIDES + 1, 1) > 1 && !job->loaded)
 		job_log(job, LOG_LEVEL_NOTICE,
 			"parallel slices are not supported by backfilld %s yet: walking as one",
@@ -408,8 +412,14 @@ static bool job_build(job_t *job, const PGresult *row, const PGresult *keys, cha
 	job->set_sql = xstrdup_or_null(pgconn_value(row, 0, 5));
 	job->where_sql = xstrdup_or_null(pgconn_value(row, 0, 6));
 	job->run_as = xstrdup_or_null(pgconn_value(row, 0, 7));
-	if (!job->set_sql || !job->run_as) {
-		snprintf(err, errlen, "an update job needs set_sql and run_as");
+	job->batch_sql = xstrdup_or_null(pgconn_value(row, 0, LOAD_FIXED_COLUMNS + NOVERRIDES + 4));
+	job->mismatch_sql = xstrdup_or_null(pgconn_value(row, 0, LOAD_FIXED_COLUMNS + NOVERRIDES + 5));
+	if (!job->run_as || (job->kind == JOB_KIND_UPDATE && !job->set_sql) ||
+	    (job->kind == JOB_KIND_STATEMENT && !job->batch_sql) ||
+	    (job->kind == JOB_KIND_VERIFY && !job->mismatch_sql)) {
+		snprintf(err, errlen,
+			 "a %s job needs its SQL (set_sql, batch_sql or mismatch_sql) and run_as",
+			 job_kind_name(job->kind));
 		return false;
 	}
 
@@ -509,6 +519,9 @@ static void job_load_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
 		job_release(job, "failed", err);
 		return;
 	}
+	/* A dry run starts over with its session: nothing of it was committed. */
+	job->dry_scanned = job->dry_wal = 0;
+	job->dry_started = (struct timespec){0, 0};
 	job_settings(job, &s);
 	if (!job->loaded) {
 		throttle_init(&job->throttle, &s);
@@ -539,7 +552,8 @@ static void job_load(job_t *job)
 		" j.batch_size, j.min_batch_size, j.max_batch_size, j.target_batch_ms, j.sleep_ms, "
 		"j.max_sleep_ms,"
 		" j.max_replication_lag_bytes, j.max_replication_lag_ms, j.max_blocked_ms, j.lock_timeout_ms,"
-		" j.statement_timeout_ms, j.max_failed_rows, j.dry_run, j.parallel, c.oid, j.failed_rows"
+		" j.statement_timeout_ms, j.max_failed_rows, j.dry_run, j.parallel, c.oid, j.failed_rows,"
+		" j.batch_sql, j.mismatch_sql"
 		" FROM %s.jobs j LEFT JOIN pg_catalog.pg_class c ON c.oid = j.target"
 		" LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE j.id = $1",
 		schema);
@@ -719,7 +733,7 @@ static bool job_bisect(job_t *job, const pgconn_result_t *res)
 	throttle_settings_t s;
 	char err[1024];
 
-	if (res->failed_index != 2 || !sqlstate_is_row_error(res->sqlstate))
+	if (res->failed_index != 2 || !sqlstate_is_row_error(res->sqlstate) || job->dry_run)
 		return false;
 	job_settings(job, &s);
 	if (job->batch_limit > 1) {
@@ -775,10 +789,10 @@ static void job_check_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
 	if (strcmp(pgconn_value(res->results[8], 0, 0) ?: "f", "t") != 0 ||
 	    strcmp(pgconn_value(res->results[8], 0, 1) ?: "f", "t") != 0) {
 		snprintf(err, sizeof(err),
-			 "42501: permission denied: role %s may not read and update table %s.%s (checked "
-			 "before"
-			 " touching any row)",
-			 job->run_as, job->target_schema, job->target_table);
+			 "42501: permission denied: role %s may not %s table %s.%s (checked before touching "
+			 "any row)",
+			 job->run_as, job->kind == JOB_KIND_UPDATE ? "read and update" : "read",
+			 job->target_schema, job->target_table);
 		job_log(job, LOG_LEVEL_ERROR, "failed: %s", err);
 		job_release(job, "failed", err);
 		return;
@@ -806,8 +820,10 @@ static void job_check(job_t *job)
 	snprintf(oid, sizeof(oid), "%u", job->target_oid);
 	check_params[0] = job->run_as;
 	check_params[1] = oid;
-	stmts[8] = (pgconn_stmt_t){"SELECT has_table_privilege($1::name, $2::oid, 'SELECT'),"
-				   " has_any_column_privilege($1::name, $2::oid, 'UPDATE')",
+	stmts[8] = (pgconn_stmt_t){job->kind == JOB_KIND_UPDATE
+					   ? "SELECT has_table_privilege($1::name, $2::oid, 'SELECT'),"
+					     " has_any_column_privilege($1::name, $2::oid, 'UPDATE')"
+					   : "SELECT has_table_privilege($1::name, $2::oid, 'SELECT'), true",
 				   2, check_params};
 	job->state = JOB_CHECKING;
 	if (!pgconn_send(job->conn, stmts, 9, job_check_cb, job))
@@ -949,7 +965,7 @@ void job_on_blocked(job_t *job, int64_t sessions, int64_t waited_ms)
 
 static void job_batch_done(job_t *job, const pgconn_result_t *res)
 {
-	const PGresult *b = res->results[2], *cp = res->results[3];
+	const PGresult *b = res->results[2], *cp = res->results[job->checkpoint_at];
 	const char *last_key = pgconn_value(b, 0, 3);
 	const char *state = pgconn_value(cp, 0, 0);
 	int64_t scanned = pgconn_int64(b, 0, 0, 0), changed = pgconn_int64(b, 0, 1, 0);
@@ -1012,9 +1028,15 @@ static void job_batch_done(job_t *job, const pgconn_result_t *res)
 
 static void job_batch_failed(job_t *job, const pgconn_result_t *res)
 {
-	static const char *const where[] = {"starting the transaction", "setting the timeouts",
-					    "in the batch statement", "in the checkpoint", "at commit"};
-	const char *stage = res->failed_index >= 0 && res->failed_index < 5 ? where[res->failed_index] : "";
+	int i = res->failed_index;
+	const char *stage = i == 0			   ? "starting the transaction"
+			    : i == 1			   ? "setting the timeouts"
+			    : i == 2			   ? "in the batch statement"
+			    : job->dry_run		   ? "measuring a dry run; nothing was changed"
+			    : i == job->checkpoint_at	   ? "in the checkpoint"
+			    : i == job->checkpoint_at + 1  ? "at commit"
+			    : job->kind == JOB_KIND_VERIFY ? "recording mismatches"
+							   : "";
 	char err[1024];
 	throttle_settings_t s;
 
@@ -1087,9 +1109,11 @@ static void job_next_batch(job_t *job)
 	throttle_settings_t s;
 	char stmt_timeout[24], lock_timeout[24], limit[24], lease[24], slept[24], size_now[24], sleep_now[24];
 	char lag_bytes[24], lag_ms[24], blocked[24];
-	const char *open_params[2], *checkpoint_params[11];
+	const char *open_params[2], *checkpoint_params[11], *mismatch_params[1] = {job->id_text};
 	const char **batch_params;
-	pgconn_stmt_t stmts[5];
+	pgconn_stmt_t stmts[6];
+	char mismatches_sql[320];
+	int n = 0;
 	bool first = job->last_key.n == 0;
 
 	if (job->stopping) {
@@ -1100,6 +1124,12 @@ static void job_next_batch(job_t *job)
 		job_hold(job);
 		return;
 	}
+	snprintf(mismatches_sql, sizeof(mismatches_sql),
+		 "INSERT INTO %s.mismatches (job_id, key) SELECT $1::bigint, ARRAY(SELECT "
+		 "jsonb_array_elements_text(e))"
+		 " FROM jsonb_array_elements(nullif(current_setting('backfilld.mismatches', true), "
+		 "'')::jsonb) AS e",
+		 daemon_schema_quoted());
 	job_settings(job, &s);
 	job->batch_limit =
 		job->bisect_left > 0 && job->bisect_size > 0 ? job->bisect_size : job->throttle.batch_size;
@@ -1136,19 +1166,126 @@ static void job_next_batch(job_t *job)
 	checkpoint_params[9] = blocked; /* sessions the previous attempt blocked, when it was cancelled */
 	checkpoint_params[10] = job->reason;
 
-	stmts[0] = (pgconn_stmt_t){"BEGIN", 0, NULL};
-	stmts[1] = (pgconn_stmt_t){batch_open_sql, 2, open_params};
-	stmts[2] = (pgconn_stmt_t){first ? job->sql_first : job->sql_next, first ? 1 : job->nkeys + 1,
-				   batch_params};
-	stmts[3] = (pgconn_stmt_t){job->sql_checkpoint, 11, checkpoint_params};
-	stmts[4] = (pgconn_stmt_t){"COMMIT", 0, NULL};
+	stmts[n++] = (pgconn_stmt_t){"BEGIN", 0, NULL};
+	stmts[n++] = (pgconn_stmt_t){batch_open_sql, 2, open_params};
+	stmts[n++] = (pgconn_stmt_t){first ? job->sql_first : job->sql_next, first ? 1 : job->nkeys + 1,
+				     batch_params};
+	if (job->dry_run) {
+		/* WAL is written even by a transaction that rolls back: measure it first. */
+		stmts[n++] = (pgconn_stmt_t){"SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(),"
+					     " current_setting('backfilld.lsn0')::pg_lsn)::bigint",
+					     0, NULL};
+		stmts[n++] = (pgconn_stmt_t){"ROLLBACK", 0, NULL};
+	} else {
+		if (job->kind == JOB_KIND_VERIFY)
+			stmts[n++] = (pgconn_stmt_t){mismatches_sql, 1, mismatch_params};
+		job->checkpoint_at = n;
+		stmts[n++] = (pgconn_stmt_t){job->sql_checkpoint, 11, checkpoint_params};
+		stmts[n++] = (pgconn_stmt_t){"COMMIT", 0, NULL};
+	}
 
 	job->state = JOB_BATCH;
 	job->cancel_reason = NULL;
 	clock_gettime(CLOCK_MONOTONIC, &job->batch_started);
-	if (!pgconn_send(job->conn, stmts, 5, job_batch_cb, job))
+	if (job->dry_run && job->dry_started.tv_sec == 0)
+		job->dry_started = job->batch_started;
+	if (!pgconn_send(job->conn, stmts, n, job->dry_run ? job_dry_cb : job_batch_cb, job))
 		job->state = JOB_CONNECTING; /* the loss is being handled; the load resumes it */
 	free(batch_params);
+}
+
+/* ---- dry runs ---- */
+
+#define DRY_RUN_MAX_S 60.0 /* at most a minute of measuring */
+
+static void job_dry_done_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
+{
+	job_t *job = arg;
+	(void)conn;
+
+	if (job->state != JOB_RELEASING)
+		return;
+	if (res->broken)
+		return; /* sent again once reconnected */
+	if (!res->ok)
+		job_log(job, LOG_LEVEL_ERROR, "cannot record the dry run's estimates: %s %s", res->sqlstate,
+			res->message);
+	else
+		job_log(job, LOG_LEVEL_INFO, "dry run %s: nothing was changed",
+			pgconn_value(res->results[0], 0, 0) ?: "?");
+	job_finish(job);
+}
+
+/* The dry run measured enough: extrapolate to the whole table and end the job. */
+static void job_dry_finish(job_t *job, bool reached_end)
+{
+	char sql[160], seconds[24], wal[24];
+	const char *params[4];
+	pgconn_stmt_t stmt = {sql, 4, params};
+	double elapsed = elapsed_s(&job->dry_started);
+	int64_t rows =
+		reached_end ? job->dry_scanned
+			    : (job->rows_estimate > job->dry_scanned ? job->rows_estimate : job->dry_scanned);
+	double factor = job->dry_scanned > 0 ? (double)rows / (double)job->dry_scanned : 0;
+
+	snprintf(seconds, sizeof(seconds), "%.0f", elapsed * factor + 0.5);
+	snprintf(wal, sizeof(wal), "%.0f", (double)job->dry_wal * factor);
+	snprintf(sql, sizeof(sql), "SELECT %s._dry_run_done($1::bigint, $2, $3::bigint, $4::bigint)",
+		 daemon_schema_quoted());
+	params[0] = job->id_text;
+	params[1] = daemon_name();
+	params[2] = seconds;
+	params[3] = wal;
+	job_log(job, LOG_LEVEL_INFO,
+		"dry run: %lld rows in %.1f s and %lld WAL bytes, rolled back; the whole job (%lld rows): "
+		"about %s s and"
+		" %s WAL bytes",
+		(long long)job->dry_scanned, elapsed, (long long)job->dry_wal, (long long)rows, seconds, wal);
+	job->state = JOB_RELEASING;
+	job->release_state = "done";
+	if (!pgconn_send(job->conn, &stmt, 1, job_dry_done_cb, job))
+		job->state = JOB_CONNECTING;
+}
+
+static void job_dry_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
+{
+	job_t *job = arg;
+	const PGresult *b = res->results[2];
+	int64_t scanned;
+	double duration_ms;
+	throttle_settings_t s;
+	(void)conn;
+
+	if (job->state != JOB_BATCH)
+		return;
+	if (res->broken) {
+		job->state = JOB_CONNECTING;
+		return;
+	}
+	if (!res->ok) {
+		job_batch_failed(job, res);
+		return;
+	}
+	scanned = pgconn_int64(b, 0, 0, 0);
+	duration_ms = elapsed_s(&job->batch_started) * 1000.0;
+	job->dry_scanned += scanned;
+	job->dry_wal += pgconn_int64(res->results[3], 0, 0, 0);
+	if (pgconn_value(b, 0, 3)) {
+		keys_clear(&job->last_key);
+		if (!keys_decode(pgconn_value(b, 0, 3), &job->last_key)) {
+			job_release(job, "failed", "cannot decode a key (dry run; nothing was changed)");
+			return;
+		}
+	}
+	job_settings(job, &s);
+	throttle_after_batch(&job->throttle, &s, scanned, duration_ms);
+	if (scanned < job->batch_limit)
+		job_dry_finish(job, true);
+	else if (elapsed_s(&job->dry_started) >= DRY_RUN_MAX_S ||
+		 (job->rows_estimate > 0 && job->dry_scanned * 100 >= job->rows_estimate))
+		job_dry_finish(job, false);
+	else
+		job_continue(job);
 }
 
 /* ---- the end ---- */

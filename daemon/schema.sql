@@ -99,6 +99,7 @@ CREATE TABLE IF NOT EXISTS @schema@.jobs (
     rows_changed              bigint NOT NULL DEFAULT 0,
     batches                   bigint NOT NULL DEFAULT 0,
     failed_rows               bigint NOT NULL DEFAULT 0,
+    wal_bytes                 bigint NOT NULL DEFAULT 0,  -- written by its committed batches
     rows_estimate             bigint,
     batch_size_now            int,
     sleep_ms_now              int,
@@ -114,6 +115,8 @@ CREATE TABLE IF NOT EXISTS @schema@.jobs (
 CREATE INDEX IF NOT EXISTS jobs_claim_idx ON @schema@.jobs (priority DESC, id)
     WHERE state IN ('pending', 'running');
 -- Two running jobs on one table are impossible (_claim never tries; this is the backstop).
+ALTER TABLE @schema@.jobs ADD COLUMN IF NOT EXISTS wal_bytes bigint NOT NULL DEFAULT 0;
+
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_one_running_per_target ON @schema@.jobs (target)
     WHERE state = 'running';
 
@@ -179,7 +182,7 @@ $$;
 CREATE OR REPLACE FUNCTION @schema@._daemon_columns() RETURNS text[]
 LANGUAGE sql IMMUTABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp
 AS $$ SELECT ARRAY['owner', 'lease_until', 'last_key', 'rows_scanned', 'rows_changed', 'batches',
-                   'failed_rows', 'rows_estimate', 'batch_size_now', 'sleep_ms_now',
+                   'failed_rows', 'wal_bytes', 'rows_estimate', 'batch_size_now', 'sleep_ms_now',
                    'throttled_reason', 'last_error', 'estimated_seconds', 'estimated_wal_bytes',
                    'started_at', 'finished_at'] $$;
 
@@ -410,7 +413,7 @@ BEGIN
         newrow := to_jsonb(NEW);
         FOREACH col IN ARRAY @schema@._daemon_columns() LOOP
             IF newrow -> col IS DISTINCT FROM
-               (CASE WHEN col IN ('rows_scanned', 'rows_changed', 'batches', 'failed_rows')
+               (CASE WHEN col IN ('rows_scanned', 'rows_changed', 'batches', 'failed_rows', 'wal_bytes')
                      THEN '0' ELSE 'null' END)::jsonb THEN
                 RAISE EXCEPTION 'column % is written by the daemon', col
                     USING ERRCODE = 'check_violation', HINT = 'Leave it out of the INSERT.';
@@ -638,6 +641,20 @@ BEGIN
         rows_scanned = j.rows_scanned + v_scanned,
         rows_changed = j.rows_changed + v_changed,
         batches = j.batches + 1,
+        wal_bytes = j.wal_bytes + coalesce(_checkpoint.wal_bytes, 0),
+        -- Extrapolated cost of the whole job, kept current once 1% is done.
+        estimated_seconds = CASE WHEN j.rows_estimate > 0
+                                  AND (j.rows_scanned + v_scanned) * 100 >= j.rows_estimate
+            THEN ceil(extract(epoch FROM clock_timestamp() - j.started_at)
+                      * greatest(j.rows_estimate, j.rows_scanned + v_scanned)
+                      / (j.rows_scanned + v_scanned))::bigint
+            ELSE j.estimated_seconds END,
+        estimated_wal_bytes = CASE WHEN j.rows_estimate > 0
+                                    AND (j.rows_scanned + v_scanned) * 100 >= j.rows_estimate
+            THEN ((j.wal_bytes + coalesce(_checkpoint.wal_bytes, 0))::numeric
+                  * greatest(j.rows_estimate, j.rows_scanned + v_scanned)
+                  / (j.rows_scanned + v_scanned))::bigint
+            ELSE j.estimated_wal_bytes END,
         batch_size_now = p_batch_size_now,
         sleep_ms_now = p_sleep_ms_now,
         state = v_new_state,
@@ -688,6 +705,30 @@ BEGIN
     END IF;
     INSERT INTO @schema@.failed_rows (job_id, key, sqlstate, message) VALUES (p_id, v_key, p_sqlstate, p_message);
     RETURN v_failed;
+END
+$$;
+
+-- Ends a dry run: the estimates it measured, the job done, nothing else changed.
+CREATE OR REPLACE FUNCTION @schema@._dry_run_done(p_id bigint, p_owner text, p_seconds bigint,
+                                                  p_wal_bytes bigint)
+RETURNS text
+LANGUAGE plpgsql SECURITY INVOKER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    result text;
+BEGIN
+    PERFORM @schema@._require_daemon('_dry_run_done');
+    UPDATE @schema@.jobs j
+    SET estimated_seconds = p_seconds, estimated_wal_bytes = p_wal_bytes,
+        state = CASE WHEN j.state = 'running' THEN 'done' ELSE j.state END,
+        finished_at = CASE WHEN j.state IN ('running', 'cancelled') THEN now() ELSE j.finished_at END,
+        owner = NULL, lease_until = NULL, throttled_reason = NULL
+    WHERE j.id = p_id AND j.owner = p_owner
+    RETURNING j.state INTO result;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'job % lease lost: another instance owns it now', p_id USING ERRCODE = 'BFL01';
+    END IF;
+    RETURN result;
 END
 $$;
 
@@ -821,6 +862,7 @@ GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA @schema@ TO backfill_submit;
 REVOKE EXECUTE ON FUNCTION @schema@._claim(text, int, bigint[]),
     @schema@._checkpoint(bigint, text, int, int, int, int, int, bigint, bigint, int, text),
     @schema@._skip_row(bigint, text, int, text, text),
+    @schema@._dry_run_done(bigint, text, bigint, bigint),
     @schema@._release(bigint, text, text, text), @schema@._renew(text, bigint[], int),
     @schema@._set_reason(text, bigint[], text), @schema@._runnable_count()
     FROM backfill_submit;

@@ -27,13 +27,17 @@ typedef struct batch_spec {
 	const char *const *key_types; /* format_type() of each key column: valid SQL type names */
 	const char *set_sql;	      /* update: the SET list */
 	const char *where_sql;	      /* update: optional filter; NULL or "" for none */
+	const char *batch_sql;	      /* statement: run per batch with $1, $2 = first, last key */
+	const char *mismatch_sql;     /* verify: true for a row that is not yet right */
 } batch_spec_t;
 
 /* NAME as a quoted SQL identifier ("a""b"). Caller frees. */
 char *sql_quote_ident(const char *name) __attribute__((warn_unused_result));
 
 /*
- * The statement of one `update` batch. Parameters: $1..$nkeys the last key already done
+ * The statement of one `update` batch, or of one `verify` batch when SPEC's kind says so (then
+ * nothing is updated: the keys where mismatch_sql holds are counted as changed and left, as a
+ * jsonb array of text arrays, in backfilld.mismatches). Parameters: $1..$nkeys the last key already done
  * (absent when FIRST, the job's first batch), then the batch size. It walks at most that
  * many keys after the last one, updates the rows between the first and the last of them
  * that match where_sql, and returns one row (scanned bigint, changed bigint, first_key

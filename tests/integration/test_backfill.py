@@ -298,22 +298,25 @@ def test_malformed_job_refused_at_insert(db, bad):
     assert key.split("_")[0] in str(err.value) or "kind" in str(err.value), str(err.value)
 
 
-def test_unsupported_features_never_change_data(db, daemon_factory):
-    """Features this version does not have yet: a dry run fails before touching a row; kinds
-    statement and verify fail with a clear message; parallel > 1 walks as one slice."""
+def test_dry_run_verify_and_parallel_as_one_slice(db, daemon_factory):
+    """A dry run changes nothing and fills the estimates; a verify job records mismatches and
+    changes nothing; parallel > 1 is not split yet: it walks as one slice, with a notice."""
     make_users(db, 1000)
     dry = submit(db, "users", dry_run=True)
     db.sql("CREATE TABLE other (id int PRIMARY KEY, a int, b int)")
-    db.sql("INSERT INTO other SELECT g, g FROM generate_series(1, 500) g")
+    db.sql("INSERT INTO other SELECT g, g, CASE WHEN g % 100 = 0 THEN -1 ELSE g END FROM generate_series(1, 500) g")
     verify = db.one("INSERT INTO backfill.jobs (target, kind, mismatch_sql) VALUES ('other', 'verify', 'b <> a')"
                     " RETURNING id")
     par = submit(db, "other", set_sql="b = a", where_sql=None, parallel=2, priority=-1)
     d = daemon_factory(daemon={"workers": 1})
     assert run_to_idle(d) == 0
     row = job(db, dry)
-    assert row["state"] == "failed" and "dry_run is not supported" in row["last_error"]
+    assert row["state"] == "done" and row["estimated_seconds"] is not None and row["estimated_wal_bytes"] > 0
     assert differing(db) == 1000
-    assert job(db, verify)["state"] == "failed" and "not supported" in job(db, verify)["last_error"]
+    row = job(db, verify)
+    assert row["state"] == "done" and row["rows_changed"] == 5
+    assert sorted(r[0] for r in db.sql("SELECT key[1]::int FROM backfill.mismatches WHERE job_id = %s",
+                                       [verify])) == [100, 200, 300, 400, 500]
     assert job(db, par)["state"] == "done"
     assert db.one("SELECT count(*) FROM other WHERE b IS DISTINCT FROM a") == 0
     assert "walking as one" in d.log_text()
