@@ -143,6 +143,13 @@ int main(int argc, char **argv)
 		return code;
 	}
 
+	/* A daemon trusted with production tables runs with as little privilege as it can. */
+	if (geteuid() == 0) {
+		fprintf(stderr, "backfilld: refusing to run as root: run the daemon as an unprivileged user"
+				" (the systemd unit uses User=backfilld)\n");
+		config_free(config);
+		return EXIT_RUNTIME;
+	}
 	dopt.config_path = path;
 	return daemon_run(config, &dopt);
 }

@@ -225,7 +225,7 @@ echo "job $job_id is pending"
 section "Run backfilld until the queue is empty"
 echo "\$ backfilld -c $cluster_dir/backfilld.conf --exit-when-idle"
 # In the background and waited for, so that a signal to this script runs its cleanup at once.
-"$bin" -c "$cluster_dir/backfilld.conf" --exit-when-idle &
+"${AS_DAEMON_USER[@]}" "$bin" -c "$cluster_dir/backfilld.conf" --exit-when-idle &
 daemon_pid=$!
 daemon_rc=0
 wait "$daemon_pid" || daemon_rc=$?

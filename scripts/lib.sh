@@ -72,3 +72,10 @@ ensure_backfilld_packages() {
 	command -v psql >/dev/null 2>&1 || pkgs+=(postgresql-client-15)
 	ensure_packages "${pkgs[@]}"
 }
+
+# backfilld refuses to run as root: prefix the daemon's command with "${AS_DAEMON_USER[@]}",
+# which runs it as the postgres OS user when the script runs as root (and is empty otherwise).
+AS_DAEMON_USER=()
+if ((EUID == 0)); then
+	AS_DAEMON_USER=(setpriv --reuid=postgres --regid=postgres --init-groups --)
+fi

@@ -237,7 +237,7 @@ log: { level = "info"; progress_interval_ms = 10000; };
 EOF
 "$bin" -c "$work/backfilld.conf" --install-schema >>"$work/backfilld.log" 2>&1 ||
     { cat "$work/backfilld.log" >&2; die "--install-schema failed"; }
-"$bin" -c "$work/backfilld.conf" 2>>"$work/backfilld.log" &
+"${AS_DAEMON_USER[@]}" "$bin" -c "$work/backfilld.conf" 2>>"$work/backfilld.log" &
 daemon_pid=$!
 
 # Undo any run: the column back to NULL, dead rows vacuumed, a checkpoint, so every run of either

@@ -76,6 +76,22 @@ def _pg_owned(path):
             os.chmod(parent, mode | 0o011)
 
 
+def _traversable(path):
+    """Let the unprivileged user the daemon runs as (when the tests run as root) reach PATH."""
+    if not IS_ROOT:
+        return
+    for parent in [Path(path).resolve(), *Path(path).resolve().parents]:
+        mode = os.stat(parent).st_mode
+        if not mode & 0o001:
+            os.chmod(parent, mode | 0o011)
+
+
+def as_daemon_user():
+    """The command prefix that runs the daemon as an unprivileged user when the tests run as
+    root: backfilld refuses to run as root."""
+    return ["setpriv", f"--reuid={PG_USER}", f"--regid={PG_USER}", "--init-groups", "--"] if IS_ROOT else []
+
+
 class Cluster:
     """One PostgreSQL 15 cluster in BASEDIR/data, listening on 127.0.0.1:PORT."""
 
@@ -303,7 +319,9 @@ class Daemon:
         self.config_path.write_text(to_libconfig(self.config))
         return self.config_path
 
-    def start(self, *extra_args):
+    def start(self, *extra_args, wrapper=None):
+        """Run `binary -c config EXTRA_ARGS`, prefixed by the WRAPPER command list (e.g.
+        valgrind and its options) when given."""
         if self.proc is not None and self.proc.poll() is None:
             raise HarnessError("daemon already running")
         if not self.config_path.exists():
@@ -311,8 +329,10 @@ class Daemon:
         if not self.binary.exists():
             raise HarnessError(f"backfilld binary not found at {self.binary} (set BACKFILLD_BIN)")
         self._log_handle = open(self.logfile, "ab")
-        self.proc = subprocess.Popen([str(self.binary), "-c", str(self.config_path),
-                                      *map(str, extra_args)],
+        _traversable(self.workdir)
+        os.chmod(self.config_path, 0o644)
+        self.proc = subprocess.Popen([*as_daemon_user(), *map(str, wrapper or ()), str(self.binary), "-c",
+                                      str(self.config_path), *map(str, extra_args)],
                                      stdout=self._log_handle, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, cwd=self.workdir)
         return self

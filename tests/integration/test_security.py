@@ -1,5 +1,7 @@
 """Security (issue 4): privileges the schema installs, run_as, and the daemon's own role."""
 
+import os
+
 import psycopg
 import pytest
 
@@ -145,3 +147,15 @@ def test_batches_run_as_run_as(db, roles, daemon_factory):
     assert run_to_idle(daemon_factory()) == 0
     assert job(db, job_id)["state"] == "done"
     assert db.sql("SELECT DISTINCT state FROM users") == [(alice,)]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to check that the daemon refuses root")
+def test_the_daemon_refuses_to_run_as_root(db, daemon_factory):
+    d = daemon_factory()
+    d.write_config()
+    p = d.run_oneshot()  # run_oneshot does not drop privileges
+    assert p.returncode == 1
+    assert "refusing to run as root" in p.stderr
+    # One-shot commands are fine as root.
+    assert d.run_oneshot("--check-config").returncode == 0
+    assert d.run_oneshot("--install-schema").returncode == 0

@@ -129,6 +129,9 @@ class NotifyListener:
         self.path = os.path.join(self.dir, "notify.sock")
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(self.path)
+        # The daemon may run as another user (it refuses root): let it reach and write the socket.
+        os.chmod(self.dir, 0o755)
+        os.chmod(self.path, 0o777)
         self.sock.settimeout(0.1)
         self.messages = []
         self._lock = threading.Lock()
