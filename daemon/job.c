@@ -1346,6 +1346,7 @@ static void job_release(job_t *job, const char *state, const char *error)
 static void job_finish(job_t *job)
 {
 	evtimer_del(job->timer);
+	pgconn_disconnect(job->conn); /* no reconnect for a job that is over */
 	if (job->loaded)
 		job_report(job, false);
 	job->state = JOB_FINISHED;

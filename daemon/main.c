@@ -14,6 +14,7 @@
 #include "exitcodes.h"
 #include "log.h"
 #include "schema.h"
+#include "signals.h"
 
 static void usage(FILE *out)
 {
@@ -60,6 +61,8 @@ int main(int argc, char **argv)
 	char err[1024];
 	config_t *config;
 	int c, modes;
+
+	signals_block();
 
 	while ((c = getopt_long(argc, argv, "c:Vh", options, NULL)) != -1) {
 		switch (c) {

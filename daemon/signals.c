@@ -42,6 +42,21 @@ static void signals_cb(evutil_socket_t signo, short what, void *arg)
 	}
 }
 
+static void signals_mask(int how)
+{
+	sigset_t set;
+
+	sigemptyset(&set);
+	for (int i = 0; i < NHANDLED; i++)
+		sigaddset(&set, handled[i]);
+	sigprocmask(how, &set, NULL);
+}
+
+void signals_block(void)
+{
+	signals_mask(SIG_BLOCK);
+}
+
 bool signals_install(struct event_base *base)
 {
 	signal(SIGPIPE, SIG_IGN);
@@ -50,6 +65,8 @@ bool signals_install(struct event_base *base)
 		if (!signal_events[i] || evsignal_add(signal_events[i], NULL) != 0)
 			return false;
 	}
+	/* Anything pending since start-up is delivered now, to libevent's handlers. */
+	signals_mask(SIG_UNBLOCK);
 	return true;
 }
 
