@@ -220,11 +220,38 @@ const char batch_open_sql[] =
 	" set_config('backfilld.lsn0', pg_current_wal_insert_lsn()::text, true)";
 
 static const char *const function_names[] = {
-	[BATCH_FN_FIRST] = "backfilld_batch_first",
-	[BATCH_FN_NEXT] = "backfilld_batch_next",
-	[BATCH_FN_PEEK_FIRST] = "backfilld_peek_first",
-	[BATCH_FN_PEEK_NEXT] = "backfilld_peek_next",
+	[BATCH_FN_FIRST] = "backfilld_batch_first",	[BATCH_FN_NEXT] = "backfilld_batch_next",
+	[BATCH_FN_PEEK_FIRST] = "backfilld_peek_first", [BATCH_FN_PEEK_NEXT] = "backfilld_peek_next",
+	[BATCH_FN_BOUNDS] = "backfilld_bounds",
 };
+
+bool batch_key_is_numeric(const batch_spec_t *spec)
+{
+	static const char *const numeric[] = {"smallint", "integer", "bigint",
+					      "numeric",  "real",    "double precision"};
+	for (size_t i = 0; i < sizeof(numeric) / sizeof(numeric[0]); i++)
+		if (strncmp(spec->key_types[0], numeric[i], strlen(numeric[i])) == 0)
+			return true;
+	return false;
+}
+
+/* Session settings (not transaction-local: the check runs without a transaction block). */
+static char *batch_build_bounds(const batch_spec_t *spec)
+{
+	sbuf_t b = {0};
+	char *schema = sql_quote_ident(spec->target_schema);
+	char *table = sql_quote_ident(spec->target_table);
+	char *key = sql_quote_ident(spec->key_names[0]);
+
+	sbuf_printf(&b,
+		    "SELECT set_config('backfilld.key_min', coalesce(min(%s)::text, ''), false),"
+		    " set_config('backfilld.key_max', coalesce(max(%s)::text, ''), false)\nFROM %s.%s",
+		    key, key, schema, table);
+	free(schema);
+	free(table);
+	free(key);
+	return b.data;
+}
 
 const char *batch_function_name(batch_function_t fn)
 {
@@ -309,6 +336,7 @@ char *batch_build_function(const batch_spec_t *spec, batch_function_t fn)
 		     : fn == BATCH_FN_FIRST	 ? batch_build_update(spec, true)
 		     : fn == BATCH_FN_NEXT	 ? batch_build_update(spec, false)
 		     : fn == BATCH_FN_PEEK_FIRST ? batch_build_peek(spec, true)
+		     : fn == BATCH_FN_BOUNDS	 ? batch_build_bounds(spec)
 						 : batch_build_peek(spec, false);
 
 	/* A dollar-quote tag the body does not contain. */
@@ -326,6 +354,8 @@ char *batch_build_function(const batch_spec_t *spec, batch_function_t fn)
 			    "__bf_last"
 			    " text[], __bf_s1 text, __bf_s2 text, __bf_s3 text, __bf_s4 text%s)",
 			    spec->kind == JOB_KIND_VERIFY ? ", __bf_s5 text" : "");
+	else if (fn == BATCH_FN_BOUNDS)
+		sbuf_printf(&b, "\nRETURNS TABLE(__bf_min text, __bf_max text)");
 	else
 		sbuf_printf(&b, "\nRETURNS TABLE(__bf_key text)");
 	sbuf_printf(

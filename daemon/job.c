@@ -778,9 +778,10 @@ static void job_check_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
 	if (!res->ok) {
 		snprintf(err, sizeof(err), "%s: %s (%s for role %s, before touching any row)", res->sqlstate,
 			 res->message,
-			 res->failed_index < 4	 ? "checking the job's SQL"
-			 : res->failed_index < 8 ? "handing the batch to its run_as role"
-						 : "checking privileges",
+			 res->failed_index < 4	  ? "checking the job's SQL"
+			 : res->failed_index < 8  ? "handing the batch to its run_as role"
+			 : res->failed_index == 8 ? "checking privileges"
+						  : "reading the key's bounds",
 			 job->run_as);
 		job_log(job, LOG_LEVEL_ERROR, "failed: %s", err);
 		job_release(job, "failed", err);
@@ -805,10 +806,11 @@ static void job_check_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
  * before any row is touched. */
 static void job_check(job_t *job)
 {
-	char oid[16];
-	const char *check_params[2];
-	pgconn_stmt_t stmts[9];
-	char *sql[8];
+	char oid[16], bounds_sql[160];
+	const char *check_params[2], *bounds_params[2] = {job->id_text, daemon_name()};
+	pgconn_stmt_t stmts[13];
+	char *sql[11] = {NULL};
+	int n = 9;
 	batch_spec_t spec = job_spec(job);
 
 	for (int fn = 0; fn < 4; fn++) {
@@ -825,10 +827,21 @@ static void job_check(job_t *job)
 					     " has_any_column_privilege($1::name, $2::oid, 'UPDATE')"
 					   : "SELECT has_table_privilege($1::name, $2::oid, 'SELECT'), true",
 				   2, check_params};
+	/* A numeric first key: its bounds, so progress can be told by key position. */
+	if (batch_key_is_numeric(&spec)) {
+		sql[8] = batch_build_function(&spec, BATCH_FN_BOUNDS);
+		sql[9] = batch_build_function_owner(&spec, BATCH_FN_BOUNDS, job->run_as);
+		sql[10] = batch_build_call(&spec, BATCH_FN_BOUNDS);
+		snprintf(bounds_sql, sizeof(bounds_sql), "SELECT %s._set_bounds($1::bigint, $2)",
+			 daemon_schema_quoted());
+		for (int i = 8; i < 11; i++)
+			stmts[n++] = (pgconn_stmt_t){sql[i], 0, NULL};
+		stmts[n++] = (pgconn_stmt_t){bounds_sql, 2, bounds_params};
+	}
 	job->state = JOB_CHECKING;
-	if (!pgconn_send(job->conn, stmts, 9, job_check_cb, job))
+	if (!pgconn_send(job->conn, stmts, n, job_check_cb, job))
 		job->state = JOB_CONNECTING;
-	for (int i = 0; i < 8; i++)
+	for (int i = 0; i < 11; i++)
 		free(sql[i]);
 }
 

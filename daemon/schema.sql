@@ -100,6 +100,8 @@ CREATE TABLE IF NOT EXISTS @schema@.jobs (
     batches                   bigint NOT NULL DEFAULT 0,
     failed_rows               bigint NOT NULL DEFAULT 0,
     wal_bytes                 bigint NOT NULL DEFAULT 0,  -- written by its committed batches
+    key_min                   text,  -- a numeric first key column's bounds at the start, for percent
+    key_max                   text,
     rows_estimate             bigint,
     batch_size_now            int,
     sleep_ms_now              int,
@@ -116,6 +118,8 @@ CREATE INDEX IF NOT EXISTS jobs_claim_idx ON @schema@.jobs (priority DESC, id)
     WHERE state IN ('pending', 'running');
 -- Two running jobs on one table are impossible (_claim never tries; this is the backstop).
 ALTER TABLE @schema@.jobs ADD COLUMN IF NOT EXISTS wal_bytes bigint NOT NULL DEFAULT 0;
+ALTER TABLE @schema@.jobs ADD COLUMN IF NOT EXISTS key_min text;
+ALTER TABLE @schema@.jobs ADD COLUMN IF NOT EXISTS key_max text;
 
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_one_running_per_target ON @schema@.jobs (target)
     WHERE state = 'running';
@@ -182,7 +186,7 @@ $$;
 CREATE OR REPLACE FUNCTION @schema@._daemon_columns() RETURNS text[]
 LANGUAGE sql IMMUTABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp
 AS $$ SELECT ARRAY['owner', 'lease_until', 'last_key', 'rows_scanned', 'rows_changed', 'batches',
-                   'failed_rows', 'wal_bytes', 'rows_estimate', 'batch_size_now', 'sleep_ms_now',
+                   'failed_rows', 'wal_bytes', 'key_min', 'key_max', 'rows_estimate', 'batch_size_now', 'sleep_ms_now',
                    'throttled_reason', 'last_error', 'estimated_seconds', 'estimated_wal_bytes',
                    'started_at', 'finished_at'] $$;
 
@@ -732,6 +736,20 @@ BEGIN
 END
 $$;
 
+-- Records the bounds of a numeric first key column, read by the job's role into the session
+-- settings backfilld.key_min/key_max; the first bounds recorded stay (percent is by position).
+CREATE OR REPLACE FUNCTION @schema@._set_bounds(p_id bigint, p_owner text) RETURNS void
+LANGUAGE plpgsql SECURITY INVOKER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM @schema@._require_daemon('_set_bounds');
+    UPDATE @schema@.jobs j
+    SET key_min = coalesce(j.key_min, nullif(current_setting('backfilld.key_min', true), '')),
+        key_max = coalesce(j.key_max, nullif(current_setting('backfilld.key_max', true), ''))
+    WHERE j.id = p_id AND j.owner = p_owner AND (j.key_min IS NULL OR j.key_max IS NULL);
+END
+$$;
+
 -- Gives a job back: 'failed' (with p_error) always wins; otherwise a running job takes p_state
 -- (e.g. 'pending' at shutdown) and a state a user set is kept. Returns the resulting state, NULL
 -- when p_owner does not hold the job.
@@ -811,16 +829,26 @@ $$;
 -- Progress of every job. percent: of rows_estimate (100 once done); rows_per_second: over the
 -- last 20 batches, from the start of the first to the end of the last; eta: while running or
 -- paused, once 1% is done.
+-- percent: by key position when the first key column is numeric (bounds taken at the start),
+-- otherwise rows_scanned / rows_estimate; never above 100, 100 once done. rows_per_second: over the
+-- last 20 batches. eta: while running or paused, once 1% is done, at the rate of those batches
+-- measured up to now, so time held back by the throttle or a pause counts.
 CREATE OR REPLACE VIEW @schema@.progress AS
 SELECT j.id, j.name, j.target, j.state, p.percent, j.rows_changed, r.rows_per_second,
-       CASE WHEN j.state IN ('running', 'paused') AND p.percent >= 1 AND r.rows_per_second > 0
-            THEN make_interval(secs => greatest(0, (j.rows_estimate - j.rows_scanned)
-                                                     / r.rows_per_second)::double precision)
+       CASE WHEN j.state IN ('running', 'paused') AND p.percent >= 1
+                 AND r.rows_per_second_now > 0
+            THEN make_interval(secs => (j.rows_scanned * (100 - p.percent) / p.percent
+                                        / r.rows_per_second_now)::double precision)
        END AS eta,
        j.throttled_reason
 FROM @schema@.jobs j
 CROSS JOIN LATERAL (
     SELECT CASE WHEN j.state = 'done' THEN 100.0
+                WHEN j.key_min IS NOT NULL AND j.key_max IS NOT NULL
+                     AND j.key_max::numeric > j.key_min::numeric
+                THEN CASE WHEN j.last_key IS NULL THEN 0.0
+                          ELSE round(least(100, greatest(0, 100.0 * (j.last_key[1]::numeric - j.key_min::numeric)
+                                                        / (j.key_max::numeric - j.key_min::numeric))), 1) END
                 WHEN j.rows_estimate > 0
                 THEN round(least(100, 100.0 * j.rows_scanned / j.rows_estimate), 1)
            END AS percent) p
@@ -828,7 +856,11 @@ CROSS JOIN LATERAL (
     SELECT round((sum(b.rows_scanned)
                   / nullif(extract(epoch FROM max(b.finished_at)
                                    - min(b.finished_at - b.duration_ms * interval '1 millisecond')),
-                           0))::numeric, 1) AS rows_per_second
+                           0))::numeric, 1) AS rows_per_second,
+           sum(b.rows_scanned)
+           / nullif(extract(epoch FROM greatest(clock_timestamp(), max(b.finished_at))
+                            - min(b.finished_at - b.duration_ms * interval '1 millisecond')), 0)
+               AS rows_per_second_now
     FROM (SELECT * FROM @schema@.batches b WHERE b.job_id = j.id
           ORDER BY b.batch DESC LIMIT 20) b) r;
 
@@ -862,7 +894,7 @@ GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA @schema@ TO backfill_submit;
 REVOKE EXECUTE ON FUNCTION @schema@._claim(text, int, bigint[]),
     @schema@._checkpoint(bigint, text, int, int, int, int, int, bigint, bigint, int, text),
     @schema@._skip_row(bigint, text, int, text, text),
-    @schema@._dry_run_done(bigint, text, bigint, bigint),
+    @schema@._dry_run_done(bigint, text, bigint, bigint), @schema@._set_bounds(bigint, text),
     @schema@._release(bigint, text, text, text), @schema@._renew(text, bigint[], int),
     @schema@._set_reason(text, bigint[], text), @schema@._runnable_count()
     FROM backfill_submit;

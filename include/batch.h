@@ -59,7 +59,11 @@ typedef enum batch_function {
 	BATCH_FN_NEXT,	/* batch_build_update(spec, false) */
 	BATCH_FN_PEEK_FIRST,
 	BATCH_FN_PEEK_NEXT,
+	BATCH_FN_BOUNDS, /* min and max of the first key column into backfilld.key_min/key_max */
 } batch_function_t;
+
+/* The first key column is numeric: percent can be told by key position. */
+bool batch_key_is_numeric(const batch_spec_t *spec);
 
 /* Its name in pg_temp, e.g. "backfilld_batch_next". */
 const char *batch_function_name(batch_function_t fn);

@@ -353,3 +353,50 @@ def test_daemon_as_an_unprivileged_role_with_the_readme_grants(db, daemon_factor
         db.sql(f'DROP OWNED BY "{daemon_role}", "{owner}" CASCADE')
         db.sql(f'DROP ROLE "{daemon_role}"')
         db.sql(f'DROP ROLE "{owner}"')
+
+
+def test_progress_percent_by_key_position_and_eta(db, daemon_factory):
+    """A numeric key: percent follows the key's position between its bounds at the start (here
+    far from the share of rows walked); eta appears after 1% and grows while the job is held."""
+    db.sql("CREATE TABLE sparse (id bigint PRIMARY KEY, a int, b int)")
+    db.sql("INSERT INTO sparse SELECT g, g FROM generate_series(1, 20000) g")
+    db.sql("INSERT INTO sparse VALUES (100000, 1, NULL)")
+    db.sql("ANALYZE sparse")
+    job_id = submit(db, "sparse", set_sql="b = a", where_sql=None, fixed=500, sleep_ms=30)
+    d = daemon_factory()
+    d.start()
+    wait_batches(db, job_id, 8)
+    row = job(db, job_id)
+    assert (row["key_min"], row["key_max"]) == ("1", "100000")
+    pct, eta, last = db.sql("SELECT p.percent, p.eta, j.last_key[1]::bigint FROM backfill.progress p"
+                            " JOIN backfill.jobs j USING (id) WHERE id = %s", [job_id])[0]
+    assert abs(float(pct) - 100.0 * (last - 1) / 99999) < 0.1  # by key position (~4%), not by rows (~20%)
+    assert float(pct) < 10
+    assert eta is not None
+    d.signal(__import__("signal").SIGUSR1)
+    d.wait_for_log(r"held: paused by signal")
+    time.sleep(0.3)
+    eta1 = db.one("SELECT eta FROM backfill.progress WHERE id = %s", [job_id])
+    time.sleep(1.5)
+    eta2 = db.one("SELECT eta FROM backfill.progress WHERE id = %s", [job_id])
+    assert eta2 > eta1  # time held back counts
+    d.signal(__import__("signal").SIGUSR2)
+    wait_state(db, job_id, "done", timeout=120, daemon=d)
+    assert db.one("SELECT percent FROM backfill.progress WHERE id = %s", [job_id]) == 100
+    assert db.one("SELECT eta FROM backfill.progress WHERE id = %s", [job_id]) is None
+
+
+def test_progress_percent_by_rows_for_text_keys(db, daemon_factory):
+    db.sql("CREATE TABLE words (w text PRIMARY KEY, a int, b int)")
+    db.sql("INSERT INTO words SELECT md5(g::text), g FROM generate_series(1, 20000) g")
+    db.sql("ANALYZE words")
+    job_id = submit(db, "words", set_sql="b = a", where_sql=None, fixed=500, sleep_ms=30)
+    d = daemon_factory()
+    d.start()
+    wait_batches(db, job_id, 8)
+    assert job(db, job_id)["key_min"] is None
+    pct, scanned, estimate = db.sql("SELECT p.percent, j.rows_scanned, j.rows_estimate FROM backfill.progress p"
+                                    " JOIN backfill.jobs j USING (id) WHERE id = %s", [job_id])[0]
+    pct = float(pct)
+    assert abs(pct - 100.0 * scanned / estimate) < 0.1
+    assert 0 < pct <= 100

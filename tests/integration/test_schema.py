@@ -646,14 +646,15 @@ def test_progress_view(conn, dconn):
     assert (row["name"], row["state"], row["percent"], row["rows_per_second"], row["eta"]) == \
         ("copy", "pending", None, None, None)
     assert str(row["target"]) == "items"
-    t0 = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
-    # 25 batches: only the last 20 count. Those scan 20 x 10 rows from t0+5 s to t0+25 s.
+    # 25 batches ending now: only the last 20 count. Those scan 20 x 10 rows from t0+5 s to t0+25 s.
+    t0 = conn.execute("SELECT now() - interval '25 seconds'").fetchone()[0]
     add_batches(dconn, jid, [(1000, i, 1) for i in range(5)] + [(10, 5 + i, 1) for i in range(20)], t0)
     dconn.execute("UPDATE backfill.jobs SET rows_estimate = 1000, rows_scanned = 250, rows_changed = 7,"
                   " state = 'running', owner = 'a', throttled_reason = 'blocked_sessions' WHERE id = %s", [jid])
     row = progress(conn, jid)
     assert str(row["percent"]) == "25.0" and str(row["rows_per_second"]) == "10.0"
-    assert row["eta"] == dt.timedelta(seconds=75)  # 750 rows at 10/s
+    # 750 rows to go at 10/s, the rate measured up to now (a moment after the last batch)
+    assert dt.timedelta(seconds=74) <= row["eta"] <= dt.timedelta(seconds=78), row["eta"]
     assert row["rows_changed"] == 7 and row["throttled_reason"] == "blocked_sessions"
     # Over the estimate: capped at 100, never a negative eta.
     dconn.execute("UPDATE backfill.jobs SET rows_scanned = 1200 WHERE id = %s", [jid])
