@@ -119,6 +119,7 @@ static void job_connection_event(pgconn_t *conn, pgconn_event_t event, const cha
 static void job_load(job_t *job);
 static void job_next_batch(job_t *job);
 static void job_release(job_t *job, const char *state, const char *error);
+static void job_fail(job_t *job, const char *error);
 static void job_finish(job_t *job);
 static void job_hold(job_t *job);
 static void job_timer_cb(evutil_socket_t fd, short what, void *arg);
@@ -667,8 +668,7 @@ static void job_skip_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
 			return;
 		}
 		snprintf(err, sizeof(err), "%s: %s (skipping a failing row)", res->sqlstate, res->message);
-		job_log(job, LOG_LEVEL_ERROR, "failed: %s", err);
-		job_release(job, "failed", err);
+		job_fail(job, err);
 		return;
 	}
 	job->failed_rows = pgconn_int64(res->results[3], 0, 0, job->failed_rows);
@@ -753,8 +753,7 @@ static bool job_bisect(job_t *job, const pgconn_result_t *res)
 			 " see the failed_rows table)",
 			 res->sqlstate, res->message, (long long)job->failed_rows,
 			 (long long)s.max_failed_rows);
-		job_log(job, LOG_LEVEL_ERROR, "failed: %s", err);
-		job_release(job, "failed", err);
+		job_fail(job, err);
 		return true;
 	}
 	job_skip_row(job, res->sqlstate, res->message);
@@ -783,8 +782,7 @@ static void job_check_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
 			 : res->failed_index == 8 ? "checking privileges"
 						  : "reading the key's bounds",
 			 job->run_as);
-		job_log(job, LOG_LEVEL_ERROR, "failed: %s", err);
-		job_release(job, "failed", err);
+		job_fail(job, err);
 		return;
 	}
 	if (strcmp(pgconn_value(res->results[8], 0, 0) ?: "f", "t") != 0 ||
@@ -794,8 +792,7 @@ static void job_check_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
 			 "any row)",
 			 job->run_as, job->kind == JOB_KIND_UPDATE ? "read and update" : "read",
 			 job->target_schema, job->target_table);
-		job_log(job, LOG_LEVEL_ERROR, "failed: %s", err);
-		job_release(job, "failed", err);
+		job_fail(job, err);
 		return;
 	}
 	job_continue(job);
@@ -1093,8 +1090,7 @@ static void job_batch_failed(job_t *job, const pgconn_result_t *res)
 		return;
 	}
 	snprintf(err, sizeof(err), "%s: %s (%s)", res->sqlstate, res->message, stage);
-	job_log(job, LOG_LEVEL_ERROR, "failed: %s", err);
-	job_release(job, "failed", err);
+	job_fail(job, err);
 }
 
 static void job_batch_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
@@ -1354,6 +1350,13 @@ static void job_release(job_t *job, const char *state, const char *error)
 		}
 		/* else: sent again once the connection is back (JOB_RELEASING on READY) */
 	}
+}
+
+/* The job cannot go on: say why once, and give it back as failed with that last_error. */
+static void job_fail(job_t *job, const char *error)
+{
+	job_log(job, LOG_LEVEL_ERROR, "failed: %s", error);
+	job_release(job, "failed", error);
 }
 
 static void job_finish(job_t *job)
