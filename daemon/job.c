@@ -91,7 +91,7 @@ struct job {
 
 	/* A dry run, measured in memory: nothing of it is committed. */
 	struct timespec dry_started;
-	int64_t dry_scanned, dry_wal;
+	int64_t dry_scanned, dry_wal, dry_batches;
 	char skip_message[512];
 
 	/* The walk on this instance. */
@@ -521,7 +521,7 @@ static void job_load_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
 		return;
 	}
 	/* A dry run starts over with its session: nothing of it was committed. */
-	job->dry_scanned = job->dry_wal = 0;
+	job->dry_scanned = job->dry_wal = job->dry_batches = 0;
 	job->dry_started = (struct timespec){0, 0};
 	job_settings(job, &s);
 	if (!job->loaded) {
@@ -1205,7 +1205,9 @@ static void job_next_batch(job_t *job)
 
 /* ---- dry runs ---- */
 
-#define DRY_RUN_MAX_S 60.0 /* at most a minute of measuring */
+#define DRY_RUN_MAX_S 60.0    /* at most a minute of measuring */
+#define DRY_RUN_MIN_BATCHES 5 /* and, past 1% of the keys, enough batches (or seconds) that the */
+#define DRY_RUN_MIN_S 2.0     /* first, slower batch does not dominate the estimate */
 
 static void job_dry_done_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
 {
@@ -1237,7 +1239,7 @@ static void job_dry_finish(job_t *job, bool reached_end)
 			    : (job->rows_estimate > job->dry_scanned ? job->rows_estimate : job->dry_scanned);
 	double factor = job->dry_scanned > 0 ? (double)rows / (double)job->dry_scanned : 0;
 
-	snprintf(seconds, sizeof(seconds), "%.0f", elapsed * factor + 0.5);
+	snprintf(seconds, sizeof(seconds), "%.0f", elapsed * factor);
 	snprintf(wal, sizeof(wal), "%.0f", (double)job->dry_wal * factor);
 	snprintf(sql, sizeof(sql), "SELECT %s._dry_run_done($1::bigint, $2, $3::bigint, $4::bigint)",
 		 daemon_schema_quoted());
@@ -1278,6 +1280,7 @@ static void job_dry_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
 	scanned = pgconn_int64(b, 0, 0, 0);
 	duration_ms = elapsed_s(&job->batch_started) * 1000.0;
 	job->dry_scanned += scanned;
+	job->dry_batches++;
 	job->dry_wal += pgconn_int64(res->results[3], 0, 0, 0);
 	if (pgconn_value(b, 0, 3)) {
 		keys_clear(&job->last_key);
@@ -1291,7 +1294,8 @@ static void job_dry_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
 	if (scanned < job->batch_limit)
 		job_dry_finish(job, true);
 	else if (elapsed_s(&job->dry_started) >= DRY_RUN_MAX_S ||
-		 (job->rows_estimate > 0 && job->dry_scanned * 100 >= job->rows_estimate))
+		 (job->rows_estimate > 0 && job->dry_scanned * 100 >= job->rows_estimate &&
+		  (job->dry_batches >= DRY_RUN_MIN_BATCHES || elapsed_s(&job->dry_started) >= DRY_RUN_MIN_S)))
 		job_dry_finish(job, false);
 	else
 		job_continue(job);
