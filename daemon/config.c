@@ -479,10 +479,11 @@ static char *read_text(const char *path)
 }
 
 /*
- * libconfig 1.5 reads a decimal literal without an L suffix as a 32-bit int and silently
- * truncates a larger one (10000000000 becomes 1410065408). Before parsing, append the L to
- * such literals so that they arrive as int64; reject literals beyond int64. Strings and
- * comments are copied untouched, so line numbers do not change. Returns the new text.
+ * libconfig 1.5 reads a decimal or hex literal without an L suffix as a 32-bit int and
+ * silently truncates a larger one (10000000000 becomes 1410065408, 0x100000001 becomes 1).
+ * Before parsing, append the L to such literals so that they arrive as int64; reject
+ * literals beyond int64. Strings and comments are copied untouched, so line numbers do
+ * not change. Returns the new text.
  */
 static char *widen_int_literals(const load_ctx_t *ctx, const char *in)
 {
@@ -530,20 +531,27 @@ static char *widen_int_literals(const load_ctx_t *ctx, const char *in)
 			size_t start = i;
 			if (c == '-' || c == '+')
 				out[o++] = in[i++];
-			if (in[i] == '0' && (in[i + 1] == 'x' || in[i + 1] == 'X')) {
-				COPY_WHILE(isalnum((unsigned char)in[i])); /* hex: libconfig's own rules */
-				continue;
-			}
-			COPY_WHILE(isdigit((unsigned char)in[i]));
-			if (in[i] == '.' || in[i] == 'e' || in[i] == 'E') {
-				COPY_WHILE(isdigit((unsigned char)in[i]) || strchr(".eE", in[i]) ||
-					   ((in[i] == '-' || in[i] == '+') &&
-					    (in[i - 1] == 'e' || in[i - 1] == 'E')));
-				continue;
-			}
+			bool too_large, widen;
 			errno = 0;
-			long long value = strtoll(in + start, NULL, 10);
-			if (errno == ERANGE) {
+			if (in[i] == '0' && (in[i + 1] == 'x' || in[i + 1] == 'X')) {
+				/* Hex is truncated to 32 bits as well: 0x100000001 would read as 1. */
+				unsigned long long hex = strtoull(in + i, NULL, 16);
+				too_large = errno == ERANGE || hex > INT64_MAX;
+				COPY_WHILE(isalnum((unsigned char)in[i])); /* digits and any L */
+				widen = hex > INT32_MAX && out[o - 1] != 'L';
+			} else {
+				COPY_WHILE(isdigit((unsigned char)in[i]));
+				if (in[i] == '.' || in[i] == 'e' || in[i] == 'E') {
+					COPY_WHILE(isdigit((unsigned char)in[i]) || strchr(".eE", in[i]) ||
+						   ((in[i] == '-' || in[i] == '+') &&
+						    (in[i - 1] == 'e' || in[i - 1] == 'E')));
+					continue;
+				}
+				long long value = strtoll(in + start, NULL, 10);
+				too_large = errno == ERANGE;
+				widen = in[i] != 'L' && (value < INT32_MIN || value > INT32_MAX);
+			}
+			if (too_large) {
 				char path[sizeof(groups) + sizeof(last)] = "";
 				for (int d = 0; d < depth && d < 8; d++)
 					snprintf(path + strlen(path), sizeof(path) - strlen(path), "%s.",
@@ -561,7 +569,7 @@ static char *widen_int_literals(const load_ctx_t *ctx, const char *in)
 				free(out);
 				return NULL;
 			}
-			if (in[i] != 'L' && (value < INT32_MIN || value > INT32_MAX))
+			if (widen)
 				out[o++] = 'L';
 			COPY_WHILE(in[i] == 'L');
 		} else {

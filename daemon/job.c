@@ -102,8 +102,10 @@ struct job {
 	const char *logged_reason; /* the reason last logged: a change is logged once */
 	const char *cancel_reason; /* why we asked the server to cancel the batch in flight */
 	struct timespec batch_started;
-	int64_t batch_blocked;	/* most sessions seen blocked by the batch in flight */
-	throttle_input_t input; /* what the throttle saw before the batch in flight */
+	struct timespec sleep_started; /* when the throttle's current sleep began */
+	bool sleep_decided;	       /* sleeping because the throttle said so (not a retry backoff) */
+	int64_t batch_blocked;	       /* most sessions seen blocked by the batch in flight */
+	throttle_input_t input;	       /* what the throttle saw before the batch in flight */
 	struct timespec started, last_progress;
 	int64_t rows_at_start;
 
@@ -284,7 +286,10 @@ static void job_timer_cb(evutil_socket_t fd, short what, void *arg)
 
 	switch (job->state) {
 	case JOB_SLEEPING:
-		job_next_batch(job);
+		if (job->sleep_decided) /* a throttle sleep: decide again, lag may have cleared */
+			job_continue(job);
+		else
+			job_next_batch(job);
 		break;
 	case JOB_THROTTLED:
 		job_continue(job);
@@ -947,12 +952,27 @@ static void job_continue(job_t *job)
 		evtimer_add(job->timer, &tv);
 		return;
 	}
+	/* The throttle's sleep is taken in steps of a sample interval, deciding again after each,
+	 * so a sleep chosen for lag ends soon after the lag does. */
 	if (d.sleep_ms > 0) {
-		job_sleep(job, d.sleep_ms);
+		int64_t so_far;
+		if (!job->sleep_decided) {
+			clock_gettime(CLOCK_MONOTONIC, &job->sleep_started);
+			job->sleep_decided = true;
+		}
+		so_far = (int64_t)(elapsed_s(&job->sleep_started) * 1000.0);
+		if (so_far < d.sleep_ms) {
+			int64_t step = d.sleep_ms - so_far;
+			job_sleep(job, step < s.sample_interval_ms ? step : s.sample_interval_ms);
+			job->slept_ms = so_far + (step < s.sample_interval_ms ? step : s.sample_interval_ms);
+			return;
+		}
+		job->slept_ms = so_far;
 	} else {
-		job->slept_ms = 0;
-		job_next_batch(job);
+		job->slept_ms = job->sleep_decided ? (int64_t)(elapsed_s(&job->sleep_started) * 1000.0) : 0;
 	}
+	job->sleep_decided = false;
+	job_next_batch(job);
 }
 
 void job_on_blocked(job_t *job, int64_t sessions, int64_t waited_ms)

@@ -45,7 +45,8 @@ static const char sample_blocked_sql[] =
 	" GROUP BY b.blocker";
 static const char sample_autovacuum_sql[] =
 	"SELECT p.relid FROM pg_catalog.pg_stat_progress_vacuum p"
-	" JOIN pg_catalog.pg_stat_activity a ON a.pid = p.pid WHERE a.backend_type = 'autovacuum worker'";
+	" JOIN pg_catalog.pg_stat_activity a ON a.pid = p.pid WHERE a.backend_type = 'autovacuum worker'"
+	" AND p.datid = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())";
 
 /* The sampler's connection, timer and latest view. */
 static struct {
@@ -158,8 +159,10 @@ static void sampler_absorb(const pgconn_result_t *res, double at)
 			}
 			if (bytes > v.lag_bytes) {
 				v.lag_bytes = bytes;
-				snprintf(v.detail, sizeof(v.detail), "logical slot %s: %lld bytes behind",
-					 name, (long long)bytes);
+				if (!v.hold) /* a hold's detail says why it holds */
+					snprintf(v.detail, sizeof(v.detail),
+						 "logical slot %s: %lld bytes behind", name,
+						 (long long)bytes);
 			}
 		}
 	}

@@ -1,15 +1,22 @@
 #!/usr/bin/env bash
 # The README's test command: install what is missing, build, and run the whole suite
-# (unit tests and the pytest integration suite against real PostgreSQL 15 clusters).
-# CI runs this through .ci/run as root on a clean Debian 12 checkout.
+# (unit tests, the pytest integration suite against real PostgreSQL 15 clusters, and the
+# daemon under valgrind). CI runs `scripts/test.sh --ci` through .ci/run as root on a clean
+# Debian 12 checkout.
 set -euo pipefail
 
 usage() {
 	cat <<'USAGE'
-usage: scripts/test.sh [--sanitize] [--unit] [-- CTEST-ARGS...]
+usage: scripts/test.sh [--sanitize | --ci] [--unit] [-- CTEST-ARGS...]
   --sanitize  build in build-asan with AddressSanitizer + UBSan and run the suite there
+              (without the valgrind test: valgrind cannot run an ASan binary)
   --unit      run only the unit tests (ctest -R '^unit\.')
-  BUILD_DIR   environment: build directory (default build, or build-asan with --sanitize)
+  --ci        CI's sequence: the format check; the plain build's unit tests and valgrind
+              test (build); the whole suite, unit and integration, on the ASan + UBSan
+              build (build-asan); then scripts/fuzz.sh FUZZ_SECONDS (default 60)
+  BUILD_DIR   environment: build directory (default build, or build-asan with --sanitize;
+              --ci ignores it)
+  FUZZ_SECONDS  environment: with --ci, how long each fuzz target runs (default 60)
   CHECK_FORMAT=auto|yes|no  clang-format check: auto runs it when clang-format is installed,
               yes installs clang-format-14 if needed, no skips it
 USAGE
@@ -20,11 +27,13 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 sanitize=0
 unit_only=0
+ci=0
 ctest_extra=()
 while (($#)); do
 	case $1 in
 	--sanitize) sanitize=1 ;;
 	--unit) unit_only=1 ;;
+	--ci) ci=1 ;;
 	-h | --help)
 		usage
 		exit 0
@@ -42,6 +51,11 @@ while (($#)); do
 	shift
 done
 
+if ((ci && (sanitize || unit_only))); then
+	usage >&2
+	exit 64
+fi
+
 root=$(repo_root)
 cd "$root"
 jobs=$(nproc 2>/dev/null || echo 2)
@@ -55,7 +69,7 @@ ensure_backfilld_packages
 clang_format=$(command -v clang-format-14 || command -v clang-format || true)
 if [[ $check_format != no && -n $clang_format ]]; then
 	shopt -s nullglob
-	sources=(daemon/*.c include/*.h tests/unit/*.c)
+	sources=(daemon/*.c include/*.h tests/unit/*.c tests/fuzz/*.c)
 	shopt -u nullglob
 	say "checking formatting with $("$clang_format" --version | head -n1)"
 	if ((${#sources[@]})) && ! "$clang_format" --dry-run --Werror "${sources[@]}"; then
@@ -66,29 +80,64 @@ elif [[ $check_format != no ]]; then
 	say "clang-format not installed; skipping the format check (CHECK_FORMAT=yes installs it)"
 fi
 
-if ((sanitize)); then
-	build=${BUILD_DIR:-build-asan}
-	sanitize_opt=ON
-	# A distinct exit status, so a sanitizer report is never mistaken for exit 1 or 0.
+# Sanitizer reports exit with a distinct status, so one is never mistaken for exit 1 or 0;
+# tests/lsan.supp names the leaks of Debian's libconfig that are not ours.
+sanitizer_env() {
 	export ASAN_OPTIONS="detect_leaks=1:exitcode=86${ASAN_OPTIONS:+:$ASAN_OPTIONS}"
+	export LSAN_OPTIONS="suppressions=$root/tests/lsan.supp:print_suppressions=0${LSAN_OPTIONS:+:$LSAN_OPTIONS}"
 	export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:exitcode=86${UBSAN_OPTIONS:+:$UBSAN_OPTIONS}"
+}
+
+# run_suite BUILD ON|OFF [CTEST-ARGS...]: configure, build and test one build directory.
+run_suite() {
+	local build=$1 sanitize_opt=$2
+	shift 2
+	say "configuring $build (BACKFILLD_SANITIZE=$sanitize_opt)"
+	cmake -S "$root" -B "$build" -DBACKFILLD_SANITIZE="$sanitize_opt" -DBACKFILLD_TESTS=ON || return
+	say "building $build with $jobs jobs"
+	cmake --build "$build" -j"$jobs" || return
+	say "running tests in $build"
+	ctest --test-dir "$build" --output-on-failure --no-tests=error -j"$jobs" "$@" "${ctest_extra[@]}"
+}
+
+# sanitized_suite BUILD [CTEST-ARGS...]: run_suite on an ASan + UBSan build, in a subshell so
+# the sanitizer environment stays there.
+sanitized_suite() {
+	(
+		sanitizer_env
+		run_suite "$1" ON "${@:2}"
+	)
+}
+
+# step NAME COMMAND...: run one step, time it, and record a failure without stopping.
+step() {
+	local name=$1 start=$SECONDS
+	shift
+	say "step: $name"
+	if "$@"; then
+		say "step $name passed in $((SECONDS - start))s"
+	else
+		say "step $name FAILED after $((SECONDS - start))s"
+		failed+=("$name")
+	fi
+}
+
+if ((ci)); then
+	step plain-unit-valgrind run_suite build OFF -R '^unit\.|^integration\.valgrind$'
+	step sanitizers-full-suite sanitized_suite build-asan
+	step fuzz bash scripts/fuzz.sh "${FUZZ_SECONDS:-60}"
 else
-	build=${BUILD_DIR:-build}
-	sanitize_opt=OFF
+	unit_args=()
+	((unit_only)) && unit_args=(-R '^unit\.')
+	if ((sanitize)); then
+		step tests sanitized_suite "${BUILD_DIR:-build-asan}" "${unit_args[@]}"
+	else
+		step tests run_suite "${BUILD_DIR:-build}" OFF "${unit_args[@]}"
+	fi
 fi
-
-say "configuring $build (BACKFILLD_SANITIZE=$sanitize_opt)"
-cmake -S "$root" -B "$build" -DBACKFILLD_SANITIZE="$sanitize_opt" -DBACKFILLD_TESTS=ON
-say "building with $jobs jobs"
-cmake --build "$build" -j"$jobs"
-
-ctest_args=(--test-dir "$build" --output-on-failure --no-tests=error -j"$jobs")
-((unit_only)) && ctest_args+=(-R '^unit\.')
-say "running tests"
-ctest "${ctest_args[@]}" "${ctest_extra[@]}" || failed+=(tests)
 
 if ((${#failed[@]})); then
 	say "FAILED: ${failed[*]}"
 	exit 1
 fi
-say "all passed"
+say "all passed in ${SECONDS}s"

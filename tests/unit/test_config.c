@@ -215,6 +215,9 @@ static void test_error_ranges(void **state)
 		     ":3: throttle.batch_size: 0 is out of range (1..10000000)");
 	expect_error(CONNINFO_LINE "daemon: { workers = 1025; };\n",
 		     ":2: daemon.workers: 1025 is out of range (1..1024)");
+	/* Hex beyond 32 bits is not truncated by libconfig 1.5 behind our back (0x100000001 is not 1). */
+	expect_error(CONNINFO_LINE "daemon: { workers = 0x100000001; };\n",
+		     ":2: daemon.workers: 4294967297 is out of range (1..1024)");
 	expect_error(CONNINFO_LINE "daemon: { poll_interval_ms = 9; };\n",
 		     ":2: daemon.poll_interval_ms: 9 is out of range (10..3600000)");
 	expect_error(CONNINFO_LINE "throttle: { sleep_ms = -1; };\n",

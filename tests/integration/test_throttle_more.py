@@ -1,0 +1,394 @@
+"""Adaptive throttling beyond test_throttle.py, against real servers: a job held while autovacuum
+works on its target (pause_during_autovacuum), logical replication slots on a throwaway
+wal_level = logical cluster (byte lag behind a slot nobody consumes, a slot whose WAL is no longer
+reserved, and logical_slots = false), and a lag-pressure sleep that outlives the lag.
+
+Three of these found daemon bugs (autovacuum matched without the database, a lag sleep not
+decided again when the lag clears, a lost slot's hold logged with the wrong detail); fixed."""
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+import pgharness
+from bfhelp import differing, job, run_to_idle, submit, wait_state
+from conftest import Database
+
+ROWS = 20000
+
+
+def assert_exact(db, job_id, row):
+    assert row["state"] == "done", row
+    assert row["throttled_reason"] is None, row
+    assert row["rows_scanned"] == ROWS and row["rows_changed"] == ROWS, row
+    assert differing(db) == 0
+
+
+def assert_held(db, job_id, reason, seconds=1.5, still=None):
+    """The job stays held for REASON, with no batch, for SECONDS (STILL() must stay true too)."""
+    t_end = time.monotonic() + seconds
+    while time.monotonic() < t_end:
+        row = job(db, job_id)
+        assert row["state"] == "running" and row["throttled_reason"] == reason, row
+        assert row["batches"] == 0, row
+        if still is not None:
+            assert still(), "the condition that holds the job went away on its own"
+        time.sleep(0.1)
+
+
+# -- autovacuum ---------------------------------------------------------------------------------
+
+@pytest.fixture
+def fast_autovacuum(cluster):
+    """autovacuum_naptime = 1s on the shared cluster for one test; the previous value after."""
+    (setting, sourcefile), = cluster.sql("SELECT setting, coalesce(sourcefile, '') FROM pg_settings"
+                                        " WHERE name = 'autovacuum_naptime'")
+    cluster.sql("ALTER SYSTEM SET autovacuum_naptime = '1s'")
+    cluster.sql("SELECT pg_reload_conf()")
+    try:
+        yield
+    finally:
+        if sourcefile.endswith("postgresql.auto.conf"):  # someone had set it with ALTER SYSTEM
+            cluster.sql(f"ALTER SYSTEM SET autovacuum_naptime = '{int(setting)}s'")
+        else:
+            cluster.sql("ALTER SYSTEM RESET autovacuum_naptime")
+        cluster.sql("SELECT pg_reload_conf()")
+
+
+def make_slow_vacuum_users(db):
+    """The users table of bfhelp.make_users, made so that one autovacuum of it takes many seconds
+    (every page costs more than the cost limit of 1: a 100 ms nap per page, ~120 pages), and
+    with dead tuples for autovacuum to find at once (thresholds 0)."""
+    db.sql("CREATE TABLE users (id bigint PRIMARY KEY, status text NOT NULL, state text,"
+           " n int NOT NULL DEFAULT 0) WITH (autovacuum_vacuum_threshold = 0,"
+           " autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_cost_delay = 100,"
+           " autovacuum_vacuum_cost_limit = 1)")
+    db.sql("INSERT INTO users (id, status) SELECT g, (ARRAY['active','idle','banned'])[1 + g % 3]"
+           f" FROM generate_series(1, {ROWS}) g")
+    db.sql("UPDATE users SET n = 1 WHERE id % 10 = 0")
+
+
+def vacuum_worker(db, table="users"):
+    """The pid of the autovacuum worker that pg_stat_progress_vacuum shows on TABLE, or None."""
+    rows = db.sql("SELECT p.pid FROM pg_stat_progress_vacuum p JOIN pg_stat_activity a USING (pid)"
+                  " WHERE a.backend_type = 'autovacuum worker' AND p.relid = %s::regclass"
+                  " AND p.datid = (SELECT oid FROM pg_database WHERE datname = current_database())",
+                  [table])
+    return rows[0][0] if rows else None
+
+
+def wait_vacuum_worker(db):
+    return pgharness.wait_until(lambda: vacuum_worker(db), timeout=40, interval=0.1,
+                                what="an autovacuum worker on users")
+
+
+def end_autovacuum(db):
+    """Stop autovacuum on users for good: cancel the worker, and turn it off on the table (the
+    ALTER waits for a worker's lock; the server cancels a worker that blocks it after
+    deadlock_timeout, so a worker started in between is ended too)."""
+    pid = vacuum_worker(db)
+    if pid:
+        db.sql("SELECT pg_cancel_backend(%s)", [pid])
+    db.sql("ALTER TABLE users SET (autovacuum_enabled = off)")
+    pgharness.wait_until(lambda: vacuum_worker(db) is None, timeout=10, what="no autovacuum worker")
+
+
+def test_pause_during_autovacuum_holds_the_job_while_a_worker_is_on_its_table(
+        fast_autovacuum, db, daemon_factory):
+    make_slow_vacuum_users(db)
+    pid = wait_vacuum_worker(db)
+    job_id = submit(db, "users")
+    d = daemon_factory(throttle={"pause_during_autovacuum": True, "sample_interval_ms": 100})
+    d.start()
+    pgharness.wait_until(lambda: job(db, job_id)["throttled_reason"] == "autovacuum", timeout=60,
+                         what="held for autovacuum")
+    # Held, not a single batch, for as long as the very same worker is on the table.
+    assert_held(db, job_id, "autovacuum", 2.0, still=lambda: vacuum_worker(db) == pid)
+    d.wait_for_log(r"held: autovacuum \(autovacuum is processing the table\)", timeout=1)
+    assert differing(db) == ROWS
+
+    end_autovacuum(db)
+    row = wait_state(db, job_id, "done", timeout=60, daemon=d)
+    assert_exact(db, job_id, row)
+    assert "running freely again (was autovacuum)" in d.log_text()
+    assert d.log_text().count("held: autovacuum") == 1  # logged once, not once per decision
+
+
+def test_autovacuum_does_not_hold_a_job_by_default(fast_autovacuum, db, daemon_factory):
+    make_slow_vacuum_users(db)
+    pid = wait_vacuum_worker(db)
+    job_id = submit(db, "users")
+    d = daemon_factory(throttle={"sample_interval_ms": 100})  # pause_during_autovacuum = false
+    d.start()
+    row = wait_state(db, job_id, "done", timeout=60, daemon=d)
+    # The same worker was on the table from before the job started until after it ended.
+    assert vacuum_worker(db) == pid
+    assert_exact(db, job_id, row)
+    assert db.one("SELECT count(*) FROM backfill.batches WHERE job_id = %s"
+                  " AND throttled_reason IS NOT NULL", [job_id]) == 0
+    assert "autovacuum" not in d.log_text()
+    end_autovacuum(db)
+
+
+
+def test_autovacuum_of_a_same_oid_table_in_another_database_does_not_hold(
+        fast_autovacuum, cluster, db, tmp_path):
+    """A database cloned from another (CREATE DATABASE ... TEMPLATE) has its tables under the same
+    OIDs: autovacuum on the original's users must not hold a job on the clone's."""
+    make_slow_vacuum_users(db)
+    db.sql("ALTER TABLE users SET (autovacuum_enabled = off)")
+    db.close()
+    clone = f"{db.name}_clone"
+    cluster.sql(f'CREATE DATABASE "{clone}" TEMPLATE "{db.name}"')
+    try:
+        cdb = Database(cluster, clone)
+        assert cdb.one("SELECT 'users'::regclass::oid") == db.one("SELECT 'users'::regclass::oid")
+        db.sql("ALTER TABLE users SET (autovacuum_enabled = on)")
+        wait_vacuum_worker(db)
+        job_id = submit(cdb, "users")
+        d = pgharness.Daemon(pgharness.default_binary(), tmp_path / "daemon",
+                             pgharness.base_config(cdb.conninfo, throttle={
+                                 "pause_during_autovacuum": True, "sample_interval_ms": 100}))
+        try:
+            assert run_to_idle(d, timeout=10) == 0, d.log_tail()
+        finally:
+            d.stop()
+        assert job(cdb, job_id)["state"] == "done"
+    finally:
+        end_autovacuum(db)
+        cluster.sql(f'DROP DATABASE IF EXISTS "{clone}" WITH (FORCE)')
+
+
+# -- a sleep chosen for lag pressure ----------------------------------------------------------
+
+STANDBY = "standby_more"
+
+
+@pytest.fixture(scope="module")
+def standby(cluster):
+    base = Path(tempfile.mkdtemp(prefix="bfl-sbm-"))
+    sb = cluster.make_standby(base / STANDBY, name=STANDBY)
+    try:
+        pgharness.wait_until(lambda: cluster.sql(
+            "SELECT count(*) FROM pg_stat_replication WHERE application_name = %s AND state = 'streaming'",
+            [STANDBY])[0][0] == 1, timeout=30, what="the standby streaming")
+        yield sb
+    finally:
+        try:
+            sb.sql("SELECT pg_wal_replay_resume()")
+        except Exception:
+            pass
+        sb.destroy()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def standby_lag_bytes(cluster):
+    rows = cluster.sql("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint FROM pg_stat_replication"
+                       " WHERE application_name = %s", [STANDBY])
+    return rows[0][0] if rows else None
+
+
+def test_a_lag_pressure_sleep_ends_soon_after_the_lag_clears(cluster, standby, db, daemon_factory):
+    """Byte lag at 70% of the limit before the job starts (replay paused, WAL switched on an idle
+    primary): the first decision is a sleep of 0.4 x max_sleep_ms = 12 s. Replay resumes at once;
+    the lag is gone within a second, so should the sleep be."""
+    make_users_plain(db)
+    pgharness.wait_until(lambda: standby_lag_bytes(cluster) == 0, timeout=30, what="standby caught up")
+    standby.sql("SELECT pg_wal_replay_pause()")
+    try:
+        push_wal(db, 2)
+        limit = int(standby_lag_bytes(cluster) / 0.7)
+        job_id = submit(db, "users")
+        d = daemon_factory(throttle={"max_replication_lag_bytes": limit, "max_replication_lag_ms": 600000,
+                                     "sample_interval_ms": 100, "max_sleep_ms": 30000})
+        d.start()
+        d.wait_for_log(r"throttled: replication_lag", timeout=60)
+        assert job(db, job_id)["batches"] == 0
+    finally:
+        standby.sql("SELECT pg_wal_replay_resume()")
+    pgharness.wait_until(lambda: standby_lag_bytes(cluster) == 0, timeout=10, what="standby caught up")
+    t0 = time.monotonic()
+    pgharness.wait_until(lambda: job(db, job_id)["batches"] >= 1, timeout=30, what="the first batch")
+    waited = time.monotonic() - t0
+    row = wait_state(db, job_id, "done", timeout=60, daemon=d)
+    assert_exact(db, job_id, row)
+    assert waited < 2.0, f"the first batch came {waited:.1f} s after the lag had cleared"
+
+
+# -- logical slots (a separate wal_level = logical cluster) -------------------------------------
+
+LIMIT = 16 * 1024 * 1024  # max_replication_lag_bytes; the job itself writes well under half
+
+
+class LogicalCluster(pgharness.Cluster):
+    """A cluster with wal_level = logical; no wal_keep_size, so a slot alone keeps WAL."""
+
+    def _conf_lines(self):
+        return super()._conf_lines() + ["wal_level = logical", "wal_keep_size = 0"]
+
+
+@pytest.fixture(scope="module")
+def logical_cluster():
+    base = Path(tempfile.mkdtemp(prefix="bfl-lg-"))
+    c = LogicalCluster(base / "logical", name="logical")
+    try:
+        c.init().start()
+        assert c.sql("SHOW wal_level")[0][0] == "logical"
+        yield c
+    finally:
+        c.destroy()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+_ldb_counter = iter(range(1, 1 << 30))
+
+
+@pytest.fixture
+def ldb(logical_cluster):
+    name = f"l_{next(_ldb_counter)}"
+    logical_cluster.sql(f'CREATE DATABASE "{name}"')
+    database = Database(logical_cluster, name)
+    try:
+        with logical_cluster.connect(name) as conn:
+            pgharness.install_schema(conn)
+        yield database
+    finally:
+        database.close()
+        # A database with a replication slot cannot be dropped.
+        logical_cluster.sql("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
+                            " WHERE database = %s", [name])
+        logical_cluster.sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def ldaemon_factory(ldb, tmp_path):
+    made = []
+
+    def make(**sections):
+        daemon = pgharness.Daemon(pgharness.default_binary(), tmp_path / f"daemon{len(made) + 1}",
+                                  pgharness.base_config(ldb.conninfo, **sections))
+        made.append(daemon)
+        return daemon
+
+    yield make
+    for daemon in made:
+        daemon.stop()
+
+
+def make_users_plain(db):
+    db.sql("CREATE TABLE users (id bigint PRIMARY KEY, status text NOT NULL, state text,"
+           " n int NOT NULL DEFAULT 0)")
+    db.sql("INSERT INTO users (id, status) SELECT g, (ARRAY['active','idle','banned'])[1 + g % 3]"
+           f" FROM generate_series(1, {ROWS}) g")
+    db.sql("ANALYZE users")
+
+
+def push_wal(db, segments):
+    """Move the WAL position on by SEGMENTS segments (16 MiB each) cheaply: a small logical
+    message, then a segment switch, SEGMENTS times."""
+    for _ in range(segments):
+        db.sql("SELECT pg_logical_emit_message(false, 'bfl', 'x')")
+        db.sql("SELECT pg_switch_wal()")
+
+
+def slot(db, name):
+    """(bytes behind, wal_status) of the slot NAME."""
+    rows = db.sql("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint,"
+                  " wal_status FROM pg_replication_slots WHERE slot_name = %s", [name])
+    return rows[0] if rows else None
+
+
+def lagging_slot(db, name, segments=3):
+    db.sql("SELECT pg_create_logical_replication_slot(%s, 'test_decoding')", [name])
+    push_wal(db, segments)
+    behind, status = slot(db, name)
+    assert behind > LIMIT and status == "reserved", (behind, status)
+
+
+def test_a_logical_slot_behind_holds_the_job_until_it_is_advanced(ldb, ldaemon_factory):
+    make_users_plain(ldb)
+    lagging_slot(ldb, "bfl_behind")
+    job_id = submit(ldb, "users")
+    d = ldaemon_factory(throttle={"max_replication_lag_bytes": LIMIT, "max_replication_lag_ms": 600000,
+                                  "sample_interval_ms": 100})
+    d.start()
+    pgharness.wait_until(lambda: job(ldb, job_id)["throttled_reason"] == "replication_lag", timeout=60,
+                         what="held for the slot's lag")
+    d.wait_for_log(r"held: replication_lag \(logical slot bfl_behind: \d+ bytes behind\)", timeout=1)
+    assert_held(ldb, job_id, "replication_lag", 1.5)
+    assert differing(ldb) == ROWS
+
+    ldb.sql("SELECT pg_replication_slot_advance('bfl_behind', pg_current_wal_lsn())")
+    row = wait_state(ldb, job_id, "done", timeout=60, daemon=d)
+    assert_exact(ldb, job_id, row)
+    assert "running freely again (was replication_lag)" in d.log_text()
+    # Nobody consumed the slot since: the job's own WAL is lag again, but under half the limit.
+    assert 0 < slot(ldb, "bfl_behind")[0] < LIMIT // 2
+
+
+def test_with_logical_slots_off_a_slot_behind_does_not_hold(ldb, ldaemon_factory):
+    make_users_plain(ldb)
+    lagging_slot(ldb, "bfl_ignored")
+    job_id = submit(ldb, "users")
+    d = ldaemon_factory(throttle={"logical_slots": False, "max_replication_lag_bytes": LIMIT,
+                                  "max_replication_lag_ms": 600000, "sample_interval_ms": 100})
+    assert run_to_idle(d, timeout=60) == 0, d.log_tail()
+    assert_exact(ldb, job_id, job(ldb, job_id))
+    assert ldb.one("SELECT count(*) FROM backfill.batches WHERE job_id = %s"
+                   " AND throttled_reason IS NOT NULL", [job_id]) == 0
+    assert "throttled" not in d.log_text() and "held" not in d.log_text()
+    assert slot(ldb, "bfl_ignored")[0] > LIMIT  # the slot was behind all along
+
+
+@pytest.fixture
+def tiny_slot_wal_keep(logical_cluster):
+    """max_slot_wal_keep_size = 1MB for one test: a slot keeps no segment but the current one."""
+    logical_cluster.sql("ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'")
+    logical_cluster.sql("SELECT pg_reload_conf()")
+    try:
+        yield
+    finally:
+        logical_cluster.sql("ALTER SYSTEM RESET max_slot_wal_keep_size")
+        logical_cluster.sql("SELECT pg_reload_conf()")
+
+
+def test_a_logical_slot_that_lost_its_wal_holds_the_job(logical_cluster, tiny_slot_wal_keep, ldb,
+                                                        ldaemon_factory):
+    make_users_plain(ldb)
+    ldb.sql("SELECT pg_create_logical_replication_slot('bfl_lost', 'test_decoding')")
+    push_wal(ldb, 2)
+    assert slot(ldb, "bfl_lost")[1] == "unreserved"  # past max_slot_wal_keep_size, not yet removed
+    logical_cluster.sql("CHECKPOINT")  # removes the segments: the slot is invalidated
+    assert slot(ldb, "bfl_lost")[1] == "lost"
+    job_id = submit(ldb, "users")
+    # Bytes alone would not hold it: only the slot's wal_status does.
+    d = ldaemon_factory(throttle={"max_replication_lag_bytes": 1 << 40, "max_replication_lag_ms": 600000,
+                                  "sample_interval_ms": 100})
+    d.start()
+    pgharness.wait_until(lambda: job(ldb, job_id)["throttled_reason"] == "logical_slot", timeout=60,
+                         what="held for the lost slot")
+    assert_held(ldb, job_id, "logical_slot", 1.5)
+    d.wait_for_log(r"held: logical_slot \(", timeout=1)
+
+    ldb.sql("SELECT pg_drop_replication_slot('bfl_lost')")  # what an operator does with a lost slot
+    row = wait_state(ldb, job_id, "done", timeout=60, daemon=d)
+    assert_exact(ldb, job_id, row)
+
+
+
+def test_the_lost_slot_hold_is_logged_with_its_wal_status(logical_cluster, tiny_slot_wal_keep, ldb,
+                                                         ldaemon_factory):
+    make_users_plain(ldb)
+    ldb.sql("SELECT pg_create_logical_replication_slot('bfl_lost2', 'test_decoding')")
+    push_wal(ldb, 2)
+    logical_cluster.sql("CHECKPOINT")
+    assert slot(ldb, "bfl_lost2")[1] == "lost"
+    job_id = submit(ldb, "users")
+    d = ldaemon_factory(throttle={"max_replication_lag_bytes": 1 << 40, "sample_interval_ms": 100})
+    d.start()
+    pgharness.wait_until(lambda: job(ldb, job_id)["throttled_reason"] == "logical_slot", timeout=60,
+                         what="held for the lost slot")
+    d.wait_for_log(r"held: logical_slot \(logical slot bfl_lost2 has wal_status lost\)", timeout=2)
