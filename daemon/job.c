@@ -104,6 +104,9 @@ struct job {
 	struct timespec batch_started;
 	struct timespec sleep_started; /* when the throttle's current sleep began */
 	bool sleep_decided;	       /* sleeping because the throttle said so (not a retry backoff) */
+	struct timespec hold_started;  /* when the throttle's current hold began */
+	const char *hold_reason;       /* NULL when not held */
+	int64_t held_ms;	       /* the last hold, recorded with the next batch */
 	int64_t batch_blocked;	       /* most sessions seen blocked by the batch in flight */
 	throttle_input_t input;	       /* what the throttle saw before the batch in flight */
 	struct timespec started, last_progress;
@@ -940,6 +943,15 @@ static void job_continue(job_t *job)
 		job->reason = d.reason;
 	job_note_reason(job, job->reason, view.detail);
 	job_report(job, true);
+	if (d.hold && !job->hold_reason)
+		clock_gettime(CLOCK_MONOTONIC, &job->hold_started);
+	if (!d.hold && job->hold_reason) {
+		/* The batch after a hold carries the time held and why, for the history. */
+		job->held_ms = (int64_t)(elapsed_s(&job->hold_started) * 1000.0);
+		if (!job->reason)
+			job->reason = job->hold_reason;
+	}
+	job->hold_reason = d.hold ? d.reason : NULL;
 	if (d.hold) {
 		struct timeval tv = {(time_t)(s.sample_interval_ms / 1000),
 				     (suseconds_t)((s.sample_interval_ms % 1000) * 1000)};
@@ -972,6 +984,8 @@ static void job_continue(job_t *job)
 		job->slept_ms = job->sleep_decided ? (int64_t)(elapsed_s(&job->sleep_started) * 1000.0) : 0;
 	}
 	job->sleep_decided = false;
+	job->slept_ms += job->held_ms;
+	job->held_ms = 0;
 	job_next_batch(job);
 }
 

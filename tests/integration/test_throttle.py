@@ -84,6 +84,9 @@ def test_replay_paused_holds_the_job_then_it_finishes(cluster, standby, db, daem
     standby.sql("SELECT pg_wal_replay_resume()")
     row = wait_state(db, job_id, "done", timeout=120, daemon=d)
     assert row["throttled_reason"] is None
+    # The batch after the hold records the time held (over 2 s here) and why.
+    assert db.one("SELECT max(sleep_ms) FROM backfill.batches WHERE job_id = %s"
+                  " AND throttled_reason = 'replication_lag'", [job_id]) >= 2000
     assert differing(db) == 0
     assert "running freely again" in d.log_text()
 
