@@ -108,6 +108,8 @@ struct job {
 	const char *hold_reason;       /* NULL when not held */
 	int64_t held_ms;	       /* the last hold, recorded with the next batch */
 	int64_t batch_blocked;	       /* most sessions seen blocked by the batch in flight */
+	int64_t batch_waited_ms;       /* the longest wait on its locks the sampler saw */
+	bool contended;		       /* the last batch made others wait: its successor says so */
 	throttle_input_t input;	       /* what the throttle saw before the batch in flight */
 	struct timespec started, last_progress;
 	int64_t rows_at_start;
@@ -941,6 +943,9 @@ static void job_continue(job_t *job)
 	/* A retry's reason stays on the batch that retries; otherwise the throttle's applies. */
 	if (d.reason || job->throttle.retries == 0)
 		job->reason = d.reason;
+	if (!job->reason && job->contended)
+		job->reason = "blocked_sessions"; /* the size was halved for it */
+	job->contended = false;
 	job_note_reason(job, job->reason, view.detail);
 	job_report(job, true);
 	if (d.hold && !job->hold_reason)
@@ -998,6 +1003,8 @@ void job_on_blocked(job_t *job, int64_t sessions, int64_t waited_ms)
 		return;
 	if (sessions > job->batch_blocked)
 		job->batch_blocked = sessions;
+	if (waited_ms > job->batch_waited_ms)
+		job->batch_waited_ms = waited_ms;
 	job_settings(job, &s);
 	if (waited_ms < s.max_blocked_ms || job->cancel_reason)
 		return;
@@ -1017,7 +1024,6 @@ static void job_batch_done(job_t *job, const pgconn_result_t *res)
 	throttle_settings_t s;
 
 	sampler_wal_written(pgconn_int64(cp, 0, 5, 0));
-	job->batch_blocked = 0;
 
 	if (last_key) {
 		keys_clear(&job->last_key);
@@ -1064,6 +1070,7 @@ static void job_batch_done(job_t *job, const pgconn_result_t *res)
 		}
 	} else {
 		throttle_after_batch(&job->throttle, &s, scanned, duration_ms);
+		job->contended = throttle_after_contention(&job->throttle, &s, job->batch_waited_ms);
 	}
 	metrics_batch_duration(duration_ms / 1000.0);
 	job_log_progress(job, false);
@@ -1203,7 +1210,11 @@ static void job_next_batch(job_t *job)
 	checkpoint_params[6] = sleep_now;
 	snprintf(lag_bytes, sizeof(lag_bytes), "%lld", (long long)job->input.lag_bytes);
 	snprintf(lag_ms, sizeof(lag_ms), "%lld", (long long)job->input.lag_ms);
+	/* Sessions that waited on the previous attempt, committed or cancelled: this batch's row
+	 * records them (its own waits are seen only while it runs). */
 	snprintf(blocked, sizeof(blocked), "%lld", (long long)job->batch_blocked);
+	job->batch_blocked = 0;
+	job->batch_waited_ms = 0;
 	checkpoint_params[7] = job->input.lag_known ? lag_bytes : NULL;
 	checkpoint_params[8] = job->input.lag_known ? lag_ms : NULL;
 	checkpoint_params[9] = blocked; /* sessions the previous attempt blocked, when it was cancelled */

@@ -52,6 +52,14 @@ void throttle_after_batch(throttle_state_t *st, const throttle_settings_t *s, in
 	st->sleep_ms = clamp64(s->sleep_ms, 0, s->max_sleep_ms);
 }
 
+bool throttle_after_contention(throttle_state_t *st, const throttle_settings_t *s, int64_t waited_ms)
+{
+	if (waited_ms <= 0 || waited_ms * 5 <= s->target_batch_ms)
+		return false;
+	st->batch_size = clamp64(st->batch_size / 2, s->min_batch_size, s->max_batch_size);
+	return true;
+}
+
 void throttle_after_retry(throttle_state_t *st, const throttle_settings_t *s, double jitter)
 {
 	int64_t backoff = 100;

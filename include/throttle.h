@@ -46,6 +46,13 @@ void throttle_after_batch(throttle_state_t *st, const throttle_settings_t *s, in
 			  double duration_ms);
 
 /*
+ * After throttle_after_batch: another session waited WAITED_MS on the committed batch's locks.
+ * Past a fifth of target_batch_ms the next batch is halved (not below min), so the application
+ * waits less; the usual growth brings the size back once nobody waits. Returns true when halved.
+ */
+bool throttle_after_contention(throttle_state_t *st, const throttle_settings_t *s, int64_t waited_ms);
+
+/*
  * A batch was rolled back for a reason worth retrying (lock timeout, deadlock, statement
  * timeout, serialization failure, or cancelled for blocking others): halve the size (not
  * below min) and back off exponentially up to max_sleep_ms. JITTER in [0,1) spreads it.

@@ -214,3 +214,28 @@ def test_batch_duration_settles_near_target_under_pgbench_load(cluster, standby,
     sizes = [r[0] for r in db.sql("SELECT batch_size FROM backfill.batches WHERE job_id = %s ORDER BY batch", [job_id])]
     assert max(sizes) > 10 * sizes[0]  # it grew from its start
     assert all(b <= a * 1.5 + 1 for a, b in zip(sizes, sizes[1:]))  # at most x1.5 a step
+
+
+def test_sessions_waiting_on_a_batch_halve_the_next_one(cluster, standby, db, daemon_factory):
+    """Waits below max_blocked_ms do not cancel the batch, but past a fifth of target_batch_ms
+    they halve the next one (the rate alone would have grown it)."""
+    make_users(db, 4000)
+    # 3 ms a row: a batch of 400 takes about 1.2 s, under twice the 2 s target (no overshoot).
+    job_id = submit(db, "users", set_sql="state = status || left(pg_sleep(0.003)::text, 0), n = n + 1",
+                    where_sql=None, batch_size=400, target_batch_ms=2000, max_blocked_ms=60000,
+                    statement_timeout_ms=120000)
+    d = daemon_factory(throttle={"sample_interval_ms": 100})
+    d.start()
+    wait_state(db, job_id, "running", daemon=d)
+    time.sleep(0.3)  # the first rows of the first batch are locked by now
+    with psycopg.connect(db.conninfo, autocommit=True) as app:
+        app.execute("UPDATE users SET status = 'app', state = 'app' WHERE id = 2")  # waits for the batch
+    row = wait_state(db, job_id, "done", timeout=120, daemon=d)
+    sizes = db.sql("SELECT batch, batch_size, throttled_reason, blocked_sessions FROM backfill.batches"
+                   " WHERE job_id = %s ORDER BY batch", [job_id])
+    assert sizes[0][1] == 400
+    # Halved from what the rate chose (which, at ~0.3 rows/ms for a 2 s target, is more than 400).
+    assert sizes[1][1] < 400 and sizes[1][2] == "blocked_sessions" and sizes[1][3] >= 1, sizes
+    assert max(r[1] for r in sizes[2:]) > sizes[1][1]  # and it grows back once nobody waits
+    assert "waited" not in d.log_text() or "cancelling it" not in d.log_text()  # no cancel
+    assert db.one("SELECT count(*) FROM users WHERE n <> 1") == 0 and row["rows_scanned"] == 4000

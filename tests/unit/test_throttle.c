@@ -1009,9 +1009,32 @@ static void test_decide_sleep_from_current_pause(void **state)
 	expect_runs(throttle_decide(&st, &s, &in), 5000, "replication_lag");
 }
 
+/* ---- contention: sessions waiting on a committed batch's locks ---- */
+
+static void test_contention_halves_past_a_fifth_of_the_target(void **state)
+{
+	throttle_settings_t s = {.batch_size = 1000,
+				 .min_batch_size = 10,
+				 .max_batch_size = 100000,
+				 .target_batch_ms = 500,
+				 .max_sleep_ms = 30000};
+	throttle_state_t st = {.batch_size = 8000};
+
+	(void)state;
+	assert_false(throttle_after_contention(&st, &s, 0));
+	assert_false(throttle_after_contention(&st, &s, 100)); /* exactly a fifth: tolerated */
+	assert_int_equal(st.batch_size, 8000);
+	assert_true(throttle_after_contention(&st, &s, 101));
+	assert_int_equal(st.batch_size, 4000);
+	for (int i = 0; i < 20; i++)
+		(void)throttle_after_contention(&st, &s, 5000);
+	assert_int_equal(st.batch_size, 10); /* never below min */
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_contention_halves_past_a_fifth_of_the_target),
 		cmocka_unit_test(test_init_within_bounds),
 		cmocka_unit_test(test_init_clamps),
 		cmocka_unit_test(test_retry_halves_to_min),
