@@ -104,9 +104,8 @@ struct job {
 	struct timespec batch_started;
 	struct timespec sleep_started; /* when the throttle's current sleep began */
 	bool sleep_decided;	       /* sleeping because the throttle said so (not a retry backoff) */
-	struct timespec hold_started;  /* when the throttle's current hold began */
 	const char *hold_reason;       /* NULL when not held */
-	int64_t held_ms;	       /* the last hold, recorded with the next batch */
+	struct timespec batch_ended;   /* when the last batch committed: its successor records the wait */
 	int64_t batch_blocked;	       /* most sessions seen blocked by the batch in flight */
 	int64_t batch_waited_ms;       /* the longest wait on its locks the sampler saw */
 	bool contended;		       /* the last batch made others wait: its successor says so */
@@ -948,14 +947,8 @@ static void job_continue(job_t *job)
 	job->contended = false;
 	job_note_reason(job, job->reason, view.detail);
 	job_report(job, true);
-	if (d.hold && !job->hold_reason)
-		clock_gettime(CLOCK_MONOTONIC, &job->hold_started);
-	if (!d.hold && job->hold_reason) {
-		/* The batch after a hold carries the time held and why, for the history. */
-		job->held_ms = (int64_t)(elapsed_s(&job->hold_started) * 1000.0);
-		if (!job->reason)
-			job->reason = job->hold_reason;
-	}
+	if (!d.hold && job->hold_reason && !job->reason)
+		job->reason = job->hold_reason; /* the batch after a hold says why it waited */
 	job->hold_reason = d.hold ? d.reason : NULL;
 	if (d.hold) {
 		struct timeval tv = {(time_t)(s.sample_interval_ms / 1000),
@@ -989,8 +982,6 @@ static void job_continue(job_t *job)
 		job->slept_ms = job->sleep_decided ? (int64_t)(elapsed_s(&job->sleep_started) * 1000.0) : 0;
 	}
 	job->sleep_decided = false;
-	job->slept_ms += job->held_ms;
-	job->held_ms = 0;
 	job_next_batch(job);
 }
 
@@ -1024,6 +1015,7 @@ static void job_batch_done(job_t *job, const pgconn_result_t *res)
 	throttle_settings_t s;
 
 	sampler_wal_written(pgconn_int64(cp, 0, 5, 0));
+	clock_gettime(CLOCK_MONOTONIC, &job->batch_ended);
 
 	if (last_key) {
 		keys_clear(&job->last_key);
@@ -1180,6 +1172,10 @@ static void job_next_batch(job_t *job)
 		 " FROM jsonb_array_elements(nullif(current_setting('backfilld.mismatches', true), "
 		 "'')::jsonb) AS e",
 		 daemon_schema_quoted());
+	/* What the history records as this batch's sleep: all the time since the previous one
+	 * ended, sleeps and holds alike. */
+	if (job->batch_ended.tv_sec)
+		job->slept_ms = (int64_t)(elapsed_s(&job->batch_ended) * 1000.0);
 	job_settings(job, &s);
 	job->batch_limit =
 		job->bisect_left > 0 && job->bisect_size > 0 ? job->bisect_size : job->throttle.batch_size;
