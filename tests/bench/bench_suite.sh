@@ -1,0 +1,1098 @@
+#!/usr/bin/env bash
+# The benchmark suite of issue 7: backfilld side by side with what people use instead (one UPDATE,
+# the PL/pgSQL keyset loop, a psycopg client loop), on one throwaway PostgreSQL 15 primary with a
+# streaming standby. Throughput, flatness of the keyset walk against OFFSET, what the application
+# sees (pgbench), standby lag, cost (CPU, RSS, WAL) and the queue at 10,000 jobs; one table of
+# figures and one PNG. It prints figures, it does not pass or fail: a missed target is printed as
+# NOT MET with the reason. See tests/bench/README.md, section "Benchmark suite".
+set -euo pipefail
+
+usage() {
+    cat <<'USAGE'
+usage: tests/bench/bench_suite.sh [--quick] [--big] [--rows N] [--big-rows N] [--rounds N]
+                                  [--batch N] [--rate TPS] [--clients N] [--png FILE]
+  --quick        under five minutes: 200,000 rows, one round, short pgbench windows
+  --big          also walk a 10,000,000-row table (quiet runs and OFFSET, one round);
+                 about an hour more on 2 busy CPUs
+  --rows N       rows in the main table (default 1,000,000; --quick 200,000)
+  --big-rows N   rows in the --big table (default 10,000,000)
+  --rounds N     quiet runs of every method on the main table, in rounds (default 3; --quick 1)
+  --batch N      the fixed batch size of every keyset method (default 5000)
+  --rate TPS     pgbench's fixed rate, -R, in the application-impact runs (default 200)
+  --clients N    pgbench clients, -c (default 4; -j 2)
+  --png FILE     the throughput/p99 plot (default docs/bench-throughput-p99.png; with --quick a
+                 file under ${TMPDIR:-/tmp}, so a quick run never replaces the committed one)
+  BUILD_DIR      environment: build directory (default build under the repository root)
+  PG_BINDIR      environment: PostgreSQL server binaries (default /usr/lib/postgresql/15/bin)
+USAGE
+}
+
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../../scripts/lib.sh"
+
+# Progress lines carry the seconds since the start.
+t_suite=$EPOCHREALTIME
+say() {
+    printf '==> [%4.0fs] %s\n' "$(awk -v a="$t_suite" -v b="$EPOCHREALTIME" 'BEGIN { print b - a }')" "$*" >&2
+}
+
+quick=0
+big=0
+rows=""
+big_rows=10000000
+rounds=""
+batch=5000
+rate=200
+clients=4
+png=""
+while (($#)); do
+    case $1 in
+    --quick) quick=1 ;;
+    --big) big=1 ;;
+    --rows | --big-rows | --rounds | --batch | --rate | --clients | --png)
+        (($# >= 2)) || { usage >&2; exit 64; }
+        v=${1#--}
+        printf -v "${v//-/_}" '%s' "$2"
+        shift
+        ;;
+    --rows=* | --big-rows=* | --rounds=* | --batch=* | --rate=* | --clients=* | --png=*)
+        v=${1%%=*}
+        v=${v#--}
+        printf -v "${v//-/_}" '%s' "${1#*=}"
+        ;;
+    -h | --help)
+        usage
+        exit 0
+        ;;
+    *)
+        usage >&2
+        exit 64
+        ;;
+    esac
+    shift
+done
+if ((quick)); then
+    rows=${rows:-200000}
+    rounds=${rounds:-1}
+    base_secs=8   # pgbench alone, the baseline of the application-impact runs
+    warmup=2      # pgbench before each backfill starts
+    claim_n=20    # _claim calls timed per condition
+    notify_n=5    # INSERT -> start probes
+else
+    rows=${rows:-1000000}
+    rounds=${rounds:-3}
+    base_secs=20
+    warmup=3
+    claim_n=50
+    notify_n=10
+fi
+for v in rows big_rows rounds batch rate clients; do
+    [[ ${!v} =~ ^[1-9][0-9]*$ ]] || { echo "error: --${v//_/-} wants a positive integer" >&2; exit 64; }
+done
+queued_jobs=10000 # section 6
+small_jobs=100    # section 5: jobs queued at once on small tables
+
+root=$(repo_root)
+build=${BUILD_DIR:-$root/build}
+bin=$build/backfilld
+if [[ -z $png ]]; then
+    if ((quick)); then png=${TMPDIR:-/tmp}/bench-throughput-p99-quick.png; else png=$root/docs/bench-throughput-p99.png; fi
+fi
+py=/usr/bin/python3
+tck=$(getconf CLK_TCK)
+
+# -- helpers ------------------------------------------------------------------------------------
+
+as_pg() {
+    if ((EUID == 0)); then
+        runuser -u postgres -- "$@"
+    else
+        "$@"
+    fi
+}
+
+# backfilld refuses to run as root: as root, run it as the postgres OS user. A prefix, not a
+# function: "${as_daemon[@]}" "$bin" ... & forks once and setpriv execs the daemon, so $! is the
+# daemon itself (its /proc, its signals).
+as_daemon=()
+((EUID == 0)) && as_daemon=(setpriv --reuid=postgres --regid=postgres --init-groups --)
+
+free_port() {
+    "$py" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+sql() {
+    psql -X -q -P pager=off -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d bench "$@"
+}
+
+# calc EXPR [VAR=VALUE...]: awk arithmetic (epoch times too: no 1.7e+09)
+calc() {
+    local expr=$1
+    shift
+    local -a vars=()
+    local v
+    for v in "$@"; do vars+=(-v "$v"); done
+    awk -v OFMT=%.6f "${vars[@]}" "BEGIN { print ($expr) }"
+}
+
+median() {
+    (($#)) || { echo NaN; return; }
+    printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {
+        if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+thousands() {
+    awk -v n="$1" 'BEGIN {
+        if (n == "" || n == "NaN" || n == "-") { print "-"; exit }
+        s = sprintf("%.0f", n); neg = (s ~ /^-/); if (neg) s = substr(s, 2)
+        out = ""; while (length(s) > 3) { out = "," substr(s, length(s) - 2) out; s = substr(s, 1, length(s) - 3) }
+        print (neg ? "-" : "") s out }'
+}
+
+# fmt FORMAT VALUE: printf that prints "-" for an empty or NaN value.
+fmt() {
+    if [[ -z ${2:-} || $2 == NaN || $2 == - ]]; then printf '%s' "-"; else printf "$1" "$2"; fi
+}
+
+work=""
+port=""
+sb_port=""
+primary_up=0
+standby_up=0
+daemon_pid=""
+sampler_pid=""
+load_pid=""
+bg_pid=""
+
+cleanup() {
+    local rc=$? p
+    trap - EXIT INT TERM HUP
+    for p in "$bg_pid" "$load_pid" "$sampler_pid" "$daemon_pid"; do
+        if [[ -n $p ]] && kill -0 "$p" 2>/dev/null; then
+            kill -KILL "$p" 2>/dev/null || true
+            wait "$p" 2>/dev/null || true
+        fi
+    done
+    if [[ -n $work ]]; then
+        ((standby_up)) && as_pg "$PG_BINDIR/pg_ctl" -D "$work/standby" -m immediate -w stop >/dev/null 2>&1
+        ((primary_up)) && as_pg "$PG_BINDIR/pg_ctl" -D "$work/primary" -m immediate -w stop >/dev/null 2>&1
+        rm -rf "$work"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+trap 'exit 129' HUP
+
+if ((EUID == 0)); then
+    work=$(mktemp -d /tmp/backfilld-bench.XXXXXX)
+    chown postgres: "$work"
+else
+    work=$(mktemp -d "${TMPDIR:-/tmp}/backfilld-bench.XXXXXX")
+fi
+chmod 711 "$work"
+
+# -- the Python side: sampler, client loop, submit-and-wait, /proc, pgbench logs, plot series ---
+
+cat >"$work/bench.py" <<'PYTHON'
+import glob, os, select, signal, sys, time
+import psycopg
+
+def connect(conninfo, name):
+    return psycopg.connect(conninfo, autocommit=True, application_name=name)
+
+def sample(conninfo, out):
+    """Every 100 ms: time, WAL write position, standby byte lag (replay_lsn), until SIGTERM."""
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
+    q = ("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint,"
+         " (SELECT max(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn))::bigint"
+         "  FROM pg_stat_replication WHERE application_name = 'standby1')")
+    conn = connect(conninfo, 'bench-sampler')
+    nxt = time.time()
+    with open(out, 'w', buffering=1) as f:
+        while not stop:
+            try:
+                lsn, lag = conn.execute(q).fetchone()
+                f.write('%.3f %d %d\n' % (time.time(), lsn, -1 if lag is None else lag))
+            except psycopg.Error:
+                time.sleep(0.5)
+                try:
+                    conn = connect(conninfo, 'bench-sampler')
+                except psycopg.Error:
+                    pass
+            nxt += 0.1
+            d = nxt - time.time()
+            if d > 0:
+                time.sleep(d)
+            else:
+                nxt = time.time()
+
+def client(conninfo, table, batch, log):
+    """The usual hand-written script: autocommit, one round trip per statement, keyset batches."""
+    c0 = os.times()
+    t0 = time.time()
+    conn = connect(conninfo, 'bench-client')
+    cur = conn.cursor()
+    last = cur.execute('SELECT min(id) - 1 FROM %s' % table).fetchone()[0]
+    done = []
+    changed = 0
+    while True:
+        b0 = time.time()
+        upto = cur.execute('SELECT max(id) FROM (SELECT id FROM %s WHERE id > %%s ORDER BY id LIMIT %%s) k'
+                           % table, (last, batch)).fetchone()[0]
+        if upto is None:
+            break
+        cur.execute('UPDATE %s SET state = status WHERE id > %%s AND id <= %%s'
+                    ' AND state IS DISTINCT FROM status' % table, (last, upto))
+        changed += cur.rowcount
+        t = time.time()
+        done.append((t, upto, 1000 * (t - b0)))
+        last = upto
+    t1 = time.time()
+    conn.close()
+    c1 = os.times()
+    with open(log, 'w') as f:
+        for t, k, ms in done:
+            f.write('%.6f %d %.3f\n' % (t, k, ms))
+    print('%.6f %d %d %.3f' % (t1 - t0, changed, len(done), (c1.user - c0.user) + (c1.system - c0.system)))
+
+def submit_wait(conninfo, insert_sql, timeout):
+    """INSERT a job (RETURNING id) and wait for its end on LISTEN backfill_jobs: no polling load."""
+    conn = connect(conninfo, 'bench-wait')
+    conn.execute('LISTEN backfill_jobs')
+    job = conn.execute(insert_sql).fetchone()[0]
+    deadline = time.time() + float(timeout)
+    while True:
+        state = conn.execute('SELECT state FROM backfill.jobs WHERE id = %s', (job,)).fetchone()[0]
+        if state in ('done', 'failed', 'cancelled'):
+            break
+        if time.time() > deadline:
+            print('job %d is still %s after %s s' % (job, state, timeout), file=sys.stderr)
+            sys.exit(1)
+        select.select([conn.fileno()], [], [], 1.0)
+    print(job, state)
+
+def ticks(pid):
+    """utime + stime (clock ticks) of a live process, and of its reaped children."""
+    with open('/proc/%d/stat' % pid) as f:
+        s = f.read()
+    fields = s[s.rindex(')') + 2:].split()
+    # fields[0] is field 3 (state): utime 14, stime 15, cutime 16, cstime 17, ppid 4
+    return int(fields[11]) + int(fields[12]), int(fields[13]) + int(fields[14]), int(fields[1])
+
+def procstat(pm_pid, *pids):
+    """CPU ticks of a postmaster's tree (itself, reaped and live children), then of each pid."""
+    pm = int(pm_pid)
+    own, reaped, _ = ticks(pm)
+    total = own + reaped
+    for d in os.listdir('/proc'):
+        if d.isdigit() and int(d) != pm:
+            try:
+                t, _, ppid = ticks(int(d))
+            except (OSError, ValueError):
+                continue
+            if ppid == pm:
+                total += t
+    out = [total]
+    for p in pids:
+        try:
+            out.append(ticks(int(p))[0])
+        except (OSError, ValueError):
+            out.append(-1)
+    print(*out)
+
+def pgbench_lines(pattern):
+    """(end epoch, latency ms) of every pgbench transaction logged under the prefix."""
+    for path in glob.glob(pattern + '.*'):
+        with open(path) as f:
+            for line in f:
+                p = line.split()
+                if len(p) < 6 or p[2] == 'skipped':
+                    continue
+                yield int(p[4]) + int(p[5]) / 1e6, int(p[2]) / 1000.0
+
+def pct(v, q):
+    if not v:
+        return float('nan')
+    v = sorted(v)
+    i = max(0, min(len(v) - 1, int(-(-q * len(v) // 1)) - 1))
+    return v[i]
+
+def latstats(pattern, t0, t1, tail):
+    """TPS (transactions ended in [t0, t1]) and p50/p99 latency of those ended in [t0, t1 + tail]."""
+    t0, t1, tail = float(t0), float(t1), float(tail)
+    lat = []
+    n = 0
+    for t, ms in pgbench_lines(pattern):
+        if t0 <= t <= t1:
+            n += 1
+        if t0 <= t <= t1 + tail:
+            lat.append(ms)
+    tps = n / (t1 - t0) if t1 > t0 else float('nan')
+    print('%.1f %.2f %.2f %d' % (tps, pct(lat, 0.50), pct(lat, 0.99), len(lat)))
+
+def lag(path, t0, t1):
+    """Peak and mean standby byte lag, and WAL written, between t0 and t1."""
+    t0, t1 = float(t0), float(t1)
+    lags = []
+    with open(path) as f:
+        for line in f:
+            p = line.split()
+            if len(p) == 3 and t0 <= float(p[0]) <= t1 and int(p[2]) >= 0:
+                lags.append(int(p[2]))
+    if not lags:
+        print('NaN NaN 0')
+        return
+    print(max(lags), sum(lags) / len(lags), len(lags))
+
+def series(out, t0, t1, total, events, pattern, lead, tail):
+    """Per second since t0: committed rows/s, % committed, pgbench p99 and TPS."""
+    t0, t1, total, lead, tail = float(t0), float(t1), float(total), float(lead), float(tail)
+    rows = {}
+    with open(events) as f:
+        for line in f:
+            p = line.split()
+            if len(p) >= 2:
+                s = int((float(p[0]) - t0) // 1)
+                rows[s] = rows.get(s, 0) + float(p[1])
+    lat = {}
+    for t, ms in pgbench_lines(pattern):
+        s = int((t - t0) // 1)
+        lat.setdefault(s, []).append(ms)
+    first, last = -int(lead), int((t1 - t0) // 1 + tail)
+    cum = 0.0
+    with open(out, 'w') as f:
+        for s in range(first, last + 1):
+            cum += rows.get(s, 0)
+            r = rows.get(s, 0) if 0 <= s <= (t1 - t0) + 1 else '?'
+            l = lat.get(s, [])
+            f.write('%d\t%s\t%.3f\t%s\t%d\n' % (s, r, 100 * cum / total,
+                    '%.2f' % pct(l, 0.99) if l else 'NaN', len(l)))  # NaN: a gap in the line
+
+def flat(events):
+    """Median batch duration (third column) of the first tenth of the batches, of the last tenth."""
+    d = []
+    with open(events) as f:
+        for line in f:
+            p = line.split()
+            if len(p) >= 3:
+                d.append(float(p[2]))
+    if not d:
+        print('NaN NaN NaN 0')
+        return
+    n = max(1, len(d) // 10)
+    a, b = pct(d[:n], 0.5), pct(d[-n:], 0.5)
+    print('%.2f %.2f %.3f %d' % (a, b, b / a if a > 0 else float('nan'), len(d)))
+
+cmd = sys.argv[1]
+args = sys.argv[2:]
+{'sample': sample, 'client': client, 'submit-wait': submit_wait, 'procstat': procstat,
+ 'latstats': latstats, 'lag': lag, 'series': series, 'flat': flat}[cmd](*args)
+PYTHON
+bpy() { "$py" "$work/bench.py" "$@"; }
+
+# -- setup: packages, build, primary + standby --------------------------------------------------
+
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
+ensure_backfilld_packages
+ensure_packages gnuplot-nox
+say "building $bin"
+{
+    cmake -S "$root" -B "$build" &&
+        cmake --build "$build" -j"$(nproc 2>/dev/null || echo 2)" --target backfilld
+} >"$work/build.log" 2>&1 || { tail -n 40 "$work/build.log" >&2; die "the build failed"; }
+
+say "starting a throwaway primary and a streaming standby in $work"
+port=$(free_port)
+as_pg "$PG_BINDIR/initdb" -D "$work/primary" -A trust -U postgres -E UTF8 --locale=C --no-sync \
+    >"$work/initdb.log" 2>&1 || { cat "$work/initdb.log" >&2; die "initdb failed"; }
+# As bench_throttle.sh: fsync and synchronous_commit off (the disk's flush latency is not what is
+# measured), checkpoints only where the script asks (after each reset), a streaming standby.
+cat >>"$work/primary/postgresql.conf" <<EOF
+
+# tests/bench/bench_suite.sh
+listen_addresses = '127.0.0.1'
+port = $port
+unix_socket_directories = '$work'
+shared_buffers = 256MB
+fsync = off
+synchronous_commit = off
+max_wal_size = 16GB
+checkpoint_timeout = 1h
+wal_level = replica
+max_wal_senders = 5
+wal_keep_size = 2GB
+hot_standby = on
+EOF
+echo "host replication all 127.0.0.1/32 trust" >>"$work/primary/pg_hba.conf"
+as_pg "$PG_BINDIR/pg_ctl" -D "$work/primary" -l "$work/primary.log" -w -t 60 start >/dev/null ||
+    { tail -n 20 "$work/primary.log" >&2; die "the primary did not start"; }
+primary_up=1
+pm_pid=$(head -n 1 "$work/primary/postmaster.pid")
+psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d postgres -c 'CREATE DATABASE bench'
+conninfo="host=127.0.0.1 port=$port user=postgres dbname=bench"
+
+sb_port=$(free_port)
+as_pg "$PG_BINDIR/pg_basebackup" -h 127.0.0.1 -p "$port" -U postgres -D "$work/standby" -R \
+    -X stream -c fast --no-sync >"$work/basebackup.log" 2>&1 ||
+    { cat "$work/basebackup.log" >&2; die "pg_basebackup failed"; }
+cat >>"$work/standby/postgresql.conf" <<EOF
+
+# the standby
+port = $sb_port
+cluster_name = 'standby1'
+# replay_lsn reaches the primary with every write/flush reply, and at least once a second (not 10 s)
+wal_receiver_status_interval = 1s
+EOF
+as_pg "$PG_BINDIR/pg_ctl" -D "$work/standby" -l "$work/standby.log" -w -t 60 start >/dev/null ||
+    { tail -n 20 "$work/standby.log" >&2; die "the standby did not start"; }
+standby_up=1
+
+standby_lag() {
+    sql -Atc "SELECT coalesce((SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint
+                               FROM pg_stat_replication WHERE application_name = 'standby1'), -1)"
+}
+
+wait_caught_up() {
+    local i lag
+    for ((i = 0; i < 6000; i++)); do
+        lag=$(standby_lag)
+        [[ $lag == 0 ]] && return 0
+        sleep 0.1
+    done
+    die "the standby did not catch up (lag $lag bytes)"
+}
+wait_caught_up
+
+# The lag/WAL sampler runs for the whole suite; each run reads its own window.
+# (Not through bpy: $! must be the Python process itself.)
+"$py" "$work/bench.py" sample "$conninfo" "$work/samples.txt" 2>"$work/sampler.err" &
+sampler_pid=$!
+
+# -- tables and the competitors' procedures -----------------------------------------------------
+
+# make_table NAME ROWS: the bench_core.sh table (~110 bytes a row, autovacuum off on it: the reset
+# vacuums it), the PL/pgSQL keyset loop and the OFFSET loop for it.
+make_table() {
+    local t=$1 n=$2
+    sql <<EOF
+CREATE TABLE $t (id bigint PRIMARY KEY, status text, state text, pad text)
+    WITH (autovacuum_enabled = off);
+INSERT INTO $t (id, status, pad)
+SELECT g, (ARRAY['active', 'inactive', 'pending', 'banned'])[1 + g % 4],
+       rpad(md5(g::text), 60, md5((-g)::text))
+FROM generate_series(1, $n) AS g;
+VACUUM (ANALYZE) $t;
+
+-- The articles' loop: keyset batches, one COMMIT each, no round trip. Each batch's end time, last
+-- key and duration are kept in arrays (no write per batch) and saved to the session's temporary
+-- table bench_log at the end.
+CREATE PROCEDURE keyset_$t(batch_size int)
+LANGUAGE plpgsql AS \$\$
+DECLARE
+    last_id bigint := (SELECT min(id) - 1 FROM $t);
+    upto    bigint;
+    b0      timestamptz;
+    t0      timestamptz := clock_timestamp();
+    ts      float8[] := '{}';
+    ks      bigint[] := '{}';
+    ds      float8[] := '{}';
+BEGIN
+    LOOP
+        b0 := clock_timestamp();
+        SELECT max(id) INTO upto
+        FROM (SELECT id FROM $t WHERE id > last_id ORDER BY id LIMIT batch_size) AS next_keys;
+        EXIT WHEN upto IS NULL;
+        UPDATE $t SET state = status
+        WHERE id > last_id AND id <= upto AND state IS DISTINCT FROM status;
+        last_id := upto;
+        COMMIT;
+        ts := ts || extract(epoch FROM clock_timestamp())::float8;
+        ks := ks || upto;
+        ds := ds || 1000 * extract(epoch FROM clock_timestamp() - b0)::float8;
+    END LOOP;
+    RAISE NOTICE 'server_seconds=%', extract(epoch FROM clock_timestamp() - t0);
+    INSERT INTO bench_log SELECT * FROM unnest(ts, ks, ds);
+END
+\$\$;
+
+-- OFFSET pagination, what keyset pagination avoids: batch k updates the rows at offsets
+-- [k, k + batch_size) in key order; each batch timed with clock_timestamp into bench_log.
+CREATE PROCEDURE offset_$t(batch_size int, from_row bigint, to_row bigint)
+LANGUAGE plpgsql AS \$\$
+DECLARE
+    k  bigint := from_row;
+    b0 timestamptz;
+BEGIN
+    WHILE k < to_row LOOP
+        b0 := clock_timestamp();
+        UPDATE $t SET state = status
+        WHERE id IN (SELECT id FROM $t ORDER BY id OFFSET k LIMIT batch_size)
+          AND state IS DISTINCT FROM status;
+        COMMIT;
+        INSERT INTO bench_log VALUES (extract(epoch FROM clock_timestamp()), k,
+                                      1000 * extract(epoch FROM clock_timestamp() - b0));
+        COMMIT;
+        k := k + batch_size;
+    END LOOP;
+END
+\$\$;
+EOF
+}
+
+say "loading $(thousands "$rows") rows into users"
+make_table users "$rows"
+if ((big)); then
+    say "loading $(thousands "$big_rows") rows into users_big (--big)"
+    make_table users_big "$big_rows"
+fi
+# The application's write (section 3): the dual-write phase of expand/contract, one user's status
+# changed and copied to the new column, a random row of the table being backfilled.
+cat >"$work/app.sql" <<'EOF'
+\set id random(1, :nrows)
+\set s random(1, 4)
+UPDATE users SET status = (ARRAY['active', 'inactive', 'pending', 'banned'])[:s],
+                 state  = (ARRAY['active', 'inactive', 'pending', 'banned'])[:s]
+WHERE id = :id;
+EOF
+wait_caught_up
+
+# -- the daemon: one resident instance, throttle defaults ---------------------------------------
+
+cat >"$work/backfilld.conf" <<EOF
+database: { conninfo = "$conninfo"; schema = "backfill"; };
+daemon: { name = "bench"; workers = 2; poll_interval_ms = 1000; lease_ms = 30000; };
+http: { listen = ""; };
+log: { level = "info"; progress_interval_ms = 10000; };
+EOF
+"$bin" -c "$work/backfilld.conf" --install-schema >>"$work/backfilld.log" 2>&1 ||
+    { cat "$work/backfilld.log" >&2; die "--install-schema failed"; }
+"${as_daemon[@]}" "$bin" -c "$work/backfilld.conf" 2>>"$work/backfilld.log" &
+daemon_pid=$!
+
+# -- one run of one method ----------------------------------------------------------------------
+
+methods=(update plpgsql client fixed adaptive par2)
+declare -A label=(
+    [none]="no backfill (pgbench alone)"
+    [update]="one UPDATE"
+    [plpgsql]="PL/pgSQL keyset loop, CALL"
+    [client]="client loop, Python psycopg"
+    [fixed]="backfilld fixed $batch"
+    [adaptive]="backfilld adaptive (defaults)"
+    [par2]="backfilld parallel=2, fixed $batch"
+    [offset]="OFFSET loop, PL/pgSQL")
+declare -A job_cols=(
+    [fixed]="batch_size, min_batch_size, max_batch_size, sleep_ms|$batch, $batch, $batch, 0"
+    [adaptive]="|"
+    [par2]="batch_size, min_batch_size, max_batch_size, sleep_ms, parallel|$batch, $batch, $batch, 0, 2")
+
+# R[key/field]: every figure of every run; key = SET/METHOD/ROUND.
+declare -A R
+runs_done=()
+
+reset_table() {
+    sql -c "UPDATE $1 SET state = NULL" -c "VACUUM (ANALYZE) $1" -c 'CHECKPOINT'
+    wait_caught_up
+}
+
+check_table() { # TABLE KEY
+    local differ
+    differ=$(sql -Atc "SELECT count(*) FROM $1 WHERE state IS DISTINCT FROM status")
+    [[ $differ == 0 ]] || die "$2: $differ rows still differ after the run"
+}
+
+insert_lsn() { sql -Atc "SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/0')::bigint"; }
+
+start_load() { # NAME
+    rm -f "$work/lat_$1".*
+    (cd "$work" && exec "$PG_BINDIR/pgbench" -n -f "$work/app.sql" -D nrows="$rows" -c "$clients" -j 2 \
+        -R "$rate" -T 100000 -l --log-prefix="$work/lat_$1" -h 127.0.0.1 -p "$port" -U postgres bench) \
+        >"$work/pgbench_$1.out" 2>&1 &
+    load_pid=$!
+}
+
+# pgbench ends a -T run on SIGALRM: in-flight transactions finish, the logs are flushed.
+stop_load() {
+    kill -ALRM "$load_pid" 2>/dev/null || true
+    wait "$load_pid" || { cat "$work/pgbench_$1.out" >&2; die "pgbench failed"; }
+    load_pid=""
+}
+
+# run SET TABLE NROWS METHOD ROUND LOADED
+run() {
+    local set=$1 t=$2 n=$3 m=$4 round=$5 loaded=$6
+    local key=$set/$m/$round out t0 t1 secs w0 w1 c0 c1 id state cols vals ev=$work/ev_${set}_${m}_$round
+    say "$set round $round: ${label[$m]} on $t ($(thousands "$n") rows)$( ((loaded)) && echo ", pgbench -R $rate")"
+    reset_table "$t"
+    if ((loaded)); then
+        start_load "${set}_${m}_$round"
+        sleep "$warmup"
+    fi
+    read -r -a c0 < <(bpy procstat "$pm_pid" "$daemon_pid")
+    w0=$(insert_lsn)
+    t0=$EPOCHREALTIME
+    case $m in
+    none)
+        sleep "$base_secs"
+        t1=$EPOCHREALTIME
+        secs=$(calc 'b - a' a="$t0" b="$t1")
+        : >"$ev"
+        ;;
+    update)
+        out=$(sql -c '\timing on' -c "UPDATE $t SET state = status WHERE state IS DISTINCT FROM status" 2>&1) ||
+            { echo "$out" >&2; die "$key: the UPDATE failed"; }
+        t1=$EPOCHREALTIME
+        secs=$(sed -n 's/^Time: \([0-9.]*\) ms.*/\1/p' <<<"$out" | tail -n 1)
+        secs=$(calc 's / 1000' s="$secs")
+        echo "$t1 $n" >"$ev"
+        ;;
+    plpgsql)
+        out=$(sql -c 'CREATE TEMP TABLE bench_log (t float8, k bigint, ms float8)' -c "CALL keyset_$t($batch)" \
+            -c "\\copy bench_log TO '$work/log_${set}_${m}_$round' WITH (DELIMITER ' ')" 2>&1) ||
+            { echo "$out" >&2; die "$key: CALL keyset_$t failed"; }
+        t1=$EPOCHREALTIME
+        secs=$(sed -n 's/.*server_seconds=\([0-9.]*\).*/\1/p' <<<"$out")
+        awk -v p="$(sql -Atc "SELECT min(id) - 1 FROM $t")" '{ print $1, $2 - p, $3; p = $2 }' \
+            "$work/log_${set}_${m}_$round" >"$ev"
+        ;;
+    client)
+        out=$(bpy client "$conninfo" "$t" "$batch" "$work/log_${set}_${m}_$round") ||
+            die "$key: the client loop failed"
+        t1=$EPOCHREALTIME
+        read -r secs _ _ "R[$key/client_cpu]" <<<"$out"
+        awk -v p="$(sql -Atc "SELECT min(id) - 1 FROM $t")" '{ print $1, $2 - p, $3; p = $2 }' \
+            "$work/log_${set}_${m}_$round" >"$ev"
+        ;;
+    fixed | adaptive | par2)
+        kill -0 "$daemon_pid" 2>/dev/null || { tail -n 20 "$work/backfilld.log" >&2; die "backfilld is not running"; }
+        cols=${job_cols[$m]%%|*}
+        vals=${job_cols[$m]#*|}
+        out=$(bpy submit-wait "$conninfo" \
+            "INSERT INTO backfill.jobs (name, target, set_sql, where_sql${cols:+, $cols})
+             VALUES ('$key', '$t', 'state = status', 'state IS DISTINCT FROM status'${vals:+, $vals})
+             RETURNING id" $((600 + n / 500))) || die "$key: the job did not finish"
+        t1=$EPOCHREALTIME
+        read -r id state <<<"$out"
+        [[ $state == "done" ]] || die "$key: job $id ended $state: $(sql -Atc "SELECT last_error FROM backfill.jobs WHERE id = $id")"
+        R[$key/job]=$id
+        read -r secs "R[$key/batches]" "R[$key/throttled]" "R[$key/max_batch]" "R[$key/slept]" < <(sql -At -F ' ' -c "
+            SELECT extract(epoch FROM j.finished_at - j.created_at), j.batches,
+                   (SELECT count(*) FROM backfill.batches b WHERE b.job_id = j.id AND b.throttled_reason IS NOT NULL),
+                   (SELECT max(batch_size) FROM backfill.batches b WHERE b.job_id = j.id),
+                   (SELECT coalesce(sum(sleep_ms), 0) / 1000.0 FROM backfill.batches b WHERE b.job_id = j.id)
+            FROM backfill.jobs j WHERE j.id = $id")
+        sql -At -F ' ' -c "SELECT extract(epoch FROM finished_at), rows_scanned, duration_ms
+                           FROM backfill.batches WHERE job_id = $id ORDER BY batch" >"$ev"
+        ;;
+    offset)
+        # --big: the first and the last tenth only (a full OFFSET walk of 10M rows takes hours); the
+        # middle is done by one UPDATE, so that the last tenth sees the index and heap a full walk
+        # would have left.
+        local ranges="0 $n"
+        [[ $set == qb ]] && ranges="0 $((n / 10)) $((n - n / 10)) $n"
+        local -a rr
+        read -r -a rr <<<"$ranges"
+        local -a calls=()
+        calls+=(-c 'CREATE TEMP TABLE bench_log (t float8, k bigint, ms float8)')
+        calls+=(-c "CALL offset_$t($batch, ${rr[0]}, ${rr[1]})")
+        ((${#rr[@]} == 4)) && calls+=(-c "UPDATE $t SET state = status WHERE id > ${rr[1]} AND id <= ${rr[2]}")
+        ((${#rr[@]} == 4)) && calls+=(-c "CALL offset_$t($batch, ${rr[2]}, ${rr[3]})")
+        calls+=(-c "\\copy bench_log TO '$work/log_${set}_${m}_$round' WITH (DELIMITER ' ')")
+        out=$(sql "${calls[@]}" 2>&1) || { echo "$out" >&2; die "$key: the OFFSET loop failed"; }
+        t1=$EPOCHREALTIME
+        secs=$(calc 'b - a' a="$t0" b="$t1")
+        cp "$work/log_${set}_${m}_$round" "$ev"
+        ;;
+    esac
+    w1=$(insert_lsn)
+    read -r -a c1 < <(bpy procstat "$pm_pid" "$daemon_pid")
+    if ((loaded)); then
+        sleep 2
+        stop_load "${set}_${m}_$round"
+        read -r "R[$key/tps]" "R[$key/p50]" "R[$key/p99]" "R[$key/ntx]" < <(bpy latstats "$work/lat_${set}_${m}_$round" "$t0" "$t1" 1)
+    fi
+    [[ $m == none ]] || check_table "$t" "$key"
+    R[$key/t0]=$t0
+    R[$key/t1]=$t1
+    R[$key/secs]=$secs
+    R[$key/rows]=$n
+    R[$key/rate]=$(calc 'r / s' r="$n" s="$secs")
+    R[$key/wal]=$((w1 - w0))
+    R[$key/srv_cpu]=$(calc '(b - a) / hz' a="${c0[0]}" b="${c1[0]}" hz="$tck")
+    R[$key/dmn_cpu]=$(calc '(b - a) / hz' a="${c0[1]}" b="${c1[1]}" hz="$tck")
+    R[$key/load]=$(cut -d' ' -f1 /proc/loadavg)
+    read -r "R[$key/lag_peak]" "R[$key/lag_mean]" _ < <(bpy lag "$work/samples.txt" "$t0" "$t1")
+    R[$key/events]=$ev
+    runs_done+=("$key")
+    printf '    %.2f s, %s rows/s, WAL %s MiB, server CPU %.1f s, daemon CPU %.2f s, lag peak %s MiB%s\n' \
+        "$secs" "$([[ $m == none ]] && echo - || thousands "${R[$key/rate]}")" "$(calc 'int(w / 1048576)' w="${R[$key/wal]}")" \
+        "${R[$key/srv_cpu]}" "${R[$key/dmn_cpu]}" "$(fmt %.1f "$(calc 'p / 1048576' p="${R[$key/lag_peak]}")")" \
+        "${R[$key/tps]:+, pgbench TPS ${R[$key/tps]} p50 ${R[$key/p50]} ms p99 ${R[$key/p99]} ms}" >&2
+}
+
+# -- sections 1, 2, 4, 5: quiet runs (no application load), in rounds ---------------------------
+
+for ((r = 1; r <= rounds; r++)); do
+    for m in "${methods[@]}"; do
+        run q1 users "$rows" "$m" "$r" 0
+    done
+done
+run q1 users "$rows" offset 1 0
+
+# -- section 3: the same methods under pgbench, once each ----------------------------------------
+
+run l1 users "$rows" none 1 1
+for m in "${methods[@]}"; do
+    run l1 users "$rows" "$m" 1 1
+done
+
+if ((big)); then
+    for m in "${methods[@]}"; do
+        run qb users_big "$big_rows" "$m" 1 0
+    done
+    run qb users_big "$big_rows" offset 1 0
+fi
+
+# -- section 5: peak RSS, flat with 100 jobs queued ----------------------------------------------
+
+vm() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; }
+hwm_runs=$(vm "$daemon_pid" VmHWM)
+say "section 5: $small_jobs jobs queued at once on $small_jobs small tables"
+sql <<EOF >/dev/null
+DO \$\$
+BEGIN
+    FOR i IN 1..$small_jobs LOOP
+        EXECUTE format('CREATE TABLE small_%s (id bigint PRIMARY KEY, a int, b int)', i);
+        EXECUTE format('INSERT INTO small_%s SELECT g, g, NULL FROM generate_series(1, 2000) g', i);
+    END LOOP;
+END
+\$\$;
+INSERT INTO backfill.jobs (name, target, set_sql, where_sql)
+SELECT 'small-' || i, ('small_' || i)::regclass, 'b = a', 'b IS DISTINCT FROM a'
+FROM generate_series(1, $small_jobs) i;
+EOF
+t_small0=$EPOCHREALTIME
+rss_max_queued=0
+for ((i = 0; i < 6000; i++)); do
+    v=$(vm "$daemon_pid" VmRSS)
+    ((v > rss_max_queued)) && rss_max_queued=$v
+    left=$(sql -Atc "SELECT count(*) FROM backfill.jobs WHERE name LIKE 'small-%' AND state <> 'done'")
+    [[ $left == 0 ]] && break
+    bad=$(sql -Atc "SELECT count(*) FROM backfill.jobs WHERE name LIKE 'small-%' AND state IN ('failed', 'cancelled')")
+    [[ $bad == 0 ]] || die "section 5: $bad small jobs failed"
+    sleep 0.1
+done
+[[ $left == 0 ]] || die "section 5: $left small jobs not done after 10 minutes"
+t_small=$(calc 'b - a' a="$t_small0" b="$EPOCHREALTIME")
+hwm_small=$(vm "$daemon_pid" VmHWM)
+grep -q 'parallel slices are not supported' "$work/backfilld.log" && par_warned=1 || par_warned=0
+kill -TERM "$daemon_pid"
+daemon_rc=0
+wait "$daemon_pid" || daemon_rc=$?
+daemon_pid=""
+((daemon_rc == 0)) || say "warning: backfilld exited with status $daemon_rc on SIGTERM"
+
+# -- section 6: the queue at 10,000 jobs ---------------------------------------------------------
+
+say "section 6: claim latency, NOTIFY wake-up and INSERT -> first batch with $(thousands "$queued_jobs") queued jobs"
+sql <<'EOF'
+-- Times backfill._claim on this (daemon-flagged) session; each claim is rolled back, so the
+-- queue is the same for every call.
+CREATE PROCEDURE claim_probe(n int)
+LANGUAGE plpgsql AS $$
+DECLARE
+    t0 timestamptz;
+    ms float8[] := '{}';
+    got int;
+BEGIN
+    FOR i IN 1..n LOOP
+        t0 := clock_timestamp();
+        SELECT count(*) INTO got FROM backfill._claim('bench-probe', 30000, NULL);
+        ms := ms || 1000 * extract(epoch FROM clock_timestamp() - t0)::float8;
+        ROLLBACK;
+    END LOOP;
+    RAISE NOTICE 'claim_ms=% claimed=%', array_to_string(ms, ','), got;
+END
+$$;
+CREATE TABLE q_probe (id bigint PRIMARY KEY, a int, b int);
+INSERT INTO q_probe SELECT g, g, NULL FROM generate_series(1, 1000) g;
+EOF
+# claim_ms CONDITION: median and max of claim_n timed _claim calls.
+claim_ms() {
+    local out ms
+    out=$(sql -c "SELECT set_config('backfilld.daemon', 'on', false)" -o /dev/null -c "CALL claim_probe($claim_n)" 2>&1) ||
+        { echo "$out" >&2; die "claim_probe failed"; }
+    ms=$(sed -n 's/.*claim_ms=\([0-9.,e+-]*\).*/\1/p' <<<"$out")
+    R[claim/$1/claimed]=$(sed -n 's/.* claimed=\([0-9]*\).*/\1/p' <<<"$out")
+    # shellcheck disable=SC2086
+    R[claim/$1/med]=$(median ${ms//,/ })
+    R[claim/$1/max]=$(tr ',' '\n' <<<"$ms" | sort -g | tail -n 1)
+}
+claim_ms empty
+t_q0=$EPOCHREALTIME
+sql <<EOF
+DO \$\$
+BEGIN
+    FOR i IN 1..10 LOOP
+        EXECUTE format('CREATE TABLE q_%s (id bigint PRIMARY KEY, a int, b int)', i);
+        EXECUTE format('INSERT INTO q_%s SELECT g, g, NULL FROM generate_series(1, 1000) g', i);
+    END LOOP;
+END
+\$\$;
+INSERT INTO backfill.jobs (name, target, set_sql, where_sql, not_before)
+SELECT 'queued-' || i, ('q_' || (1 + i % 10))::regclass, 'b = a', 'b IS DISTINCT FROM a', now() + interval '1 day'
+FROM generate_series(1, $queued_jobs) i;
+ANALYZE backfill.jobs;
+EOF
+t_queue=$(calc 'b - a' a="$t_q0" b="$EPOCHREALTIME")
+claim_ms queued
+probe=$(sql -Atc "INSERT INTO backfill.jobs (name, target, set_sql, where_sql)
+                  VALUES ('claim-probe', 'q_probe', 'b = a', 'b IS DISTINCT FROM a') RETURNING id")
+claim_ms runnable
+sql -c "SELECT backfill.cancel($probe) WHERE (SELECT state FROM backfill.jobs WHERE id = $probe) = 'pending'" -o /dev/null
+
+# A fresh daemon that only a NOTIFY can wake within a minute.
+sed 's/poll_interval_ms = 1000/poll_interval_ms = 60000/; s/name = "bench"/name = "bench-queue"/' \
+    "$work/backfilld.conf" >"$work/backfilld-queue.conf"
+"${as_daemon[@]}" "$bin" -c "$work/backfilld-queue.conf" 2>>"$work/backfilld.log" &
+daemon_pid=$!
+sleep 3
+declare -a wake=() first_start=() first_end=()
+for ((i = 1; i <= notify_n; i++)); do
+    out=$(bpy submit-wait "$conninfo" "INSERT INTO backfill.jobs (name, target, set_sql, where_sql,
+                                          batch_size, min_batch_size, max_batch_size)
+                                      VALUES ('notify-$i', 'q_probe', 'b = a', 'b IS DISTINCT FROM a', 1000, 1000, 1000)
+                                      RETURNING id" 120) || die "section 6: probe $i did not finish"
+    read -r id state <<<"$out"
+    [[ $state == "done" ]] || die "section 6: probe job $id ended $state"
+    read -r a b c < <(sql -At -F ' ' -c "
+        SELECT 1000 * extract(epoch FROM j.started_at - j.created_at),
+               1000 * extract(epoch FROM (b.finished_at - b.duration_ms * interval '1 ms') - j.created_at),
+               1000 * extract(epoch FROM b.finished_at - j.created_at)
+        FROM backfill.jobs j JOIN backfill.batches b ON b.job_id = j.id AND b.batch = 1
+        WHERE j.id = $id")
+    wake+=("$a")
+    first_start+=("$b")
+    first_end+=("$c")
+    sql -c "UPDATE q_probe SET b = NULL" -o /dev/null
+    sleep 0.5
+done
+hwm_queue=$(vm "$daemon_pid" VmHWM)
+kill -TERM "$daemon_pid"
+wait "$daemon_pid" || true
+daemon_pid=""
+kill -TERM "$sampler_pid" 2>/dev/null || true
+wait "$sampler_pid" 2>/dev/null || true
+sampler_pid=""
+
+# -- the plot: throughput and p99 against time, application-impact runs --------------------------
+
+say "plotting $png"
+for m in none "${methods[@]}"; do
+    k=l1/$m/1
+    bpy series "$work/series_$m.tsv" "${R[$k/t0]}" "${R[$k/t1]}" "$rows" "${R[$k/events]}" \
+        "$work/lat_l1_${m}_1" "$warmup" 2
+done
+# One colour per method in every panel; the key names them as the table does.
+declare -A colour=([none]="#555555" [update]="#d62728" [plpgsql]="#1f77b4" [client]="#9467bd"
+    [fixed]="#2ca02c" [adaptive]="#ff7f0e" [par2]="#17becf")
+p_progress="" p_rate="" p_p99=""
+xmax=0
+for m in none "${methods[@]}"; do
+    f="'$work/series_$m.tsv'"
+    st="lw 1.6 lc rgb '${colour[$m]}' title '${label[$m]}'"
+    [[ $m == none ]] || p_progress+="${p_progress:+, }$f using (\$1 + 1):3 with lines $st"
+    [[ $m == none || $m == update ]] || p_rate+="${p_rate:+, }$f using 1:2 with steps $st"
+    p_p99+="${p_p99:+, }$f using (\$1 + 0.5):4 with linespoints pt 7 ps 0.5 $st"
+    [[ $m == none ]] || xmax=$(calc 'x > s ? x : s' x="$xmax" s="${R[l1/$m/1/secs]}")
+done
+xmax=$(calc 'int(x * 1.05) + 3' x="$xmax")
+mkdir -p "$(dirname "$png")"
+gnuplot <<EOF 2>"$work/gnuplot.err" || { cat "$work/gnuplot.err" >&2; die "gnuplot failed"; }
+set terminal pngcairo size 1100,900 font "sans,9" noenhanced
+set output "$png"
+set datafile separator "\t"
+set datafile missing "?"
+set multiplot layout 3,1 title "backfilld benchmark suite: $(thousands "$rows") rows (users: state = status) under pgbench -R $rate (dual-write updates of the same table); $(nproc) CPUs, load average ${R[l1/update/1/load]}"
+set grid
+set key outside right top
+set lmargin 11
+set rmargin 34
+set xrange [-$warmup:$xmax]
+set xlabel "seconds since the backfill started"
+set ylabel "rows committed (%)"
+set yrange [0:105]
+plot $p_progress
+set ylabel "committed rows/s (1 s buckets)"
+set yrange [0:*]
+set label 1 "one UPDATE: nothing committed before its end (top panel)" at graph 0.01, graph 0.93
+plot $p_rate
+unset label 1
+set ylabel "pgbench p99 per second (ms, log)"
+set label 2 "a gap: no pgbench transaction completed in that second" at graph 0.01, graph 0.93
+set logscale y
+set yrange [*:*]
+plot $p_p99
+unset multiplot
+EOF
+png_kib=$(($(stat -c %s "$png") / 1024))
+
+# -- the figures --------------------------------------------------------------------------------
+
+cpu=$(awk -F': *' '/^(model name|Model|cpu model|Hardware)[[:space:]]*:/ { print $2; exit }' /proc/cpuinfo)
+[[ -n $cpu ]] || cpu=$(uname -m)
+mem=$(awk '/^MemTotal:/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
+load_end=$(cut -d' ' -f1-3 /proc/loadavg)
+suite_min=$(calc '(b - a) / 60' a="$t_suite" b="$EPOCHREALTIME")
+mib() { fmt %.1f "$(calc 'v / 1048576' v="$1")"; }
+kib2mib() { printf '%.1f' "$(calc 'k / 1024' k="$1")"; }
+met() { awk -v v="$1" -v t="$3" "BEGIN { if (v == \"NaN\" || v == \"\") print \"-\"; else print (v $2 t) ? \"met\" : \"NOT MET\" }"; }
+line() { printf '%-34s %s\n' "$1" "$2"; }
+rule() { printf '%s\n' "------------------------------------------------------------------------------------------------------------------"; }
+
+# med SET METHOD FIELD: the median over the rounds; ratio SET A B [FIELD]: the median over the
+# rounds of FIELD(A) / FIELD(B) taken in the same round (FIELD: rate unless given).
+med() {
+    local -a v=()
+    local k
+    for k in "${runs_done[@]}"; do
+        [[ $k == "$1/$2/"* && -n ${R[$k/$3]:-} ]] && v+=("${R[$k/$3]}")
+    done
+    median "${v[@]}"
+}
+ratio() { # SET A B [FIELD, default rate]
+    local -a v=()
+    local k r f=${4:-rate}
+    for k in "${runs_done[@]}"; do
+        [[ $k == "$1/$2/"* ]] || continue
+        r=${k##*/}
+        [[ -n ${R[$1/$3/$r/$f]:-} ]] && v+=("$(calc 'a / b' a="${R[$k/$f]}" b="${R[$1/$3/$r/$f]}")")
+    done
+    median "${v[@]}"
+}
+series_of() { # SET METHOD FIELD [FORMAT]: each round's value, joined by /
+    local k out=""
+    for k in "${runs_done[@]}"; do
+        [[ $k == "$1/$2/"* ]] && out+="${out:+/}$(fmt "${4:-%.1f}" "${R[$k/$3]}")"
+    done
+    printf '%s' "$out"
+}
+
+throughput_table() { # SET TABLE NROWS ROUNDS
+    local s=$1 m n=$3
+    echo
+    echo "1. Throughput: $2, $(thousands "$n") rows, UPDATE $2 SET state = status; no application load; median of $4 round(s)"
+    printf '%-34s %26s %10s %9s %10s %9s  %s\n' "method" "seconds (each round)" "rows/s" "x UPDATE" "x PL/pgSQL" "x client" "throttled batches; sleep"
+    for m in "${methods[@]}"; do
+        local thr="-"
+        [[ $m == fixed || $m == adaptive || $m == par2 ]] &&
+            thr="$(series_of "$s" "$m" throttled %.0f) of $(printf '%.0f' "$(med "$s" "$m" batches)"); slept $(series_of "$s" "$m" slept %.0f) s"
+        printf '%-34s %26s %10s %9.3f %10.3f %9.3f  %s\n' "${label[$m]}" "$(series_of "$s" "$m" secs %.2f)" \
+            "$(thousands "$(med "$s" "$m" rate)")" "$(ratio "$s" "$m" update)" "$(ratio "$s" "$m" plpgsql)" \
+            "$(ratio "$s" "$m" client)" "$thr"
+    done
+    local f c p
+    f=$(ratio "$s" fixed plpgsql)
+    c=$(ratio "$s" fixed client)
+    p=$(ratio "$s" par2 update)
+    line "x A" "the rate over A's in the same round, median over the rounds"
+    line "throttled; sleep" "backfilld's batches held back (replication lag, ...) of its batches, and its total sleep, each round"
+    line "target fixed >= 0.9x PL/pgSQL" "$(printf '%.3f' "$f")  $(met "$f" '>=' 0.9)"
+    line "target fixed >= 1.0x client loop" "$(printf '%.3f' "$c")  $(met "$c" '>=' 1.0)"
+    line "target parallel=2 >= 1.3x UPDATE" "$(printf '%.3f' "$p")  $(met "$p" '>=' 1.3)$( ((par_warned)) && echo "  -- parallel slices are not implemented: the daemon logged that it walks the job as one slice")"
+}
+
+flat_table() { # SET NROWS
+    local s=$1 k r
+    echo
+    echo "2. Keyset stays flat: median batch duration, last 10% of the walk over the first 10% ($(thousands "$2") rows, batches of $batch)"
+    printf '%-34s %12s %12s %8s %8s %s\n' "method" "first 10% ms" "last 10% ms" "ratio" "batches" "target <= 1.2"
+    for m in fixed plpgsql client offset; do
+        k=$s/$m/1
+        [[ -n ${R[$k/events]:-} ]] || continue
+        read -r a b r nb < <(bpy flat "${R[$k/events]}")
+        local note
+        if [[ $m == offset ]]; then
+            note="(comparison, no target)"
+            [[ $s == qb ]] && note="(first and last tenth by OFFSET, the middle by one UPDATE)"
+        else
+            note=$(met "$r" '<=' 1.2)
+        fi
+        printf '%-34s %12.2f %12.2f %8.3f %8d %s\n' "${label[$m]}" "$a" "$b" "$r" "$nb" "$note"
+    done
+}
+
+cost_table() { # SET
+    local s=$1 m mr
+    echo
+    echo "4/5. Standby lag and cost per 1,000,000 rows (no application load; medians over the rounds)"
+    printf '%-34s %10s %10s %11s %11s %9s %12s %8s\n' "method" "lag peak" "lag mean" "WAL MiB/M" "x UPDATE" "srv CPU" "client CPU" "share"
+    for m in "${methods[@]}"; do
+        mr=$(calc 'r / 1e6' r="$(med "$s" "$m" rows)")
+        local ccpu="-" share="-"
+        if [[ $m == client ]]; then
+            ccpu=$(calc 'c / m' c="$(med "$s" client client_cpu)" m="$mr")
+            share=$(calc '100 * c / s' c="$(med "$s" client client_cpu)" s="$(med "$s" client srv_cpu)")
+        elif [[ $m == fixed || $m == adaptive || $m == par2 ]]; then
+            ccpu=$(calc 'c / m' c="$(med "$s" "$m" dmn_cpu)" m="$mr")
+            share=$(calc '100 * c / s' c="$(med "$s" "$m" dmn_cpu)" s="$(med "$s" "$m" srv_cpu)")
+        fi
+        printf '%-34s %7s MiB %6s MiB %11.1f %11.3f %8.1fs %11ss %7s%%\n' "${label[$m]}" \
+            "$(mib "$(med "$s" "$m" lag_peak)")" "$(mib "$(med "$s" "$m" lag_mean)")" \
+            "$(calc 'w / 1048576 / m' w="$(med "$s" "$m" wal)" m="$mr")" \
+            "$(ratio "$s" "$m" update wal)" \
+            "$(calc 'c / m' c="$(med "$s" "$m" srv_cpu)" m="$mr")" \
+            "$(fmt %.2f "$ccpu")" "$(fmt %.2f "$share")"
+    done
+}
+
+{
+    echo
+    echo "backfilld benchmark suite$( ((quick)) && echo ' (--quick)')$( ((big)) && echo ' (--big)')"
+    rule
+    line "machine" "$(nproc) CPUs, $cpu, $mem RAM, $(uname -sr)"
+    line "load average (1/5/15 min)" "$load_start at the start, $load_end at the end; suite took $(printf '%.1f' "$suite_min") min"
+    line "PostgreSQL" "$(sql -Atc 'SHOW server_version'), primary + 1 streaming standby (shared_buffers 256MB, fsync off, synchronous_commit off)"
+    line "backfilld" "$("$bin" --version), one resident daemon (workers 2, throttle defaults)"
+    line "table" "users, $(thousands "$rows") rows, ~110 bytes/row; reset (UPDATE state = NULL, VACUUM, CHECKPOINT) before every run"
+    line "batch" "$(thousands "$batch") keys for the PL/pgSQL, client and OFFSET loops and backfilld fixed/parallel=2"
+    line "command" "tests/bench/bench_suite.sh$( ((quick)) && echo ' --quick')$( ((big)) && echo ' --big')"
+    rule
+    throughput_table q1 users "$rows" "$rounds"
+    ((big)) && throughput_table qb users_big "$big_rows" 1
+    flat_table q1 "$rows"
+    ((big)) && flat_table qb "$big_rows"
+    echo
+    echo "3. Application impact: pgbench -f (dual-write UPDATE of one random users row) -R $rate -c $clients -j 2, once per method"
+    printf '%-34s %8s %9s %9s %11s %10s %10s %6s\n' "method" "TPS" "p50 ms" "p99 ms" "p99 x none" "backfill s" "lag peak" "load"
+    for m in none "${methods[@]}"; do
+        k=l1/$m/1
+        printf '%-34s %8.1f %9.2f %9.2f %11.2f %10s %6s MiB %6s\n' "${label[$m]}" "${R[$k/tps]}" "${R[$k/p50]}" \
+            "${R[$k/p99]}" "$(calc 'a / b' a="${R[$k/p99]}" b="${R[l1/none/1/p99]}")" \
+            "$([[ $m == none ]] && echo - || printf '%.1f' "${R[$k/secs]}")" "$(mib "${R[$k/lag_peak]}")" "${R[$k/load]}"
+    done
+    line "window" "TPS: transactions ended while the backfill ran; p50/p99: those ended then or within 1 s after"
+    line "" "(under -R a transaction's latency counts from its scheduled start, so waiting behind a lock counts)"
+    cost_table q1
+    ((big)) && cost_table qb
+    line "lag" "pg_current_wal_lsn() - replay_lsn of the standby, sampled every 100 ms while the method ran"
+    line "srv CPU" "CPU seconds of the primary's postmaster and all its children (reaped ones too) per 1M rows"
+    line "client CPU / share" "the Python process's or backfilld's own CPU seconds per 1M rows, and as a % of the server's"
+    line "target daemon CPU < 2% of server" "fixed $(printf '%.2f%%' "$(calc '100 * c / s' c="$(med q1 fixed dmn_cpu)" s="$(med q1 fixed srv_cpu)")") $(met "$(calc '100 * c / s' c="$(med q1 fixed dmn_cpu)" s="$(med q1 fixed srv_cpu)")" '<' 2), adaptive $(printf '%.2f%%' "$(calc '100 * c / s' c="$(med q1 adaptive dmn_cpu)" s="$(med q1 adaptive srv_cpu)")") $(met "$(calc '100 * c / s' c="$(med q1 adaptive dmn_cpu)" s="$(med q1 adaptive srv_cpu)")" '<' 2)"
+    line "peak RSS (VmHWM)" "$(kib2mib "$hwm_runs") MiB after every run above; $(kib2mib "$hwm_small") MiB after $small_jobs jobs queued at once (done in $(printf '%.1f' "$t_small") s, max VmRSS $(kib2mib "$rss_max_queued") MiB); $(kib2mib "$hwm_queue") MiB for the daemon of section 6 ($(thousands "$queued_jobs") queued)"
+    line "target RSS < 20 MiB and flat" "$(met "$(kib2mib "$hwm_small")" '<' 20), growth with $small_jobs jobs: $(kib2mib "$((hwm_small - hwm_runs))") MiB"
+    echo
+    echo "6. Scale of the queue: $(thousands "$queued_jobs") pending jobs (not_before tomorrow, on 10 tables), inserted in $(printf '%.1f' "$t_queue") s"
+    line "_claim, empty queue" "median $(printf '%.2f' "${R[claim/empty/med]}") ms, max $(printf '%.2f' "${R[claim/empty/max]}") ms ($claim_n calls, server clock)"
+    line "_claim, 10,000 queued, none due" "median $(printf '%.2f' "${R[claim/queued/med]}") ms, max $(printf '%.2f' "${R[claim/queued/max]}") ms"
+    line "_claim, 10,000 queued + 1 due" "median $(printf '%.2f' "${R[claim/runnable/med]}") ms, max $(printf '%.2f' "${R[claim/runnable/max]}") ms (claimed ${R[claim/runnable/claimed]}; rolled back)"
+    line "NOTIFY wake-up (INSERT->started)" "median $(printf '%.1f' "$(median "${wake[@]}")") ms, max $(printf '%.1f' "$(printf '%s\n' "${wake[@]}" | sort -g | tail -n 1)") ms over $notify_n jobs (poll_interval_ms 60000)  target < 100 ms: $(met "$(median "${wake[@]}")" '<' 100)"
+    line "INSERT -> first batch begins" "median $(printf '%.1f' "$(median "${first_start[@]}")") ms, max $(printf '%.1f' "$(printf '%s\n' "${first_start[@]}" | sort -g | tail -n 1)") ms  target < 100 ms: $(met "$(median "${first_start[@]}")" '<' 100)"
+    line "INSERT -> first batch committed" "median $(printf '%.1f' "$(median "${first_end[@]}")") ms"
+    rule
+    line "plot" "$png ($png_kib KiB): progress, committed rows/s and pgbench p99 per second, section 3's runs"
+    rule
+} | tee "$work/table.txt"
