@@ -5,6 +5,7 @@ since initdb refuses root). Daemon writes a libconfig file and runs the binary w
 log file. install_schema() applies the queue schema to a database.
 """
 
+import contextlib
 import copy
 import os
 import re
@@ -219,6 +220,33 @@ class Cluster:
         # The copied postgresql.conf carries the primary's port and socket dir; later lines win.
         standby._append_conf(standby._conf_lines() + [f"cluster_name = '{standby.name}'"])
         return standby.start()
+
+
+@contextlib.contextmanager
+def streaming_standby(cluster, name):
+    """A standby of CLUSTER named NAME (its application_name), streaming before it is yielded;
+    replay is resumed and the standby destroyed afterwards."""
+    base = Path(tempfile.mkdtemp(prefix="bfl-sb-"))
+    sb = cluster.make_standby(base / name, name=name)
+    try:
+        wait_until(lambda: cluster.sql(
+            "SELECT count(*) FROM pg_stat_replication WHERE application_name = %s AND state = 'streaming'",
+            [name])[0][0] == 1, timeout=30, what="the standby streaming")
+        yield sb
+    finally:
+        try:
+            sb.sql("SELECT pg_wal_replay_resume()")
+        except Exception:
+            pass
+        sb.destroy()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def standby_lag_bytes(cluster, name):
+    """How far the standby NAME's replay is behind the primary's WAL, in bytes (None if absent)."""
+    rows = cluster.sql("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint FROM pg_stat_replication"
+                       " WHERE application_name = %s", [name])
+    return rows[0][0] if rows else None
 
 
 # -- the daemon ------------------------------------------------------------------------------

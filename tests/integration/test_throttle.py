@@ -4,10 +4,7 @@ replication lag, row locks, sessions blocked by a batch, and steady application 
 import shutil
 import statistics
 import subprocess
-import tempfile
-import threading
 import time
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -20,26 +17,12 @@ STANDBY = "standby1"
 
 @pytest.fixture(scope="module")
 def standby(cluster):
-    base = Path(tempfile.mkdtemp(prefix="bfl-sb-"))
-    sb = cluster.make_standby(base / STANDBY, name=STANDBY)
-    try:
-        pgharness.wait_until(lambda: cluster.sql(
-            "SELECT count(*) FROM pg_stat_replication WHERE application_name = %s AND state = 'streaming'",
-            [STANDBY])[0][0] == 1, timeout=30, what="the standby streaming")
+    with pgharness.streaming_standby(cluster, STANDBY) as sb:
         yield sb
-    finally:
-        try:
-            sb.sql("SELECT pg_wal_replay_resume()")
-        except Exception:
-            pass
-        sb.destroy()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def replay_lag_bytes(cluster):
-    rows = cluster.sql("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint FROM pg_stat_replication"
-                       " WHERE application_name = %s", [STANDBY])
-    return rows[0][0] if rows else None
+    return pgharness.standby_lag_bytes(cluster, STANDBY)
 
 
 def wait_caught_up(cluster, timeout=60):

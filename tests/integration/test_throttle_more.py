@@ -169,26 +169,12 @@ STANDBY = "standby_more"
 
 @pytest.fixture(scope="module")
 def standby(cluster):
-    base = Path(tempfile.mkdtemp(prefix="bfl-sbm-"))
-    sb = cluster.make_standby(base / STANDBY, name=STANDBY)
-    try:
-        pgharness.wait_until(lambda: cluster.sql(
-            "SELECT count(*) FROM pg_stat_replication WHERE application_name = %s AND state = 'streaming'",
-            [STANDBY])[0][0] == 1, timeout=30, what="the standby streaming")
+    with pgharness.streaming_standby(cluster, STANDBY) as sb:
         yield sb
-    finally:
-        try:
-            sb.sql("SELECT pg_wal_replay_resume()")
-        except Exception:
-            pass
-        sb.destroy()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def standby_lag_bytes(cluster):
-    rows = cluster.sql("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint FROM pg_stat_replication"
-                       " WHERE application_name = %s", [STANDBY])
-    return rows[0][0] if rows else None
+    return pgharness.standby_lag_bytes(cluster, STANDBY)
 
 
 def test_a_lag_pressure_sleep_ends_soon_after_the_lag_clears(cluster, standby, db, daemon_factory):
