@@ -54,30 +54,6 @@ else
     section() { printf '\n== %s\n' "$*"; }
 fi
 
-# initdb refuses root: run the server tools as the postgres OS user when we are root.
-as_pg() {
-    if ((EUID == 0)); then
-        runuser -u postgres -- "$@"
-    else
-        "$@"
-    fi
-}
-
-free_port() {
-    local port
-    if command -v python3 >/dev/null 2>&1; then
-        python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-        return
-    fi
-    for ((port = 54320; port < 54420; port++)); do
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-            echo "$port"
-            return
-        fi
-    done
-    die "no free TCP port in 54320..54419"
-}
-
 now() {
     date +%s.%N
 }
@@ -102,12 +78,11 @@ proc_state() {
 }
 
 sql() {
-    psql -X -q -P pager=off -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d demo "$@"
+    pg_sql "$port" demo "$@"
 }
 
+# At exit, before scripts/lib.sh stops the cluster and removes its directory (pg_cleanup_on_exit).
 cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM HUP
     # Interrupted while the daemon runs. A Ctrl-C reached it too and it is stopping gracefully:
     # give it a moment before a SIGTERM of our own (a second stop signal makes it exit at once).
     if [[ -n $daemon_pid ]]; then
@@ -116,39 +91,23 @@ cleanup() {
         kill -TERM "$daemon_pid" 2>/dev/null || true
         wait "$daemon_pid" 2>/dev/null || true
     fi
-    if [[ -n $cluster_dir ]]; then
-        if ((keep && cluster_up)); then
-            section "Cluster kept (--keep)"
-            cat <<EOF
+    if ((keep && cluster_up)); then
+        section "Cluster kept (--keep)"
+        cat <<EOF
 connect:  psql -h 127.0.0.1 -p $port -U postgres demo
 daemon:   $bin -c $cluster_dir/backfilld.conf --exit-when-idle
 stop:     ${SUDO_HINT}$PG_BINDIR/pg_ctl -D $cluster_dir/data -m fast stop && rm -rf $cluster_dir
 EOF
-        else
-            if ((cluster_up)); then
-                as_pg "$PG_BINDIR/pg_ctl" -D "$cluster_dir/data" -m immediate -w stop >/dev/null 2>&1 || true
-            fi
-            rm -rf "$cluster_dir"
-        fi
+        pg_keep
     fi
-    exit "$rc"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-trap 'exit 129' HUP
+pg_cleanup_on_exit cleanup
 
 # -- 1. packages and build ----------------------------------------------------------------------
 
-# One directory for the build log, the cluster and the daemon's configuration. As root the
-# postgres user must reach it: keep it directly under /tmp.
-if ((EUID == 0)); then
-    cluster_dir=$(mktemp -d /tmp/backfilld-demo.XXXXXX)
-    chown postgres: "$cluster_dir"
-else
-    cluster_dir=$(mktemp -d "${TMPDIR:-/tmp}/backfilld-demo.XXXXXX")
-fi
-chmod 700 "$cluster_dir"
+# One directory for the build log, the cluster and the daemon's configuration.
+pg_workdir backfilld-demo 700
+cluster_dir=$PG_WORK
 
 section "Packages and build"
 ensure_backfilld_packages
@@ -164,24 +123,14 @@ echo "built $bin ($("$bin" --version)) in $(since "$t0") s"
 
 section "Throwaway PostgreSQL cluster"
 port=$(free_port)
-as_pg "$PG_BINDIR/initdb" -D "$cluster_dir/data" -A trust -U postgres -E UTF8 --locale=C --no-sync \
-    >"$cluster_dir/initdb.log" 2>&1 || { cat "$cluster_dir/initdb.log" >&2; die "initdb failed"; }
-cat >>"$cluster_dir/data/postgresql.conf" <<EOF
-
-# scripts/demo.sh: a throwaway cluster
-listen_addresses = '127.0.0.1'
-port = $port
-unix_socket_directories = '$cluster_dir'
-fsync = off
-synchronous_commit = off
-full_page_writes = off
-shared_buffers = 128MB
-max_wal_size = 2GB
-EOF
-as_pg "$PG_BINDIR/pg_ctl" -D "$cluster_dir/data" -l "$cluster_dir/postgresql.log" -w -t 60 start >/dev/null ||
-    { tail -n 20 "$cluster_dir/postgresql.log" >&2; die "the cluster did not start"; }
+pg_start_cluster "$cluster_dir/data" "$port" \
+    'fsync = off' \
+    'synchronous_commit = off' \
+    'full_page_writes = off' \
+    'shared_buffers = 128MB' \
+    'max_wal_size = 2GB'
 cluster_up=1
-psql -X -q -P pager=off -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d postgres -c 'CREATE DATABASE demo'
+pg_sql "$port" postgres -c 'CREATE DATABASE demo'
 echo "PostgreSQL $(sql -Atc 'SHOW server_version') on 127.0.0.1:$port, data in $cluster_dir"
 
 # -- 3. the table -------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 # shellcheck shell=bash
-# Shared by scripts/test.sh and the demo script: where the checkout is, and the Debian
-# packages backfilld needs to build, test and run against a local PostgreSQL 15.
+# Shared by scripts/test.sh, the demo script and the benchmarks: where the checkout is, the
+# Debian packages backfilld needs to build, test and run against a local PostgreSQL 15, and
+# throwaway PostgreSQL clusters (a primary, a streaming standby) removed at exit.
 # Source it; it sets no shell options of its own.
 
 PG_BINDIR=${PG_BINDIR:-/usr/lib/postgresql/15/bin}
@@ -75,7 +76,204 @@ ensure_backfilld_packages() {
 
 # backfilld refuses to run as root: prefix the daemon's command with "${AS_DAEMON_USER[@]}",
 # which runs it as the postgres OS user when the script runs as root (and is empty otherwise).
+# A prefix, not a function: "${AS_DAEMON_USER[@]}" "$bin" ... & forks once and setpriv execs
+# the daemon, so $! is the daemon itself (its /proc, its signals).
 AS_DAEMON_USER=()
+# shellcheck disable=SC2034 # used by the scripts that source this file
 if ((EUID == 0)); then
 	AS_DAEMON_USER=(setpriv --reuid=postgres --regid=postgres --init-groups --)
 fi
+
+# -- throwaway PostgreSQL clusters ------------------------------------------------------------
+#
+# The demo and the benchmarks each run their own clusters, in one temporary directory that also
+# holds the sockets, the logs and whatever else the script keeps there:
+#
+#   cleanup() { stop_processes "$daemon_pid"; }  # what the script started itself
+#   pg_cleanup_on_exit cleanup                   # at exit: cleanup, then pg_cleanup
+#   pg_workdir backfilld-bench 700               # PG_WORK: the directory
+#   port=$(free_port)
+#   pg_start_cluster "$PG_WORK/primary" "$port" 'shared_buffers = 256MB' 'fsync = off'
+#   sb_port=$(free_port)
+#   pg_start_standby "$PG_WORK/standby" "$port" "$sb_port" "cluster_name = 'standby1'"
+#   pg_wait_standby "$port" standby1 120
+#
+# The servers listen on 127.0.0.1 only, trust every local connection, and run as the postgres
+# OS user when the script runs as root (initdb refuses root).
+
+PG_WORK=""        # the directory of pg_workdir, removed by pg_cleanup
+PG_CLUSTERS=()    # the data directories of the clusters started, in order, stopped by pg_cleanup
+_PG_EXIT_FUNC=""  # the script's own clean-up, run at exit (pg_cleanup_on_exit)
+
+# Settings for pg_start_cluster, one postgresql.conf line each, for the scripts that source this.
+# A primary that pg_start_standby copies: WAL for a standby, kept (2GB, no slot) so that a standby
+# whose replay is paused or slow can still catch up.
+# shellcheck disable=SC2034
+PG_PRIMARY_SETTINGS=('wal_level = replica' 'max_wal_senders = 5' 'wal_keep_size = 2GB' 'hot_standby = on')
+# The benchmarks' clusters: what is measured is the backfill and the contention with it (row locks,
+# CPU, I/O, replay), not the disk's flush latency; checkpoints only where a benchmark asks (with
+# max_wal_size, which each benchmark gives, large enough).
+# shellcheck disable=SC2034
+PG_BENCH_SETTINGS=('shared_buffers = 256MB' 'fsync = off' 'synchronous_commit = off' 'checkpoint_timeout = 1h')
+
+# as_pg COMMAND...: run the PostgreSQL server tools as the postgres OS user when we are root.
+as_pg() {
+	if ((EUID == 0)); then
+		runuser -u postgres -- "$@"
+	else
+		"$@"
+	fi
+}
+
+# A TCP port free on 127.0.0.1 now (the kernel's choice when python3 is there).
+free_port() {
+	local port
+	if command -v python3 >/dev/null 2>&1; then
+		python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+		return
+	fi
+	for ((port = 54320; port < 54420; port++)); do
+		if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+			echo "$port"
+			return
+		fi
+	done
+	die "no free TCP port in 54320..54419"
+}
+
+# pg_sql PORT DBNAME [PSQL-ARGS...]: psql as the postgres role over TCP: no psqlrc, no pager,
+# quiet, stopping at the first error.
+pg_sql() {
+	local port=$1 db=$2
+	shift 2
+	psql -X -q -P pager=off -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d "$db" "$@"
+}
+
+# pg_workdir PREFIX MODE: make the throwaway directory, PG_WORK (PREFIX.XXXXXX, chmod MODE).
+# As root the postgres user must reach it and own it: directly under /tmp, chowned.
+pg_workdir() {
+	local prefix=$1 mode=$2
+	if ((EUID == 0)); then
+		PG_WORK=$(mktemp -d "/tmp/$prefix.XXXXXX")
+		chown postgres: "$PG_WORK"
+	else
+		PG_WORK=$(mktemp -d "${TMPDIR:-/tmp}/$prefix.XXXXXX")
+	fi
+	chmod "$mode" "$PG_WORK"
+}
+
+# pg_start_cluster DATADIR PORT [SETTING...]: initdb DATADIR (trust, user postgres, UTF8, C
+# locale), append to its postgresql.conf listen_addresses 127.0.0.1, PORT, the socket in DATADIR's
+# parent, then each SETTING as a line ('fsync = off'), and start it, its log in DATADIR.log.
+# Replication connections from 127.0.0.1 are allowed, for pg_start_standby. pg_cleanup stops it.
+pg_start_cluster() {
+	local datadir=$1 port=$2
+	shift 2
+	as_pg "$PG_BINDIR/initdb" -D "$datadir" -A trust -U postgres -E UTF8 --locale=C --no-sync \
+		>"$datadir.initdb.log" 2>&1 || { cat "$datadir.initdb.log" >&2; die "initdb failed"; }
+	{
+		printf '\n# a throwaway cluster (scripts/lib.sh)\n'
+		printf "listen_addresses = '127.0.0.1'\n"
+		printf 'port = %s\n' "$port"
+		printf "unix_socket_directories = '%s'\n" "${datadir%/*}"
+		(($# == 0)) || printf '%s\n' "$@"
+	} >>"$datadir/postgresql.conf"
+	echo "host replication all 127.0.0.1/32 trust" >>"$datadir/pg_hba.conf"
+	_pg_ctl_start "$datadir" cluster
+}
+
+# pg_start_standby DATADIR PRIMARY_PORT PORT [SETTING...]: a streaming standby of the cluster on
+# PRIMARY_PORT, copied by pg_basebackup -R into DATADIR; its postgresql.conf (the primary's copy)
+# gets PORT and each SETTING as a line. Started, its log in DATADIR.log; pg_cleanup stops it.
+# The primary needs wal_level replica or above and a free WAL sender (PostgreSQL 15's defaults);
+# start it with PG_PRIMARY_SETTINGS, which also keep WAL for a standby that falls behind.
+pg_start_standby() {
+	local datadir=$1 primary_port=$2 port=$3
+	shift 3
+	as_pg "$PG_BINDIR/pg_basebackup" -h 127.0.0.1 -p "$primary_port" -U postgres -D "$datadir" -R \
+		-X stream -c fast --no-sync >"$datadir.basebackup.log" 2>&1 ||
+		{ cat "$datadir.basebackup.log" >&2; die "pg_basebackup failed"; }
+	{
+		printf '\n# the standby (scripts/lib.sh)\n'
+		printf 'port = %s\n' "$port"
+		(($# == 0)) || printf '%s\n' "$@"
+	} >>"$datadir/postgresql.conf"
+	_pg_ctl_start "$datadir" standby
+}
+
+# _pg_ctl_start DATADIR WHAT: start the cluster in DATADIR (waiting up to 60 s), registered for
+# pg_cleanup first so that one slow to start is stopped too; WHAT names it if it does not start.
+_pg_ctl_start() {
+	PG_CLUSTERS+=("$1")
+	as_pg "$PG_BINDIR/pg_ctl" -D "$1" -l "$1.log" -w -t 60 start >/dev/null ||
+		{ tail -n 20 "$1.log" >&2; die "the $2 did not start"; }
+}
+
+# pg_standby_lag PORT NAME: the byte lag of the standby NAME (its cluster_name) behind the
+# primary on PORT, as the daemon measures it (pg_current_wal_lsn() - replay_lsn); -1 while it
+# is not connected.
+pg_standby_lag() {
+	pg_sql "$1" postgres -Atc "SELECT coalesce((SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint
+	                                            FROM pg_stat_replication WHERE application_name = '$2'), -1)"
+}
+
+# pg_wait_standby PORT NAME SECONDS: wait until the standby NAME has replayed all the primary
+# has written (lag 0, polled every 0.1 s); die after SECONDS.
+pg_wait_standby() {
+	local i lag
+	for ((i = 0; i < $3 * 10; i++)); do
+		lag=$(pg_standby_lag "$1" "$2")
+		[[ $lag == 0 ]] && return 0
+		sleep 0.1
+	done
+	die "the standby did not catch up (lag $lag bytes)"
+}
+
+# stop_processes PID...: SIGKILL each PID that is still running, and reap it (empty PIDs skipped).
+stop_processes() {
+	local p
+	for p in "$@"; do
+		if [[ -n $p ]] && kill -0 "$p" 2>/dev/null; then
+			kill -KILL "$p" 2>/dev/null || true
+			wait "$p" 2>/dev/null || true
+		fi
+	done
+}
+
+# pg_cleanup: stop every cluster started (immediate shutdown, the standby before its primary)
+# and remove PG_WORK with all in it.
+pg_cleanup() {
+	local i
+	for ((i = ${#PG_CLUSTERS[@]} - 1; i >= 0; i--)); do
+		as_pg "$PG_BINDIR/pg_ctl" -D "${PG_CLUSTERS[i]}" -m immediate -w stop >/dev/null 2>&1 || true
+	done
+	PG_CLUSTERS=()
+	[[ -z $PG_WORK ]] || rm -rf "$PG_WORK"
+	PG_WORK=""
+}
+
+# pg_keep: forget the clusters and PG_WORK, so that pg_cleanup leaves them running (demo --keep).
+pg_keep() {
+	PG_CLUSTERS=()
+	PG_WORK=""
+}
+
+# pg_cleanup_on_exit [FUNC]: when the script exits (at its end, on an error or die, or on SIGINT,
+# SIGTERM or SIGHUP, which exit with 130, 143 or 129), run FUNC (the script's own clean-up: its
+# daemon, its load generators; it may call pg_keep), then pg_cleanup, and exit with the status
+# the script had. FUNC runs without set -e, so that a failure in it does not skip pg_cleanup.
+pg_cleanup_on_exit() {
+	_PG_EXIT_FUNC=${1:-}
+	trap _pg_on_exit EXIT
+	trap 'exit 130' INT
+	trap 'exit 143' TERM
+	trap 'exit 129' HUP
+}
+
+_pg_on_exit() {
+	local rc=$?
+	trap - EXIT INT TERM HUP
+	[[ -z $_PG_EXIT_FUNC ]] || "$_PG_EXIT_FUNC" || true
+	pg_cleanup
+	exit "$rc"
+}

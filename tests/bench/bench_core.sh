@@ -49,32 +49,8 @@ bin=$build/backfilld
 
 # -- helpers ------------------------------------------------------------------------------------
 
-# initdb refuses root: run the server tools as the postgres OS user when we are root.
-as_pg() {
-    if ((EUID == 0)); then
-        runuser -u postgres -- "$@"
-    else
-        "$@"
-    fi
-}
-
-free_port() {
-    local port
-    if command -v python3 >/dev/null 2>&1; then
-        python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-        return
-    fi
-    for ((port = 54320; port < 54420; port++)); do
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-            echo "$port"
-            return
-        fi
-    done
-    die "no free TCP port in 54320..54419"
-}
-
 sql() {
-    psql -X -q -P pager=off -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d bench "$@"
+    pg_sql "$port" bench "$@"
 }
 
 # calc EXPR [VAR=VALUE...]: awk arithmetic, e.g. calc 'r / t' r=10 t=4
@@ -102,41 +78,20 @@ thousands() {
 }
 
 work=""
-cluster_up=0
 port=""
 daemon_pid=""
 
+# At exit, before scripts/lib.sh stops the cluster and removes $work (pg_cleanup_on_exit).
 cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM HUP
-    if [[ -n $daemon_pid ]] && kill -0 "$daemon_pid" 2>/dev/null; then
-        kill -KILL "$daemon_pid" 2>/dev/null || true
-        wait "$daemon_pid" 2>/dev/null || true
-    fi
-    if [[ -n $work ]]; then
-        if ((cluster_up)); then
-            as_pg "$PG_BINDIR/pg_ctl" -D "$work/data" -m immediate -w stop >/dev/null 2>&1 || true
-        fi
-        rm -rf "$work"
-    fi
-    exit "$rc"
+    stop_processes "$daemon_pid"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-trap 'exit 129' HUP
+pg_cleanup_on_exit cleanup
 
 # -- setup: build, cluster, table ---------------------------------------------------------------
 
-# One directory for the build log, the cluster, the daemon's configuration and its log. As root
-# the postgres user must reach it: keep it directly under /tmp.
-if ((EUID == 0)); then
-    work=$(mktemp -d /tmp/backfilld-bench.XXXXXX)
-    chown postgres: "$work"
-else
-    work=$(mktemp -d "${TMPDIR:-/tmp}/backfilld-bench.XXXXXX")
-fi
-chmod 700 "$work"
+# One directory for the build log, the cluster, the daemon's configuration and its log.
+pg_workdir backfilld-bench 700
+work=$PG_WORK
 
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 ensure_backfilld_packages
@@ -148,26 +103,11 @@ say "building $bin"
 
 say "starting a throwaway cluster in $work"
 port=$(free_port)
-as_pg "$PG_BINDIR/initdb" -D "$work/data" -A trust -U postgres -E UTF8 --locale=C --no-sync \
-    >"$work/initdb.log" 2>&1 || { cat "$work/initdb.log" >&2; die "initdb failed"; }
-# The brief's settings, and checkpoints kept out of the timed runs (each run starts after an
-# explicit CHECKPOINT) so that one method does not pay for the other's WAL.
-cat >>"$work/data/postgresql.conf" <<EOF
-
-# tests/bench/bench_core.sh
-listen_addresses = '127.0.0.1'
-port = $port
-unix_socket_directories = '$work'
-shared_buffers = 256MB
-fsync = off
-synchronous_commit = off
-max_wal_size = 8GB
-checkpoint_timeout = 1h
-EOF
-as_pg "$PG_BINDIR/pg_ctl" -D "$work/data" -l "$work/postgresql.log" -w -t 60 start >/dev/null ||
-    { tail -n 20 "$work/postgresql.log" >&2; die "the cluster did not start"; }
-cluster_up=1
-psql -X -q -P pager=off -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d postgres -c 'CREATE DATABASE bench'
+# The brief's settings (shared_buffers 256MB, fsync and synchronous_commit off), and checkpoints
+# kept out of the timed runs (each run starts after an explicit CHECKPOINT) so that one method
+# does not pay for the other's WAL.
+pg_start_cluster "$work/data" "$port" "${PG_BENCH_SETTINGS[@]}" 'max_wal_size = 8GB'
+pg_sql "$port" postgres -c 'CREATE DATABASE bench'
 
 say "loading $(thousands "$rows") rows"
 # Autovacuum is off on the table for both methods alike: the reset between runs vacuums it, and a

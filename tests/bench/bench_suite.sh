@@ -103,26 +103,8 @@ tck=$(getconf CLK_TCK)
 
 # -- helpers ------------------------------------------------------------------------------------
 
-as_pg() {
-    if ((EUID == 0)); then
-        runuser -u postgres -- "$@"
-    else
-        "$@"
-    fi
-}
-
-# backfilld refuses to run as root: as root, run it as the postgres OS user. A prefix, not a
-# function: "${as_daemon[@]}" "$bin" ... & forks once and setpriv execs the daemon, so $! is the
-# daemon itself (its /proc, its signals).
-as_daemon=()
-((EUID == 0)) && as_daemon=(setpriv --reuid=postgres --regid=postgres --init-groups --)
-
-free_port() {
-    "$py" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
 sql() {
-    psql -X -q -P pager=off -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d bench "$@"
+    pg_sql "$port" bench "$@"
 }
 
 # calc EXPR [VAR=VALUE...]: awk arithmetic (epoch times too: no 1.7e+09)
@@ -157,41 +139,19 @@ fmt() {
 work=""
 port=""
 sb_port=""
-primary_up=0
-standby_up=0
 daemon_pid=""
 sampler_pid=""
 load_pid=""
 bg_pid=""
 
+# At exit, before scripts/lib.sh stops the clusters and removes $work (pg_cleanup_on_exit).
 cleanup() {
-    local rc=$? p
-    trap - EXIT INT TERM HUP
-    for p in "$bg_pid" "$load_pid" "$sampler_pid" "$daemon_pid"; do
-        if [[ -n $p ]] && kill -0 "$p" 2>/dev/null; then
-            kill -KILL "$p" 2>/dev/null || true
-            wait "$p" 2>/dev/null || true
-        fi
-    done
-    if [[ -n $work ]]; then
-        ((standby_up)) && as_pg "$PG_BINDIR/pg_ctl" -D "$work/standby" -m immediate -w stop >/dev/null 2>&1
-        ((primary_up)) && as_pg "$PG_BINDIR/pg_ctl" -D "$work/primary" -m immediate -w stop >/dev/null 2>&1
-        rm -rf "$work"
-    fi
-    exit "$rc"
+    stop_processes "$bg_pid" "$load_pid" "$sampler_pid" "$daemon_pid"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-trap 'exit 129' HUP
+pg_cleanup_on_exit cleanup
 
-if ((EUID == 0)); then
-    work=$(mktemp -d /tmp/backfilld-bench.XXXXXX)
-    chown postgres: "$work"
-else
-    work=$(mktemp -d "${TMPDIR:-/tmp}/backfilld-bench.XXXXXX")
-fi
-chmod 711 "$work"
+pg_workdir backfilld-bench 711
+work=$PG_WORK
 
 # -- the Python side: sampler, client loop, submit-and-wait, /proc, pgbench logs, plot series ---
 
@@ -406,63 +366,21 @@ say "building $bin"
 
 say "starting a throwaway primary and a streaming standby in $work"
 port=$(free_port)
-as_pg "$PG_BINDIR/initdb" -D "$work/primary" -A trust -U postgres -E UTF8 --locale=C --no-sync \
-    >"$work/initdb.log" 2>&1 || { cat "$work/initdb.log" >&2; die "initdb failed"; }
 # As bench_throttle.sh: fsync and synchronous_commit off (the disk's flush latency is not what is
 # measured), checkpoints only where the script asks (after each reset), a streaming standby.
-cat >>"$work/primary/postgresql.conf" <<EOF
-
-# tests/bench/bench_suite.sh
-listen_addresses = '127.0.0.1'
-port = $port
-unix_socket_directories = '$work'
-shared_buffers = 256MB
-fsync = off
-synchronous_commit = off
-max_wal_size = 16GB
-checkpoint_timeout = 1h
-wal_level = replica
-max_wal_senders = 5
-wal_keep_size = 2GB
-hot_standby = on
-EOF
-echo "host replication all 127.0.0.1/32 trust" >>"$work/primary/pg_hba.conf"
-as_pg "$PG_BINDIR/pg_ctl" -D "$work/primary" -l "$work/primary.log" -w -t 60 start >/dev/null ||
-    { tail -n 20 "$work/primary.log" >&2; die "the primary did not start"; }
-primary_up=1
+pg_start_cluster "$work/primary" "$port" "${PG_BENCH_SETTINGS[@]}" 'max_wal_size = 16GB' \
+    "${PG_PRIMARY_SETTINGS[@]}"
 pm_pid=$(head -n 1 "$work/primary/postmaster.pid")
-psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d postgres -c 'CREATE DATABASE bench'
+pg_sql "$port" postgres -c 'CREATE DATABASE bench'
 conninfo="host=127.0.0.1 port=$port user=postgres dbname=bench"
 
 sb_port=$(free_port)
-as_pg "$PG_BINDIR/pg_basebackup" -h 127.0.0.1 -p "$port" -U postgres -D "$work/standby" -R \
-    -X stream -c fast --no-sync >"$work/basebackup.log" 2>&1 ||
-    { cat "$work/basebackup.log" >&2; die "pg_basebackup failed"; }
-cat >>"$work/standby/postgresql.conf" <<EOF
-
-# the standby
-port = $sb_port
-cluster_name = 'standby1'
-# replay_lsn reaches the primary with every write/flush reply, and at least once a second (not 10 s)
-wal_receiver_status_interval = 1s
-EOF
-as_pg "$PG_BINDIR/pg_ctl" -D "$work/standby" -l "$work/standby.log" -w -t 60 start >/dev/null ||
-    { tail -n 20 "$work/standby.log" >&2; die "the standby did not start"; }
-standby_up=1
-
-standby_lag() {
-    sql -Atc "SELECT coalesce((SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint
-                               FROM pg_stat_replication WHERE application_name = 'standby1'), -1)"
-}
+# replay_lsn reaches the primary with every write/flush reply, and at least once a second (not 10 s).
+pg_start_standby "$work/standby" "$port" "$sb_port" "cluster_name = 'standby1'" \
+    'wal_receiver_status_interval = 1s'
 
 wait_caught_up() {
-    local i lag
-    for ((i = 0; i < 6000; i++)); do
-        lag=$(standby_lag)
-        [[ $lag == 0 ]] && return 0
-        sleep 0.1
-    done
-    die "the standby did not catch up (lag $lag bytes)"
+    pg_wait_standby "$port" standby1 600
 }
 wait_caught_up
 
@@ -569,7 +487,7 @@ log: { level = "info"; progress_interval_ms = 10000; };
 EOF
 "$bin" -c "$work/backfilld.conf" --install-schema >>"$work/backfilld.log" 2>&1 ||
     { cat "$work/backfilld.log" >&2; die "--install-schema failed"; }
-"${as_daemon[@]}" "$bin" -c "$work/backfilld.conf" 2>>"$work/backfilld.log" &
+"${AS_DAEMON_USER[@]}" "$bin" -c "$work/backfilld.conf" 2>>"$work/backfilld.log" &
 daemon_pid=$!
 
 # -- one run of one method ----------------------------------------------------------------------
@@ -857,7 +775,7 @@ sql -c "SELECT backfill.cancel($probe) WHERE (SELECT state FROM backfill.jobs WH
 # A fresh daemon that only a NOTIFY can wake within a minute.
 sed 's/poll_interval_ms = 1000/poll_interval_ms = 60000/; s/name = "bench"/name = "bench-queue"/' \
     "$work/backfilld.conf" >"$work/backfilld-queue.conf"
-"${as_daemon[@]}" "$bin" -c "$work/backfilld-queue.conf" 2>>"$work/backfilld.log" &
+"${AS_DAEMON_USER[@]}" "$bin" -c "$work/backfilld-queue.conf" 2>>"$work/backfilld.log" &
 daemon_pid=$!
 sleep 3
 declare -a wake=() first_start=() first_end=()

@@ -78,25 +78,12 @@ fi
 
 # -- helpers ------------------------------------------------------------------------------------
 
-# initdb refuses root: run the server tools as the postgres OS user when we are root.
-as_pg() {
-    if ((EUID == 0)); then
-        runuser -u postgres -- "$@"
-    else
-        "$@"
-    fi
-}
-
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
 sql() {
-    psql -X -q -P pager=off -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d bench "$@"
+    pg_sql "$port" bench "$@"
 }
 
 sql_standby() {
-    psql -X -q -P pager=off -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$sb_port" -U postgres -d postgres "$@"
+    pg_sql "$sb_port" postgres "$@"
 }
 
 # calc EXPR [VAR=VALUE...]: awk arithmetic, e.g. calc 'r / t' r=10 t=4 (epoch times too: no 1.7e+09)
@@ -119,44 +106,22 @@ thousands() {
 work=""
 port=""
 sb_port=""
-primary_up=0
-standby_up=0
 daemon_pid=""
 load_pid=""
 bf_pid=""
 poll_pid=""
 watch_pid=""
 
+# At exit, before scripts/lib.sh stops the clusters and removes $work (pg_cleanup_on_exit).
 cleanup() {
-    local rc=$? p
-    trap - EXIT INT TERM HUP
-    for p in "$bf_pid" "$load_pid" "$poll_pid" "$watch_pid" "$daemon_pid"; do
-        if [[ -n $p ]] && kill -0 "$p" 2>/dev/null; then
-            kill -KILL "$p" 2>/dev/null || true
-            wait "$p" 2>/dev/null || true
-        fi
-    done
-    if [[ -n $work ]]; then
-        ((standby_up)) && as_pg "$PG_BINDIR/pg_ctl" -D "$work/standby" -m immediate -w stop >/dev/null 2>&1
-        ((primary_up)) && as_pg "$PG_BINDIR/pg_ctl" -D "$work/primary" -m immediate -w stop >/dev/null 2>&1
-        rm -rf "$work"
-    fi
-    exit "$rc"
+    stop_processes "$bf_pid" "$load_pid" "$poll_pid" "$watch_pid" "$daemon_pid"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-trap 'exit 129' HUP
+pg_cleanup_on_exit cleanup
 
 # -- setup: packages, build, primary + standby --------------------------------------------------
 
-if ((EUID == 0)); then
-    work=$(mktemp -d /tmp/backfilld-bench.XXXXXX)
-    chown postgres: "$work"
-else
-    work=$(mktemp -d "${TMPDIR:-/tmp}/backfilld-bench.XXXXXX")
-fi
-chmod 711 "$work"
+pg_workdir backfilld-bench 711
+work=$PG_WORK
 
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 ensure_backfilld_packages
@@ -169,61 +134,23 @@ say "building $bin"
 
 say "starting a throwaway primary and a streaming standby in $work"
 port=$(free_port)
-as_pg "$PG_BINDIR/initdb" -D "$work/primary" -A trust -U postgres -E UTF8 --locale=C --no-sync \
-    >"$work/initdb.log" 2>&1 || { cat "$work/initdb.log" >&2; die "initdb failed"; }
 # fsync and synchronous_commit off as in bench_core.sh: what is measured is contention with the
 # backfill (row locks, CPU, I/O, replay), not the disk's flush latency. Checkpoints only happen
 # where the script asks (between conditions).
-cat >>"$work/primary/postgresql.conf" <<EOF
-
-# tests/bench/bench_throttle.sh
-listen_addresses = '127.0.0.1'
-port = $port
-unix_socket_directories = '$work'
-shared_buffers = 256MB
-fsync = off
-synchronous_commit = off
-max_wal_size = 8GB
-checkpoint_timeout = 1h
-wal_level = replica
-max_wal_senders = 5
-wal_keep_size = 2GB
-hot_standby = on
-EOF
-echo "host replication all 127.0.0.1/32 trust" >>"$work/primary/pg_hba.conf"
-as_pg "$PG_BINDIR/pg_ctl" -D "$work/primary" -l "$work/primary.log" -w -t 60 start >/dev/null ||
-    { tail -n 20 "$work/primary.log" >&2; die "the primary did not start"; }
-primary_up=1
-psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d postgres -c 'CREATE DATABASE bench'
+pg_start_cluster "$work/primary" "$port" "${PG_BENCH_SETTINGS[@]}" 'max_wal_size = 8GB' \
+    "${PG_PRIMARY_SETTINGS[@]}"
+pg_sql "$port" postgres -c 'CREATE DATABASE bench'
 
 sb_port=$(free_port)
-as_pg "$PG_BINDIR/pg_basebackup" -h 127.0.0.1 -p "$port" -U postgres -D "$work/standby" -R \
-    -X stream -c fast --no-sync >"$work/basebackup.log" 2>&1 ||
-    { cat "$work/basebackup.log" >&2; die "pg_basebackup failed"; }
-cat >>"$work/standby/postgresql.conf" <<EOF
-
-# the standby
-port = $sb_port
-cluster_name = 'standby1'
-EOF
-as_pg "$PG_BINDIR/pg_ctl" -D "$work/standby" -l "$work/standby.log" -w -t 60 start >/dev/null ||
-    { tail -n 20 "$work/standby.log" >&2; die "the standby did not start"; }
-standby_up=1
+pg_start_standby "$work/standby" "$port" "$sb_port" "cluster_name = 'standby1'"
 
 # Byte lag of the standby, as the daemon measures it.
 standby_lag() {
-    sql -Atc "SELECT coalesce((SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint
-                               FROM pg_stat_replication WHERE application_name = 'standby1'), -1)"
+    pg_standby_lag "$port" standby1
 }
 
 wait_caught_up() {
-    local i lag
-    for ((i = 0; i < 1200; i++)); do
-        lag=$(standby_lag)
-        [[ $lag == 0 ]] && return 0
-        sleep 0.1
-    done
-    die "the standby did not catch up (lag $lag bytes)"
+    pg_wait_standby "$port" standby1 120
 }
 wait_caught_up
 
