@@ -95,6 +95,31 @@ static void sbuf_keys(sbuf_t *b, const batch_spec_t *spec, bool aliases, const c
 	}
 }
 
+/* VALUE as an escape-string literal of TYPE: E'it''s'::text (independent of
+ * standard_conforming_strings). */
+static void sbuf_literal(sbuf_t *b, const char *value, const char *type)
+{
+	sbuf_printf(b, "E'");
+	for (const char *p = value; *p; p++)
+		sbuf_printf(b, *p == '\'' ? "''" : *p == '\\' ? "\\\\" : "%c", *p);
+	sbuf_printf(b, "'::%s", type);
+}
+
+/* " AND (k1, k2) <= (upper)" for a slice; nothing without an upper bound. CONNECTOR opens it. */
+static void sbuf_upper(sbuf_t *b, const batch_spec_t *spec, const char *connector)
+{
+	if (!spec->upper)
+		return;
+	sbuf_printf(b, "%s(", connector);
+	sbuf_keys(b, spec, false, "");
+	sbuf_printf(b, ") <= (");
+	for (int i = 0; i < spec->nkeys; i++) {
+		sbuf_printf(b, "%s", i ? ", " : "");
+		sbuf_literal(b, spec->upper[i], spec->key_types[i]);
+	}
+	sbuf_printf(b, ")\n");
+}
+
 char *batch_build_update(const batch_spec_t *spec, bool first)
 {
 	sbuf_t b = {0};
@@ -118,6 +143,7 @@ char *batch_build_update(const batch_spec_t *spec, bool first)
 			sbuf_printf(&b, "%s$%d::%s", i ? ", " : "", i + 1, spec->key_types[i]);
 		sbuf_printf(&b, ")\n");
 	}
+	sbuf_upper(&b, spec, first ? "  WHERE " : "    AND ");
 	sbuf_printf(&b, "  ORDER BY ");
 	sbuf_keys(&b, spec, false, "");
 	sbuf_printf(&b, "\n  LIMIT $%d\n), __bf_first AS MATERIALIZED (\n  SELECT * FROM __bf_keys ORDER BY ",
@@ -207,6 +233,7 @@ char *batch_build_peek(const batch_spec_t *spec, bool first)
 			sbuf_printf(&b, "%s$%d::%s", i ? ", " : "", i + 1, spec->key_types[i]);
 		sbuf_printf(&b, ")\n");
 	}
+	sbuf_upper(&b, spec, first ? "WHERE " : "  AND ");
 	sbuf_printf(&b, "ORDER BY ");
 	sbuf_keys(&b, spec, false, "");
 	sbuf_printf(&b, "\nLIMIT 1");
@@ -222,7 +249,7 @@ const char batch_open_sql[] =
 static const char *const function_names[] = {
 	[BATCH_FN_FIRST] = "backfilld_batch_first",	[BATCH_FN_NEXT] = "backfilld_batch_next",
 	[BATCH_FN_PEEK_FIRST] = "backfilld_peek_first", [BATCH_FN_PEEK_NEXT] = "backfilld_peek_next",
-	[BATCH_FN_BOUNDS] = "backfilld_bounds",
+	[BATCH_FN_BOUNDS] = "backfilld_bounds",		[BATCH_FN_SPLIT] = "backfilld_split",
 };
 
 bool batch_key_is_numeric(const batch_spec_t *spec)
@@ -247,6 +274,71 @@ static char *batch_build_bounds(const batch_spec_t *spec)
 		    "SELECT set_config('backfilld.key_min', coalesce(min(%s)::text, ''), false),"
 		    " set_config('backfilld.key_max', coalesce(max(%s)::text, ''), false)\nFROM %s.%s",
 		    key, key, schema, table);
+	free(schema);
+	free(table);
+	free(key);
+	return b.data;
+}
+
+char *batch_build_split(const batch_spec_t *spec)
+{
+	sbuf_t b = {0};
+	char *schema = sql_quote_ident(spec->target_schema);
+	char *table = sql_quote_ident(spec->target_table);
+	char *key = sql_quote_ident(spec->key_names[0]);
+	const char *type = spec->key_types[0];
+
+	sbuf_printf(&b, "DECLARE\n  __bf_q text[];\n  __bf_m int;\n  __bf_v text;\n  __bf_key text[];\n"
+			"  __bf_prev text[];\n  __bf_out jsonb := '[]';\nBEGIN\n"
+			"  SELECT s.histogram_bounds::text::text[] INTO __bf_q FROM pg_catalog.pg_stats s\n"
+			"  WHERE s.schemaname = ");
+	sbuf_literal(&b, spec->target_schema, "name");
+	sbuf_printf(&b, " AND s.tablename = ");
+	sbuf_literal(&b, spec->target_table, "name");
+	sbuf_printf(&b, " AND s.attname = ");
+	sbuf_literal(&b, spec->key_names[0], "name");
+	sbuf_printf(&b, "\n  ORDER BY s.inherited DESC LIMIT 1;\n"
+			"  __bf_m := coalesce(cardinality(__bf_q), 0);\n"
+			"  IF __bf_m > $1 THEN\n" /* the planner's quantiles: buckets of equal rows */
+			"    __bf_q := ARRAY(SELECT __bf_q[1 + (i * (__bf_m - 1)) / $1]"
+			" FROM generate_series(1, $1 - 1) AS i);\n  ELSE\n");
+	if (batch_key_is_numeric(spec))
+		sbuf_printf(
+			&b,
+			"    SELECT ARRAY(SELECT (lo + (hi - lo) * i / $1)::%s::text"
+			" FROM generate_series(1, $1 - 1) AS i) INTO __bf_q\n"
+			"    FROM (SELECT min(%s)::numeric AS lo, max(%s)::numeric AS hi FROM %s.%s) AS r\n"
+			"    WHERE r.lo IS NOT NULL;\n",
+			type, key, key, schema, table);
+	else {
+		/* About 200 pages, anywhere in the table. */
+		char *qualified = malloc(strlen(schema) + strlen(table) + 2);
+		if (!qualified)
+			abort();
+		sprintf(qualified, "%s.%s", schema, table);
+		sbuf_printf(&b,
+			    "    SELECT (percentile_disc(ARRAY(SELECT i::float8 / $1"
+			    " FROM generate_series(1, $1 - 1) AS i))\n"
+			    "            WITHIN GROUP (ORDER BY %s))::text[] INTO __bf_q\n"
+			    "    FROM %s TABLESAMPLE SYSTEM (least(100, greatest(0.01, 100.0 * 200\n"
+			    "          / greatest(1, pg_catalog.pg_relation_size(",
+			    key, qualified);
+		sbuf_literal(&b, qualified, "regclass");
+		sbuf_printf(&b, ") / 8192))));\n");
+		free(qualified);
+	}
+	sbuf_printf(&b,
+		    "  END IF;\n  FOREACH __bf_v IN ARRAY coalesce(__bf_q, '{}') LOOP\n    SELECT ARRAY[");
+	sbuf_keys(&b, spec, false, "::text");
+	sbuf_printf(&b, "] INTO __bf_key FROM %s.%s WHERE %s >= __bf_v::%s ORDER BY ", schema, table, key,
+		    type);
+	sbuf_keys(&b, spec, false, "");
+	sbuf_printf(&b, " LIMIT 1;\n"
+			"    IF __bf_key IS NOT NULL AND __bf_key IS DISTINCT FROM __bf_prev THEN\n"
+			"      __bf_out := __bf_out || jsonb_build_array(to_jsonb(__bf_key));\n"
+			"      __bf_prev := __bf_key;\n    END IF;\n  END LOOP;\n"
+			"  PERFORM set_config('backfilld.split', __bf_out::text, false);\n"
+			"  RETURN QUERY SELECT jsonb_array_length(__bf_out);\nEND;");
 	free(schema);
 	free(table);
 	free(key);
@@ -280,6 +372,8 @@ static void sbuf_signature(sbuf_t *b, const batch_spec_t *spec, batch_function_t
 			sbuf_printf(b, "%s%s", n++ ? ", " : "", spec->key_types[i]);
 	if (function_has_limit(fn))
 		sbuf_printf(b, "%sbigint", n++ ? ", " : "");
+	if (fn == BATCH_FN_SPLIT)
+		sbuf_printf(b, "int");
 	sbuf_printf(b, ")");
 }
 
@@ -309,6 +403,7 @@ static char *batch_build_statement_body(const batch_spec_t *spec, bool first)
 		key, schema, table);
 	if (!first)
 		sbuf_printf(&b, "        WHERE %s > $1\n", key);
+	sbuf_upper(&b, spec, first ? "        WHERE " : "          AND ");
 	sbuf_printf(&b, "        ORDER BY %s LIMIT $%d) AS __bf_keys;\n", key, first ? 1 : 2);
 	sbuf_printf(&b, "  IF __bf_n > 0 THEN\n    EXECUTE __bf_sql USING __bf_lo, __bf_hi;\n"
 			"    GET DIAGNOSTICS __bf_rows = ROW_COUNT;\n  END IF;\n"
@@ -331,8 +426,9 @@ static char *batch_build_statement_body(const batch_spec_t *spec, bool first)
 char *batch_build_function(const batch_spec_t *spec, batch_function_t fn)
 {
 	sbuf_t b = {0}, tag = {0};
-	bool plpgsql = spec->kind == JOB_KIND_STATEMENT && function_has_limit(fn);
-	char *body = plpgsql			 ? batch_build_statement_body(spec, fn == BATCH_FN_FIRST)
+	bool plpgsql = (spec->kind == JOB_KIND_STATEMENT && function_has_limit(fn)) || fn == BATCH_FN_SPLIT;
+	char *body = fn == BATCH_FN_SPLIT	 ? batch_build_split(spec)
+		     : plpgsql			 ? batch_build_statement_body(spec, fn == BATCH_FN_FIRST)
 		     : fn == BATCH_FN_FIRST	 ? batch_build_update(spec, true)
 		     : fn == BATCH_FN_NEXT	 ? batch_build_update(spec, false)
 		     : fn == BATCH_FN_PEEK_FIRST ? batch_build_peek(spec, true)
@@ -356,6 +452,8 @@ char *batch_build_function(const batch_spec_t *spec, batch_function_t fn)
 			    spec->kind == JOB_KIND_VERIFY ? ", __bf_s5 text" : "");
 	else if (fn == BATCH_FN_BOUNDS)
 		sbuf_printf(&b, "\nRETURNS TABLE(__bf_min text, __bf_max text)");
+	else if (fn == BATCH_FN_SPLIT)
+		sbuf_printf(&b, "\nRETURNS TABLE(__bf_cuts int)");
 	else
 		sbuf_printf(&b, "\nRETURNS TABLE(__bf_key text)");
 	sbuf_printf(
@@ -382,7 +480,8 @@ char *batch_build_function_owner(const batch_spec_t *spec, batch_function_t fn, 
 char *batch_build_call(const batch_spec_t *spec, batch_function_t fn)
 {
 	sbuf_t b = {0};
-	int n = (function_has_key_params(fn) ? spec->nkeys : 0) + (function_has_limit(fn) ? 1 : 0);
+	int n = (function_has_key_params(fn) ? spec->nkeys : 0) + (function_has_limit(fn) ? 1 : 0) +
+		(fn == BATCH_FN_SPLIT ? 1 : 0);
 
 	sbuf_printf(&b, "SELECT * FROM pg_temp.%s(", function_names[fn]);
 	for (int i = 1; i <= n; i++)
@@ -398,10 +497,10 @@ char *batch_build_checkpoint(const char *schema)
 
 	sbuf_printf(
 		&b,
-		"SELECT state, rows_scanned, rows_changed, batches, rows_estimate, wal_bytes FROM "
-		"%s._checkpoint("
+		"SELECT state, rows_scanned, rows_changed, batches, rows_estimate, wal_bytes, slice_done"
+		" FROM %s._checkpoint("
 		"$1::bigint, $2::text, $3::int, $4::int, $5::int, $6::int, $7::int, $8::bigint, $9::bigint,"
-		" $10::int, $11::text)",
+		" $10::int, $11::text, $12::int)",
 		q);
 	free(q);
 	return b.data;

@@ -118,6 +118,48 @@ void daemon_job_finished(job_t *job)
 	daemon_wake();
 }
 
+void daemon_add_job(job_t *job)
+{
+	if (d.njobs >= MAX_JOBS) {
+		/* never reached: workers and parallel are far below it */
+		log_error("too many jobs at once (%d): job %lld is left to its lease", d.njobs,
+			  (long long)job_id(job));
+		job_free(job);
+		return;
+	}
+	d.jobs[d.njobs++] = job;
+	if (d.mode != DAEMON_RUNNING)
+		job_stop(job);
+}
+
+job_t *daemon_live_sibling(const job_t *job)
+{
+	for (int i = 0; i < d.njobs; i++)
+		if (job_is_live_sibling(job, d.jobs[i]))
+			return d.jobs[i];
+	return NULL;
+}
+
+void daemon_each_sibling(const job_t *job, void (*fn)(job_t *sibling, void *arg), void *arg)
+{
+	for (int i = 0; i < d.njobs; i++)
+		if (job_is_live_sibling(job, d.jobs[i]))
+			fn(d.jobs[i], arg);
+}
+
+/* Jobs running here: the runners of one parallel job count once. */
+static int daemon_distinct_jobs(void)
+{
+	int n = 0;
+	for (int i = 0; i < d.njobs; i++) {
+		bool seen = false;
+		for (int k = 0; k < i && !seen; k++)
+			seen = job_id(d.jobs[k]) == job_id(d.jobs[i]);
+		n += !seen;
+	}
+	return n;
+}
+
 void daemon_cancel_backend(int pid)
 {
 	queue_cancel_backend(pid);
@@ -331,7 +373,7 @@ static void daemon_claim(void)
 
 	if (d.mode != DAEMON_RUNNING || d.paused || d.claiming || !queue_is_up())
 		return;
-	if (d.njobs >= d.config->workers || d.njobs >= MAX_JOBS)
+	if (daemon_distinct_jobs() >= d.config->workers || d.njobs >= MAX_JOBS)
 		return;
 	for (int i = 0; i < d.njobs; i++)
 		ids[i] = job_id(d.jobs[i]);

@@ -28,7 +28,8 @@
 typedef enum job_state {
 	JOB_CONNECTING, /* waiting for its connection, first or after a loss */
 	JOB_LOADING,	/* reading its row and key metadata */
-	JOB_CHECKING,	/* EXPLAIN of its batch as its role, before touching any row */
+	JOB_SPLITTING,	/* a parallel job's first runner cuts the key range into slices */
+	JOB_CHECKING,	/* creating its batch functions as its role, before touching any row */
 	JOB_BATCH,	/* a batch pipeline in flight */
 	JOB_SLEEPING,	/* between batches, or backing off before a retry */
 	JOB_THROTTLED,	/* held by the throttle (lag, a missing standby, autovacuum): decide again soon */
@@ -61,6 +62,12 @@ static const struct {
 struct job {
 	int64_t id;
 	char id_text[24];
+	/* A parallel job runs as one runner per slice, each a job_t of its own with the same id: slice
+	 * 1..N. Slice 0 is the whole job, or the runner that cuts a parallel job and starts the others. */
+	int slice;
+	char slice_text[16];
+	int64_t parallel;
+	jobkey_t upper;	   /* a slice's last key; n == 0: to the end */
 	char context[160]; /* log prefix: "job 12 (public.users)" */
 	job_state_t state;
 	pgconn_t *conn;
@@ -114,7 +121,10 @@ struct job {
 	int64_t rows_at_start;
 
 	/* Modes. */
-	bool stopping;		   /* daemon shutdown: release to pending at the next boundary */
+	bool stopping;		   /* no new batch: give the job back (stop_state) at the next boundary */
+	const char *stop_state;	   /* "pending" at shutdown; a sibling slice's state when it stopped */
+	char *stop_error;	   /* with "failed" */
+	bool quiet;		   /* a runner that leaves while its job goes on: not "stopped" in metrics */
 	bool lease_lost;	   /* another instance owns it: write nothing more */
 	bool held_reason_set;	   /* paused_by_signal is written in the queue */
 	const char *release_state; /* what RELEASING asks for */
@@ -169,21 +179,29 @@ static void job_settings(const job_t *job, throttle_settings_t *s)
 		s->max_sleep_ms = s->sleep_ms;
 }
 
-job_t *job_start(const PGresult *res, int row)
+static job_t *job_new(int64_t id, const char *target, int slice)
 {
 	job_t *job = calloc(1, sizeof(*job));
 	const config_t *config = daemon_config();
-	const char *target = pgconn_value(res, row, PQfnumber(res, "target"));
 	char app_name[64];
 	pgconn_options_t opt;
 
 	if (!job)
 		abort();
-	job->id = pgconn_int64(res, row, PQfnumber(res, "id"), 0);
+	job->id = id;
+	job->slice = slice;
 	snprintf(job->id_text, sizeof(job->id_text), "%lld", (long long)job->id);
-	snprintf(job->context, sizeof(job->context), "job %lld (%s)", (long long)job->id,
-		 target ? target : "?");
-	snprintf(app_name, sizeof(app_name), "backfilld job %lld", (long long)job->id);
+	snprintf(job->slice_text, sizeof(job->slice_text), "%d", slice);
+	if (slice > 0) {
+		snprintf(job->context, sizeof(job->context), "job %lld (%s) slice %d", (long long)job->id,
+			 target ? target : "?", slice);
+		snprintf(app_name, sizeof(app_name), "backfilld job %lld slice %d", (long long)job->id,
+			 slice);
+	} else {
+		snprintf(job->context, sizeof(job->context), "job %lld (%s)", (long long)job->id,
+			 target ? target : "?");
+		snprintf(app_name, sizeof(app_name), "backfilld job %lld", (long long)job->id);
+	}
 	job->timer = evtimer_new(daemon_base(), job_timer_cb, job);
 	if (!job->timer)
 		abort();
@@ -198,8 +216,24 @@ job_t *job_start(const PGresult *res, int row)
 				 .arg = job};
 	job->conn = pgconn_new(daemon_base(), &opt);
 	job->state = JOB_CONNECTING;
+	return job;
+}
+
+job_t *job_start(const PGresult *res, int row)
+{
+	job_t *job = job_new(pgconn_int64(res, row, PQfnumber(res, "id"), 0),
+			     pgconn_value(res, row, PQfnumber(res, "target")), 0);
+
 	job_log(job, LOG_LEVEL_INFO, "claimed (%s rows scanned so far)",
 		pgconn_value(res, row, PQfnumber(res, "rows_scanned")) ?: "0");
+	pgconn_connect(job->conn);
+	return job;
+}
+
+job_t *job_start_slice(int64_t id, const char *target, int slice)
+{
+	job_t *job = job_new(id, target, slice);
+
 	pgconn_connect(job->conn);
 	return job;
 }
@@ -207,6 +241,11 @@ job_t *job_start(const PGresult *res, int row)
 int64_t job_id(const job_t *job)
 {
 	return job->id;
+}
+
+bool job_is_live_sibling(const job_t *job, const job_t *other)
+{
+	return other != job && other->id == job->id && other->state != JOB_FINISHED;
 }
 
 bool job_is_finished(const job_t *job)
@@ -255,7 +294,9 @@ void job_free(job_t *job)
 	event_free(job->timer);
 	job_clear_definition(job);
 	keys_clear(&job->last_key);
+	keys_clear(&job->upper);
 	free(job->release_error);
+	free(job->stop_error);
 	free(job);
 }
 
@@ -299,6 +340,7 @@ static void job_timer_cb(evutil_socket_t fd, short what, void *arg)
 		job_continue(job);
 		break;
 	case JOB_CONNECTING:
+	case JOB_SPLITTING:
 	case JOB_CHECKING:
 	case JOB_LOADING:
 	case JOB_BATCH:
@@ -335,6 +377,7 @@ static void job_connection_event(pgconn_t *conn, pgconn_event_t event, const cha
 		case JOB_RELEASING:
 			job_release(job, job->release_state, job->release_error);
 			break;
+		case JOB_SPLITTING:
 		case JOB_CHECKING:
 		case JOB_LOADING:
 		case JOB_BATCH:
@@ -358,6 +401,7 @@ static void job_connection_event(pgconn_t *conn, pgconn_event_t event, const cha
 			evtimer_del(job->timer);
 			/* fall through */
 		case JOB_CONNECTING:
+		case JOB_SPLITTING:
 		case JOB_CHECKING:
 		case JOB_LOADING:
 		case JOB_BATCH:
@@ -392,14 +436,31 @@ static batch_spec_t job_spec(const job_t *job)
 			      .set_sql = job->set_sql,
 			      .where_sql = job->where_sql,
 			      .batch_sql = job->batch_sql,
-			      .mismatch_sql = job->mismatch_sql};
+			      .mismatch_sql = job->mismatch_sql,
+			      .upper = job->upper.n ? (const char *const *)job->upper.values : NULL};
+}
+
+/* The statements of its batches (after the definition, the checkpoint and a slice's bounds). */
+static void job_build_sql(job_t *job)
+{
+	batch_spec_t spec = job_spec(job);
+
+	free(job->sql_first);
+	free(job->sql_next);
+	free(job->sql_checkpoint);
+	free(job->sql_peek_first);
+	free(job->sql_peek_next);
+	job->sql_first = batch_build_call(&spec, BATCH_FN_FIRST);
+	job->sql_next = batch_build_call(&spec, BATCH_FN_NEXT);
+	job->sql_checkpoint = batch_build_checkpoint(daemon_config()->schema);
+	job->sql_peek_first = batch_build_call(&spec, BATCH_FN_PEEK_FIRST);
+	job->sql_peek_next = batch_build_call(&spec, BATCH_FN_PEEK_NEXT);
 }
 
 static bool job_build(job_t *job, const PGresult *row, const PGresult *keys, char *err, size_t errlen)
 {
 	const char *kind = pgconn_value(row, 0, 2);
 	const char *last_key = pgconn_value(row, 0, 8);
-	batch_spec_t spec;
 
 	job_clear_definition(job);
 	if (!job_kind_parse(kind, &job->kind)) {
@@ -412,10 +473,7 @@ static bool job_build(job_t *job, const PGresult *row, const PGresult *keys, cha
 		return false;
 	}
 	job->dry_run = strcmp(pgconn_value(row, 0, LOAD_FIXED_COLUMNS + NOVERRIDES) ?: "f", "t") == 0;
-	if (pgconn_int64(row, 0, LOAD_FIXED_COLUMNS + NOVERRIDES + 1, 1) > 1 && !job->loaded)
-		job_log(job, LOG_LEVEL_NOTICE,
-			"parallel slices are not supported by backfilld %s yet: walking as one",
-			BACKFILLD_VERSION);
+	job->parallel = pgconn_int64(row, 0, LOAD_FIXED_COLUMNS + NOVERRIDES + 1, 1);
 	job->target_oid = (uint32_t)pgconn_int64(row, 0, LOAD_FIXED_COLUMNS + NOVERRIDES + 2, 0);
 	job->target_schema = xstrdup_or_null(pgconn_value(row, 0, 3));
 	job->target_table = xstrdup_or_null(pgconn_value(row, 0, 4));
@@ -469,15 +527,147 @@ static bool job_build(job_t *job, const PGresult *row, const PGresult *keys, cha
 		job->override[i] = v ? strtoll(v, NULL, 10) : 0;
 	}
 
-	spec = job_spec(job);
-	job->sql_first = batch_build_call(&spec, BATCH_FN_FIRST);
-	job->sql_next = batch_build_call(&spec, BATCH_FN_NEXT);
-	job->sql_checkpoint = batch_build_checkpoint(daemon_config()->schema);
-	job->sql_peek_first = batch_build_call(&spec, BATCH_FN_PEEK_FIRST);
-	job->sql_peek_next = batch_build_call(&spec, BATCH_FN_PEEK_NEXT);
-	snprintf(job->context, sizeof(job->context), "job %lld (%s.%s)", (long long)job->id,
-		 job->target_schema, job->target_table);
+	if (job->slice > 0)
+		snprintf(job->context, sizeof(job->context), "job %lld (%s.%s) slice %d/%lld",
+			 (long long)job->id, job->target_schema, job->target_table, job->slice,
+			 (long long)job->parallel);
+	else
+		snprintf(job->context, sizeof(job->context), "job %lld (%s.%s)", (long long)job->id,
+			 job->target_schema, job->target_table);
 	return true;
+}
+
+/* ---- parallel slices ---- */
+
+/* A text[] literal (NULL: none) into KEY, which must have the job's number of key columns. */
+static bool job_decode_key(const job_t *job, const char *text, jobkey_t *key, char *err, size_t errlen)
+{
+	keys_clear(key);
+	if (!text)
+		return true;
+	if (!keys_decode(text, key) || key->n != job->nkeys) {
+		snprintf(err, errlen, "slice %d: the key %s does not fit the job's %d key column(s)",
+			 job->slice, text, job->nkeys);
+		return false;
+	}
+	return true;
+}
+
+/*
+ * A slice's runner walks from its checkpoint (or its lower bound) up to its upper bound; a slice
+ * already done, or gone because the job was cut again, ends the runner quietly. SLICES is the
+ * load query's third result. Anything else builds the whole job's statements. False: ERR says why
+ * the job cannot go on.
+ */
+static bool job_load_slice(job_t *job, const PGresult *slices, char *err, size_t errlen)
+{
+	if (job->slice == 0) {
+		job_build_sql(job);
+		return true;
+	}
+	for (int r = 0; r < PQntuples(slices); r++) {
+		if (pgconn_int64(slices, r, 0, -1) != job->slice)
+			continue;
+		if (strcmp(pgconn_value(slices, r, 4) ?: "f", "t") == 0) {
+			job_log(job, LOG_LEVEL_INFO, "slice already done");
+			job->quiet = true;
+			job_finish(job);
+			return true;
+		}
+		if (!job_decode_key(job, pgconn_value(slices, r, 3) ?: pgconn_value(slices, r, 1),
+				    &job->last_key, err, errlen) ||
+		    !job_decode_key(job, pgconn_value(slices, r, 2), &job->upper, err, errlen))
+			return false;
+		job_build_sql(job);
+		return true;
+	}
+	job_log(job, LOG_LEVEL_WARNING, "slice %d no longer exists: the job was cut again", job->slice);
+	job->quiet = true;
+	job_finish(job);
+	return true;
+}
+
+/* Start a runner for every slice not yet done, then leave: they walk the job from here. */
+static void job_start_slices(job_t *job, const PGresult *slices)
+{
+	char target[160];
+	int started = 0, total = PQntuples(slices);
+
+	snprintf(target, sizeof(target), "%s.%s", job->target_schema, job->target_table);
+	for (int r = 0; r < total; r++) {
+		if (strcmp(pgconn_value(slices, r, 4) ?: "f", "t") == 0)
+			continue;
+		daemon_add_job(job_start_slice(job->id, target, (int)pgconn_int64(slices, r, 0, 0)));
+		started++;
+	}
+	if (started == 0) {
+		job_log(job, LOG_LEVEL_INFO, "every slice is done");
+		job_release(job, "done", NULL);
+		return;
+	}
+	job_log(job, LOG_LEVEL_INFO, "walking %d of its %d slices at once", started, total);
+	job->quiet = true;
+	job_finish(job);
+}
+
+static void job_split_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
+{
+	job_t *job = arg;
+	char err[1024];
+	(void)conn;
+
+	if (job->state != JOB_SPLITTING)
+		return;
+	if (res->broken) {
+		job->state = JOB_CONNECTING;
+		return;
+	}
+	if (!res->ok) {
+		if (strcmp(res->sqlstate, "BFL01") == 0) {
+			job_log(job, LOG_LEVEL_WARNING, "lease lost while cutting the job into slices");
+			job->lease_lost = true;
+			job_finish(job);
+			return;
+		}
+		snprintf(err, sizeof(err), "%s: %s (cutting the key range into %lld slices as role %s)",
+			 res->sqlstate, res->message, (long long)job->parallel, job->run_as);
+		job_fail(job, err);
+		return;
+	}
+	job_log(job, LOG_LEVEL_INFO, "cut into %d slices (asked for %lld)", PQntuples(res->results[3]),
+		(long long)job->parallel);
+	if (job->stopping)
+		job_release(job, job->stop_state, job->stop_error);
+	else
+		job_start_slices(job, res->results[3]);
+}
+
+/* Cut the key range at quantiles, as the job's role (it reads the table), then record the slices. */
+static void job_split(job_t *job)
+{
+	batch_spec_t spec = job_spec(job);
+	char *create = batch_build_function(&spec, BATCH_FN_SPLIT);
+	char *owner = batch_build_function_owner(&spec, BATCH_FN_SPLIT, job->run_as);
+	char *call = batch_build_call(&spec, BATCH_FN_SPLIT);
+	char parallel[24], make_sql[256];
+	const char *split_params[] = {parallel}, *make_params[] = {job->id_text, daemon_name()};
+	pgconn_stmt_t stmts[4];
+
+	snprintf(parallel, sizeof(parallel), "%lld", (long long)job->parallel);
+	snprintf(make_sql, sizeof(make_sql),
+		 "SELECT slice, lower_key::text, upper_key::text, NULL::text, false"
+		 " FROM %s._make_slices($1::bigint, $2)",
+		 daemon_schema_quoted());
+	stmts[0] = (pgconn_stmt_t){create, 0, NULL};
+	stmts[1] = (pgconn_stmt_t){owner, 0, NULL};
+	stmts[2] = (pgconn_stmt_t){call, 1, split_params};
+	stmts[3] = (pgconn_stmt_t){make_sql, 2, make_params};
+	job->state = JOB_SPLITTING;
+	if (!pgconn_send(job->conn, stmts, 4, job_split_cb, job))
+		job->state = JOB_CONNECTING;
+	free(create);
+	free(owner);
+	free(call);
 }
 
 static void job_load_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
@@ -524,11 +714,25 @@ static void job_load_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
 	job->batches = pgconn_int64(res->results[0], 0, 11, 0);
 	job->rows_estimate = pgconn_int64(res->results[0], 0, 12, -1);
 	job->failed_rows = pgconn_int64(res->results[0], 0, LOAD_FIXED_COLUMNS + NOVERRIDES + 3, 0);
-	if (!job_build(job, res->results[0], res->results[1], err, sizeof(err))) {
+	if (!job_build(job, res->results[0], res->results[1], err, sizeof(err)) ||
+	    !job_load_slice(job, res->results[2], err, sizeof(err))) {
 		job_log(job, LOG_LEVEL_ERROR, "%s", err);
 		job_release(job, "failed", err);
 		return;
 	}
+	if (job->parallel > 1 && !job->dry_run && job->slice == 0) {
+		if (job->stopping)
+			job_release(job, job->stop_state, job->stop_error);
+		else if (PQntuples(res->results[2]) == 0)
+			job_split(job);
+		else
+			job_start_slices(job, res->results[2]);
+		return;
+	}
+	if (job->state == JOB_FINISHED)
+		return; /* its slice is done or gone */
+	if (job->parallel > 1 && job->dry_run && !job->loaded)
+		job_log(job, LOG_LEVEL_NOTICE, "a dry run measures the job walked as one slice");
 	/* A dry run starts over with its session: nothing of it was committed. */
 	job->dry_scanned = job->dry_wal = job->dry_batches = 0;
 	job->dry_started = (struct timespec){0, 0};
@@ -543,7 +747,7 @@ static void job_load_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
 			(long long)job->throttle.batch_size, (long long)job->throttle.sleep_ms);
 	}
 	if (job->stopping)
-		job_release(job, "pending", NULL);
+		job_release(job, job->stop_state, job->stop_error);
 	else
 		job_check(job); /* on every (re)connection: the functions live in the session */
 }
@@ -551,9 +755,9 @@ static void job_load_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
 static void job_load(job_t *job)
 {
 	char *schema = (char *)daemon_schema_quoted();
-	char row_sql[2048], keys_sql[1024];
+	char row_sql[2048], keys_sql[1024], slices_sql[512];
 	const char *params[] = {job->id_text};
-	pgconn_stmt_t stmts[2];
+	pgconn_stmt_t stmts[3];
 
 	snprintf(
 		row_sql, sizeof(row_sql),
@@ -573,10 +777,17 @@ static void job_load(job_t *job)
 		 " LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = j.target AND a.attname = k.name"
 		 " AND a.attnum > 0 AND NOT a.attisdropped WHERE j.id = $1 ORDER BY k.ord",
 		 schema);
+	/* A parallel job's slices, as cut for its current target and key. */
+	snprintf(slices_sql, sizeof(slices_sql),
+		 "SELECT s.slice, s.lower_key::text, s.upper_key::text, s.last_key::text, s.done"
+		 " FROM %s.slices s JOIN %s.jobs j ON j.id = s.job_id AND j.target = s.target"
+		 " AND j.key_columns = s.key_columns WHERE s.job_id = $1 ORDER BY s.slice",
+		 schema, schema);
 	stmts[0] = (pgconn_stmt_t){row_sql, 1, params};
 	stmts[1] = (pgconn_stmt_t){keys_sql, 1, params};
+	stmts[2] = (pgconn_stmt_t){slices_sql, 1, params};
 	job->state = JOB_LOADING;
-	if (!pgconn_send(job->conn, stmts, 2, job_load_cb, job))
+	if (!pgconn_send(job->conn, stmts, 3, job_load_cb, job))
 		job->state = JOB_CONNECTING;
 }
 
@@ -636,6 +847,7 @@ void job_pause_changed(job_t *job)
 		}
 		break;
 	case JOB_CONNECTING:
+	case JOB_SPLITTING:
 	case JOB_CHECKING:
 	case JOB_LOADING:
 	case JOB_BATCH:
@@ -699,7 +911,7 @@ static void job_skip_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
 static void job_skip_row(job_t *job, const char *sqlstate, const char *message)
 {
 	char lease[24];
-	const char *open_params[2], *skip_params[5];
+	const char *open_params[2], *skip_params[6];
 	char stmt_timeout[24], lock_timeout[24];
 	pgconn_stmt_t stmts[5];
 	char skip_sql[256];
@@ -712,7 +924,7 @@ static void job_skip_row(job_t *job, const char *sqlstate, const char *message)
 	snprintf(stmt_timeout, sizeof(stmt_timeout), "%lld", (long long)s.statement_timeout_ms);
 	snprintf(lock_timeout, sizeof(lock_timeout), "%lld", (long long)s.lock_timeout_ms);
 	snprintf(lease, sizeof(lease), "%lld", (long long)daemon_config()->lease_ms);
-	snprintf(skip_sql, sizeof(skip_sql), "SELECT %s._skip_row($1::bigint, $2, $3::int, $4, $5)",
+	snprintf(skip_sql, sizeof(skip_sql), "SELECT %s._skip_row($1::bigint, $2, $3::int, $4, $5, $6::int)",
 		 daemon_schema_quoted());
 	open_params[0] = stmt_timeout;
 	open_params[1] = lock_timeout;
@@ -721,11 +933,12 @@ static void job_skip_row(job_t *job, const char *sqlstate, const char *message)
 	skip_params[2] = lease;
 	skip_params[3] = job->skip_sqlstate;
 	skip_params[4] = job->skip_message;
+	skip_params[5] = job->slice > 0 ? job->slice_text : NULL;
 	stmts[0] = (pgconn_stmt_t){"BEGIN", 0, NULL};
 	stmts[1] = (pgconn_stmt_t){batch_open_sql, 2, open_params};
 	stmts[2] = (pgconn_stmt_t){first ? job->sql_peek_first : job->sql_peek_next, first ? 0 : job->nkeys,
 				   (const char *const *)job->last_key.values};
-	stmts[3] = (pgconn_stmt_t){skip_sql, 5, skip_params};
+	stmts[3] = (pgconn_stmt_t){skip_sql, 6, skip_params};
 	stmts[4] = (pgconn_stmt_t){"COMMIT", 0, NULL};
 	job->state = JOB_BATCH;
 	if (!pgconn_send(job->conn, stmts, 5, job_skip_cb, job))
@@ -915,7 +1128,7 @@ static void job_continue(job_t *job)
 	throttle_decision_t d;
 
 	if (job->stopping) {
-		job_release(job, "pending", NULL);
+		job_release(job, job->stop_state, job->stop_error);
 		return;
 	}
 	if (daemon_paused()) {
@@ -1005,6 +1218,15 @@ void job_on_blocked(job_t *job, int64_t sessions, int64_t waited_ms)
 	daemon_cancel_backend(pid);
 }
 
+static void job_sibling_contended(job_t *sibling, void *waited_ms)
+{
+	throttle_settings_t s;
+
+	job_settings(sibling, &s);
+	if (throttle_after_contention(&sibling->throttle, &s, *(int64_t *)waited_ms))
+		sibling->contended = true;
+}
+
 static void job_batch_done(job_t *job, const pgconn_result_t *res)
 {
 	const PGresult *b = res->results[2], *cp = res->results[job->checkpoint_at];
@@ -1034,7 +1256,25 @@ static void job_batch_done(job_t *job, const pgconn_result_t *res)
 		(long long)job->batches, (long long)scanned, (long long)changed, duration_ms,
 		last_key ? last_key : "(end)");
 
-	if (!state || strcmp(state, "running") != 0) {
+	if (job->slice > 0 && state && strcmp(state, "done") != 0) {
+		/* A slice: the job goes on, or its other slices must stop too before it is given back. */
+		if (strcmp(state, "running") != 0) {
+			job_log(job, LOG_LEVEL_INFO, "%s by a user after batch %lld", state,
+				(long long)job->batches);
+			job_release(job, state, NULL);
+			return;
+		}
+		if (strcmp(pgconn_value(cp, 0, 6) ?: "f", "t") == 0) {
+			job_log(job, LOG_LEVEL_INFO, "slice done; the job's other slices go on");
+			if (job->stopping) {
+				job_release(job, job->stop_state, job->stop_error);
+				return;
+			}
+			job->quiet = true;
+			job_finish(job);
+			return;
+		}
+	} else if (!state || strcmp(state, "running") != 0) {
 		if (state && strcmp(state, "done") == 0) {
 			double secs = elapsed_s(&job->started);
 			job_log_progress(job, true);
@@ -1062,7 +1302,12 @@ static void job_batch_done(job_t *job, const pgconn_result_t *res)
 		}
 	} else {
 		throttle_after_batch(&job->throttle, &s, scanned, duration_ms);
-		job->contended = throttle_after_contention(&job->throttle, &s, job->batch_waited_ms);
+		/* (A sibling slice may have found contention already while this batch ran.) */
+		job->contended =
+			throttle_after_contention(&job->throttle, &s, job->batch_waited_ms) || job->contended;
+		/* One throttle for a job's slices: a wait on one slice's locks shrinks them all. */
+		if (job->contended && job->slice > 0)
+			daemon_each_sibling(job, job_sibling_contended, &job->batch_waited_ms);
 	}
 	metrics_batch_duration(duration_ms / 1000.0);
 	job_log_progress(job, false);
@@ -1104,7 +1349,7 @@ static void job_batch_failed(job_t *job, const pgconn_result_t *res)
 	}
 	if (job->stopping && strcmp(res->sqlstate, "57014") == 0) {
 		job_log(job, LOG_LEVEL_NOTICE, "batch cancelled for shutdown and rolled back");
-		job_release(job, "pending", NULL);
+		job_release(job, job->stop_state, job->stop_error);
 		return;
 	}
 	if (sqlstate_is_retryable(res->sqlstate)) {
@@ -1117,7 +1362,7 @@ static void job_batch_failed(job_t *job, const pgconn_result_t *res)
 			res->message, job->throttle.retries, (long long)job->throttle.sleep_ms,
 			(long long)job->throttle.batch_size);
 		if (job->stopping)
-			job_release(job, "pending", NULL);
+			job_release(job, job->stop_state, job->stop_error);
 		else
 			job_sleep(job, job->throttle.sleep_ms);
 		return;
@@ -1151,7 +1396,7 @@ static void job_next_batch(job_t *job)
 	throttle_settings_t s;
 	char stmt_timeout[24], lock_timeout[24], limit[24], lease[24], slept[24], size_now[24], sleep_now[24];
 	char lag_bytes[24], lag_ms[24], blocked[24];
-	const char *open_params[2], *checkpoint_params[11], *mismatch_params[1] = {job->id_text};
+	const char *open_params[2], *checkpoint_params[12], *mismatch_params[1] = {job->id_text};
 	const char **batch_params;
 	pgconn_stmt_t stmts[6];
 	char mismatches_sql[320];
@@ -1159,7 +1404,7 @@ static void job_next_batch(job_t *job)
 	bool first = job->last_key.n == 0;
 
 	if (job->stopping) {
-		job_release(job, "pending", NULL);
+		job_release(job, job->stop_state, job->stop_error);
 		return;
 	}
 	if (daemon_paused()) {
@@ -1215,6 +1460,7 @@ static void job_next_batch(job_t *job)
 	checkpoint_params[8] = job->input.lag_known ? lag_ms : NULL;
 	checkpoint_params[9] = blocked; /* sessions the previous attempt blocked, when it was cancelled */
 	checkpoint_params[10] = job->reason;
+	checkpoint_params[11] = job->slice > 0 ? job->slice_text : NULL;
 
 	stmts[n++] = (pgconn_stmt_t){"BEGIN", 0, NULL};
 	stmts[n++] = (pgconn_stmt_t){batch_open_sql, 2, open_params};
@@ -1230,7 +1476,7 @@ static void job_next_batch(job_t *job)
 		if (job->kind == JOB_KIND_VERIFY)
 			stmts[n++] = (pgconn_stmt_t){mismatches_sql, 1, mismatch_params};
 		job->checkpoint_at = n;
-		stmts[n++] = (pgconn_stmt_t){job->sql_checkpoint, 11, checkpoint_params};
+		stmts[n++] = (pgconn_stmt_t){job->sql_checkpoint, 12, checkpoint_params};
 		stmts[n++] = (pgconn_stmt_t){"COMMIT", 0, NULL};
 	}
 
@@ -1366,6 +1612,19 @@ static void job_release_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg
 	job_finish(job);
 }
 
+/* STATE as one of our own literals: it may point into a result that is freed after its callback,
+ * and a release is sent again after a reconnection. */
+static const char *job_state_literal(const char *state)
+{
+	static const char *const states[] = {"pending", "paused", "done", "failed", "cancelled"};
+	for (size_t i = 0; i < sizeof(states) / sizeof(states[0]); i++)
+		if (state && strcmp(state, states[i]) == 0)
+			return states[i];
+	return "pending";
+}
+
+static void job_stop_as(job_t *job, const char *state, const char *error);
+
 static void job_release(job_t *job, const char *state, const char *error)
 {
 	char sql[256];
@@ -1376,6 +1635,23 @@ static void job_release(job_t *job, const char *state, const char *error)
 	if (job->lease_lost) {
 		job_finish(job);
 		return;
+	}
+	state = job_state_literal(state);
+	if (job->stop_state && strcmp(job->stop_state, "failed") == 0 && strcmp(state, "failed") != 0) {
+		state = job->stop_state; /* a sibling slice failed: the job fails */
+		error = job->stop_error;
+	}
+	/* A slice whose siblings still run leaves; the last one to stop gives the job back. */
+	if (job->slice > 0) {
+		job_t *sibling = daemon_live_sibling(job);
+		if (sibling) {
+			job_log(job, LOG_LEVEL_INFO, "stopped (%s): the job's other slices give it back",
+				state);
+			job->quiet = true;
+			job_finish(job);
+			job_stop_as(sibling, state, error);
+			return;
+		}
 	}
 	job->state = JOB_RELEASING;
 	job->release_state = state;
@@ -1408,25 +1684,36 @@ static void job_finish(job_t *job)
 {
 	evtimer_del(job->timer);
 	pgconn_disconnect(job->conn); /* no reconnect for a job that is over */
-	if (job->loaded)
+	if (job->loaded && !job->quiet)
 		job_report(job, false);
 	job->state = JOB_FINISHED;
 	daemon_job_finished(job);
 }
 
-void job_stop(job_t *job)
+/* No new batch: give the job back as STATE at the next boundary. "failed" wins over any other
+ * state asked for; otherwise the first one stays. */
+static void job_stop_as(job_t *job, const char *state, const char *error)
 {
+	if (!job->stop_state || (strcmp(state, "failed") == 0 && strcmp(job->stop_state, "failed") != 0)) {
+		job->stop_state = state;
+		free(job->stop_error);
+		job->stop_error = xstrdup_or_null(error);
+	}
 	job->stopping = true;
 	switch (job->state) {
 	case JOB_SLEEPING:
 	case JOB_THROTTLED:
 	case JOB_HELD:
-		job_release(job, "pending", NULL);
+		job_release(job, job->stop_state, job->stop_error);
 		break;
 	case JOB_CONNECTING:
-		job_log(job, LOG_LEVEL_WARNING, "not connected at shutdown: the lease will expire by itself");
-		job_finish(job);
-		break;
+		if (daemon_stopping()) {
+			job_log(job, LOG_LEVEL_WARNING,
+				"not connected at shutdown: the lease will expire by itself");
+			job_finish(job);
+		}
+		break; /* else: given back once connected again */
+	case JOB_SPLITTING:
 	case JOB_CHECKING:
 	case JOB_LOADING:
 	case JOB_BATCH:
@@ -1434,6 +1721,11 @@ void job_stop(job_t *job)
 	case JOB_FINISHED:
 		break; /* acted on when the request in flight completes */
 	}
+}
+
+void job_stop(job_t *job)
+{
+	job_stop_as(job, "pending", NULL);
 }
 
 void job_lease_seen(job_t *job, const char *state, const char *owner)

@@ -159,6 +159,24 @@ CREATE TABLE IF NOT EXISTS @schema@.batches (
     PRIMARY KEY (job_id, batch)
 );
 
+-- Parallel jobs (parallel > 1): the key range cut into slices, each walked on its own connection
+-- with its own checkpoint. A slice covers the keys after lower_key (NULL: from the first) up to
+-- upper_key inclusive (NULL: to the last). target and key_columns say what the cut was made for:
+-- a job whose target or key changed is cut again.
+CREATE TABLE IF NOT EXISTS @schema@.slices (
+    job_id       bigint NOT NULL REFERENCES @schema@.jobs ON DELETE CASCADE,
+    slice        int NOT NULL,
+    target       regclass NOT NULL,
+    key_columns  text[] NOT NULL,
+    lower_key    text[],
+    upper_key    text[],
+    last_key     text[],  -- the slice's checkpoint
+    done         boolean NOT NULL DEFAULT false,
+    rows_scanned bigint NOT NULL DEFAULT 0,
+    batches      bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (job_id, slice)
+);
+
 -- 3. Upgrades (none yet: version 1 is the first) ------------------------------------------------
 
 -- 4. Functions, triggers, views -----------------------------------------------------------------
@@ -477,6 +495,14 @@ BEGIN
         END IF;
     END IF;
 
+    -- A parallel job's slices keep their checkpoints; a different number of them cannot.
+    IF NEW.parallel IS DISTINCT FROM OLD.parallel AND OLD.batches > 0 THEN
+        RAISE EXCEPTION 'parallel of job % cannot change once it has run batches (% so far)',
+            OLD.id, OLD.batches
+            USING ERRCODE = 'check_violation',
+                  HINT = 'Cancel the job and insert a new one with the parallelism you want.';
+    END IF;
+
     col := @schema@._first_changed(OLD, NEW, @schema@._definition_columns());
     IF col IS NOT NULL THEN
         IF OLD.state NOT IN ('pending', 'paused', 'failed', 'cancelled') THEN
@@ -608,15 +634,20 @@ $$;
 -- transaction-local settings: backfilld.scanned, backfilld.changed (numbers),
 -- backfilld.first_key, backfilld.last_key (text[] literals, '' when the batch saw no row) and
 -- backfilld.lsn0 (the WAL insert position at BEGIN). Raises BFL01 when p_owner lost the job.
--- Its result columns changed before the first release: drop any older shape (daemon-only, no
--- dependents).
+-- p_slice: the slice of a parallel job the batch walked (NULL: the whole job). A slice's
+-- checkpoint moves the slice's last_key and the job's counters; the job is done with its last
+-- slice; while other slices may still run, a state a user set keeps the owner (the daemon gives
+-- the job back once its slices have stopped).
+-- Its arguments and result columns changed before the first release: drop any older shape
+-- (daemon-only, no dependents).
 DROP FUNCTION IF EXISTS @schema@._checkpoint(bigint, text, int, int, int, int, int, bigint, bigint, int, text);
+DROP FUNCTION IF EXISTS @schema@._checkpoint(bigint, text, int, int, int, int, int, bigint, bigint, int, text, int);
 CREATE FUNCTION @schema@._checkpoint(
     p_id bigint, p_owner text, p_lease_ms int, p_limit int, p_sleep_ms int,
     p_batch_size_now int, p_sleep_ms_now int, p_lag_bytes bigint, p_lag_ms bigint,
-    p_blocked int, p_throttled_reason text)
+    p_blocked int, p_throttled_reason text, p_slice int)
 RETURNS TABLE(state text, rows_scanned bigint, rows_changed bigint, batches bigint,
-              rows_estimate bigint, wal_bytes bigint)
+              rows_estimate bigint, wal_bytes bigint, slice_done boolean)
 LANGUAGE plpgsql SECURITY INVOKER SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
@@ -637,11 +668,27 @@ BEGIN
         RAISE EXCEPTION 'job % lease lost: another instance owns it now', p_id USING ERRCODE = 'BFL01';
     END IF;
     -- A short batch was the last one; a job a user paused during it is done all the same.
-    v_new_state := CASE WHEN v_scanned < p_limit AND v_old_state IN ('running', 'paused')
-                        THEN 'done' ELSE v_old_state END;
+    IF p_slice IS NULL THEN
+        v_new_state := CASE WHEN v_scanned < p_limit AND v_old_state IN ('running', 'paused')
+                            THEN 'done' ELSE v_old_state END;
+    ELSE
+        UPDATE @schema@.slices s
+        SET last_key = coalesce(v_last_key, s.last_key), rows_scanned = s.rows_scanned + v_scanned,
+            batches = s.batches + 1, done = v_scanned < p_limit
+        WHERE s.job_id = p_id AND s.slice = p_slice
+        RETURNING s.done INTO slice_done;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'job % has no slice % any more: it was cut again', p_id, p_slice
+                USING ERRCODE = 'BFL01';
+        END IF;
+        v_new_state := CASE WHEN slice_done AND v_old_state IN ('running', 'paused')
+                                 AND NOT EXISTS (SELECT FROM @schema@.slices s
+                                                 WHERE s.job_id = p_id AND NOT s.done)
+                            THEN 'done' ELSE v_old_state END;
+    END IF;
 
     UPDATE @schema@.jobs j
-    SET last_key = coalesce(v_last_key, j.last_key),
+    SET last_key = CASE WHEN p_slice IS NULL THEN coalesce(v_last_key, j.last_key) ELSE j.last_key END,
         rows_scanned = j.rows_scanned + v_scanned,
         rows_changed = j.rows_changed + v_changed,
         batches = j.batches + 1,
@@ -662,9 +709,10 @@ BEGIN
         batch_size_now = p_batch_size_now,
         sleep_ms_now = p_sleep_ms_now,
         state = v_new_state,
-        -- a job that stops running leaves the daemon
-        owner = CASE WHEN v_new_state = 'running' THEN j.owner END,
-        lease_until = CASE WHEN v_new_state = 'running'
+        -- a job that stops running leaves the daemon (a parallel one once it is done)
+        owner = CASE WHEN v_new_state = 'running' OR (p_slice IS NOT NULL AND v_new_state <> 'done')
+                     THEN j.owner END,
+        lease_until = CASE WHEN v_new_state = 'running' OR (p_slice IS NOT NULL AND v_new_state <> 'done')
                            THEN clock_timestamp() + p_lease_ms * interval '1 millisecond' END,
         throttled_reason = CASE WHEN v_new_state = 'running' THEN p_throttled_reason END,
         finished_at = CASE WHEN v_new_state IN ('done', 'cancelled')
@@ -685,9 +733,11 @@ $$;
 
 -- Skips one row that fails on its own: runs in the transaction where the daemon, as the job's
 -- role, read the row's key into backfilld.skip_key. Records it in failed_rows and moves the
--- checkpoint past it (fenced by the lease like _checkpoint). Returns the job's failed_rows.
+-- checkpoint past it (the slice's, when p_slice is not NULL), fenced by the lease like
+-- _checkpoint. Returns the job's failed_rows.
+DROP FUNCTION IF EXISTS @schema@._skip_row(bigint, text, int, text, text);
 CREATE OR REPLACE FUNCTION @schema@._skip_row(p_id bigint, p_owner text, p_lease_ms int,
-                                              p_sqlstate text, p_message text)
+                                              p_sqlstate text, p_message text, p_slice int)
 RETURNS bigint
 LANGUAGE plpgsql SECURITY INVOKER SET search_path = pg_catalog, pg_temp
 AS $$
@@ -700,15 +750,54 @@ BEGIN
         RAISE EXCEPTION 'job %: no row to skip', p_id USING ERRCODE = 'invalid_parameter_value';
     END IF;
     UPDATE @schema@.jobs j
-    SET last_key = v_key, rows_scanned = j.rows_scanned + 1, failed_rows = j.failed_rows + 1,
+    SET last_key = CASE WHEN p_slice IS NULL THEN v_key ELSE j.last_key END,
+        rows_scanned = j.rows_scanned + 1, failed_rows = j.failed_rows + 1,
         lease_until = clock_timestamp() + p_lease_ms * interval '1 millisecond'
     WHERE j.id = p_id AND j.owner = p_owner
     RETURNING j.failed_rows INTO v_failed;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'job % lease lost: another instance owns it now', p_id USING ERRCODE = 'BFL01';
     END IF;
+    IF p_slice IS NOT NULL THEN
+        UPDATE @schema@.slices s SET last_key = v_key, rows_scanned = s.rows_scanned + 1
+        WHERE s.job_id = p_id AND s.slice = p_slice;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'job % has no slice % any more: it was cut again', p_id, p_slice
+                USING ERRCODE = 'BFL01';
+        END IF;
+    END IF;
     INSERT INTO @schema@.failed_rows (job_id, key, sqlstate, message) VALUES (p_id, v_key, p_sqlstate, p_message);
     RETURN v_failed;
+END
+$$;
+
+-- Cuts a parallel job into slices at the keys its role's split function left in the session
+-- setting backfilld.split (a jsonb array of text arrays, ascending): n keys make n + 1 slices.
+-- Replaces slices made before (for another target or key). Fenced by the lease. Returns them.
+CREATE OR REPLACE FUNCTION @schema@._make_slices(p_id bigint, p_owner text)
+RETURNS TABLE(slice int, lower_key text[], upper_key text[])
+LANGUAGE plpgsql SECURITY INVOKER SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_cuts jsonb := coalesce(nullif(current_setting('backfilld.split', true), ''), '[]')::jsonb;
+    v_job record;
+BEGIN
+    PERFORM @schema@._require_daemon('_make_slices');
+    SELECT j.target, j.key_columns INTO v_job FROM @schema@.jobs j
+    WHERE j.id = p_id AND j.owner = p_owner FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'job % lease lost: another instance owns it now', p_id USING ERRCODE = 'BFL01';
+    END IF;
+    DELETE FROM @schema@.slices s WHERE s.job_id = p_id;
+    RETURN QUERY
+    WITH cut AS (SELECT ARRAY(SELECT jsonb_array_elements_text(e)) AS key, n::int AS n
+                 FROM jsonb_array_elements(v_cuts) WITH ORDINALITY AS t(e, n))
+    INSERT INTO @schema@.slices AS s (job_id, slice, target, key_columns, lower_key, upper_key)
+    SELECT p_id, g.n, v_job.target, v_job.key_columns,
+           (SELECT c.key FROM cut c WHERE c.n = g.n - 1), (SELECT c.key FROM cut c WHERE c.n = g.n)
+    FROM generate_series(1, jsonb_array_length(v_cuts) + 1) AS g(n)
+    RETURNING s.slice, s.lower_key, s.upper_key;
 END
 $$;
 
@@ -829,8 +918,8 @@ $$;
 -- Progress of every job. percent: of rows_estimate (100 once done); rows_per_second: over the
 -- last 20 batches, from the start of the first to the end of the last; eta: while running or
 -- paused, once 1% is done.
--- percent: by key position when the first key column is numeric (bounds taken at the start),
--- otherwise rows_scanned / rows_estimate; never above 100, 100 once done. rows_per_second: over the
+-- percent: by key position when the first key column is numeric (bounds taken at the start;
+-- for a parallel job, the ranges its slices have covered), otherwise rows_scanned / rows_estimate; never above 100, 100 once done. rows_per_second: over the
 -- last 20 batches. eta: while running or paused, once 1% is done, at the rate of those batches
 -- measured up to now, so time held back by the throttle or a pause counts.
 CREATE OR REPLACE VIEW @schema@.progress AS
@@ -844,6 +933,17 @@ SELECT j.id, j.name, j.target, j.state, p.percent, j.rows_changed, r.rows_per_se
 FROM @schema@.jobs j
 CROSS JOIN LATERAL (
     SELECT CASE WHEN j.state = 'done' THEN 100.0
+                -- a parallel job: the key range its slices have covered
+                WHEN j.parallel > 1 AND j.key_min IS NOT NULL AND j.key_max IS NOT NULL
+                     AND j.key_max::numeric > j.key_min::numeric
+                     AND EXISTS (SELECT FROM @schema@.slices s WHERE s.job_id = j.id)
+                THEN round(least(100, greatest(0, 100.0 * (
+                         SELECT sum(greatest(0,
+                                    CASE WHEN s.done THEN coalesce(s.upper_key[1], j.key_max)::numeric
+                                         ELSE coalesce(s.last_key[1], s.lower_key[1], j.key_min)::numeric END
+                                    - coalesce(s.lower_key[1], j.key_min)::numeric))
+                         FROM @schema@.slices s WHERE s.job_id = j.id)
+                     / (j.key_max::numeric - j.key_min::numeric))), 1)
                 WHEN j.key_min IS NOT NULL AND j.key_max IS NOT NULL
                      AND j.key_max::numeric > j.key_min::numeric
                 THEN CASE WHEN j.last_key IS NULL THEN 0.0
@@ -888,12 +988,12 @@ GRANT USAGE ON SCHEMA @schema@ TO backfill_submit, backfill_daemon;
 GRANT SELECT, INSERT ON @schema@.jobs TO backfill_submit;
 GRANT UPDATE (state) ON @schema@.jobs TO backfill_submit;
 GRANT SELECT ON @schema@.progress, @schema@.batches, @schema@.failed_rows, @schema@.mismatches,
-    @schema@.schema_version TO backfill_submit;
+    @schema@.slices, @schema@.schema_version TO backfill_submit;
 -- The validation trigger's helpers run as the submitter; the daemon's functions are the daemon's.
 GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA @schema@ TO backfill_submit;
 REVOKE EXECUTE ON FUNCTION @schema@._claim(text, int, bigint[]),
-    @schema@._checkpoint(bigint, text, int, int, int, int, int, bigint, bigint, int, text),
-    @schema@._skip_row(bigint, text, int, text, text),
+    @schema@._checkpoint(bigint, text, int, int, int, int, int, bigint, bigint, int, text, int),
+    @schema@._skip_row(bigint, text, int, text, text, int), @schema@._make_slices(bigint, text),
     @schema@._dry_run_done(bigint, text, bigint, bigint), @schema@._set_bounds(bigint, text),
     @schema@._release(bigint, text, text, text), @schema@._renew(text, bigint[], int),
     @schema@._set_reason(text, bigint[], text), @schema@._runnable_count()

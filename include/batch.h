@@ -29,6 +29,7 @@ typedef struct batch_spec {
 	const char *where_sql;	      /* update: optional filter; NULL or "" for none */
 	const char *batch_sql;	      /* statement: run per batch with $1, $2 = first, last key */
 	const char *mismatch_sql;     /* verify: true for a row that is not yet right */
+	const char *const *upper;     /* a slice's last key (nkeys values, inclusive); NULL: no end */
 } batch_spec_t;
 
 /* NAME as a quoted SQL identifier ("a""b"). Caller frees. */
@@ -60,7 +61,18 @@ typedef enum batch_function {
 	BATCH_FN_PEEK_FIRST,
 	BATCH_FN_PEEK_NEXT,
 	BATCH_FN_BOUNDS, /* min and max of the first key column into backfilld.key_min/key_max */
+	BATCH_FN_SPLIT,	 /* split points of a parallel job into backfilld.split (see batch_build_split) */
 } batch_function_t;
+
+/*
+ * The body of the split function (plpgsql): given $1 = N slices, up to N-1 keys that cut the key
+ * range into slices of about equal rows, strictly ascending, left in the session setting
+ * backfilld.split as a jsonb array of text arrays; returns how many. The cut values of the first
+ * key column come from the planner's histogram (pg_stats), else, for a numeric column, from
+ * min and max read off the key index, else from a TABLESAMPLE of about 200 pages; each becomes
+ * the first whole key at or after it, found through the key index. Caller frees.
+ */
+char *batch_build_split(const batch_spec_t *spec) __attribute__((warn_unused_result));
 
 /* The first key column is numeric: percent can be told by key position. */
 bool batch_key_is_numeric(const batch_spec_t *spec);
@@ -93,7 +105,8 @@ extern const char batch_open_sql[];
  * The checkpoint, run as the daemon's own role right after the batch statement in the same
  * transaction. SCHEMA is the queue schema (unquoted). Parameters as <schema>._checkpoint:
  * id, owner, lease_ms, batch size, sleep before it, batch_size_now, sleep_ms_now, lag
- * bytes, lag ms, blocked sessions, throttled reason. Caller frees.
+ * bytes, lag ms, blocked sessions, throttled reason, slice (NULL: the whole job). Its row:
+ * state, rows_scanned, rows_changed, batches, rows_estimate, wal_bytes, slice_done. Caller frees.
  */
 char *batch_build_checkpoint(const char *schema) __attribute__((warn_unused_result));
 

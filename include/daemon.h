@@ -47,6 +47,15 @@ void daemon_reload(void);
 /* Something may be claimable (a NOTIFY, a job ended, the queue connection came up). */
 void daemon_wake(void);
 
+/* Run JOB too (a slice of a parallel job this instance holds). */
+void daemon_add_job(job_t *job);
+
+/* Another runner of JOB's job that has not finished, or NULL. */
+job_t *daemon_live_sibling(const job_t *job);
+
+/* Call FN(sibling, ARG) for every other runner of JOB's job that has not finished. */
+void daemon_each_sibling(const job_t *job, void (*fn)(job_t *sibling, void *arg), void *arg);
+
 /* A job reached its end; the daemon frees it once the loop iteration is over. */
 void daemon_job_finished(job_t *job);
 

@@ -16,7 +16,14 @@ typedef struct job job_t;
 /* Take over the job in row ROW of a <schema>.jobs result (as _claim returns it) and start it. */
 job_t *job_start(const PGresult *res, int row) __attribute__((warn_unused_result));
 
+/* Start slice SLICE of parallel job ID (TARGET names its table in the log), which this instance
+ * holds: the job's first runner cut it into slices and starts one runner per slice. */
+job_t *job_start_slice(int64_t id, const char *target, int slice) __attribute__((warn_unused_result));
+
 int64_t job_id(const job_t *job);
+
+/* Another runner of the same job (a slice of a parallel job) that has not finished. */
+bool job_is_live_sibling(const job_t *job, const job_t *other);
 
 /* The daemon's pause mode changed: held jobs resume, running ones hold at the next boundary. */
 void job_pause_changed(job_t *job);

@@ -298,9 +298,9 @@ def test_malformed_job_refused_at_insert(db, bad):
     assert key.split("_")[0] in str(err.value) or "kind" in str(err.value), str(err.value)
 
 
-def test_dry_run_verify_and_parallel_as_one_slice(db, daemon_factory):
+def test_dry_run_verify_and_parallel_side_by_side(db, daemon_factory):
     """A dry run changes nothing and fills the estimates; a verify job records mismatches and
-    changes nothing; parallel > 1 is not split yet: it walks as one slice, with a notice."""
+    changes nothing; a parallel job beside them is cut into slices (tests/integration/test_parallel.py)."""
     make_users(db, 1000)
     dry = submit(db, "users", dry_run=True)
     db.sql("CREATE TABLE other (id int PRIMARY KEY, a int, b int)")
@@ -319,7 +319,7 @@ def test_dry_run_verify_and_parallel_as_one_slice(db, daemon_factory):
                                        [verify])) == [100, 200, 300, 400, 500]
     assert job(db, par)["state"] == "done"
     assert db.one("SELECT count(*) FROM other WHERE b IS DISTINCT FROM a") == 0
-    assert "walking as one" in d.log_text()
+    assert "cut into 2 slices" in d.log_text()
 
 
 def test_daemon_as_an_unprivileged_role_with_the_readme_grants(db, daemon_factory):

@@ -59,7 +59,7 @@ def claim(dconn, owner, lease_ms=5000, exclude=()):
 
 def checkpoint(dconn, job_id, owner, scanned, changed=0, first=None, last=None, limit=100,
                lease_ms=5000, sleep_ms=7, batch_size_now=100, sleep_ms_now=5, lag_bytes=11,
-               lag_ms=12, blocked=1, reason=None):
+               lag_ms=12, blocked=1, reason=None, slice=None):
     """What the daemon does at the end of a batch: the GUCs, then _checkpoint, in one transaction."""
     with dconn.transaction():
         dconn.execute("SELECT set_config('backfilld.lsn0', pg_current_wal_insert_lsn()::text, true)")
@@ -70,9 +70,9 @@ def checkpoint(dconn, job_id, owner, scanned, changed=0, first=None, last=None, 
             [str(scanned), str(changed), first or "", last or ""])
         with dconn.cursor(row_factory=dict_row) as cur:
             return cur.execute(
-                "SELECT * FROM backfill._checkpoint(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                "SELECT * FROM backfill._checkpoint(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
                 [job_id, owner, lease_ms, limit, sleep_ms, batch_size_now, sleep_ms_now,
-                 lag_bytes, lag_ms, blocked, reason]).fetchone()
+                 lag_bytes, lag_ms, blocked, reason, slice]).fetchone()
 
 
 @pytest.fixture
@@ -529,7 +529,7 @@ def test_checkpoint_counts_and_marks_done(conn, dconn):
                      limit=100, reason="replication_lag", batch_size_now=100, sleep_ms_now=5)
     wal = res.pop("wal_bytes")
     assert res == {"state": "running", "rows_scanned": 100, "rows_changed": 40, "batches": 1,
-                   "rows_estimate": 1000}
+                   "rows_estimate": 1000, "slice_done": None}
     assert wal > 0  # the checkpoint's own writes at least
     assert conn.execute("SELECT wal_bytes FROM backfill.batches WHERE job_id = %s", [jid]).fetchone() == (wal,)
     row = job(conn, jid)
@@ -566,6 +566,68 @@ def test_checkpoint_after_user_pause_or_cancel_lets_go(conn, dconn):
     assert p["owner"] is None and p["lease_until"] is None and p["finished_at"] is None
     assert p["last_key"] == ["100"]
     assert c["owner"] is None and c["finished_at"] is not None
+
+
+def make_slices(dconn, job_id, owner, cuts):
+    dconn.execute("SELECT set_config('backfilld.split', %s, false)", [cuts])
+    return dconn.execute("SELECT slice, lower_key, upper_key FROM backfill._make_slices(%s, %s)",
+                         [job_id, owner]).fetchall()
+
+
+def test_slices_checkpoints_and_done_with_the_last(conn, dconn):
+    jid = insert_job(conn, parallel=3)["id"]
+    claim(dconn, "a")
+    with pytest.raises(psycopg.Error) as info:
+        make_slices(dconn, jid, "b", '[["300"], ["700"]]')
+    assert info.value.sqlstate == "BFL01"
+    assert make_slices(dconn, jid, "a", '[["300"], ["700"]]') == [
+        (1, None, ["300"]), (2, ["300"], ["700"]), (3, ["700"], None)]
+    # Cut again (its target or key changed): the old slices go.
+    assert len(make_slices(dconn, jid, "a", '[["500"]]')) == 2
+    make_slices(dconn, jid, "a", '[["300"], ["700"]]')
+    res = checkpoint(dconn, jid, "a", scanned=100, last="{400}", limit=100, slice=2)
+    assert res["state"] == "running" and res["slice_done"] is False and res["rows_scanned"] == 100
+    row = job(conn, jid)
+    assert row["last_key"] is None  # a parallel job's checkpoints are its slices'
+    # Slice 1 ends (a short batch); the job goes on with the others.
+    res = checkpoint(dconn, jid, "a", scanned=50, last="{300}", limit=100, slice=1)
+    assert res["state"] == "running" and res["slice_done"] is True and res["batches"] == 2
+    # A user's pause: the slice's checkpoint reports it but keeps the owner (other slices may
+    # still have batches in flight; the daemon gives the job back once they stop).
+    conn.execute("SELECT backfill.pause(%s)", [jid])
+    res = checkpoint(dconn, jid, "a", scanned=100, last="{500}", limit=100, slice=2)
+    assert res["state"] == "paused" and job(conn, jid)["owner"] == "a"
+    assert dconn.execute("SELECT backfill._release(%s, 'a', 'paused', NULL)", [jid]).fetchone() == ("paused",)
+    conn.execute("SELECT backfill.resume(%s)", [jid])
+    claim(dconn, "a")
+    res = checkpoint(dconn, jid, "a", scanned=7, last="{700}", limit=100, slice=2)
+    assert res["state"] == "running" and res["slice_done"] is True
+    res = checkpoint(dconn, jid, "a", scanned=0, limit=100, slice=3)
+    assert res["state"] == "done" and res["slice_done"] is True
+    row = job(conn, jid)
+    assert row["owner"] is None and row["rows_scanned"] == 257 and row["finished_at"] is not None
+    got = conn.execute("SELECT slice, last_key, done, rows_scanned, batches FROM backfill.slices"
+                       " WHERE job_id = %s ORDER BY slice", [jid]).fetchall()
+    assert got == [(1, ["300"], True, 50, 1), (2, ["700"], True, 207, 3), (3, None, True, 0, 1)]
+    with pytest.raises(psycopg.Error) as info:
+        checkpoint(dconn, jid, "a", scanned=1, limit=100, slice=9)
+    assert info.value.sqlstate == "BFL01"
+    # Users may read the slices, not write them.
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        with db_role_session(conn) as user:
+            user.execute("DELETE FROM backfill.slices")
+
+
+def db_role_session(conn):
+    """The user's connection as backfill_submit alone."""
+    conn.execute("SET ROLE backfill_submit")
+    class _Reset:
+        def __enter__(self):
+            return conn
+
+        def __exit__(self, *exc):
+            conn.execute("RESET ROLE")
+    return _Reset()
 
 
 def test_release(conn, dconn):

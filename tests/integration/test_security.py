@@ -7,7 +7,8 @@ import pytest
 
 from bfhelp import job, make_users, run_to_idle, submit
 
-DAEMON_FUNCTIONS = ["_claim", "_checkpoint", "_skip_row", "_release", "_renew", "_set_reason", "_runnable_count"]
+DAEMON_FUNCTIONS = ["_claim", "_checkpoint", "_skip_row", "_make_slices", "_release", "_renew", "_set_reason",
+                    "_runnable_count"]
 
 
 @pytest.fixture
@@ -55,6 +56,7 @@ def test_backfill_submit_submits_and_steers_but_cannot_act_as_the_daemon(db, rol
     with as_role(db, submitter) as conn:
         job_id = submit(db, "users", conn=conn)
         assert conn.execute("SELECT count(*) FROM backfill.progress").fetchone()[0] == 1
+        assert conn.execute("SELECT count(*) FROM backfill.slices").fetchone()[0] == 0
         assert conn.execute("SELECT backfill.pause(%s)", [job_id]).fetchone()[0] == "paused"
         assert conn.execute("SELECT backfill.resume(%s)", [job_id]).fetchone()[0] == "pending"
         for fn in DAEMON_FUNCTIONS:

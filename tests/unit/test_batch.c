@@ -409,12 +409,12 @@ static void test_checkpoint(void **state)
 
 	(void)state;
 	assert_non_null(sql);
-	expect_contains(sql, "SELECT state, rows_scanned, rows_changed, batches, rows_estimate, wal_bytes"
-			     " FROM \"backfilld\"._checkpoint(");
+	expect_contains(sql, "SELECT state, rows_scanned, rows_changed, batches, rows_estimate, wal_bytes,"
+			     " slice_done FROM \"backfilld\"._checkpoint(");
 	expect_contains(sql, "$1::bigint, $2::text, $3::int, $4::int, $5::int, $6::int, $7::int, $8::bigint,"
-			     " $9::bigint, $10::int, $11::text)");
-	expect_params(sql, 11);
-	expect_absent(sql, "$12");
+			     " $9::bigint, $10::int, $11::text, $12::int)");
+	expect_params(sql, 12);
+	expect_absent(sql, "$13");
 	free(sql);
 }
 
@@ -426,7 +426,7 @@ static void test_checkpoint_quotes_schema(void **state)
 	assert_non_null(sql);
 	expect_contains(sql, " FROM \"Queue \"\"q\"\"\"._checkpoint($1::bigint,");
 	expect_absent(sql, " Queue \"q\".");
-	expect_params(sql, 11);
+	expect_params(sql, 12);
 	free(sql);
 }
 
@@ -510,6 +510,78 @@ static void test_function_peek_and_owner_and_call(void **state)
 	free(call_first);
 }
 
+/* ---- slices of a parallel job ---- */
+
+static void test_slice_upper_bound(void **state)
+{
+	static const char *const upper[] = {"7", "it's \\ here"};
+	batch_spec_t spec = fn_spec();
+	char *next, *first, *peek, *plain;
+
+	(void)state;
+	spec.upper = upper;
+	next = batch_build_update(&spec, false);
+	first = batch_build_update(&spec, true);
+	peek = batch_build_peek(&spec, true);
+	spec.upper = NULL;
+	plain = batch_build_update(&spec, false);
+	/* A literal that survives quotes and backslashes whatever standard_conforming_strings says. */
+	expect_contains(next,
+			"    AND (\"tenant\", \"seq\") <= (E'7'::integer, E'it''s \\\\ here'::character "
+			"varying(20))\n  ORDER BY");
+	expect_contains(first,
+			"  FROM \"public\".\"events\"\n  WHERE (\"tenant\", \"seq\") <= (E'7'::integer,");
+	expect_contains(peek, "WHERE (\"tenant\", \"seq\") <= (E'7'::integer,");
+	expect_params(next, 3);
+	expect_params(first, 1);
+	expect_absent(plain, "<= (E'");
+	free(next);
+	free(first);
+	free(peek);
+	free(plain);
+}
+
+static void test_slice_statement_and_split(void **state)
+{
+	static const char *const upper[] = {"100"};
+	batch_spec_t spec = single_key_spec();
+	char *body, *split, *call, *owner;
+
+	(void)state;
+	spec.kind = JOB_KIND_STATEMENT;
+	spec.set_sql = NULL;
+	spec.batch_sql = "SELECT $1, $2";
+	spec.upper = upper;
+	body = batch_build_function(&spec, BATCH_FN_NEXT);
+	expect_contains(body, "WHERE \"id\" > $1\n          AND (\"id\") <= (E'100'::bigint)\n");
+	split = batch_build_function(&spec, BATCH_FN_SPLIT);
+	call = batch_build_call(&spec, BATCH_FN_SPLIT);
+	owner = batch_build_function_owner(&spec, BATCH_FN_SPLIT, "app");
+	expect_contains(split, "CREATE OR REPLACE FUNCTION pg_temp.backfilld_split(int)");
+	expect_contains(split, "LANGUAGE plpgsql");
+	expect_contains(split, "s.schemaname = E'public'::name AND s.tablename = E'items'::name"
+			       " AND s.attname = E'id'::name");
+	/* A numeric key without statistics: min and max from the index, not a sample. */
+	expect_contains(split, "min(\"id\")::numeric");
+	expect_absent(split, "TABLESAMPLE");
+	expect_contains(split, "WHERE \"id\" >= __bf_v::bigint ORDER BY \"id\" LIMIT 1");
+	expect_contains(split, "set_config('backfilld.split', __bf_out::text, false)");
+	assert_string_equal(call, "SELECT * FROM pg_temp.backfilld_split($1)");
+	assert_string_equal(owner, "ALTER FUNCTION pg_temp.backfilld_split(int) OWNER TO \"app\"");
+	free(body);
+	free(split);
+	free(call);
+	free(owner);
+
+	spec = fn_spec(); /* a text-like first column: sampled when there are no statistics */
+	spec.key_types = (const char *const[]){"text", "integer"};
+	split = batch_build_split(&spec);
+	expect_contains(split, "TABLESAMPLE SYSTEM");
+	expect_contains(split, "pg_relation_size(E'\"public\".\"events\"'::regclass)");
+	expect_contains(split, "ORDER BY \"tenant\", \"seq\" LIMIT 1");
+	free(split);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -534,6 +606,8 @@ int main(void)
 		cmocka_unit_test(test_checkpoint),
 		cmocka_unit_test(test_checkpoint_quotes_schema),
 		cmocka_unit_test(test_open_sql),
+		cmocka_unit_test(test_slice_upper_bound),
+		cmocka_unit_test(test_slice_statement_and_split),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
