@@ -1,0 +1,657 @@
+/*
+ * A job's batches: the pre-flight check of its SQL, the throttle's decision before each batch,
+ * the batch pipeline and its outcome (retries, cancellations), and the rows that fail on their
+ * own (bisected, recorded and skipped).
+ */
+#include "job_internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <event2/event.h>
+
+#include "batch.h"
+#include "config.h"
+#include "daemon.h"
+#include "keys.h"
+#include "log.h"
+#include "metrics.h"
+#include "pgconn.h"
+#include "sampler.h"
+#include "throttle.h"
+
+/* ---- rows that fail on their own ---- */
+
+/* Errors one row's data can cause (as opposed to the job's SQL or the server's state). */
+static bool sqlstate_is_row_error(const char *sqlstate)
+{
+	static const char *const classes[] = {"22", "23", "P0", "2F", "38", "39", "44", "54"};
+	for (size_t i = 0; i < sizeof(classes) / sizeof(classes[0]); i++)
+		if (strncmp(sqlstate, classes[i], 2) == 0)
+			return true;
+	return false;
+}
+
+static void job_skip_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
+{
+	job_t *job = arg;
+	char err[1024];
+	(void)conn;
+
+	if (job->state != JOB_BATCH)
+		return;
+	if (res->broken) {
+		job->state = JOB_CONNECTING;
+		return;
+	}
+	if (!res->ok) {
+		if (strcmp(res->sqlstate, "BFL01") == 0) {
+			job_log(job, LOG_LEVEL_WARNING, "lease lost while skipping a row");
+			job->lease_lost = true;
+			job_finish(job);
+			return;
+		}
+		snprintf(err, sizeof(err), "%s: %s (skipping a failing row)", res->sqlstate, res->message);
+		job_fail(job, err);
+		return;
+	}
+	job->failed_rows = pgconn_int64(res->results[3], 0, 0, job->failed_rows);
+	job->rows_scanned++;
+	keys_clear(&job->last_key);
+	if (!keys_decode(pgconn_value(res->results[2], 0, 0), &job->last_key)) {
+		job_release(job, "failed", "cannot decode the key of a skipped row");
+		return;
+	}
+	job_log(job, LOG_LEVEL_NOTICE, "skipped row %s: %s %s (%lld failed rows so far)",
+		pgconn_value(res->results[2], 0, 0), job->skip_sqlstate, job->skip_message,
+		(long long)job->failed_rows);
+	if (--job->bisect_left <= 0)
+		job->bisect_left = 0;
+	job_continue(job);
+}
+
+/* One row fails alone: record it in failed_rows and move the checkpoint past it. */
+static void job_skip_row(job_t *job, const char *sqlstate, const char *message)
+{
+	char lease[24];
+	const char *open_params[2], *skip_params[6];
+	char stmt_timeout[24], lock_timeout[24];
+	pgconn_stmt_t stmts[5];
+	char skip_sql[256];
+	throttle_settings_t s;
+	bool first = job->last_key.n == 0;
+
+	job_settings(job, &s);
+	snprintf(job->skip_sqlstate, sizeof(job->skip_sqlstate), "%s", sqlstate);
+	snprintf(job->skip_message, sizeof(job->skip_message), "%s", message);
+	snprintf(stmt_timeout, sizeof(stmt_timeout), "%lld", (long long)s.statement_timeout_ms);
+	snprintf(lock_timeout, sizeof(lock_timeout), "%lld", (long long)s.lock_timeout_ms);
+	snprintf(lease, sizeof(lease), "%lld", (long long)daemon_config()->lease_ms);
+	snprintf(skip_sql, sizeof(skip_sql), "SELECT %s._skip_row($1::bigint, $2, $3::int, $4, $5, $6::int)",
+		 daemon_schema_quoted());
+	open_params[0] = stmt_timeout;
+	open_params[1] = lock_timeout;
+	skip_params[0] = job->id_text;
+	skip_params[1] = daemon_name();
+	skip_params[2] = lease;
+	skip_params[3] = job->skip_sqlstate;
+	skip_params[4] = job->skip_message;
+	skip_params[5] = job->slice > 0 ? job->slice_text : NULL;
+	stmts[0] = (pgconn_stmt_t){"BEGIN", 0, NULL};
+	stmts[1] = (pgconn_stmt_t){batch_open_sql, 2, open_params};
+	stmts[2] = (pgconn_stmt_t){first ? job->sql_peek_first : job->sql_peek_next, first ? 0 : job->nkeys,
+				   (const char *const *)job->last_key.values};
+	stmts[3] = (pgconn_stmt_t){skip_sql, 6, skip_params};
+	stmts[4] = (pgconn_stmt_t){"COMMIT", 0, NULL};
+	job->state = JOB_BATCH;
+	if (!pgconn_send(job->conn, stmts, 5, job_skip_cb, job))
+		job->state = JOB_CONNECTING;
+}
+
+/*
+ * The batch failed on its data: halve it until the failing rows stand alone, committing the
+ * good ones on the way; a single failing row is recorded and skipped, up to max_failed_rows.
+ * Returns false when the error is not one a row can cause.
+ */
+static bool job_bisect(job_t *job, const pgconn_result_t *res)
+{
+	throttle_settings_t s;
+	char err[1024];
+
+	if (res->failed_index != 2 || !sqlstate_is_row_error(res->sqlstate) || job->dry_run)
+		return false;
+	job_settings(job, &s);
+	if (job->batch_limit > 1) {
+		if (job->bisect_left <= 0) {
+			job_log(job, LOG_LEVEL_NOTICE,
+				"a batch of %lld rows failed on its data (%s %s): bisecting",
+				(long long)job->batch_limit, res->sqlstate, res->message);
+			job->bisect_left = job->batch_limit;
+		}
+		job->bisect_size = job->batch_limit / 2;
+		job_next_batch(job);
+		return true;
+	}
+	if (job->failed_rows + 1 > s.max_failed_rows) {
+		snprintf(err, sizeof(err),
+			 "%s: %s (a row failed on its own, and %lld already did: max_failed_rows is %lld;"
+			 " see the failed_rows table)",
+			 res->sqlstate, res->message, (long long)job->failed_rows,
+			 (long long)s.max_failed_rows);
+		job_fail(job, err);
+		return true;
+	}
+	job_skip_row(job, res->sqlstate, res->message);
+	return true;
+}
+
+/* ---- checking the job's SQL before any data is touched ---- */
+
+static void job_check_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
+{
+	job_t *job = arg;
+	char err[1024];
+	(void)conn;
+
+	if (job->state != JOB_CHECKING)
+		return;
+	if (res->broken) {
+		job->state = JOB_CONNECTING;
+		return;
+	}
+	if (!res->ok) {
+		snprintf(err, sizeof(err), "%s: %s (%s for role %s, before touching any row)", res->sqlstate,
+			 res->message,
+			 res->failed_index < 4	  ? "checking the job's SQL"
+			 : res->failed_index < 8  ? "handing the batch to its run_as role"
+			 : res->failed_index == 8 ? "checking privileges"
+						  : "reading the key's bounds",
+			 job->run_as);
+		job_fail(job, err);
+		return;
+	}
+	if (strcmp(pgconn_value(res->results[8], 0, 0) ?: "f", "t") != 0 ||
+	    strcmp(pgconn_value(res->results[8], 0, 1) ?: "f", "t") != 0) {
+		snprintf(err, sizeof(err),
+			 "42501: permission denied: role %s may not %s table %s.%s (checked before touching "
+			 "any row)",
+			 job->run_as, job->kind == JOB_KIND_UPDATE ? "read and update" : "read",
+			 job->target_schema, job->target_table);
+		job_fail(job, err);
+		return;
+	}
+	job_continue(job);
+}
+
+/* Create the batch functions and hand them to run_as; check its privileges on the target. The
+ * function bodies are parsed as they are created: syntax errors and unknown names show up here,
+ * before any row is touched. */
+void job_check(job_t *job)
+{
+	char oid[16], bounds_sql[160];
+	const char *check_params[2], *bounds_params[2] = {job->id_text, daemon_name()};
+	pgconn_stmt_t stmts[13];
+	char *sql[11] = {NULL};
+	int n = 9;
+	batch_spec_t spec = job_spec(job);
+
+	for (int fn = 0; fn < 4; fn++) {
+		sql[fn] = batch_build_function(&spec, (batch_function_t)fn);
+		sql[4 + fn] = batch_build_function_owner(&spec, (batch_function_t)fn, job->run_as);
+	}
+	for (int i = 0; i < 8; i++)
+		stmts[i] = (pgconn_stmt_t){sql[i], 0, NULL};
+	snprintf(oid, sizeof(oid), "%u", job->target_oid);
+	check_params[0] = job->run_as;
+	check_params[1] = oid;
+	stmts[8] = (pgconn_stmt_t){job->kind == JOB_KIND_UPDATE
+					   ? "SELECT has_table_privilege($1::name, $2::oid, 'SELECT'),"
+					     " has_any_column_privilege($1::name, $2::oid, 'UPDATE')"
+					   : "SELECT has_table_privilege($1::name, $2::oid, 'SELECT'), true",
+				   2, check_params};
+	/* A numeric first key: its bounds, so progress can be told by key position. */
+	if (batch_key_is_numeric(&spec)) {
+		sql[8] = batch_build_function(&spec, BATCH_FN_BOUNDS);
+		sql[9] = batch_build_function_owner(&spec, BATCH_FN_BOUNDS, job->run_as);
+		sql[10] = batch_build_call(&spec, BATCH_FN_BOUNDS);
+		snprintf(bounds_sql, sizeof(bounds_sql), "SELECT %s._set_bounds($1::bigint, $2)",
+			 daemon_schema_quoted());
+		for (int i = 8; i < 11; i++)
+			stmts[n++] = (pgconn_stmt_t){sql[i], 0, NULL};
+		stmts[n++] = (pgconn_stmt_t){bounds_sql, 2, bounds_params};
+	}
+	job->state = JOB_CHECKING;
+	if (!pgconn_send(job->conn, stmts, n, job_check_cb, job))
+		job->state = JOB_CONNECTING;
+	for (int i = 0; i < 11; i++)
+		free(sql[i]);
+}
+
+/* ---- batches ---- */
+
+static bool sqlstate_is_retryable(const char *sqlstate)
+{
+	static const char *const retryable[] = {"55P03", "40P01", "40001", "57014"};
+	for (size_t i = 0; i < sizeof(retryable) / sizeof(retryable[0]); i++)
+		if (strcmp(sqlstate, retryable[i]) == 0)
+			return true;
+	return false;
+}
+
+static void job_log_progress(job_t *job, bool force)
+{
+	struct timespec now;
+	int64_t interval = daemon_config()->log_progress_interval_ms;
+	double secs = job_elapsed_s(&job->started);
+	double rate = secs > 0 ? (double)(job->rows_scanned - job->rows_at_start) / secs : 0;
+	char percent[16] = "?", eta[32] = "?";
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	if (!force) {
+		double since = (double)(now.tv_sec - job->last_progress.tv_sec) +
+			       (double)(now.tv_nsec - job->last_progress.tv_nsec) / 1e9;
+		if (interval <= 0 || since * 1000 < (double)interval)
+			return;
+	}
+	job->last_progress = now;
+	if (job->rows_estimate > 0) {
+		double p = 100.0 * (double)job->rows_scanned / (double)job->rows_estimate;
+		snprintf(percent, sizeof(percent), "%.1f%%", p > 100 ? 100 : p);
+		if (rate > 0) {
+			double left = (double)(job->rows_estimate - job->rows_scanned) / rate;
+			snprintf(eta, sizeof(eta), "%.0fs", left > 0 ? left : 0);
+		}
+	}
+	job_log(job, LOG_LEVEL_INFO,
+		"%s  %lld rows scanned, %lld changed, %.0f rows/s, batch %lld, sleep %lld ms, ETA %s%s%s",
+		percent, (long long)job->rows_scanned, (long long)job->rows_changed, rate,
+		(long long)job->throttle.batch_size, (long long)job->slept_ms, eta,
+		job->reason ? ", throttled: " : "", job->reason ? job->reason : "");
+}
+
+/* Log a change of throttle reason once, not once per batch. */
+static void job_note_reason(job_t *job, const char *reason, const char *detail)
+{
+	if (reason == job->logged_reason ||
+	    (reason && job->logged_reason && strcmp(reason, job->logged_reason) == 0))
+		return;
+	if (reason)
+		job_log(job, LOG_LEVEL_NOTICE, "throttled: %s%s%s%s", reason, detail && detail[0] ? " (" : "",
+			detail && detail[0] ? detail : "", detail && detail[0] ? ")" : "");
+	else
+		job_log(job, LOG_LEVEL_NOTICE, "running freely again (was %s)", job->logged_reason);
+	job->logged_reason = reason;
+}
+
+/* After a committed batch, or while held by the throttle: ask it what comes next. */
+void job_continue(job_t *job)
+{
+	throttle_settings_t s;
+	sampler_view_t view;
+	throttle_decision_t d;
+
+	if (job->stopping) {
+		job_release(job, job->stop_state, job->stop_error);
+		return;
+	}
+	if (daemon_paused()) {
+		job_hold(job);
+		return;
+	}
+	job_settings(job, &s);
+	sampler_view(&view);
+	if (view.warming) { /* the sampler has not looked yet: wait a moment for it */
+		struct timeval tv = {0, 50 * 1000};
+		job->state = JOB_THROTTLED;
+		evtimer_add(job->timer, &tv);
+		return;
+	}
+	job->input = (throttle_input_t){.lag_known = view.known,
+					.lag_bytes = view.lag_bytes,
+					.lag_ms = view.lag_ms,
+					.hold = view.hold};
+	if (!job->input.hold && s.pause_during_autovacuum && sampler_autovacuum(job->target_oid)) {
+		job->input.hold = "autovacuum";
+		snprintf(view.detail, sizeof(view.detail), "autovacuum is processing the table");
+	}
+	d = throttle_decide(&job->throttle, &s, &job->input);
+	/* A retry's reason stays on the batch that retries; otherwise the throttle's applies. */
+	if (d.reason || job->throttle.retries == 0)
+		job->reason = d.reason;
+	if (!job->reason && job->contended)
+		job->reason = "blocked_sessions"; /* the size was halved for it */
+	job->contended = false;
+	job_note_reason(job, job->reason, view.detail);
+	job_report(job, true);
+	if (!d.hold && job->hold_reason && !job->reason)
+		job->reason = job->hold_reason; /* the batch after a hold says why it waited */
+	job->hold_reason = d.hold ? d.reason : NULL;
+	if (d.hold) {
+		struct timeval tv = {(time_t)(s.sample_interval_ms / 1000),
+				     (suseconds_t)((s.sample_interval_ms % 1000) * 1000)};
+		if (job->state != JOB_THROTTLED) {
+			job_log(job, LOG_LEVEL_NOTICE, "held: %s%s%s%s", d.reason, view.detail[0] ? " (" : "",
+				view.detail, view.detail[0] ? ")" : "");
+			job_write_reason(job, d.reason);
+		}
+		job->state = JOB_THROTTLED;
+		evtimer_add(job->timer, &tv);
+		return;
+	}
+	/* The throttle's sleep is taken in steps of a sample interval, deciding again after each,
+	 * so a sleep chosen for lag ends soon after the lag does. */
+	if (d.sleep_ms > 0) {
+		int64_t so_far;
+		if (!job->sleep_decided) {
+			clock_gettime(CLOCK_MONOTONIC, &job->sleep_started);
+			job->sleep_decided = true;
+		}
+		so_far = (int64_t)(job_elapsed_s(&job->sleep_started) * 1000.0);
+		if (so_far < d.sleep_ms) {
+			int64_t step = d.sleep_ms - so_far;
+			job_sleep(job, step < s.sample_interval_ms ? step : s.sample_interval_ms);
+			job->slept_ms = so_far + (step < s.sample_interval_ms ? step : s.sample_interval_ms);
+			return;
+		}
+		job->slept_ms = so_far;
+	} else {
+		job->slept_ms =
+			job->sleep_decided ? (int64_t)(job_elapsed_s(&job->sleep_started) * 1000.0) : 0;
+	}
+	job->sleep_decided = false;
+	job_next_batch(job);
+}
+
+void job_on_blocked(job_t *job, int64_t sessions, int64_t waited_ms)
+{
+	throttle_settings_t s;
+	int pid = job_batch_backend_pid(job);
+
+	if (job->state != JOB_BATCH || !pid)
+		return;
+	if (sessions > job->batch_blocked)
+		job->batch_blocked = sessions;
+	if (waited_ms > job->batch_waited_ms)
+		job->batch_waited_ms = waited_ms;
+	job_settings(job, &s);
+	if (waited_ms < s.max_blocked_ms || job->cancel_reason)
+		return;
+	job_log(job, LOG_LEVEL_NOTICE, "%lld session(s) waited %lld ms on the batch's locks: cancelling it",
+		(long long)sessions, (long long)waited_ms);
+	job->cancel_reason = "blocked_sessions";
+	daemon_cancel_backend(pid);
+}
+
+static void job_sibling_contended(job_t *sibling, void *waited_ms)
+{
+	throttle_settings_t s;
+
+	job_settings(sibling, &s);
+	if (throttle_after_contention(&sibling->throttle, &s, *(int64_t *)waited_ms))
+		sibling->contended = true;
+}
+
+static void job_batch_done(job_t *job, const pgconn_result_t *res)
+{
+	const PGresult *b = res->results[2], *cp = res->results[job->checkpoint_at];
+	const char *last_key = pgconn_value(b, 0, 3);
+	const char *state = pgconn_value(cp, 0, 0);
+	int64_t scanned = pgconn_int64(b, 0, 0, 0), changed = pgconn_int64(b, 0, 1, 0);
+	double duration_ms = job_elapsed_s(&job->batch_started) * 1000.0;
+	throttle_settings_t s;
+
+	sampler_wal_written(pgconn_int64(cp, 0, 5, 0));
+	clock_gettime(CLOCK_MONOTONIC, &job->batch_ended);
+
+	if (last_key) {
+		keys_clear(&job->last_key);
+		if (!keys_decode(last_key, &job->last_key)) {
+			/* Committed, but we cannot walk on from it: stop; a restart reads it again. */
+			job_log(job, LOG_LEVEL_ERROR, "cannot decode the key %s", last_key);
+			job_release(job, "failed", "cannot decode the checkpoint key");
+			return;
+		}
+	}
+	job->rows_scanned = pgconn_int64(cp, 0, 1, job->rows_scanned);
+	job->rows_changed = pgconn_int64(cp, 0, 2, job->rows_changed);
+	job->batches = pgconn_int64(cp, 0, 3, job->batches);
+	job->rows_estimate = pgconn_int64(cp, 0, 4, job->rows_estimate);
+	job_log(job, LOG_LEVEL_DEBUG, "batch %lld: %lld rows scanned, %lld changed in %.1f ms, up to %s",
+		(long long)job->batches, (long long)scanned, (long long)changed, duration_ms,
+		last_key ? last_key : "(end)");
+
+	if (job->slice > 0 && state && strcmp(state, "done") != 0) {
+		/* A slice: the job goes on, or its other slices must stop too before it is given back. */
+		if (strcmp(state, "running") != 0) {
+			job_log(job, LOG_LEVEL_INFO, "%s by a user after batch %lld", state,
+				(long long)job->batches);
+			job_release(job, state, NULL);
+			return;
+		}
+		if (strcmp(pgconn_value(cp, 0, 6) ?: "f", "t") == 0) {
+			job_log(job, LOG_LEVEL_INFO, "slice done; the job's other slices go on");
+			if (job->stopping) {
+				job_release(job, job->stop_state, job->stop_error);
+				return;
+			}
+			job->quiet = true;
+			job_finish(job);
+			return;
+		}
+	} else if (!state || strcmp(state, "running") != 0) {
+		if (state && strcmp(state, "done") == 0) {
+			double secs = job_elapsed_s(&job->started);
+			job_log_progress(job, true);
+			job_log(job, LOG_LEVEL_INFO,
+				"done: %lld rows scanned, %lld changed in %lld batches; %.1f s on this "
+				"instance (%.0f rows/s)",
+				(long long)job->rows_scanned, (long long)job->rows_changed,
+				(long long)job->batches, secs,
+				secs > 0 ? (double)(job->rows_scanned - job->rows_at_start) / secs : 0.0);
+		} else {
+			job_log(job, LOG_LEVEL_INFO, "%s by a user after batch %lld",
+				state ? state : "changed", (long long)job->batches);
+		}
+		job_finish(job); /* the checkpoint already gave the job back */
+		return;
+	}
+	job_settings(job, &s);
+	if (job->bisect_left > 0) {
+		/* Walked past the rows that failed: the controller takes over again. */
+		job->bisect_left -= scanned;
+		if (job->bisect_left <= 0) {
+			job->bisect_left = 0;
+			job_log(job, LOG_LEVEL_NOTICE, "bisecting done: %lld failed rows so far",
+				(long long)job->failed_rows);
+		}
+	} else {
+		throttle_after_batch(&job->throttle, &s, scanned, duration_ms);
+		/* (A sibling slice may have found contention already while this batch ran.) */
+		job->contended =
+			throttle_after_contention(&job->throttle, &s, job->batch_waited_ms) || job->contended;
+		/* One throttle for a job's slices: a wait on one slice's locks shrinks them all. */
+		if (job->contended && job->slice > 0)
+			daemon_each_sibling(job, job_sibling_contended, &job->batch_waited_ms);
+	}
+	metrics_batch_duration(duration_ms / 1000.0);
+	job_log_progress(job, false);
+	job_continue(job);
+}
+
+void job_batch_failed(job_t *job, const pgconn_result_t *res)
+{
+	int i = res->failed_index;
+	const char *stage = i == 0			   ? "starting the transaction"
+			    : i == 1			   ? "setting the timeouts"
+			    : i == 2			   ? "in the batch statement"
+			    : job->dry_run		   ? "measuring a dry run; nothing was changed"
+			    : i == job->checkpoint_at	   ? "in the checkpoint"
+			    : i == job->checkpoint_at + 1  ? "at commit"
+			    : job->kind == JOB_KIND_VERIFY ? "recording mismatches"
+							   : "";
+	char err[1024];
+	throttle_settings_t s;
+
+	if (strcmp(res->sqlstate, "BFL01") == 0) {
+		job_log(job, LOG_LEVEL_WARNING,
+			"lease lost (%s): batch rolled back, the job is another instance's now",
+			res->message);
+		job->lease_lost = true;
+		job_finish(job);
+		return;
+	}
+	if (!job->stopping && job_bisect(job, res))
+		return;
+	if (job->cancel_reason && !job->stopping && strcmp(res->sqlstate, "57014") == 0) {
+		job_settings(job, &s);
+		throttle_after_retry(&job->throttle, &s, (double)(random() % 1000) / 1000.0);
+		job->reason = job->cancel_reason;
+		job_note_reason(job, job->reason, "a batch blocked other sessions too long");
+		job->cancel_reason = NULL;
+		job_sleep(job, job->throttle.sleep_ms);
+		return;
+	}
+	if (job->stopping && strcmp(res->sqlstate, "57014") == 0) {
+		job_log(job, LOG_LEVEL_NOTICE, "batch cancelled for shutdown and rolled back");
+		job_release(job, job->stop_state, job->stop_error);
+		return;
+	}
+	if (sqlstate_is_retryable(res->sqlstate)) {
+		job_settings(job, &s);
+		throttle_after_retry(&job->throttle, &s, (double)(random() % 1000) / 1000.0);
+		job->reason = "lock_timeout";
+		job_note_reason(job, job->reason, res->message);
+		log_msg(job->throttle.retries == 1 ? LOG_LEVEL_NOTICE : LOG_LEVEL_DEBUG, job->context,
+			"batch rolled back (%s %s); retry %d in %lld ms with %lld rows", res->sqlstate,
+			res->message, job->throttle.retries, (long long)job->throttle.sleep_ms,
+			(long long)job->throttle.batch_size);
+		if (job->stopping)
+			job_release(job, job->stop_state, job->stop_error);
+		else
+			job_sleep(job, job->throttle.sleep_ms);
+		return;
+	}
+	snprintf(err, sizeof(err), "%s: %s (%s)", res->sqlstate, res->message, stage);
+	job_fail(job, err);
+}
+
+static void job_batch_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
+{
+	job_t *job = arg;
+	(void)conn;
+
+	if (job->state != JOB_BATCH)
+		return;
+	if (res->broken) {
+		job_log(job, LOG_LEVEL_WARNING,
+			"connection lost during batch %lld: its outcome is read back once reconnected",
+			(long long)job->batches + 1);
+		job->state = JOB_CONNECTING;
+		return;
+	}
+	if (res->ok)
+		job_batch_done(job, res);
+	else
+		job_batch_failed(job, res);
+}
+
+void job_next_batch(job_t *job)
+{
+	throttle_settings_t s;
+	char stmt_timeout[24], lock_timeout[24], limit[24], lease[24], slept[24], size_now[24], sleep_now[24];
+	char lag_bytes[24], lag_ms[24], blocked[24];
+	const char *open_params[2], *checkpoint_params[12], *mismatch_params[1] = {job->id_text};
+	const char **batch_params;
+	pgconn_stmt_t stmts[6];
+	char mismatches_sql[320];
+	int n = 0;
+	bool first = job->last_key.n == 0;
+
+	if (job->stopping) {
+		job_release(job, job->stop_state, job->stop_error);
+		return;
+	}
+	if (daemon_paused()) {
+		job_hold(job);
+		return;
+	}
+	snprintf(mismatches_sql, sizeof(mismatches_sql),
+		 "INSERT INTO %s.mismatches (job_id, key) SELECT $1::bigint, ARRAY(SELECT "
+		 "jsonb_array_elements_text(e))"
+		 " FROM jsonb_array_elements(nullif(current_setting('backfilld.mismatches', true), "
+		 "'')::jsonb) AS e",
+		 daemon_schema_quoted());
+	/* What the history records as this batch's sleep: all the time since the previous one
+	 * ended, sleeps and holds alike. */
+	if (job->batch_ended.tv_sec)
+		job->slept_ms = (int64_t)(job_elapsed_s(&job->batch_ended) * 1000.0);
+	job_settings(job, &s);
+	job->batch_limit =
+		job->bisect_left > 0 && job->bisect_size > 0 ? job->bisect_size : job->throttle.batch_size;
+	snprintf(stmt_timeout, sizeof(stmt_timeout), "%lld", (long long)s.statement_timeout_ms);
+	snprintf(lock_timeout, sizeof(lock_timeout), "%lld", (long long)s.lock_timeout_ms);
+	snprintf(limit, sizeof(limit), "%lld", (long long)job->batch_limit);
+	snprintf(lease, sizeof(lease), "%lld", (long long)daemon_config()->lease_ms);
+	snprintf(slept, sizeof(slept), "%lld", (long long)job->slept_ms);
+	snprintf(size_now, sizeof(size_now), "%lld", (long long)job->throttle.batch_size);
+	snprintf(sleep_now, sizeof(sleep_now), "%lld", (long long)job->throttle.sleep_ms);
+
+	open_params[0] = stmt_timeout;
+	open_params[1] = lock_timeout;
+
+	batch_params = calloc((size_t)job->nkeys + 1, sizeof(char *));
+	if (!batch_params)
+		abort();
+	for (int i = 0; i < job->last_key.n; i++)
+		batch_params[i] = job->last_key.values[i];
+	batch_params[first ? 0 : job->nkeys] = limit;
+
+	checkpoint_params[0] = job->id_text;
+	checkpoint_params[1] = daemon_name();
+	checkpoint_params[2] = lease;
+	checkpoint_params[3] = limit;
+	checkpoint_params[4] = slept;
+	checkpoint_params[5] = size_now;
+	checkpoint_params[6] = sleep_now;
+	snprintf(lag_bytes, sizeof(lag_bytes), "%lld", (long long)job->input.lag_bytes);
+	snprintf(lag_ms, sizeof(lag_ms), "%lld", (long long)job->input.lag_ms);
+	/* Sessions that waited on the previous attempt, committed or cancelled: this batch's row
+	 * records them (its own waits are seen only while it runs). */
+	snprintf(blocked, sizeof(blocked), "%lld", (long long)job->batch_blocked);
+	job->batch_blocked = 0;
+	job->batch_waited_ms = 0;
+	checkpoint_params[7] = job->input.lag_known ? lag_bytes : NULL;
+	checkpoint_params[8] = job->input.lag_known ? lag_ms : NULL;
+	checkpoint_params[9] = blocked; /* sessions the previous attempt blocked, when it was cancelled */
+	checkpoint_params[10] = job->reason;
+	checkpoint_params[11] = job->slice > 0 ? job->slice_text : NULL;
+
+	stmts[n++] = (pgconn_stmt_t){"BEGIN", 0, NULL};
+	stmts[n++] = (pgconn_stmt_t){batch_open_sql, 2, open_params};
+	stmts[n++] = (pgconn_stmt_t){first ? job->sql_first : job->sql_next, first ? 1 : job->nkeys + 1,
+				     batch_params};
+	if (job->dry_run) {
+		/* WAL is written even by a transaction that rolls back: measure it first. */
+		stmts[n++] = (pgconn_stmt_t){"SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(),"
+					     " current_setting('backfilld.lsn0')::pg_lsn)::bigint",
+					     0, NULL};
+		stmts[n++] = (pgconn_stmt_t){"ROLLBACK", 0, NULL};
+	} else {
+		if (job->kind == JOB_KIND_VERIFY)
+			stmts[n++] = (pgconn_stmt_t){mismatches_sql, 1, mismatch_params};
+		job->checkpoint_at = n;
+		stmts[n++] = (pgconn_stmt_t){job->sql_checkpoint, 12, checkpoint_params};
+		stmts[n++] = (pgconn_stmt_t){"COMMIT", 0, NULL};
+	}
+
+	job->state = JOB_BATCH;
+	job->cancel_reason = NULL;
+	clock_gettime(CLOCK_MONOTONIC, &job->batch_started);
+	if (job->dry_run && job->dry_started.tv_sec == 0)
+		job->dry_started = job->batch_started;
+	if (!pgconn_send(job->conn, stmts, n, job->dry_run ? job_dry_cb : job_batch_cb, job))
+		job->state = JOB_CONNECTING; /* the loss is being handled; the load resumes it */
+	free(batch_params);
+}

@@ -1,0 +1,110 @@
+/*
+ * Dry runs: the first batches run in transactions that roll back, measured in memory (rows,
+ * time, WAL), then extrapolated to the whole job and recorded as its estimates.
+ */
+#include "job_internal.h"
+
+#include <stdio.h>
+
+#include "daemon.h"
+#include "keys.h"
+#include "log.h"
+#include "pgconn.h"
+#include "throttle.h"
+
+#define DRY_RUN_MAX_S 60.0    /* at most a minute of measuring */
+#define DRY_RUN_MIN_BATCHES 5 /* and, past 1% of the keys, enough batches (or seconds) that the */
+#define DRY_RUN_MIN_S 2.0     /* first, slower batch does not dominate the estimate */
+
+static void job_dry_done_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
+{
+	job_t *job = arg;
+	(void)conn;
+
+	if (job->state != JOB_RELEASING)
+		return;
+	if (res->broken)
+		return; /* sent again once reconnected */
+	if (!res->ok)
+		job_log(job, LOG_LEVEL_ERROR, "cannot record the dry run's estimates: %s %s", res->sqlstate,
+			res->message);
+	else
+		job_log(job, LOG_LEVEL_INFO, "dry run %s: nothing was changed",
+			pgconn_value(res->results[0], 0, 0) ?: "?");
+	job_finish(job);
+}
+
+/* The dry run measured enough: extrapolate to the whole table and end the job. */
+static void job_dry_finish(job_t *job, bool reached_end)
+{
+	char sql[160], seconds[24], wal[24];
+	const char *params[4];
+	pgconn_stmt_t stmt = {sql, 4, params};
+	double elapsed = job_elapsed_s(&job->dry_started);
+	int64_t rows =
+		reached_end ? job->dry_scanned
+			    : (job->rows_estimate > job->dry_scanned ? job->rows_estimate : job->dry_scanned);
+	double factor = job->dry_scanned > 0 ? (double)rows / (double)job->dry_scanned : 0;
+
+	snprintf(seconds, sizeof(seconds), "%.0f", elapsed * factor);
+	snprintf(wal, sizeof(wal), "%.0f", (double)job->dry_wal * factor);
+	snprintf(sql, sizeof(sql), "SELECT %s._dry_run_done($1::bigint, $2, $3::bigint, $4::bigint)",
+		 daemon_schema_quoted());
+	params[0] = job->id_text;
+	params[1] = daemon_name();
+	params[2] = seconds;
+	params[3] = wal;
+	job_log(job, LOG_LEVEL_INFO,
+		"dry run: %lld rows in %.1f s and %lld WAL bytes, rolled back; the whole job (%lld rows): "
+		"about %s s and"
+		" %s WAL bytes",
+		(long long)job->dry_scanned, elapsed, (long long)job->dry_wal, (long long)rows, seconds, wal);
+	job->state = JOB_RELEASING;
+	job->release_state = "done";
+	if (!pgconn_send(job->conn, &stmt, 1, job_dry_done_cb, job))
+		job->state = JOB_CONNECTING;
+}
+
+void job_dry_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
+{
+	job_t *job = arg;
+	const PGresult *b = res->results[2];
+	int64_t scanned;
+	double duration_ms;
+	throttle_settings_t s;
+	(void)conn;
+
+	if (job->state != JOB_BATCH)
+		return;
+	if (res->broken) {
+		job->state = JOB_CONNECTING;
+		return;
+	}
+	if (!res->ok) {
+		job_batch_failed(job, res);
+		return;
+	}
+	scanned = pgconn_int64(b, 0, 0, 0);
+	duration_ms = job_elapsed_s(&job->batch_started) * 1000.0;
+	job->dry_scanned += scanned;
+	job->dry_batches++;
+	job->dry_wal += pgconn_int64(res->results[3], 0, 0, 0);
+	if (pgconn_value(b, 0, 3)) {
+		keys_clear(&job->last_key);
+		if (!keys_decode(pgconn_value(b, 0, 3), &job->last_key)) {
+			job_release(job, "failed", "cannot decode a key (dry run; nothing was changed)");
+			return;
+		}
+	}
+	job_settings(job, &s);
+	throttle_after_batch(&job->throttle, &s, scanned, duration_ms);
+	if (scanned < job->batch_limit)
+		job_dry_finish(job, true);
+	else if (job_elapsed_s(&job->dry_started) >= DRY_RUN_MAX_S ||
+		 (job->rows_estimate > 0 && job->dry_scanned * 100 >= job->rows_estimate &&
+		  (job->dry_batches >= DRY_RUN_MIN_BATCHES ||
+		   job_elapsed_s(&job->dry_started) >= DRY_RUN_MIN_S)))
+		job_dry_finish(job, false);
+	else
+		job_continue(job);
+}

@@ -1,0 +1,139 @@
+/*
+ * The parts of a job shared by job.c (its life), job_batch.c (batches and their failures),
+ * job_dry.c (dry runs) and job_slices.c (parallel slices). Private: include/job.h is the interface.
+ */
+#ifndef BACKFILLD_JOB_INTERNAL_H
+#define BACKFILLD_JOB_INTERNAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+#include <libpq-fe.h>
+
+#include "batch.h"
+#include "job.h"
+#include "keys.h"
+#include "log.h"
+#include "pgconn.h"
+#include "throttle.h"
+
+typedef enum job_state {
+	JOB_CONNECTING, /* waiting for its connection, first or after a loss */
+	JOB_LOADING,	/* reading its row and key metadata */
+	JOB_SPLITTING,	/* a parallel job's first runner cuts the key range into slices */
+	JOB_CHECKING,	/* creating its batch functions as its role, before touching any row */
+	JOB_BATCH,	/* a batch pipeline in flight */
+	JOB_SLEEPING,	/* between batches, or backing off before a retry */
+	JOB_THROTTLED,	/* held by the throttle (lag, a missing standby, autovacuum): decide again soon */
+	JOB_HELD,	/* paused by signal */
+	JOB_RELEASING,	/* giving the job back (pending, failed, or a user's state) */
+	JOB_FINISHED,	/* nothing more to do; the daemon frees it */
+} job_state_t;
+
+#define JOB_NOVERRIDES 12 /* the job's throttle overrides: job_overrides in job.c */
+
+struct job {
+	int64_t id;
+	char id_text[24];
+	/* A parallel job runs as one runner per slice, each a job_t of its own with the same id: slice
+	 * 1..N. Slice 0 is the whole job, or the runner that cuts a parallel job and starts the others. */
+	int slice;
+	char slice_text[16];
+	int64_t parallel;
+	jobkey_t upper;	   /* a slice's last key; n == 0: to the end */
+	char context[160]; /* log prefix: "job 12 (public.users)" */
+	job_state_t state;
+	pgconn_t *conn;
+	struct event *timer;
+
+	/* The definition, from the queue. */
+	bool loaded;
+	job_kind_t kind;
+	char *target_schema, *target_table;
+	char *set_sql, *where_sql, *batch_sql, *mismatch_sql, *run_as;
+	bool dry_run; /* measure in transactions that roll back, estimate, change nothing */
+	uint32_t target_oid;
+	int nkeys;
+	char **key_names, **key_types;
+	bool has_override[JOB_NOVERRIDES];
+	int64_t override[JOB_NOVERRIDES];
+	char *sql_first, *sql_next, *sql_checkpoint, *sql_peek_first, *sql_peek_next;
+
+	/* Progress, as committed. */
+	jobkey_t last_key; /* n == 0 before the first batch */
+	int64_t rows_scanned, rows_changed, batches, rows_estimate, failed_rows;
+
+	/* Bisecting a batch that failed on its data. */
+	int64_t bisect_left; /* keys still to walk in small steps; 0 when not bisecting */
+	int64_t bisect_size; /* the size of the next step */
+	char skip_sqlstate[8];
+	char skip_message[512];
+	int checkpoint_at; /* where the checkpoint stands in the batch pipeline */
+
+	/* A dry run, measured in memory: nothing of it is committed. */
+	struct timespec dry_started;
+	int64_t dry_scanned, dry_wal, dry_batches;
+
+	/* The walk on this instance. */
+	throttle_state_t throttle;
+	int64_t batch_limit;	   /* the size of the batch in flight */
+	int64_t slept_ms;	   /* the pause that preceded it */
+	const char *reason;	   /* throttled_reason for the next checkpoint (NULL: running freely) */
+	const char *logged_reason; /* the reason last logged: a change is logged once */
+	const char *cancel_reason; /* why we asked the server to cancel the batch in flight */
+	struct timespec batch_started;
+	struct timespec sleep_started; /* when the throttle's current sleep began */
+	bool sleep_decided;	       /* sleeping because the throttle said so (not a retry backoff) */
+	const char *hold_reason;       /* NULL when not held */
+	struct timespec batch_ended;   /* when the last batch committed: its successor records the wait */
+	int64_t batch_blocked;	       /* most sessions seen blocked by the batch in flight */
+	int64_t batch_waited_ms;       /* the longest wait on its locks the sampler saw */
+	bool contended;		       /* the last batch made others wait: its successor says so */
+	throttle_input_t input;	       /* what the throttle saw before the batch in flight */
+	struct timespec started, last_progress;
+	int64_t rows_at_start;
+
+	/* Modes. */
+	bool stopping;		   /* no new batch: give the job back (stop_state) at the next boundary */
+	const char *stop_state;	   /* "pending" at shutdown; a sibling slice's state when it stopped */
+	char *stop_error;	   /* with "failed" */
+	bool quiet;		   /* a runner that leaves while its job goes on: not "stopped" in metrics */
+	bool lease_lost;	   /* another instance owns it: write nothing more */
+	bool held_reason_set;	   /* paused_by_signal is written in the queue */
+	const char *release_state; /* what RELEASING asks for */
+	char *release_error;
+};
+
+#define job_log(job, level, ...) log_msg(level, (job)->context, __VA_ARGS__)
+
+/* job.c: the job's life */
+double job_elapsed_s(const struct timespec *since);
+void job_settings(const job_t *job, throttle_settings_t *s);
+void job_report(const job_t *job, bool running);
+void job_sleep(job_t *job, int64_t ms);
+batch_spec_t job_spec(const job_t *job);
+void job_build_sql(job_t *job);
+void job_write_reason(job_t *job, const char *reason);
+void job_hold(job_t *job);
+void job_release(job_t *job, const char *state, const char *error);
+void job_fail(job_t *job, const char *error);
+void job_finish(job_t *job);
+
+/* job_batch.c: the pre-flight check, the walk from batch to batch, and its failures */
+void job_check(job_t *job);
+void job_continue(job_t *job);
+void job_next_batch(job_t *job);
+void job_batch_failed(job_t *job, const pgconn_result_t *res);
+
+/* job_dry.c: the callback of a dry run's batch */
+void job_dry_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg);
+
+/* job_slices.c: a parallel job's slices */
+bool job_load_slice(job_t *job, const PGresult *slices, char *err, size_t errlen)
+	__attribute__((warn_unused_result));
+void job_start_slices(job_t *job, const PGresult *slices);
+void job_split(job_t *job);
+
+#endif
