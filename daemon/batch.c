@@ -465,6 +465,92 @@ char *batch_build_function(const batch_spec_t *spec, batch_function_t fn)
 	return b.data;
 }
 
+/* The key types min() and max() exist for (format_type() names, by prefix). */
+static bool key_has_min_max(const char *type)
+{
+	static const char *const types[] = {"smallint", "integer",	    "bigint", "numeric",
+					    "real",	"double precision", "text",   "character",
+					    "date",	"timestamp",	    "time ",  "oid"};
+	for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++)
+		if (strncmp(type, types[i], strlen(types[i])) == 0)
+			return true;
+	return strcmp(type, "time without time zone") == 0;
+}
+
+char *batch_build_fast_function(const batch_spec_t *spec, batch_function_t fn)
+{
+	sbuf_t b = {0}, body = {0}, tag = {0};
+	char *schema, *table, *key;
+	const char *type = spec->key_types[0];
+	bool first = fn == BATCH_FN_FIRST, verify = spec->kind == JOB_KIND_VERIFY;
+
+	if ((fn != BATCH_FN_FIRST && fn != BATCH_FN_NEXT) || spec->nkeys != 1 ||
+	    spec->kind == JOB_KIND_STATEMENT || !key_has_min_max(type))
+		return NULL;
+	schema = sql_quote_ident(spec->target_schema);
+	table = sql_quote_ident(spec->target_table);
+	key = sql_quote_ident(spec->key_names[0]);
+	sbuf_printf(&body,
+		    "DECLARE\n  __bf_lo %s;\n  __bf_hi %s;\n  __bf_n bigint;\n  __bf_rows bigint := 0;\n"
+		    "  __bf_found jsonb;\nBEGIN\n"
+		    "  SELECT min(__bf_k1), max(__bf_k1), count(*) INTO __bf_lo, __bf_hi, __bf_n\n"
+		    "  FROM (SELECT %s AS __bf_k1 FROM %s.%s\n",
+		    type, type, key, schema, table);
+	if (!first)
+		sbuf_printf(&body, "        WHERE %s > $1\n", key);
+	sbuf_upper(&body, spec, first ? "        WHERE " : "          AND ");
+	sbuf_printf(&body, "        ORDER BY %s LIMIT $%d) AS __bf_keys;\n  IF __bf_n > 0 THEN\n", key,
+		    first ? 1 : 2);
+	if (verify) {
+		sbuf_printf(&body,
+			    "    SELECT jsonb_agg(jsonb_build_array(%s::text)), count(*) INTO __bf_found, "
+			    "__bf_rows\n    FROM %s.%s\n    WHERE %s >= __bf_lo AND %s <= __bf_hi\n"
+			    "      AND (\n%s\n      );\n",
+			    key, schema, table, key, key, spec->mismatch_sql);
+	} else {
+		sbuf_printf(&body, "    UPDATE %s.%s SET\n%s\n    WHERE %s >= __bf_lo AND %s <= __bf_hi\n",
+			    schema, table, spec->set_sql, key, key);
+		if (spec->where_sql && spec->where_sql[0])
+			sbuf_printf(&body, "      AND (\n%s\n      )", spec->where_sql);
+		sbuf_printf(&body, ";\n    GET DIAGNOSTICS __bf_rows = ROW_COUNT;\n");
+	}
+	sbuf_printf(&body,
+		    "  END IF;\n"
+		    "  RETURN QUERY SELECT __bf_n, __bf_rows,\n"
+		    "    CASE WHEN __bf_n > 0 THEN ARRAY[__bf_lo::text] END,\n"
+		    "    CASE WHEN __bf_n > 0 THEN ARRAY[__bf_hi::text] END,\n"
+		    "    set_config('backfilld.scanned', __bf_n::text, true),\n"
+		    "    set_config('backfilld.changed', __bf_rows::text, true),\n"
+		    "    set_config('backfilld.first_key',"
+		    " CASE WHEN __bf_n > 0 THEN ARRAY[__bf_lo::text]::text ELSE '' END, true),\n"
+		    "    set_config('backfilld.last_key',"
+		    " CASE WHEN __bf_n > 0 THEN ARRAY[__bf_hi::text]::text ELSE '' END, true)%s;\nEND;",
+		    verify ? ",\n    set_config('backfilld.mismatches', coalesce(__bf_found::text, ''), true)"
+			   : "");
+	for (int i = 0;; i++) {
+		tag.len = 0;
+		sbuf_printf(&tag, "$bf%d$", i);
+		if (!strstr(body.data, tag.data))
+			break;
+	}
+	sbuf_printf(&b, "CREATE OR REPLACE FUNCTION pg_temp.%s", function_names[fn]);
+	sbuf_signature(&b, spec, fn);
+	sbuf_printf(&b,
+		    "\nRETURNS TABLE(__bf_scanned bigint, __bf_changed bigint, __bf_first text[], "
+		    "__bf_last text[], __bf_s1 text, __bf_s2 text, __bf_s3 text, __bf_s4 text%s)",
+		    verify ? ", __bf_s5 text" : "");
+	sbuf_printf(&b,
+		    "\nLANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = \"$user\", public\nAS "
+		    "%s\n%s\n%s",
+		    tag.data, body.data, tag.data);
+	free(body.data);
+	free(tag.data);
+	free(schema);
+	free(table);
+	free(key);
+	return b.data;
+}
+
 char *batch_build_function_owner(const batch_spec_t *spec, batch_function_t fn, const char *run_as)
 {
 	sbuf_t b = {0};
@@ -497,7 +583,8 @@ char *batch_build_checkpoint(const char *schema)
 
 	sbuf_printf(
 		&b,
-		"SELECT state, rows_scanned, rows_changed, batches, rows_estimate, wal_bytes, slice_done"
+		"SELECT state, rows_scanned, rows_changed, batches, rows_estimate, wal_bytes, slice_done,"
+		" wal_lsn"
 		" FROM %s._checkpoint("
 		"$1::bigint, $2::text, $3::int, $4::int, $5::int, $6::int, $7::int, $8::bigint, $9::bigint,"
 		" $10::int, $11::text, $12::int)",

@@ -276,7 +276,10 @@ static void job_connection_event(pgconn_t *conn, pgconn_event_t event, const cha
 			job_load(job);
 			break;
 		case JOB_RELEASING:
-			job_release(job, job->release_state, job->release_error);
+			if (job->dry_recording)
+				job_dry_record(job);
+			else
+				job_release(job, job->release_state, job->release_error);
 			break;
 		case JOB_SPLITTING:
 		case JOB_CHECKING:

@@ -164,10 +164,11 @@ static void job_check_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
 	if (!res->ok) {
 		snprintf(err, sizeof(err), "%s: %s (%s for role %s, before touching any row)", res->sqlstate,
 			 res->message,
-			 res->failed_index < 4	  ? "checking the job's SQL"
-			 : res->failed_index < 8  ? "handing the batch to its run_as role"
-			 : res->failed_index == 8 ? "checking privileges"
-						  : "reading the key's bounds",
+			 res->failed_index < 4			   ? "checking the job's SQL"
+			 : res->failed_index < 8		   ? "handing the batch to its run_as role"
+			 : res->failed_index == 8		   ? "checking privileges"
+			 : res->failed_index >= job->check_fast_at ? "creating the batch functions"
+								   : "reading the key's bounds",
 			 job->run_as);
 		job_fail(job, err);
 		return;
@@ -187,13 +188,14 @@ static void job_check_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
 
 /* Create the batch functions and hand them to run_as; check its privileges on the target. The
  * function bodies are parsed as they are created: syntax errors and unknown names show up here,
- * before any row is touched. */
+ * before any row is touched. Then, where the key allows, the batch functions are replaced by
+ * their faster PL/pgSQL form (whose SQL is only parsed when it first runs). */
 void job_check(job_t *job)
 {
 	char oid[16], bounds_sql[160];
 	const char *check_params[2], *bounds_params[2] = {job->id_text, daemon_name()};
-	pgconn_stmt_t stmts[13];
-	char *sql[11] = {NULL};
+	pgconn_stmt_t stmts[15];
+	char *sql[13] = {NULL};
 	int n = 9;
 	batch_spec_t spec = job_spec(job);
 
@@ -222,10 +224,16 @@ void job_check(job_t *job)
 			stmts[n++] = (pgconn_stmt_t){sql[i], 0, NULL};
 		stmts[n++] = (pgconn_stmt_t){bounds_sql, 2, bounds_params};
 	}
+	job->check_fast_at = n;
+	sql[11] = batch_build_fast_function(&spec, BATCH_FN_FIRST);
+	sql[12] = batch_build_fast_function(&spec, BATCH_FN_NEXT);
+	for (int i = 11; i < 13; i++)
+		if (sql[i])
+			stmts[n++] = (pgconn_stmt_t){sql[i], 0, NULL};
 	job->state = JOB_CHECKING;
 	if (!pgconn_send(job->conn, stmts, n, job_check_cb, job))
 		job->state = JOB_CONNECTING;
-	for (int i = 0; i < 11; i++)
+	for (int i = 0; i < 13; i++)
 		free(sql[i]);
 }
 
@@ -292,6 +300,10 @@ void job_continue(job_t *job)
 	sampler_view_t view;
 	throttle_decision_t d;
 
+	if (job->lease_lost) { /* seen while a batch was in flight that had no fence (a dry run) */
+		job_finish(job);
+		return;
+	}
 	if (job->stopping) {
 		job_release(job, job->stop_state, job->stop_error);
 		return;
@@ -402,7 +414,7 @@ static void job_batch_done(job_t *job, const pgconn_result_t *res)
 	double duration_ms = job_elapsed_s(&job->batch_started) * 1000.0;
 	throttle_settings_t s;
 
-	sampler_wal_written(pgconn_int64(cp, 0, 5, 0));
+	sampler_wal_position(pgconn_value(cp, 0, 7));
 	clock_gettime(CLOCK_MONOTONIC, &job->batch_ended);
 
 	if (last_key) {

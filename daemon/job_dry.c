@@ -34,35 +34,39 @@ static void job_dry_done_cb(pgconn_t *conn, const pgconn_result_t *res, void *ar
 	job_finish(job);
 }
 
+void job_dry_record(job_t *job)
+{
+	char sql[160];
+	const char *params[] = {job->id_text, daemon_name(), job->dry_seconds, job->dry_wal_bytes};
+	pgconn_stmt_t stmt = {sql, 4, params};
+
+	snprintf(sql, sizeof(sql), "SELECT %s._dry_run_done($1::bigint, $2, $3::bigint, $4::bigint)",
+		 daemon_schema_quoted());
+	job->state = JOB_RELEASING;
+	job->release_state = "done";
+	job->dry_recording = true;
+	if (!pgconn_send(job->conn, &stmt, 1, job_dry_done_cb, job))
+		job_log(job, LOG_LEVEL_DEBUG, "not connected: the estimates are written once it is back");
+}
+
 /* The dry run measured enough: extrapolate to the whole table and end the job. */
 static void job_dry_finish(job_t *job, bool reached_end)
 {
-	char sql[160], seconds[24], wal[24];
-	const char *params[4];
-	pgconn_stmt_t stmt = {sql, 4, params};
+	char *seconds = job->dry_seconds, *wal = job->dry_wal_bytes;
 	double elapsed = job_elapsed_s(&job->dry_started);
 	int64_t rows =
 		reached_end ? job->dry_scanned
 			    : (job->rows_estimate > job->dry_scanned ? job->rows_estimate : job->dry_scanned);
 	double factor = job->dry_scanned > 0 ? (double)rows / (double)job->dry_scanned : 0;
 
-	snprintf(seconds, sizeof(seconds), "%.0f", elapsed * factor);
-	snprintf(wal, sizeof(wal), "%.0f", (double)job->dry_wal * factor);
-	snprintf(sql, sizeof(sql), "SELECT %s._dry_run_done($1::bigint, $2, $3::bigint, $4::bigint)",
-		 daemon_schema_quoted());
-	params[0] = job->id_text;
-	params[1] = daemon_name();
-	params[2] = seconds;
-	params[3] = wal;
+	snprintf(job->dry_seconds, sizeof(job->dry_seconds), "%.0f", elapsed * factor);
+	snprintf(job->dry_wal_bytes, sizeof(job->dry_wal_bytes), "%.0f", (double)job->dry_wal * factor);
 	job_log(job, LOG_LEVEL_INFO,
 		"dry run: %lld rows in %.1f s and %lld WAL bytes, rolled back; the whole job (%lld rows): "
 		"about %s s and"
 		" %s WAL bytes",
 		(long long)job->dry_scanned, elapsed, (long long)job->dry_wal, (long long)rows, seconds, wal);
-	job->state = JOB_RELEASING;
-	job->release_state = "done";
-	if (!pgconn_send(job->conn, &stmt, 1, job_dry_done_cb, job))
-		job->state = JOB_CONNECTING;
+	job_dry_record(job);
 }
 
 void job_dry_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)

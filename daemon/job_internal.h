@@ -71,10 +71,13 @@ struct job {
 	char skip_sqlstate[8];
 	char skip_message[512];
 	int checkpoint_at; /* where the checkpoint stands in the batch pipeline */
+	int check_fast_at; /* where the faster batch functions stand in the check pipeline */
 
 	/* A dry run, measured in memory: nothing of it is committed. */
 	struct timespec dry_started;
 	int64_t dry_scanned, dry_wal, dry_batches;
+	bool dry_recording; /* its estimates are being written (again after a reconnection) */
+	char dry_seconds[24], dry_wal_bytes[24]; /* the estimates */
 
 	/* The walk on this instance. */
 	throttle_state_t throttle;
@@ -129,6 +132,8 @@ void job_batch_failed(job_t *job, const pgconn_result_t *res);
 
 /* job_dry.c: the callback of a dry run's batch */
 void job_dry_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg);
+/* job_dry.c: write a finished dry run's estimates and end the job */
+void job_dry_record(job_t *job);
 
 /* job_slices.c: a parallel job's slices */
 bool job_load_slice(job_t *job, const PGresult *slices, char *err, size_t errlen)

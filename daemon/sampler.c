@@ -57,7 +57,8 @@ static struct {
 	sampler_view_t view;
 	double view_at_ms; /* monotonic time of the view; 0: none yet */
 	double opened_at_ms;
-	int64_t wal_since; /* our WAL committed since the sample was taken */
+	uint64_t view_lsn;   /* the primary's WAL position in the latest view */
+	uint64_t latest_lsn; /* the highest WAL position a batch's checkpoint saw since */
 	uint32_t autovacuum[MAX_AUTOVACUUM];
 	int nautovacuum;
 	bool warned_invisible;
@@ -182,6 +183,7 @@ static void sampler_absorb(const pgconn_result_t *res, double at)
 
 	sampler.view = v;
 	sampler.view_at_ms = at;
+	sampler.view_lsn = current;
 }
 
 static void sampler_result_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
@@ -222,7 +224,6 @@ static void sampler_tick_cb(evutil_socket_t fd, short what, void *arg)
 	*sent_at = now_ms();
 	if (pgconn_send(sampler.conn, stmts, 5, sampler_result_cb, sent_at)) {
 		sampler.in_flight = true;
-		sampler.wal_since = 0; /* WAL from here on is not in this sample */
 	} else {
 		free(sent_at);
 	}
@@ -281,7 +282,8 @@ void sampler_view(sampler_view_t *out)
 		out->warming = sampler.view_at_ms == 0 && now_ms() - sampler.opened_at_ms < WARMUP_MS;
 		return;
 	}
-	out->lag_bytes += sampler.wal_since;
+	if (sampler.latest_lsn > sampler.view_lsn)
+		out->lag_bytes += (int64_t)(sampler.latest_lsn - sampler.view_lsn);
 }
 
 bool sampler_autovacuum(uint32_t relid)
@@ -292,8 +294,10 @@ bool sampler_autovacuum(uint32_t relid)
 	return false;
 }
 
-void sampler_wal_written(int64_t bytes)
+void sampler_wal_position(const char *lsn)
 {
-	if (bytes > 0)
-		sampler.wal_since += bytes;
+	uint64_t at;
+
+	if (lsn && lagclock_parse_lsn(lsn, &at) && at > sampler.latest_lsn)
+		sampler.latest_lsn = at;
 }

@@ -88,6 +88,18 @@ const char *batch_function_name(batch_function_t fn);
  */
 char *batch_build_function(const batch_spec_t *spec, batch_function_t fn) __attribute__((warn_unused_result));
 
+/*
+ * The faster form of FN (BATCH_FN_FIRST or BATCH_FN_NEXT) for an update or verify job whose key
+ * is one column of a type with min() and max() (numbers, text, dates and times): a PL/pgSQL body
+ * that, like a hand-written keyset loop, reads min, max and count of the next keys, then updates
+ * (or, verify, reads) that range with plain bounds and takes the count from ROW_COUNT; its plan
+ * is cached for the session. Same name, arguments and result as batch_build_function's, so it
+ * replaces it with CREATE OR REPLACE once that (SQL, parsed at creation) has validated the
+ * user's SQL. NULL when SPEC has no such form. Caller frees.
+ */
+char *batch_build_fast_function(const batch_spec_t *spec, batch_function_t fn)
+	__attribute__((warn_unused_result));
+
 /* ALTER FUNCTION pg_temp.<name>(...) OWNER TO <run_as>. Caller frees. */
 char *batch_build_function_owner(const batch_spec_t *spec, batch_function_t fn, const char *run_as)
 	__attribute__((warn_unused_result));
@@ -106,7 +118,8 @@ extern const char batch_open_sql[];
  * transaction. SCHEMA is the queue schema (unquoted). Parameters as <schema>._checkpoint:
  * id, owner, lease_ms, batch size, sleep before it, batch_size_now, sleep_ms_now, lag
  * bytes, lag ms, blocked sessions, throttled reason, slice (NULL: the whole job). Its row:
- * state, rows_scanned, rows_changed, batches, rows_estimate, wal_bytes, slice_done. Caller frees.
+ * state, rows_scanned, rows_changed, batches, rows_estimate, wal_bytes, slice_done, wal_lsn (the
+ * server's WAL insert position then). Caller frees.
  */
 char *batch_build_checkpoint(const char *schema) __attribute__((warn_unused_result));
 

@@ -27,7 +27,11 @@ void sampler_view(sampler_view_t *out);
 /* An autovacuum worker is processing the table RELID now. */
 bool sampler_autovacuum(uint32_t relid);
 
-/* A batch committed having written BYTES of WAL: counted as lag until the next sample. */
-void sampler_wal_written(int64_t bytes);
+/*
+ * A batch's checkpoint saw the server's WAL insert position at LSN (text, "0/16B3748"): until a
+ * sample is taken past it, the WAL between the latest sample's position and the highest such
+ * LSN counts as lag (every session's WAL, each byte once).
+ */
+void sampler_wal_position(const char *lsn);
 
 #endif

@@ -13,7 +13,8 @@ import math
 import random
 import time
 
-from bfhelp import job, run_to_idle, submit
+import pgharness
+from bfhelp import job, run_to_idle, submit, wait_state
 
 # -- helpers -----------------------------------------------------------------------------------
 
@@ -376,6 +377,37 @@ def test_dry_run_of_a_statement_job_writes_nothing(db, daemon_factory):
     assert table_fingerprint(db, "orders") == before
     assert row["estimated_seconds"] is not None and row["estimated_seconds"] >= 0, row
     assert row["estimated_wal_bytes"] is not None and row["estimated_wal_bytes"] > 0, row
+
+
+def test_dry_run_estimates_survive_a_lost_connection_while_they_are_written(db, daemon_factory):
+    """The connection dies while the dry run writes its estimates: written again once it is back,
+    not replaced by a plain release (which would leave the estimates empty)."""
+    db.sql("CREATE TABLE codes (code text PRIMARY KEY, v int, w int)")  # a text key: no bounds to write
+    db.sql("INSERT INTO codes SELECT md5(g::text), g, NULL FROM generate_series(1, 20000) g")
+    db.sql("ANALYZE codes")
+    job_id = submit(db, "codes", set_sql="w = v", where_sql=None, fixed=100, sleep_ms=100, dry_run=True)
+    d = daemon_factory(daemon={"lease_ms": 60000})
+    d.start()
+    d.wait_for_log(r"walking 1 key column")
+    with db.cluster.connect(db.name, autocommit=False) as locker:
+        locker.execute("SELECT 1 FROM backfill.jobs WHERE id = %s FOR UPDATE", [job_id])
+
+        def job_backend_waiting():
+            rows = db.sql("SELECT pid FROM pg_stat_activity WHERE application_name = %s"
+                          " AND wait_event_type = 'Lock'", [f"backfilld job {job_id}"])
+            return rows[0][0] if rows else None
+
+        pgharness.wait_until(lambda: job_backend_waiting() is not None, timeout=60,
+                             what="the estimates' write waiting on the row lock")
+        first = job_backend_waiting()
+        db.sql("SELECT pg_terminate_backend(%s)", [first])
+        pgharness.wait_until(lambda: job_backend_waiting() not in (None, first), timeout=60,
+                             what="the estimates written again on a new connection")
+        locker.rollback()
+    row = wait_state(db, job_id, "done", daemon=d)
+    assert row["estimated_seconds"] is not None and row["estimated_wal_bytes"] > 0, row
+    assert db.one("SELECT count(*) FROM codes WHERE w IS NOT NULL") == 0
+    d.stop()
 
 
 # -- progress ----------------------------------------------------------------------------------

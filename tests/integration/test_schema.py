@@ -133,7 +133,7 @@ def test_install_twice_is_idempotent(db):
         pgharness.install_schema(c)
     assert db.sql("SELECT version FROM backfill.schema_version") == [(1,)]
     assert db.sql(snapshot) == before
-    assert before[0][1] >= 15 and before[0][2] == 2
+    assert before[0][1] >= 15 and before[0][2] == 3  # validate, notify on INSERT, notify on a new state
     assert db.one("SELECT count(*) FROM backfill.jobs") == 1  # data survives
 
 
@@ -412,10 +412,18 @@ def test_only_run_as_rewrites_a_job_definition(conn, role):
 
 def test_daemon_session_cannot_change_what_a_job_runs(conn, dconn):
     jid = insert_job(conn)["id"]
-    for col, val in (("set_sql", "v = 0"), ("run_as", "nobody"), ("target", "items2")):
+    changes = {"set_sql": "v = 0", "run_as": "nobody", "target": "items2", "kind": "verify",
+               "key_columns": ["v"], "where_sql": "true", "batch_sql": "SELECT 1",
+               "mismatch_sql": "true", "parallel": 2, "created_at": "2020-01-01"}
+    # Every definition column is guarded (the trigger compares them one by one for speed).
+    guarded = dconn.execute("SELECT backfill._definition_columns()").fetchone()[0]
+    assert set(guarded) | {"run_as", "created_at"} == set(changes), guarded
+    for col, val in changes.items():
         err = refused(dconn, sql.SQL("UPDATE backfill.jobs SET {} = %s WHERE id = %s").format(
             sql.Identifier(col)), [val, jid])
         assert f"column {col} of job {jid} cannot be changed by backfilld" in str(err)
+    # The daemon's own columns it may write.
+    dconn.execute("UPDATE backfill.jobs SET rows_scanned = 5, throttled_reason = 'x' WHERE id = %s", [jid])
     dconn.execute("UPDATE backfill.jobs SET rows_estimate = 5 WHERE id = %s", [jid])
     assert job(conn, jid)["rows_estimate"] == 5
 
@@ -528,6 +536,8 @@ def test_checkpoint_counts_and_marks_done(conn, dconn):
     res = checkpoint(dconn, jid, "a", scanned=100, changed=40, first="{1}", last="{100}",
                      limit=100, reason="replication_lag", batch_size_now=100, sleep_ms_now=5)
     wal = res.pop("wal_bytes")
+    lsn = res.pop("wal_lsn")  # the server's insert position then: at least where the batch began
+    assert conn.execute("SELECT %s::pg_lsn <= pg_current_wal_insert_lsn()", [lsn]).fetchone() == (True,)
     assert res == {"state": "running", "rows_scanned": 100, "rows_changed": 40, "batches": 1,
                    "rows_estimate": 1000, "slice_done": None}
     assert wal > 0  # the checkpoint's own writes at least

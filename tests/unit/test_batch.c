@@ -410,7 +410,7 @@ static void test_checkpoint(void **state)
 	(void)state;
 	assert_non_null(sql);
 	expect_contains(sql, "SELECT state, rows_scanned, rows_changed, batches, rows_estimate, wal_bytes,"
-			     " slice_done FROM \"backfilld\"._checkpoint(");
+			     " slice_done, wal_lsn FROM \"backfilld\"._checkpoint(");
 	expect_contains(sql, "$1::bigint, $2::text, $3::int, $4::int, $5::int, $6::int, $7::int, $8::bigint,"
 			     " $9::bigint, $10::int, $11::text, $12::int)");
 	expect_params(sql, 12);
@@ -582,6 +582,75 @@ static void test_slice_statement_and_split(void **state)
 	free(split);
 }
 
+/* ---- the faster PL/pgSQL form for a one-column key ---- */
+
+static void test_fast_function(void **state)
+{
+	batch_spec_t spec = single_key_spec();
+	char *next, *first, *plain, *verify;
+	static const char *const uuid_type[] = {"uuid"};
+	static const char *const upper[] = {"500"};
+
+	(void)state;
+	spec.where_sql = "flag IS NOT TRUE";
+	next = batch_build_fast_function(&spec, BATCH_FN_NEXT);
+	plain = batch_build_function(&spec, BATCH_FN_NEXT);
+	assert_non_null(next);
+	/* It replaces the SQL function: same name, arguments and result. */
+	expect_contains(next, "CREATE OR REPLACE FUNCTION pg_temp.backfilld_batch_next(bigint, bigint)\n"
+			      "RETURNS TABLE(__bf_scanned bigint, __bf_changed bigint, __bf_first text[], "
+			      "__bf_last text[], __bf_s1 text, __bf_s2 text, __bf_s3 text, __bf_s4 text)\n");
+	expect_contains(plain, "backfilld_batch_next(bigint, bigint)\nRETURNS TABLE(__bf_scanned bigint, "
+			       "__bf_changed bigint, __bf_first text[], __bf_last text[], __bf_s1 text, "
+			       "__bf_s2 text, __bf_s3 text, __bf_s4 text)\n");
+	expect_contains(next,
+			"LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = \"$user\", public");
+	expect_contains(next, "  SELECT min(__bf_k1), max(__bf_k1), count(*) INTO __bf_lo, __bf_hi, __bf_n\n"
+			      "  FROM (SELECT \"id\" AS __bf_k1 FROM \"public\".\"items\"\n"
+			      "        WHERE \"id\" > $1\n        ORDER BY \"id\" LIMIT $2) AS __bf_keys;\n");
+	expect_contains(next, "  __bf_lo bigint;\n  __bf_hi bigint;\n");
+	expect_contains(
+		next,
+		"    UPDATE \"public\".\"items\" SET\nflag = true\n"
+		"    WHERE \"id\" >= __bf_lo AND \"id\" <= __bf_hi\n      AND (\nflag IS NOT TRUE\n      );\n"
+		"    GET DIAGNOSTICS __bf_rows = ROW_COUNT;\n");
+	expect_contains(next, "set_config('backfilld.last_key', CASE WHEN __bf_n > 0 THEN "
+			      "ARRAY[__bf_hi::text]::text ELSE '' END, true)");
+	expect_absent(next, "backfilld.mismatches");
+	spec.upper = upper;
+	first = batch_build_fast_function(&spec, BATCH_FN_FIRST);
+	expect_contains(first, "backfilld_batch_first(bigint)");
+	expect_contains(first,
+			"        WHERE (\"id\") <= (E'500'::bigint)\n        ORDER BY \"id\" LIMIT $1)");
+	expect_absent(first, "$2");
+
+	spec.upper = NULL;
+	spec.kind = JOB_KIND_VERIFY;
+	spec.mismatch_sql = "flag IS NULL";
+	verify = batch_build_fast_function(&spec, BATCH_FN_NEXT);
+	expect_contains(verify,
+			"SELECT jsonb_agg(jsonb_build_array(\"id\"::text)), count(*) INTO __bf_found, "
+			"__bf_rows\n");
+	expect_contains(verify, "AND (\nflag IS NULL\n      );");
+	expect_contains(verify, "set_config('backfilld.mismatches', coalesce(__bf_found::text, ''), true)");
+	expect_contains(verify, "__bf_s4 text, __bf_s5 text)");
+	expect_absent(verify, "UPDATE");
+
+	/* No faster form: peeks, statement jobs, composite keys, types without min/max. */
+	assert_null(batch_build_fast_function(&spec, BATCH_FN_PEEK_NEXT));
+	spec.kind = JOB_KIND_STATEMENT;
+	assert_null(batch_build_fast_function(&spec, BATCH_FN_NEXT));
+	spec = composite_key_spec();
+	assert_null(batch_build_fast_function(&spec, BATCH_FN_NEXT));
+	spec = single_key_spec();
+	spec.key_types = uuid_type;
+	assert_null(batch_build_fast_function(&spec, BATCH_FN_FIRST));
+	free(next);
+	free(plain);
+	free(first);
+	free(verify);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -607,6 +676,7 @@ int main(void)
 		cmocka_unit_test(test_checkpoint_quotes_schema),
 		cmocka_unit_test(test_open_sql),
 		cmocka_unit_test(test_slice_upper_bound),
+		cmocka_unit_test(test_fast_function),
 		cmocka_unit_test(test_slice_statement_and_split),
 	};
 
