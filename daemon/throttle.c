@@ -22,6 +22,9 @@ void throttle_init(throttle_state_t *st, const throttle_settings_t *s)
 	st->retries = 0;
 	st->rate = 0;
 	st->lag_hold = false;
+	st->ceiling = 0;
+	st->calm = THROTTLE_DUTY_BATCHES;
+	st->last_ms = 0;
 }
 
 void throttle_after_batch(throttle_state_t *st, const throttle_settings_t *s, int64_t rows,
@@ -34,6 +37,7 @@ void throttle_after_batch(throttle_state_t *st, const throttle_settings_t *s, in
 	double rate = full ? (double)rows / (duration_ms < 1 ? 1 : duration_ms) : 0;
 
 	st->retries = 0;
+	st->last_ms = duration_ms > 0 ? duration_ms : 0;
 	if (duration_ms > 2 * target) {
 		size = size / 2; /* overshoot: shrink fast */
 		if (full)
@@ -45,6 +49,8 @@ void throttle_after_batch(throttle_state_t *st, const throttle_settings_t *s, in
 		want = st->rate * target;
 		size = want > size * GROWTH_CAP ? size * GROWTH_CAP : want;
 	}
+	if (st->ceiling > 0 && size > (double)st->ceiling)
+		size = (double)st->ceiling;
 	if (!(size >= 1))
 		size = 1;
 	st->batch_size = clamp64(size > 9e18 ? INT64_MAX : (int64_t)llround(size), s->min_batch_size,
@@ -54,9 +60,19 @@ void throttle_after_batch(throttle_state_t *st, const throttle_settings_t *s, in
 
 bool throttle_after_contention(throttle_state_t *st, const throttle_settings_t *s, int64_t waited_ms)
 {
-	if (waited_ms <= 0 || waited_ms * 5 <= s->target_batch_ms)
+	if (waited_ms <= 0 || waited_ms * 5 <= s->target_batch_ms) {
+		if (st->calm < THROTTLE_DUTY_BATCHES)
+			st->calm++;
+		if (st->ceiling > 0) {
+			st->ceiling += st->ceiling / 10 > 0 ? st->ceiling / 10 : 1;
+			if (st->ceiling >= s->max_batch_size)
+				st->ceiling = 0;
+		}
 		return false;
+	}
 	st->batch_size = clamp64(st->batch_size / 2, s->min_batch_size, s->max_batch_size);
+	st->ceiling = st->batch_size;
+	st->calm = 0;
 	return true;
 }
 
@@ -112,6 +128,11 @@ throttle_decision_t throttle_decide(throttle_state_t *st, const throttle_setting
 		double extra = ((double)s->max_sleep_ms - base) * (p - 0.5) / 0.5;
 		d.sleep_ms = clamp64((int64_t)(base + (extra > 0 ? extra : 0)), 0, s->max_sleep_ms);
 		d.reason = "replication_lag";
+	}
+	/* A duty cycle after contention: no longer busy than idle. */
+	if (st->calm < THROTTLE_DUTY_BATCHES && (int64_t)st->last_ms > d.sleep_ms) {
+		d.sleep_ms = clamp64((int64_t)st->last_ms, 0, s->max_sleep_ms);
+		d.reason = "blocked_sessions";
 	}
 	return d;
 }

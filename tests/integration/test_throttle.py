@@ -201,7 +201,8 @@ def test_batch_duration_settles_near_target_under_pgbench_load(cluster, standby,
 
 def test_sessions_waiting_on_a_batch_halve_the_next_one(cluster, standby, db, daemon_factory):
     """Waits below max_blocked_ms do not cancel the batch, but past a fifth of target_batch_ms
-    they halve the next one (the rate alone would have grown it)."""
+    they halve the next one (the rate alone would have grown it) and the job sleeps about as long
+    as the batch took before the next."""
     make_users(db, 4000)
     # 3 ms a row: a batch of 400 takes about 1.2 s, under twice the 2 s target (no overshoot).
     job_id = submit(db, "users", set_sql="state = status || left(pg_sleep(0.003)::text, 0), n = n + 1",
@@ -220,5 +221,9 @@ def test_sessions_waiting_on_a_batch_halve_the_next_one(cluster, standby, db, da
     # Halved from what the rate chose (which, at ~0.3 rows/ms for a 2 s target, is more than 400).
     assert sizes[1][1] < 400 and sizes[1][2] == "blocked_sessions" and sizes[1][3] >= 1, sizes
     assert max(r[1] for r in sizes[2:]) > sizes[1][1]  # and it grows back once nobody waits
+    # A duty cycle after contention: the job slept at least about as long as the batch took.
+    (d1, s2), = db.sql("SELECT (SELECT duration_ms FROM backfill.batches WHERE job_id = %s AND batch = 1),"
+                       " (SELECT sleep_ms FROM backfill.batches WHERE job_id = %s AND batch = 2)", [job_id, job_id])
+    assert s2 >= 0.8 * d1, (d1, s2)
     assert "waited" not in d.log_text() or "cancelling it" not in d.log_text()  # no cancel
     assert db.one("SELECT count(*) FROM users WHERE n <> 1") == 0 and row["rows_scanned"] == 4000

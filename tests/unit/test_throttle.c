@@ -1011,30 +1011,110 @@ static void test_decide_sleep_from_current_pause(void **state)
 
 /* ---- contention: sessions waiting on a committed batch's locks ---- */
 
+static throttle_settings_t contention_settings(void)
+{
+	return (throttle_settings_t){.batch_size = 1000,
+				     .min_batch_size = 10,
+				     .max_batch_size = 100000,
+				     .target_batch_ms = 500,
+				     .max_sleep_ms = 30000,
+				     .max_replication_lag_bytes = 1000,
+				     .max_replication_lag_ms = 1000};
+}
+
 static void test_contention_halves_past_a_fifth_of_the_target(void **state)
 {
-	throttle_settings_t s = {.batch_size = 1000,
-				 .min_batch_size = 10,
-				 .max_batch_size = 100000,
-				 .target_batch_ms = 500,
-				 .max_sleep_ms = 30000};
-	throttle_state_t st = {.batch_size = 8000};
+	throttle_settings_t s = contention_settings();
+	throttle_state_t st;
 
 	(void)state;
+	throttle_init(&st, &s);
+	st.batch_size = 8000;
 	assert_false(throttle_after_contention(&st, &s, 0));
 	assert_false(throttle_after_contention(&st, &s, 100)); /* exactly a fifth: tolerated */
 	assert_int_equal(st.batch_size, 8000);
+	assert_int_equal(st.ceiling, 0);
 	assert_true(throttle_after_contention(&st, &s, 101));
 	assert_int_equal(st.batch_size, 4000);
+	assert_int_equal(st.ceiling, 4000);
 	for (int i = 0; i < 20; i++)
 		(void)throttle_after_contention(&st, &s, 5000);
 	assert_int_equal(st.batch_size, 10); /* never below min */
+	assert_int_equal(st.ceiling, 10);
+}
+
+/* After contention the size grows back by a tenth a calm batch, not x1.5, however fast the rows go. */
+static void test_contention_ceiling_grows_slowly(void **state)
+{
+	throttle_settings_t s = contention_settings();
+	throttle_state_t st;
+	int64_t before;
+
+	(void)state;
+	throttle_init(&st, &s);
+	st.batch_size = 2000;
+	throttle_after_batch(&st, &s, 2000, 100.0); /* 20 rows/ms: the rate wants 10,000 */
+	assert_int_equal(st.batch_size, 3000);	    /* x1.5 */
+	assert_true(throttle_after_contention(&st, &s, 400));
+	assert_int_equal(st.batch_size, 1500);
+	for (int i = 0; i < 5; i++) {
+		before = st.ceiling;
+		throttle_after_batch(&st, &s, st.batch_size, (double)st.batch_size / 20.0);
+		assert_int_equal(st.batch_size, before); /* held at the ceiling */
+		assert_false(throttle_after_contention(&st, &s, 0));
+		assert_int_equal(st.ceiling, before + before / 10);
+	}
+	throttle_after_batch(&st, &s, st.batch_size, (double)st.batch_size / 20.0);
+	assert_int_equal(st.batch_size, 2414); /* 1500 grown by a tenth five times, rounded down */
+	/* The ceiling goes once it reaches max_batch_size. */
+	s.max_batch_size = 2500;
+	assert_false(throttle_after_contention(&st, &s, 0));
+	assert_int_equal(st.ceiling, 0);
+}
+
+/* For THROTTLE_DUTY_BATCHES batches after contention the sleep is at least the last batch's
+ * duration, with reason blocked_sessions; lag that asks for more wins. */
+static void test_contention_duty_cycle(void **state)
+{
+	throttle_settings_t s = contention_settings();
+	throttle_state_t st;
+	throttle_input_t calm = {.lag_known = true}, lagging = {.lag_known = true, .lag_bytes = 900};
+	throttle_decision_t d;
+
+	(void)state;
+	throttle_init(&st, &s);
+	throttle_after_batch(&st, &s, 1000, 120.0);
+	d = throttle_decide(&st, &s, &calm);
+	assert_int_equal(d.sleep_ms, 0); /* no contention yet: no duty cycle */
+	assert_null(d.reason);
+	assert_true(throttle_after_contention(&st, &s, 300));
+	d = throttle_decide(&st, &s, &calm);
+	assert_int_equal(d.sleep_ms, 120);
+	assert_string_equal(d.reason, "blocked_sessions");
+	d = throttle_decide(&st, &s, &lagging); /* p = 0.9: 0.8 of max_sleep_ms */
+	assert_int_equal(d.sleep_ms, 24000);
+	assert_string_equal(d.reason, "replication_lag");
+	for (int i = 0; i < THROTTLE_DUTY_BATCHES; i++) {
+		throttle_after_batch(&st, &s, st.batch_size, 80.0);
+		d = throttle_decide(&st, &s, &calm);
+		assert_int_equal(d.sleep_ms, 80);
+		(void)throttle_after_contention(&st, &s, 0);
+	}
+	d = throttle_decide(&st, &s, &calm);
+	assert_int_equal(d.sleep_ms, 0); /* calm again */
+	assert_null(d.reason);
+	/* Never past max_sleep_ms. */
+	s.max_sleep_ms = 50;
+	assert_true(throttle_after_contention(&st, &s, 300));
+	assert_int_equal(throttle_decide(&st, &s, &calm).sleep_ms, 50);
 }
 
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_contention_halves_past_a_fifth_of_the_target),
+		cmocka_unit_test(test_contention_ceiling_grows_slowly),
+		cmocka_unit_test(test_contention_duty_cycle),
 		cmocka_unit_test(test_init_within_bounds),
 		cmocka_unit_test(test_init_clamps),
 		cmocka_unit_test(test_retry_halves_to_min),
