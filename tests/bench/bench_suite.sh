@@ -492,7 +492,7 @@ daemon_pid=$!
 
 # -- one run of one method ----------------------------------------------------------------------
 
-methods=(update plpgsql client fixed adaptive par2)
+methods=(update plpgsql client fixed adaptive par2 par4)
 declare -A label=(
     [none]="no backfill (pgbench alone)"
     [update]="one UPDATE"
@@ -501,11 +501,13 @@ declare -A label=(
     [fixed]="backfilld fixed $batch"
     [adaptive]="backfilld adaptive (defaults)"
     [par2]="backfilld parallel=2, fixed $batch"
+    [par4]="backfilld parallel=4, fixed $batch"
     [offset]="OFFSET loop, PL/pgSQL")
 declare -A job_cols=(
     [fixed]="batch_size, min_batch_size, max_batch_size, sleep_ms|$batch, $batch, $batch, 0"
     [adaptive]="|"
-    [par2]="batch_size, min_batch_size, max_batch_size, sleep_ms, parallel|$batch, $batch, $batch, 0, 2")
+    [par2]="batch_size, min_batch_size, max_batch_size, sleep_ms, parallel|$batch, $batch, $batch, 0, 2"
+    [par4]="batch_size, min_batch_size, max_batch_size, sleep_ms, parallel|$batch, $batch, $batch, 0, 4")
 
 # R[key/field]: every figure of every run; key = SET/METHOD/ROUND.
 declare -A R
@@ -584,7 +586,7 @@ run() {
         awk -v p="$(sql -Atc "SELECT min(id) - 1 FROM $t")" '{ print $1, $2 - p, $3; p = $2 }' \
             "$work/log_${set}_${m}_$round" >"$ev"
         ;;
-    fixed | adaptive | par2)
+    fixed | adaptive | par2 | par4)
         kill -0 "$daemon_pid" 2>/dev/null || { tail -n 20 "$work/backfilld.log" >&2; die "backfilld is not running"; }
         cols=${job_cols[$m]%%|*}
         vals=${job_cols[$m]#*|}
@@ -706,7 +708,6 @@ done
 [[ $left == 0 ]] || die "section 5: $left small jobs not done after 10 minutes"
 t_small=$(calc 'b - a' a="$t_small0" b="$EPOCHREALTIME")
 hwm_small=$(vm "$daemon_pid" VmHWM)
-grep -q 'parallel slices are not supported' "$work/backfilld.log" && par_warned=1 || par_warned=0
 kill -TERM "$daemon_pid"
 daemon_rc=0
 wait "$daemon_pid" || daemon_rc=$?
@@ -816,7 +817,7 @@ for m in none "${methods[@]}"; do
 done
 # One colour per method in every panel; the key names them as the table does.
 declare -A colour=([none]="#555555" [update]="#d62728" [plpgsql]="#1f77b4" [client]="#9467bd"
-    [fixed]="#2ca02c" [adaptive]="#ff7f0e" [par2]="#17becf")
+    [fixed]="#2ca02c" [adaptive]="#ff7f0e" [par2]="#17becf" [par4]="#9467bd")
 p_progress="" p_rate="" p_p99=""
 xmax=0
 for m in none "${methods[@]}"; do
@@ -906,7 +907,7 @@ throughput_table() { # SET TABLE NROWS ROUNDS
     printf '%-34s %26s %10s %9s %10s %9s  %s\n' "method" "seconds (each round)" "rows/s" "x UPDATE" "x PL/pgSQL" "x client" "throttled batches; sleep"
     for m in "${methods[@]}"; do
         local thr="-"
-        [[ $m == fixed || $m == adaptive || $m == par2 ]] &&
+        [[ $m == fixed || $m == adaptive || $m == par2 || $m == par4 ]] &&
             thr="$(series_of "$s" "$m" throttled %.0f) of $(printf '%.0f' "$(med "$s" "$m" batches)"); slept $(series_of "$s" "$m" slept %.0f) s"
         printf '%-34s %26s %10s %9.3f %10.3f %9.3f  %s\n' "${label[$m]}" "$(series_of "$s" "$m" secs %.2f)" \
             "$(thousands "$(med "$s" "$m" rate)")" "$(ratio "$s" "$m" update)" "$(ratio "$s" "$m" plpgsql)" \
@@ -920,7 +921,8 @@ throughput_table() { # SET TABLE NROWS ROUNDS
     line "throttled; sleep" "backfilld's batches held back (replication lag, ...) of its batches, and its total sleep, each round"
     line "target fixed >= 0.9x PL/pgSQL" "$(printf '%.3f' "$f")  $(met "$f" '>=' 0.9)"
     line "target fixed >= 1.0x client loop" "$(printf '%.3f' "$c")  $(met "$c" '>=' 1.0)"
-    line "target parallel=2 >= 1.3x UPDATE" "$(printf '%.3f' "$p")  $(met "$p" '>=' 1.3)$( ((par_warned)) && echo "  -- parallel slices are not implemented: the daemon logged that it walks the job as one slice")"
+    line "target parallel=2 >= 1.3x UPDATE" "$(printf '%.3f' "$p")  $(met "$p" '>=' 1.3)"
+    line "parallel=4 / parallel=2" "$(printf '%.3f' "$(ratio "$s" par4 par2)")  (2 CPUs: where the speed-up stops)"
 }
 
 flat_table() { # SET NROWS
@@ -954,7 +956,7 @@ cost_table() { # SET
         if [[ $m == client ]]; then
             ccpu=$(calc 'c / m' c="$(med "$s" client client_cpu)" m="$mr")
             share=$(calc '100 * c / s' c="$(med "$s" client client_cpu)" s="$(med "$s" client srv_cpu)")
-        elif [[ $m == fixed || $m == adaptive || $m == par2 ]]; then
+        elif [[ $m == fixed || $m == adaptive || $m == par2 || $m == par4 ]]; then
             ccpu=$(calc 'c / m' c="$(med "$s" "$m" dmn_cpu)" m="$mr")
             share=$(calc '100 * c / s' c="$(med "$s" "$m" dmn_cpu)" s="$(med "$s" "$m" srv_cpu)")
         fi
@@ -976,7 +978,7 @@ cost_table() { # SET
     line "PostgreSQL" "$(sql -Atc 'SHOW server_version'), primary + 1 streaming standby (shared_buffers 256MB, fsync off, synchronous_commit off)"
     line "backfilld" "$("$bin" --version), one resident daemon (workers 2, throttle defaults)"
     line "table" "users, $(thousands "$rows") rows, ~110 bytes/row; reset (UPDATE state = NULL, VACUUM, CHECKPOINT) before every run"
-    line "batch" "$(thousands "$batch") keys for the PL/pgSQL, client and OFFSET loops and backfilld fixed/parallel=2"
+    line "batch" "$(thousands "$batch") keys for the PL/pgSQL, client and OFFSET loops and backfilld fixed/parallel=2/parallel=4"
     line "command" "tests/bench/bench_suite.sh$( ((quick)) && echo ' --quick')$( ((big)) && echo ' --big')"
     rule
     throughput_table q1 users "$rows" "$rounds"
