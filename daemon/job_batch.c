@@ -337,9 +337,13 @@ void job_continue(job_t *job)
 	job->contended = false;
 	job_note_reason(job, job->reason, view.detail);
 	job_report(job, true);
-	if (!d.hold && job->hold_reason && !job->reason)
-		job->reason = job->hold_reason; /* the batch after a hold says why it waited */
-	job->hold_reason = d.hold ? d.reason : NULL;
+	/* The batch after a hold or a throttle sleep says why it waited, also when the lag that
+	 * caused it cleared before the sleep was over, or when another sleep (a duty cycle's)
+	 * follows. */
+	if (d.hold || (d.reason && d.sleep_ms > 0))
+		job->wait_reason = d.reason;
+	else if (job->wait_reason)
+		job->reason = job->wait_reason;
 	if (d.hold) {
 		struct timeval tv = {(time_t)(s.sample_interval_ms / 1000),
 				     (suseconds_t)((s.sample_interval_ms % 1000) * 1000)};
@@ -636,7 +640,7 @@ void job_next_batch(job_t *job)
 	job->batch_waited_ms = 0;
 	checkpoint_params[7] = job->input.lag_known ? lag_bytes : NULL;
 	checkpoint_params[8] = job->input.lag_known ? lag_ms : NULL;
-	checkpoint_params[9] = blocked; /* sessions the previous attempt blocked, when it was cancelled */
+	checkpoint_params[9] = blocked;
 	checkpoint_params[10] = job->reason;
 	checkpoint_params[11] = job->slice > 0 ? job->slice_text : NULL;
 
@@ -660,6 +664,7 @@ void job_next_batch(job_t *job)
 
 	job->state = JOB_BATCH;
 	job->cancel_reason = NULL;
+	job->wait_reason = NULL; /* this batch records it */
 	clock_gettime(CLOCK_MONOTONIC, &job->batch_started);
 	if (job->dry_run && job->dry_started.tv_sec == 0)
 		job->dry_started = job->batch_started;

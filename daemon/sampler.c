@@ -59,6 +59,9 @@ static struct {
 	double opened_at_ms;
 	uint64_t view_lsn;   /* the primary's WAL position in the latest view */
 	uint64_t latest_lsn; /* the highest WAL position a batch's checkpoint saw since */
+	char worst[128];     /* the standby or slot furthest behind in the latest view */
+	uint64_t worst_lsn;  /* its replay (or confirmed flush) position then */
+	double replay_rate;  /* bytes/ms it moved since the view before, when it was the worst too */
 	uint32_t autovacuum[MAX_AUTOVACUUM];
 	int nautovacuum;
 	bool warned_invisible;
@@ -96,7 +99,8 @@ static void sampler_absorb(const pgconn_result_t *res, double at)
 	const PGresult *standbys = res->results[1], *slots = res->results[2], *blocked = res->results[3],
 		       *vacuum = res->results[4];
 	sampler_view_t v = {.known = true};
-	uint64_t current, lsn;
+	uint64_t current, lsn, worst_lsn = 0;
+	char worst[128] = "";
 
 	if (!lagclock_parse_lsn(pgconn_value(res->results[0], 0, 0), &current))
 		return;
@@ -126,8 +130,11 @@ static void sampler_absorb(const pgconn_result_t *res, double at)
 		if (bytes > v.lag_bytes || (int64_t)ms > v.lag_ms)
 			snprintf(v.detail, sizeof(v.detail), "standby %s: %lld bytes, %.0f ms behind",
 				 name ? name : "?", (long long)bytes, ms);
-		if (bytes > v.lag_bytes)
-			v.lag_bytes = bytes;
+		if (bytes > v.lag_bytes || !worst[0]) {
+			v.lag_bytes = bytes > v.lag_bytes ? bytes : v.lag_bytes;
+			snprintf(worst, sizeof(worst), "%s", name ? name : "?");
+			worst_lsn = lsn;
+		}
 		if ((int64_t)ms > v.lag_ms)
 			v.lag_ms = (int64_t)ms;
 	}
@@ -160,6 +167,8 @@ static void sampler_absorb(const pgconn_result_t *res, double at)
 			}
 			if (bytes > v.lag_bytes) {
 				v.lag_bytes = bytes;
+				snprintf(worst, sizeof(worst), "slot:%s", name ? name : "?");
+				worst_lsn = lsn;
 				if (!v.hold) /* a hold's detail says why it holds */
 					snprintf(v.detail, sizeof(v.detail),
 						 "logical slot %s: %lld bytes behind", name,
@@ -181,6 +190,13 @@ static void sampler_absorb(const pgconn_result_t *res, double at)
 	for (int r = 0; r < PQntuples(vacuum) && sampler.nautovacuum < MAX_AUTOVACUUM; r++)
 		sampler.autovacuum[sampler.nautovacuum++] = (uint32_t)pgconn_int64(vacuum, r, 0, 0);
 
+	/* How fast the worst one replays, for the estimate between samples (0: unknown, as if stalled). */
+	sampler.replay_rate = 0;
+	if (worst[0] && strcmp(worst, sampler.worst) == 0 && sampler.view_at_ms > 0 &&
+	    at > sampler.view_at_ms && worst_lsn >= sampler.worst_lsn)
+		sampler.replay_rate = (double)(worst_lsn - sampler.worst_lsn) / (at - sampler.view_at_ms);
+	snprintf(sampler.worst, sizeof(sampler.worst), "%s", worst);
+	sampler.worst_lsn = worst_lsn;
 	sampler.view = v;
 	sampler.view_at_ms = at;
 	sampler.view_lsn = current;
@@ -282,8 +298,14 @@ void sampler_view(sampler_view_t *out)
 		out->warming = sampler.view_at_ms == 0 && now_ms() - sampler.opened_at_ms < WARMUP_MS;
 		return;
 	}
-	if (sampler.latest_lsn > sampler.view_lsn)
-		out->lag_bytes += (int64_t)(sampler.latest_lsn - sampler.view_lsn);
+	/* Since the sample: the WAL our batches saw written, less what the worst standby or slot
+	 * replayed meanwhile at its last measured pace (none when it stood still, e.g. paused). */
+	if (sampler.latest_lsn > sampler.view_lsn) {
+		double written = (double)(sampler.latest_lsn - sampler.view_lsn);
+		double replayed = sampler.replay_rate * (age > 0 ? age : 0);
+		if (written > replayed)
+			out->lag_bytes += (int64_t)(written - replayed);
+	}
 }
 
 bool sampler_autovacuum(uint32_t relid)

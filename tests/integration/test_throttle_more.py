@@ -202,6 +202,9 @@ def test_a_lag_pressure_sleep_ends_soon_after_the_lag_clears(cluster, standby, d
     row = wait_state(db, job_id, "done", timeout=60, daemon=d)
     assert_exact(db, job_id, row)
     assert waited < 2.0, f"the first batch came {waited:.1f} s after the lag had cleared"
+    # That batch still says why it waited, though the lag was gone when the sleep ended.
+    assert db.one("SELECT throttled_reason FROM backfill.batches WHERE job_id = %s AND batch = 1",
+                  [job_id]) == "replication_lag"
 
 
 # -- logical slots (a separate wal_level = logical cluster) -------------------------------------
