@@ -817,7 +817,7 @@ for m in none "${methods[@]}"; do
 done
 # One colour per method in every panel; the key names them as the table does.
 declare -A colour=([none]="#555555" [update]="#d62728" [plpgsql]="#1f77b4" [client]="#9467bd"
-    [fixed]="#2ca02c" [adaptive]="#ff7f0e" [par2]="#17becf" [par4]="#9467bd")
+    [fixed]="#2ca02c" [adaptive]="#ff7f0e" [par2]="#17becf" [par4]="#8c564b")
 p_progress="" p_rate="" p_p99=""
 xmax=0
 for m in none "${methods[@]}"; do
