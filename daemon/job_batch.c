@@ -340,10 +340,14 @@ void job_continue(job_t *job)
 	/* The batch after a hold or a throttle sleep says why it waited, also when the lag that
 	 * caused it cleared before the sleep was over, or when another sleep (a duty cycle's)
 	 * follows. */
-	if (d.hold || (d.reason && d.sleep_ms > 0))
-		job->wait_reason = d.reason;
-	else if (job->wait_reason)
+	if (d.hold || (d.reason && d.sleep_ms > 0)) {
+		/* A duty cycle's blocked_sessions does not hide a lag wait it follows. */
+		if (!job->wait_reason || strcmp(job->wait_reason, "blocked_sessions") == 0)
+			job->wait_reason = d.reason;
 		job->reason = job->wait_reason;
+	} else if (job->wait_reason) {
+		job->reason = job->wait_reason;
+	}
 	if (d.hold) {
 		struct timeval tv = {(time_t)(s.sample_interval_ms / 1000),
 				     (suseconds_t)((s.sample_interval_ms % 1000) * 1000)};
