@@ -165,8 +165,8 @@ static void sampler_absorb(const pgconn_result_t *res, double at)
 				snprintf(label, sizeof(label), "slot:%s", name ? name : "?");
 				metrics_standby_lag(label, bytes, 0);
 			}
-			if (bytes > v.lag_bytes) {
-				v.lag_bytes = bytes;
+			if (bytes > v.lag_bytes || !worst[0]) {
+				v.lag_bytes = bytes > v.lag_bytes ? bytes : v.lag_bytes;
 				snprintf(worst, sizeof(worst), "slot:%s", name ? name : "?");
 				worst_lsn = lsn;
 				if (!v.hold) /* a hold's detail says why it holds */
@@ -299,12 +299,19 @@ void sampler_view(sampler_view_t *out)
 		return;
 	}
 	/* Since the sample: the WAL our batches saw written, less what the worst standby or slot
-	 * replayed meanwhile at its last measured pace (none when it stood still, e.g. paused). */
-	if (sampler.latest_lsn > sampler.view_lsn) {
+	 * replayed meanwhile at its last measured pace (none when it stood still, e.g. paused).
+	 * With no standby or slot in the view nothing lags behind that WAL. */
+	if (sampler.worst[0] && sampler.latest_lsn > sampler.view_lsn) {
 		double written = (double)(sampler.latest_lsn - sampler.view_lsn);
 		double replayed = sampler.replay_rate * (age > 0 ? age : 0);
-		if (written > replayed)
+		if (written > replayed) {
+			size_t len = strlen(out->detail);
 			out->lag_bytes += (int64_t)(written - replayed);
+			if (!out->hold && len + 1 < sizeof(out->detail))
+				snprintf(out->detail + len, sizeof(out->detail) - len,
+					 " at the last sample, about %lld more since",
+					 (long long)(written - replayed));
+		}
 	}
 }
 

@@ -381,3 +381,52 @@ def test_the_lost_slot_hold_is_logged_with_its_wal_status(logical_cluster, tiny_
     pgharness.wait_until(lambda: job(ldb, job_id)["throttled_reason"] == "logical_slot", timeout=60,
                          what="held for the lost slot")
     d.wait_for_log(r"held: logical_slot \(logical slot bfl_lost2 has wal_status lost\)", timeout=2)
+
+
+# -- the lag estimate between samples ----------------------------------------------------------
+
+def make_users_wide(db, rows=ROWS):
+    """users with a 200-byte payload, so that a walk writes some MiB of WAL."""
+    db.sql("CREATE TABLE users (id bigint PRIMARY KEY, status text NOT NULL, state text,"
+           " n int NOT NULL DEFAULT 0, pad text)")
+    db.sql("INSERT INTO users (id, status, pad) SELECT g, (ARRAY['active','idle','banned'])[1 + g % 3],"
+           f" repeat('x', 200) FROM generate_series(1, {rows}) g")
+    db.sql("ANALYZE users")
+
+
+def test_with_no_standby_and_no_slot_its_own_wal_is_not_lag(ldb, ldaemon_factory):
+    """Between two samples the daemon adds the WAL its batches wrote to the lag it last saw. With
+    nothing replicating, there is nothing for that WAL to be behind: one sample (20 s apart),
+    then a walk writing many times the 1 MiB limit must never wait for replication_lag."""
+    make_users_wide(ldb, 40000)
+    assert ldb.one("SELECT count(*) FROM pg_replication_slots") == 0
+    assert ldb.one("SELECT count(*) FROM pg_stat_replication") == 0
+    job_id = submit(ldb, "users", batch_size=2000)
+    d = ldaemon_factory(throttle={"max_replication_lag_bytes": 1 << 20, "max_replication_lag_ms": 600000,
+                                  "sample_interval_ms": 20000})
+    assert run_to_idle(d, timeout=60) == 0, d.log_tail()
+    row = job(ldb, job_id)
+    assert row["state"] == "done" and row["rows_scanned"] == 40000 and differing(ldb) == 0, row
+    assert row["wal_bytes"] > 4 * (1 << 20), row  # it did write well past the limit
+    assert ldb.one("SELECT count(*) FROM backfill.batches WHERE job_id = %s"
+                   " AND throttled_reason IS NOT NULL", [job_id]) == 0
+    assert "replication_lag" not in d.log_text()
+
+
+def test_a_slot_caught_up_at_the_sample_lags_by_the_wal_written_since(ldb, ldaemon_factory):
+    """The converse: a slot nobody consumes, (almost) caught up when the one sample is taken, falls
+    behind by every byte the job writes after it; the estimate must count that and hold the job
+    before the next sample (20 s later)."""
+    make_users_wide(ldb, 40000)
+    ldb.sql("SELECT pg_create_logical_replication_slot('bfl_caught_up', 'test_decoding')")
+    ldb.sql("SELECT pg_replication_slot_advance('bfl_caught_up', pg_current_wal_lsn())")
+    job_id = submit(ldb, "users", batch_size=2000)
+    d = ldaemon_factory(throttle={"max_replication_lag_bytes": 1 << 20, "max_replication_lag_ms": 600000,
+                                  "sample_interval_ms": 20000, "max_sleep_ms": 60000})
+    d.start()
+    d.wait_for_log(r"throttled: replication_lag \(logical slot bfl_caught_up: \d+ bytes behind at the last"
+                   r" sample, about \d+ more since\)", timeout=15)
+    row = job(ldb, job_id)
+    assert 0 < row["rows_scanned"] < 40000 and row["state"] == "running", row
+    # The estimate is the job's own WAL: the slot really is that far behind.
+    assert slot(ldb, "bfl_caught_up")[0] >= (1 << 20) // 2
