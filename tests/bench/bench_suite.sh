@@ -10,14 +10,19 @@ set -euo pipefail
 usage() {
     cat <<'USAGE'
 usage: tests/bench/bench_suite.sh [--quick] [--big] [--rows N] [--big-rows N] [--rounds N]
-                                  [--batch N] [--rate TPS] [--clients N] [--png FILE]
+                                  [--batch N] [--sizes "N ..."] [--rate TPS] [--clients N]
+                                  [--png FILE]
   --quick        under five minutes: 200,000 rows, one round, short pgbench windows
   --big          also walk a 10,000,000-row table (quiet runs and OFFSET, one round);
                  about an hour more on 2 busy CPUs
   --rows N       rows in the main table (default 1,000,000; --quick 200,000)
   --big-rows N   rows in the --big table (default 10,000,000)
   --rounds N     quiet runs of every method on the main table, in rounds (default 3; --quick 1)
-  --batch N      the fixed batch size of every keyset method (default 5000)
+  --batch N      the batch size of the keyset methods under pgbench (section 3) and of the
+                 OFFSET loop (default 5000)
+  --sizes "N ..."  the batch sizes tried for each keyset method on the main table; each method
+                 then runs sections 1, 2, 4 and 5 at its fastest (default "2000 5000 10000
+                 20000 50000"; --quick "5000 20000")
   --rate TPS     pgbench's fixed rate, -R, in the application-impact runs (default 200)
   --clients N    pgbench clients, -c (default 4; -j 2)
   --png FILE     the throughput/p99 plot (default docs/bench-throughput-p99.png; with --quick a
@@ -42,6 +47,7 @@ rows=""
 big_rows=10000000
 rounds=""
 batch=5000
+sizes=""
 rate=200
 clients=4
 png=""
@@ -49,13 +55,13 @@ while (($#)); do
     case $1 in
     --quick) quick=1 ;;
     --big) big=1 ;;
-    --rows | --big-rows | --rounds | --batch | --rate | --clients | --png)
+    --rows | --big-rows | --rounds | --batch | --sizes | --rate | --clients | --png)
         (($# >= 2)) || { usage >&2; exit 64; }
         v=${1#--}
         printf -v "${v//-/_}" '%s' "$2"
         shift
         ;;
-    --rows=* | --big-rows=* | --rounds=* | --batch=* | --rate=* | --clients=* | --png=*)
+    --rows=* | --big-rows=* | --rounds=* | --batch=* | --sizes=* | --rate=* | --clients=* | --png=*)
         v=${1%%=*}
         v=${v#--}
         printf -v "${v//-/_}" '%s' "${1#*=}"
@@ -74,6 +80,7 @@ done
 if ((quick)); then
     rows=${rows:-200000}
     rounds=${rounds:-1}
+    sizes=${sizes:-5000 20000}
     base_secs=8   # pgbench alone, the baseline of the application-impact runs
     warmup=2      # pgbench before each backfill starts
     claim_n=20    # _claim calls timed per condition
@@ -81,6 +88,7 @@ if ((quick)); then
 else
     rows=${rows:-1000000}
     rounds=${rounds:-3}
+    sizes=${sizes:-2000 5000 10000 20000 50000}
     base_secs=20
     warmup=3
     claim_n=50
@@ -88,6 +96,11 @@ else
 fi
 for v in rows big_rows rounds batch rate clients; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || { echo "error: --${v//_/-} wants a positive integer" >&2; exit 64; }
+done
+read -r -a size_list <<<"$sizes"
+((${#size_list[@]} > 0)) || { echo "error: --sizes wants at least one batch size" >&2; exit 64; }
+for v in "${size_list[@]}"; do
+    [[ $v =~ ^[1-9][0-9]*$ ]] || { echo "error: --sizes wants positive integers, not '$v'" >&2; exit 64; }
 done
 queued_jobs=10000 # section 6
 small_jobs=100    # section 5: jobs queued at once on small tables
@@ -379,7 +392,9 @@ sb_port=$(free_port)
 pg_start_standby "$work/standby" "$port" "$sb_port" "cluster_name = 'standby1'" \
     'wal_receiver_status_interval = 1s'
 
+standby_up=1 # 0 while section 1b runs with the standby stopped
 wait_caught_up() {
+    ((standby_up)) || return 0
     pg_wait_standby "$port" standby1 600
 }
 wait_caught_up
@@ -498,16 +513,27 @@ declare -A label=(
     [update]="one UPDATE"
     [plpgsql]="PL/pgSQL keyset loop, CALL"
     [client]="client loop, Python psycopg"
-    [fixed]="backfilld fixed $batch"
+    [fixed]="backfilld fixed"
     [adaptive]="backfilld adaptive (defaults)"
-    [par2]="backfilld parallel=2, fixed $batch"
-    [par4]="backfilld parallel=4, fixed $batch"
+    [par2]="backfilld parallel=2, fixed"
+    [par4]="backfilld parallel=4, fixed"
     [offset]="OFFSET loop, PL/pgSQL")
 declare -A job_cols=(
-    [fixed]="batch_size, min_batch_size, max_batch_size, sleep_ms|$batch, $batch, $batch, 0"
+    [fixed]="batch_size, min_batch_size, max_batch_size, sleep_ms|@B@, @B@, @B@, 0"
     [adaptive]="|"
-    [par2]="batch_size, min_batch_size, max_batch_size, sleep_ms, parallel|$batch, $batch, $batch, 0, 2"
-    [par4]="batch_size, min_batch_size, max_batch_size, sleep_ms, parallel|$batch, $batch, $batch, 0, 4")
+    [par2]="batch_size, min_batch_size, max_batch_size, sleep_ms, parallel|@B@, @B@, @B@, 0, 2"
+    [par4]="batch_size, min_batch_size, max_batch_size, sleep_ms, parallel|@B@, @B@, @B@, 0, 4")
+# The batch size of each keyset method in the quiet runs: its fastest in the sweep (section 0);
+# parallel slices use backfilld fixed's. Under pgbench (section 3) and for OFFSET: --batch.
+declare -A best=([plpgsql]=$batch [client]=$batch [fixed]=$batch)
+batch_of() { # SET METHOD
+    case $1/$2 in
+    l1/* | */offset | sw/*) echo "${RUN_BATCH:-$batch}" ;;
+    */plpgsql | */client | */fixed) echo "${best[$2]}" ;;
+    */par2 | */par4) echo "${best[fixed]}" ;;
+    *) echo "-" ;;
+    esac
+}
 
 # R[key/field]: every figure of every run; key = SET/METHOD/ROUND.
 declare -A R
@@ -545,7 +571,10 @@ stop_load() {
 run() {
     local set=$1 t=$2 n=$3 m=$4 round=$5 loaded=$6
     local key=$set/$m/$round out t0 t1 secs w0 w1 c0 c1 id state cols vals ev=$work/ev_${set}_${m}_$round
-    say "$set round $round: ${label[$m]} on $t ($(thousands "$n") rows)$( ((loaded)) && echo ", pgbench -R $rate")"
+    local b
+    b=$(batch_of "$set" "$m")
+    R[$key/batch]=$b
+    say "$set round $round: ${label[$m]}$([[ $b == - ]] || echo " (batch $b)") on $t ($(thousands "$n") rows)$( ((loaded)) && echo ", pgbench -R $rate")"
     reset_table "$t"
     if ((loaded)); then
         start_load "${set}_${m}_$round"
@@ -570,7 +599,7 @@ run() {
         echo "$t1 $n" >"$ev"
         ;;
     plpgsql)
-        out=$(sql -c 'CREATE TEMP TABLE bench_log (t float8, k bigint, ms float8)' -c "CALL keyset_$t($batch)" \
+        out=$(sql -c 'CREATE TEMP TABLE bench_log (t float8, k bigint, ms float8)' -c "CALL keyset_$t($b)" \
             -c "\\copy bench_log TO '$work/log_${set}_${m}_$round' WITH (DELIMITER ' ')" 2>&1) ||
             { echo "$out" >&2; die "$key: CALL keyset_$t failed"; }
         t1=$EPOCHREALTIME
@@ -579,7 +608,7 @@ run() {
             "$work/log_${set}_${m}_$round" >"$ev"
         ;;
     client)
-        out=$(bpy client "$conninfo" "$t" "$batch" "$work/log_${set}_${m}_$round") ||
+        out=$(bpy client "$conninfo" "$t" "$b" "$work/log_${set}_${m}_$round") ||
             die "$key: the client loop failed"
         t1=$EPOCHREALTIME
         read -r secs _ _ "R[$key/client_cpu]" <<<"$out"
@@ -590,6 +619,7 @@ run() {
         kill -0 "$daemon_pid" 2>/dev/null || { tail -n 20 "$work/backfilld.log" >&2; die "backfilld is not running"; }
         cols=${job_cols[$m]%%|*}
         vals=${job_cols[$m]#*|}
+        vals=${vals//@B@/$b}
         out=$(bpy submit-wait "$conninfo" \
             "INSERT INTO backfill.jobs (name, target, set_sql, where_sql${cols:+, $cols})
              VALUES ('$key', '$t', 'state = status', 'state IS DISTINCT FROM status'${vals:+, $vals})
@@ -617,9 +647,9 @@ run() {
         read -r -a rr <<<"$ranges"
         local -a calls=()
         calls+=(-c 'CREATE TEMP TABLE bench_log (t float8, k bigint, ms float8)')
-        calls+=(-c "CALL offset_$t($batch, ${rr[0]}, ${rr[1]})")
+        calls+=(-c "CALL offset_$t($b, ${rr[0]}, ${rr[1]})")
         ((${#rr[@]} == 4)) && calls+=(-c "UPDATE $t SET state = status WHERE id > ${rr[1]} AND id <= ${rr[2]}")
-        ((${#rr[@]} == 4)) && calls+=(-c "CALL offset_$t($batch, ${rr[2]}, ${rr[3]})")
+        ((${#rr[@]} == 4)) && calls+=(-c "CALL offset_$t($b, ${rr[2]}, ${rr[3]})")
         calls+=(-c "\\copy bench_log TO '$work/log_${set}_${m}_$round' WITH (DELIMITER ' ')")
         out=$(sql "${calls[@]}" 2>&1) || { echo "$out" >&2; die "$key: the OFFSET loop failed"; }
         t1=$EPOCHREALTIME
@@ -653,6 +683,27 @@ run() {
         "${R[$key/tps]:+, pgbench TPS ${R[$key/tps]} p50 ${R[$key/p50]} ms p99 ${R[$key/p99]} ms}" >&2
 }
 
+# -- section 0: each keyset method's best batch size ---------------------------------------------
+
+# "Each method at its best batch size" (issue 7): one quiet run of each keyset method at each size,
+# sizes interleaved; the fastest size of each is the one it runs at in sections 1, 2, 4 and 5.
+sweep_methods=(plpgsql client fixed)
+for size in "${size_list[@]}"; do
+    for m in "${sweep_methods[@]}"; do
+        RUN_BATCH=$size run sw users "$rows" "$m" "$size" 0
+    done
+done
+for m in "${sweep_methods[@]}"; do
+    top=0
+    for size in "${size_list[@]}"; do
+        if awk -v r="${R[sw/$m/$size/rate]}" -v t="$top" 'BEGIN { exit !(r > t) }'; then
+            top=${R[sw/$m/$size/rate]}
+            best[$m]=$size
+        fi
+    done
+    say "best batch size of ${label[$m]}: ${best[$m]}"
+done
+
 # -- sections 1, 2, 4, 5: quiet runs (no application load), in rounds ---------------------------
 
 for ((r = 1; r <= rounds; r++)); do
@@ -661,6 +712,25 @@ for ((r = 1; r <= rounds; r++)); do
     done
 done
 run q1 users "$rows" offset 1 0
+
+# -- section 1b: where the parallel speed-up goes: the same runs with the standby stopped --------
+
+# The standby shares the primary's 2 CPUs here (in production it has its own machine): what its
+# replay takes from the walkers shows in the same methods run with it stopped. Informational;
+# the targets are judged on section 1.
+say "section 1b: the standby stopped"
+as_pg "$PG_BINDIR/pg_ctl" -D "$work/standby" -m fast -w -t 60 stop >/dev/null || die "the standby did not stop"
+standby_up=0
+ns_methods=(update fixed par2 par4)
+for ((r = 1; r <= rounds; r++)); do
+    for m in "${ns_methods[@]}"; do
+        run ns users "$rows" "$m" "$r" 0
+    done
+done
+as_pg "$PG_BINDIR/pg_ctl" -D "$work/standby" -l "$work/standby.log" -w -t 60 start >/dev/null ||
+    { tail -n 20 "$work/standby.log" >&2; die "the standby did not start again"; }
+standby_up=1
+wait_caught_up
 
 # -- section 3: the same methods under pgbench, once each ----------------------------------------
 
@@ -904,12 +974,12 @@ throughput_table() { # SET TABLE NROWS ROUNDS
     local s=$1 m n=$3
     echo
     echo "1. Throughput: $2, $(thousands "$n") rows, UPDATE $2 SET state = status; no application load; median of $4 round(s)"
-    printf '%-34s %26s %10s %9s %10s %9s  %s\n' "method" "seconds (each round)" "rows/s" "x UPDATE" "x PL/pgSQL" "x client" "throttled batches; sleep"
+    printf '%-34s %6s %26s %10s %9s %10s %9s  %s\n' "method" "batch" "seconds (each round)" "rows/s" "x UPDATE" "x PL/pgSQL" "x client" "throttled batches; sleep"
     for m in "${methods[@]}"; do
         local thr="-"
         [[ $m == fixed || $m == adaptive || $m == par2 || $m == par4 ]] &&
             thr="$(series_of "$s" "$m" throttled %.0f) of $(printf '%.0f' "$(med "$s" "$m" batches)"); slept $(series_of "$s" "$m" slept %.0f) s"
-        printf '%-34s %26s %10s %9.3f %10.3f %9.3f  %s\n' "${label[$m]}" "$(series_of "$s" "$m" secs %.2f)" \
+        printf '%-34s %6s %26s %10s %9.3f %10.3f %9.3f  %s\n' "${label[$m]}" "$(batch_of "$s" "$m")" "$(series_of "$s" "$m" secs %.2f)" \
             "$(thousands "$(med "$s" "$m" rate)")" "$(ratio "$s" "$m" update)" "$(ratio "$s" "$m" plpgsql)" \
             "$(ratio "$s" "$m" client)" "$thr"
     done
@@ -918,6 +988,7 @@ throughput_table() { # SET TABLE NROWS ROUNDS
     c=$(ratio "$s" fixed client)
     p=$(ratio "$s" par2 update)
     line "x A" "the rate over A's in the same round, median over the rounds"
+    line "batch" "each keyset method at its fastest size of section 0 (parallel slices: fixed's); adaptive: its own"
     line "throttled; sleep" "backfilld's batches held back (replication lag, ...) of its batches, and its total sleep, each round"
     line "target fixed >= 0.9x PL/pgSQL" "$(printf '%.3f' "$f")  $(met "$f" '>=' 0.9)"
     line "target fixed >= 1.0x client loop" "$(printf '%.3f' "$c")  $(met "$c" '>=' 1.0)"
@@ -925,11 +996,40 @@ throughput_table() { # SET TABLE NROWS ROUNDS
     line "parallel=4 / parallel=2" "$(printf '%.3f' "$(ratio "$s" par4 par2)")  (2 CPUs: where the speed-up stops)"
 }
 
+sweep_table() {
+    local m size
+    echo
+    echo "0. Batch size: rows/s of each keyset method at each size, one quiet run each on users ($(thousands "$rows") rows)"
+    printf '%-34s' "method"
+    for size in "${size_list[@]}"; do printf ' %10s' "$(thousands "$size")"; done
+    printf '  %s\n' "best"
+    for m in "${sweep_methods[@]}"; do
+        printf '%-34s' "${label[$m]}"
+        for size in "${size_list[@]}"; do printf ' %10s' "$(thousands "${R[sw/$m/$size/rate]}")"; done
+        printf '  %s\n' "$(thousands "${best[$m]}")"
+    done
+}
+
+standby_table() {
+    local m
+    echo
+    echo "1b. The same cluster with its standby stopped: users, $(thousands "$rows") rows; median of $rounds round(s) (informational)"
+    printf '%-34s %6s %26s %10s %9s %12s\n' "method" "batch" "seconds (each round)" "rows/s" "x UPDATE" "x section 1"
+    for m in "${ns_methods[@]}"; do
+        printf '%-34s %6s %26s %10s %9.3f %12.3f\n' "${label[$m]}" "$(batch_of ns "$m")" "$(series_of ns "$m" secs %.2f)" \
+            "$(thousands "$(med ns "$m" rate)")" "$(ratio ns "$m" update)" \
+            "$(calc 'a / b' a="$(med ns "$m" rate)" b="$(med q1 "$m" rate)")"
+    done
+    local p
+    p=$(ratio ns par2 update)
+    line "parallel=2 / UPDATE, no standby" "$(printf '%.3f' "$p")  (the target, 1.3, is judged on section 1: $(met "$p" '>=' 1.3) here)"
+}
+
 flat_table() { # SET NROWS
     local s=$1 k r
     echo
-    echo "2. Keyset stays flat: median batch duration, last 10% of the walk over the first 10% ($(thousands "$2") rows, batches of $batch)"
-    printf '%-34s %12s %12s %8s %8s %s\n' "method" "first 10% ms" "last 10% ms" "ratio" "batches" "target <= 1.2"
+    echo "2. Keyset stays flat: median batch duration, last 10% of the walk over the first 10% ($(thousands "$2") rows, section 1's first round)"
+    printf '%-34s %6s %12s %12s %8s %8s %s\n' "method" "batch" "first 10% ms" "last 10% ms" "ratio" "batches" "target <= 1.2"
     for m in fixed plpgsql client offset; do
         k=$s/$m/1
         [[ -n ${R[$k/events]:-} ]] || continue
@@ -941,7 +1041,7 @@ flat_table() { # SET NROWS
         else
             note=$(met "$r" '<=' 1.2)
         fi
-        printf '%-34s %12.2f %12.2f %8.3f %8d %s\n' "${label[$m]}" "$a" "$b" "$r" "$nb" "$note"
+        printf '%-34s %6s %12.2f %12.2f %8.3f %8d %s\n' "${label[$m]}" "${R[$k/batch]}" "$a" "$b" "$r" "$nb" "$note"
     done
 }
 
@@ -978,15 +1078,17 @@ cost_table() { # SET
     line "PostgreSQL" "$(sql -Atc 'SHOW server_version'), primary + 1 streaming standby (shared_buffers 256MB, fsync off, synchronous_commit off)"
     line "backfilld" "$("$bin" --version), one resident daemon (workers 2, throttle defaults)"
     line "table" "users, $(thousands "$rows") rows, ~110 bytes/row; reset (UPDATE state = NULL, VACUUM, CHECKPOINT) before every run"
-    line "batch" "$(thousands "$batch") keys for the PL/pgSQL, client and OFFSET loops and backfilld fixed/parallel=2/parallel=4"
+    line "batch" "quiet runs: each keyset method at its fastest of ${sizes// /, } (section 0); under pgbench and OFFSET: $(thousands "$batch")"
     line "command" "tests/bench/bench_suite.sh$( ((quick)) && echo ' --quick')$( ((big)) && echo ' --big')"
     rule
+    sweep_table
     throughput_table q1 users "$rows" "$rounds"
+    standby_table
     ((big)) && throughput_table qb users_big "$big_rows" 1
     flat_table q1 "$rows"
     ((big)) && flat_table qb "$big_rows"
     echo
-    echo "3. Application impact: pgbench -f (dual-write UPDATE of one random users row) -R $rate -c $clients -j 2, once per method"
+    echo "3. Application impact: pgbench -f (dual-write UPDATE of one random users row) -R $rate -c $clients -j 2, once per method, batches of $(thousands "$batch")"
     printf '%-34s %8s %9s %9s %11s %10s %10s %6s\n' "method" "TPS" "p50 ms" "p99 ms" "p99 x none" "backfill s" "lag peak" "load"
     for m in none "${methods[@]}"; do
         k=l1/$m/1

@@ -111,10 +111,11 @@ load_pid=""
 bf_pid=""
 poll_pid=""
 watch_pid=""
+wait_pid=""
 
 # At exit, before scripts/lib.sh stops the clusters and removes $work (pg_cleanup_on_exit).
 cleanup() {
-    stop_processes "$bf_pid" "$load_pid" "$poll_pid" "$watch_pid" "$daemon_pid"
+    stop_processes "$bf_pid" "$load_pid" "$poll_pid" "$watch_pid" "$wait_pid" "$daemon_pid"
 }
 pg_cleanup_on_exit cleanup
 
@@ -249,6 +250,25 @@ job_field() { # ID EXPR
     sql -Atc "SELECT $2 FROM backfill.jobs WHERE id = $1"
 }
 
+# wait_job ID: print the job's state once it has ended. One connection that LISTENs and reads the
+# state once a second or on a notification: a psql started every few hundred ms (a process, a
+# backend fork, a login) costs the application more than the backfill does on 2 CPUs, and it
+# would be counted against backfilld alone.
+wait_job() {
+    /usr/bin/python3 - "host=127.0.0.1 port=$port user=postgres dbname=bench" "$1" <<'PY'
+import select, sys
+import psycopg
+conn = psycopg.connect(sys.argv[1], autocommit=True, application_name='bench-wait')
+conn.execute('LISTEN backfill_jobs')
+while True:
+    state = conn.execute('SELECT state FROM backfill.jobs WHERE id = %s', (int(sys.argv[2]),)).fetchone()[0]
+    if state in ('done', 'failed', 'cancelled'):
+        print(state)
+        break
+    select.select([conn.fileno()], [], [], 1.0)
+PY
+}
+
 declare -A r_tps r_p50 r_p99 r_p99bf r_done r_secs r_note r_load r_wait
 conditions=()
 
@@ -281,6 +301,8 @@ run_condition() {
         id=$(sql -Atc "INSERT INTO backfill.jobs (name, target, set_sql, where_sql${cols:+, $cols})
                        VALUES ('$name', 'pgbench_accounts', 'abalance2 = abalance',
                                'abalance2 IS DISTINCT FROM abalance'${vals:+, $vals}) RETURNING id")
+        wait_job "$id" >"$work/wait_$name" &
+        wait_pid=$!
         ;;
     esac
     deadline=$(calc "$t_load + $duration + 600")
@@ -292,8 +314,10 @@ run_condition() {
             bf_pid=""
             ((rc == 0)) || die "$label: the backfill failed (psql exit $rc)"
         fi
-        if [[ -n $id && -z $t_bf1 ]]; then
-            state=$(job_field "$id" state)
+        if [[ -n $id && -z $t_bf1 ]] && ! kill -0 "$wait_pid" 2>/dev/null; then
+            wait "$wait_pid" || die "$label: waiting for job $id failed"
+            wait_pid=""
+            state=$(<"$work/wait_$name")
             case $state in
             done) read -r t_bf0 t_bf1 < <(sql -At -F ' ' -c "SELECT extract(epoch FROM created_at),
                                                  extract(epoch FROM finished_at) FROM backfill.jobs WHERE id = $id") ;;
