@@ -344,10 +344,9 @@ void job_continue(job_t *job)
 		/* A duty cycle's blocked_sessions does not hide a lag wait it follows. */
 		if (!job->wait_reason || strcmp(job->wait_reason, "blocked_sessions") == 0)
 			job->wait_reason = d.reason;
-		job->reason = job->wait_reason;
-	} else if (job->wait_reason) {
-		job->reason = job->wait_reason;
 	}
+	if (job->wait_reason)
+		job->reason = job->wait_reason;
 	if (d.hold) {
 		struct timeval tv = {(time_t)(s.sample_interval_ms / 1000),
 				     (suseconds_t)((s.sample_interval_ms % 1000) * 1000)};
