@@ -205,6 +205,18 @@ pg_start_standby() {
 # pg_cleanup first so that one slow to start is stopped too; WHAT names it if it does not start.
 _pg_ctl_start() {
 	PG_CLUSTERS+=("$1")
+	pg_restart "$1" "$2"
+}
+
+# pg_stop DATADIR WHAT: a fast shutdown of a cluster started here (waiting up to 60 s), which
+# stays registered for pg_cleanup; pg_restart starts it again. WHAT names it if it does not stop.
+pg_stop() {
+	as_pg "$PG_BINDIR/pg_ctl" -D "$1" -m fast -w -t 60 stop >/dev/null || die "the $2 did not stop"
+}
+
+# pg_restart DATADIR WHAT: start a cluster stopped by pg_stop (waiting up to 60 s), its log
+# appended to DATADIR.log.
+pg_restart() {
 	as_pg "$PG_BINDIR/pg_ctl" -D "$1" -l "$1.log" -w -t 60 start >/dev/null ||
 		{ tail -n 20 "$1.log" >&2; die "the $2 did not start"; }
 }

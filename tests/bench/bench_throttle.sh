@@ -250,23 +250,10 @@ job_field() { # ID EXPR
     sql -Atc "SELECT $2 FROM backfill.jobs WHERE id = $1"
 }
 
-# wait_job ID: print the job's state once it has ended. One connection that LISTENs and reads the
-# state once a second or on a notification: a psql started every few hundred ms (a process, a
-# backend fork, a login) costs the application more than the backfill does on 2 CPUs, and it
-# would be counted against backfilld alone.
+# wait_job ID: print the job's state once it has ended (tests/bench/bench.py: one LISTENing
+# connection, no polling load charged to backfilld).
 wait_job() {
-    /usr/bin/python3 - "host=127.0.0.1 port=$port user=postgres dbname=bench" "$1" <<'PY'
-import select, sys
-import psycopg
-conn = psycopg.connect(sys.argv[1], autocommit=True, application_name='bench-wait')
-conn.execute('LISTEN backfill_jobs')
-while True:
-    state = conn.execute('SELECT state FROM backfill.jobs WHERE id = %s', (int(sys.argv[2]),)).fetchone()[0]
-    if state in ('done', 'failed', 'cancelled'):
-        print(state)
-        break
-    select.select([conn.fileno()], [], [], 1.0)
-PY
+    /usr/bin/python3 "$root/tests/bench/bench.py" wait "host=127.0.0.1 port=$port user=postgres dbname=bench" "$1" 3600
 }
 
 declare -A r_tps r_p50 r_p99 r_p99bf r_done r_secs r_note r_load r_wait
