@@ -246,6 +246,12 @@ const char batch_open_sql[] =
 	"SELECT set_config('statement_timeout', $1, true), set_config('lock_timeout', $2, true),"
 	" set_config('backfilld.lsn0', pg_current_wal_insert_lsn()::text, true)";
 
+const char batch_waiters_sql[] =
+	"SELECT count(*), coalesce(max(floor(extract(epoch FROM clock_timestamp() - w.query_start) * 1000)),"
+	" 0)::bigint FROM (SELECT pid, query_start FROM pg_catalog.pg_stat_activity"
+	" WHERE wait_event_type = 'Lock' AND pid <> pg_backend_pid() OFFSET 0) AS w"
+	" WHERE pg_backend_pid() = ANY (pg_catalog.pg_blocking_pids(w.pid))";
+
 static const char *const function_names[] = {
 	[BATCH_FN_FIRST] = "backfilld_batch_first",	[BATCH_FN_NEXT] = "backfilld_batch_next",
 	[BATCH_FN_PEEK_FIRST] = "backfilld_peek_first", [BATCH_FN_PEEK_NEXT] = "backfilld_peek_next",

@@ -423,6 +423,14 @@ static void job_batch_done(job_t *job, const pgconn_result_t *res)
 
 	sampler_wal_position(pgconn_value(cp, 0, 7));
 	clock_gettime(CLOCK_MONOTONIC, &job->batch_ended);
+	if (job->waiters_at > 0) { /* who waited on it till the end, beside what the sampler saw */
+		const PGresult *w = res->results[job->waiters_at];
+		int64_t sessions = pgconn_int64(w, 0, 0, 0), waited_ms = pgconn_int64(w, 0, 1, 0);
+		if (sessions > job->batch_blocked)
+			job->batch_blocked = sessions;
+		if (waited_ms > job->batch_waited_ms)
+			job->batch_waited_ms = waited_ms;
+	}
 
 	if (last_key) {
 		keys_clear(&job->last_key);
@@ -506,6 +514,7 @@ void job_batch_failed(job_t *job, const pgconn_result_t *res)
 			    : i == 1			   ? "setting the timeouts"
 			    : i == 2			   ? "in the batch statement"
 			    : job->dry_run		   ? "measuring a dry run; nothing was changed"
+			    : i == job->waiters_at	   ? "asking who waits on the batch"
 			    : i == job->checkpoint_at	   ? "in the checkpoint"
 			    : i == job->checkpoint_at + 1  ? "at commit"
 			    : job->kind == JOB_KIND_VERIFY ? "recording mismatches"
@@ -583,7 +592,7 @@ void job_next_batch(job_t *job)
 	char lag_bytes[24], lag_ms[24], blocked[24];
 	const char *open_params[2], *checkpoint_params[12], *mismatch_params[1] = {job->id_text};
 	const char **batch_params;
-	pgconn_stmt_t stmts[6];
+	pgconn_stmt_t stmts[7];
 	char mismatches_sql[320];
 	int n = 0;
 	bool first = job->last_key.n == 0;
@@ -647,6 +656,7 @@ void job_next_batch(job_t *job)
 	checkpoint_params[10] = job->reason;
 	checkpoint_params[11] = job->slice > 0 ? job->slice_text : NULL;
 
+	job->waiters_at = 0;
 	stmts[n++] = (pgconn_stmt_t){"BEGIN", 0, NULL};
 	stmts[n++] = (pgconn_stmt_t){batch_open_sql, 2, open_params};
 	stmts[n++] = (pgconn_stmt_t){first ? job->sql_first : job->sql_next, first ? 1 : job->nkeys + 1,
@@ -658,8 +668,12 @@ void job_next_batch(job_t *job)
 					     0, NULL};
 		stmts[n++] = (pgconn_stmt_t){"ROLLBACK", 0, NULL};
 	} else {
-		if (job->kind == JOB_KIND_VERIFY)
+		if (job->kind == JOB_KIND_VERIFY) {
 			stmts[n++] = (pgconn_stmt_t){mismatches_sql, 1, mismatch_params};
+		} else { /* (a verify job's batch locks no rows) */
+			job->waiters_at = n;
+			stmts[n++] = (pgconn_stmt_t){batch_waiters_sql, 0, NULL};
+		}
 		job->checkpoint_at = n;
 		stmts[n++] = (pgconn_stmt_t){job->sql_checkpoint, 12, checkpoint_params};
 		stmts[n++] = (pgconn_stmt_t){"COMMIT", 0, NULL};

@@ -71,6 +71,7 @@ struct job {
 	char skip_sqlstate[8];
 	char skip_message[512];
 	int checkpoint_at; /* where the checkpoint stands in the batch pipeline */
+	int waiters_at;	   /* where batch_waiters_sql stands in it; 0: not there */
 	int check_fast_at; /* where the faster batch functions stand in the check pipeline */
 
 	/* A dry run, measured in memory: nothing of it is committed. */

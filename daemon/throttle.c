@@ -60,7 +60,7 @@ void throttle_after_batch(throttle_state_t *st, const throttle_settings_t *s, in
 
 bool throttle_after_contention(throttle_state_t *st, const throttle_settings_t *s, int64_t waited_ms)
 {
-	if (waited_ms <= 0 || waited_ms * 5 <= s->target_batch_ms) {
+	if (waited_ms <= 0) {
 		if (st->calm < THROTTLE_DUTY_BATCHES)
 			st->calm++;
 		if (st->ceiling > 0) {

@@ -114,6 +114,17 @@ char *batch_build_call(const batch_spec_t *spec, batch_function_t fn) __attribut
 extern const char batch_open_sql[];
 
 /*
+ * Who waits on the batch, asked at its end before the checkpoint: the number of other sessions
+ * waiting on a lock this backend holds, and the longest of their waits in ms (counted from the
+ * start of the statement that waits). Every session a batch's row locks blocked is still waiting
+ * then, as those locks go only at commit: this sees each one, however short the batch, where
+ * the sampler sees only those it catches between its samples. pg_blocking_pids() is called only
+ * for sessions waiting on a lock. Sessions of other roles need pg_read_all_stats (pg_monitor)
+ * to be seen. No parameters.
+ */
+extern const char batch_waiters_sql[];
+
+/*
  * The checkpoint, run as the daemon's own role right after the batch statement in the same
  * transaction. SCHEMA is the queue schema (unquoted). Parameters as <schema>._checkpoint:
  * id, owner, lease_ms, batch size, sleep before it, batch_size_now, sleep_ms_now, lag

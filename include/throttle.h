@@ -50,7 +50,9 @@ void throttle_after_batch(throttle_state_t *st, const throttle_settings_t *s, in
 
 /*
  * After throttle_after_batch: another session waited WAITED_MS on the committed batch's locks.
- * Past a fifth of target_batch_ms (contention) the next batch is halved (not below min) and
+ * Any wait of a millisecond or more is contention: every such wait is latency the application
+ * feels, and with the row locks of a batch growing with it, only a smaller batch makes fewer.
+ * The next batch is halved (not below min) and
  * that size becomes a ceiling, which then grows by a tenth per batch nobody waits on (slow,
  * additive-like recovery instead of x1.5 a step) and goes once it reaches max_batch_size. For
  * THROTTLE_DUTY_BATCHES batches after contention, throttle_decide sleeps at least as long as

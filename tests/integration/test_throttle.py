@@ -212,9 +212,8 @@ def test_batch_duration_settles_near_target_under_pgbench_load(cluster, standby,
 
 
 def test_sessions_waiting_on_a_batch_halve_the_next_one(cluster, standby, db, daemon_factory):
-    """Waits below max_blocked_ms do not cancel the batch, but past a fifth of target_batch_ms
-    they halve the next one (the rate alone would have grown it) and the job sleeps about as long
-    as the batch took before the next."""
+    """Waits below max_blocked_ms do not cancel the batch, but they halve the next one (the rate
+    alone would have grown it) and the job sleeps about as long as the batch took before the next."""
     make_users(db, 4000)
     # 3 ms a row: a batch of 400 takes about 1.2 s, under twice the 2 s target (no overshoot).
     job_id = submit(db, "users", set_sql="state = status || left(pg_sleep(0.003)::text, 0), n = n + 1",
