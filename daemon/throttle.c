@@ -25,6 +25,7 @@ void throttle_init(throttle_state_t *st, const throttle_settings_t *s)
 	st->ceiling = 0;
 	st->calm = THROTTLE_DUTY_BATCHES;
 	st->last_ms = 0;
+	st->idle = 0;
 }
 
 void throttle_after_batch(throttle_state_t *st, const throttle_settings_t *s, int64_t rows,
@@ -61,8 +62,8 @@ void throttle_after_batch(throttle_state_t *st, const throttle_settings_t *s, in
 bool throttle_after_contention(throttle_state_t *st, const throttle_settings_t *s, int64_t waited_ms)
 {
 	if (waited_ms <= 0) {
-		if (st->calm < THROTTLE_DUTY_BATCHES)
-			st->calm++;
+		if (st->calm < THROTTLE_DUTY_BATCHES && ++st->calm == THROTTLE_DUTY_BATCHES)
+			st->idle = 0; /* the duty cycle ends */
 		if (st->ceiling > 0) {
 			st->ceiling += st->ceiling / 10 > 0 ? st->ceiling / 10 : 1;
 			if (st->ceiling >= s->max_batch_size)
@@ -72,6 +73,8 @@ bool throttle_after_contention(throttle_state_t *st, const throttle_settings_t *
 	}
 	st->batch_size = clamp64(st->batch_size / 2, s->min_batch_size, s->max_batch_size);
 	st->ceiling = st->batch_size;
+	st->idle =
+		st->calm < THROTTLE_DUTY_BATCHES && st->idle >= 1 ? fmin(st->idle * 2, THROTTLE_MAX_IDLE) : 1;
 	st->calm = 0;
 	return true;
 }
@@ -129,9 +132,9 @@ throttle_decision_t throttle_decide(throttle_state_t *st, const throttle_setting
 		d.sleep_ms = clamp64((int64_t)(base + (extra > 0 ? extra : 0)), 0, s->max_sleep_ms);
 		d.reason = "replication_lag";
 	}
-	/* A duty cycle after contention: no longer busy than idle. */
-	if (st->calm < THROTTLE_DUTY_BATCHES && (int64_t)st->last_ms > d.sleep_ms) {
-		d.sleep_ms = clamp64((int64_t)st->last_ms, 0, s->max_sleep_ms);
+	/* A duty cycle after contention: idle `idle` times as long as busy. */
+	if (st->calm < THROTTLE_DUTY_BATCHES && (int64_t)(st->last_ms * st->idle) > d.sleep_ms) {
+		d.sleep_ms = clamp64((int64_t)(st->last_ms * st->idle), 0, s->max_sleep_ms);
 		d.reason = "blocked_sessions";
 	}
 	return d;

@@ -20,6 +20,7 @@ typedef struct throttle_state {
 	int64_t ceiling;    /* after contention: the most the size may grow to (0: no ceiling) */
 	int calm;	    /* batches since the last one that made another session wait */
 	double last_ms;	    /* the last committed batch's duration */
+	double idle;	    /* in a duty cycle: sleep this many times last_ms (0: none) */
 } throttle_state_t;
 
 /* What the sampler saw, for one decision. */
@@ -55,11 +56,15 @@ void throttle_after_batch(throttle_state_t *st, const throttle_settings_t *s, in
  * The next batch is halved (not below min) and
  * that size becomes a ceiling, which then grows by a tenth per batch nobody waits on (slow,
  * additive-like recovery instead of x1.5 a step) and goes once it reaches max_batch_size. For
- * THROTTLE_DUTY_BATCHES batches after contention, throttle_decide sleeps at least as long as
- * the last batch took (a duty cycle of at most one half), so the application gets its rows
- * between batches. Returns true on contention.
+ * THROTTLE_DUTY_BATCHES batches after contention, throttle_decide sleeps at least `idle` times
+ * as long as the last batch took, so the application gets its rows (and the CPU) between
+ * batches: idle is 1 at the first contention (busy at most half the time) and doubles with each
+ * contention that comes before the duty cycle has ended, up to THROTTLE_MAX_IDLE (busy a ninth
+ * of the time) - an application that keeps meeting the job's locks keeps it slow. Returns true
+ * on contention.
  */
 #define THROTTLE_DUTY_BATCHES 10
+#define THROTTLE_MAX_IDLE 8.0
 bool throttle_after_contention(throttle_state_t *st, const throttle_settings_t *s, int64_t waited_ms);
 
 /*
@@ -73,8 +78,8 @@ void throttle_after_retry(throttle_state_t *st, const throttle_settings_t *s, do
  * Before a batch. Lag pressure p is the worse of lag_bytes/max_replication_lag_bytes and
  * lag_ms/max_replication_lag_ms: below 0.5 no sleep is added; from 0.5 to 1 the sleep grows
  * linearly from sleep_ms to max_sleep_ms; at 1 the job holds until p is back under 0.5. After
- * contention the sleep is at least the last batch's duration (reason blocked_sessions), unless
- * lag asks for more.
+ * contention the sleep is at least idle times the last batch's duration (reason
+ * blocked_sessions), unless lag asks for more.
  */
 throttle_decision_t throttle_decide(throttle_state_t *st, const throttle_settings_t *s,
 				    const throttle_input_t *in);

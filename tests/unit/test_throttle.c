@@ -1109,10 +1109,41 @@ static void test_contention_duty_cycle(void **state)
 	assert_int_equal(throttle_decide(&st, &s, &calm).sleep_ms, 50);
 }
 
+/* Contention that comes back before the duty cycle has ended doubles the idle time, up to
+ * THROTTLE_MAX_IDLE times the batch; a full duty cycle without contention ends it. */
+static void test_contention_that_keeps_coming_back_lengthens_the_idle_time(void **state)
+{
+	throttle_settings_t s = contention_settings();
+	throttle_state_t st;
+	throttle_input_t calm = {.lag_known = true};
+	const int64_t want[] = {100, 200, 400, 800, 800};
+
+	(void)state;
+	throttle_init(&st, &s);
+	for (int i = 0; i < 5; i++) {
+		throttle_after_batch(&st, &s, st.batch_size, 100.0);
+		assert_true(throttle_after_contention(&st, &s, 5));
+		for (int calm_batches = 0; calm_batches < i; calm_batches++) { /* some calm ones between */
+			assert_int_equal(throttle_decide(&st, &s, &calm).sleep_ms, want[i]);
+			throttle_after_batch(&st, &s, st.batch_size, 100.0);
+			assert_false(throttle_after_contention(&st, &s, 0));
+		}
+		assert_int_equal(throttle_decide(&st, &s, &calm).sleep_ms, want[i]);
+	}
+	for (int i = 0; i < THROTTLE_DUTY_BATCHES; i++) {
+		throttle_after_batch(&st, &s, st.batch_size, 100.0);
+		assert_false(throttle_after_contention(&st, &s, 0));
+	}
+	assert_int_equal(throttle_decide(&st, &s, &calm).sleep_ms, 0); /* the cycle has ended */
+	assert_true(throttle_after_contention(&st, &s, 5));
+	assert_int_equal(throttle_decide(&st, &s, &calm).sleep_ms, 100); /* and starts at 1x again */
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_contention_halves_on_any_wait),
+		cmocka_unit_test(test_contention_that_keeps_coming_back_lengthens_the_idle_time),
 		cmocka_unit_test(test_contention_ceiling_grows_slowly),
 		cmocka_unit_test(test_contention_duty_cycle),
 		cmocka_unit_test(test_init_within_bounds),
