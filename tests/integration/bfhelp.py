@@ -2,6 +2,8 @@
 
 import time
 
+import psycopg
+
 import pgharness
 
 
@@ -86,3 +88,20 @@ def backend_pids(db, like="backfilld%"):
 
 def sleep(seconds):
     time.sleep(seconds)
+
+
+def app_waits_on_a_slow_first_batch(db, daemon, table="users"):
+    """Submit a job whose batches take 3 ms a row (400 rows: about 1.2 s, under twice its 2 s
+    target, so no overshoot; max_blocked_ms far away, so no cancel), start DAEMON, and once the
+    first batch has locked its first rows UPDATE row 2 as the application would: it waits for
+    that batch to commit. Returns (job id, seconds the UPDATE took)."""
+    job_id = submit(db, table, set_sql="state = status || left(pg_sleep(0.003)::text, 0), n = n + 1",
+                    where_sql=None, batch_size=400, target_batch_ms=2000, max_blocked_ms=60000,
+                    statement_timeout_ms=120000)
+    daemon.start()
+    wait_state(db, job_id, "running", daemon=daemon)
+    time.sleep(0.3)  # the first rows of the first batch are locked by now
+    with psycopg.connect(db.conninfo, autocommit=True) as app:
+        t0 = time.monotonic()
+        app.execute(f"UPDATE {table} SET status = 'app', state = 'app' WHERE id = 2")
+        return job_id, time.monotonic() - t0

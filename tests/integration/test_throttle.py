@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 import pgharness
-from bfhelp import differing, job, make_users, submit, wait_batches, wait_state
+from bfhelp import app_waits_on_a_slow_first_batch, differing, job, make_users, submit, wait_batches, wait_state
 
 STANDBY = "standby1"
 
@@ -215,16 +215,8 @@ def test_sessions_waiting_on_a_batch_halve_the_next_one(cluster, standby, db, da
     """Waits below max_blocked_ms do not cancel the batch, but they halve the next one (the rate
     alone would have grown it) and the job sleeps about as long as the batch took before the next."""
     make_users(db, 4000)
-    # 3 ms a row: a batch of 400 takes about 1.2 s, under twice the 2 s target (no overshoot).
-    job_id = submit(db, "users", set_sql="state = status || left(pg_sleep(0.003)::text, 0), n = n + 1",
-                    where_sql=None, batch_size=400, target_batch_ms=2000, max_blocked_ms=60000,
-                    statement_timeout_ms=120000)
     d = daemon_factory(throttle={"sample_interval_ms": 100})
-    d.start()
-    wait_state(db, job_id, "running", daemon=d)
-    time.sleep(0.3)  # the first rows of the first batch are locked by now
-    with psycopg.connect(db.conninfo, autocommit=True) as app:
-        app.execute("UPDATE users SET status = 'app', state = 'app' WHERE id = 2")  # waits for the batch
+    job_id, _ = app_waits_on_a_slow_first_batch(db, d)
     row = wait_state(db, job_id, "done", timeout=120, daemon=d)
     sizes = db.sql("SELECT batch, batch_size, throttled_reason, blocked_sessions FROM backfill.batches"
                    " WHERE job_id = %s ORDER BY batch", [job_id])

@@ -11,11 +11,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import psycopg
 import pytest
 
 import pgharness
-from bfhelp import differing, job, make_users, run_to_idle, submit, wait_state
+from bfhelp import app_waits_on_a_slow_first_batch, differing, job, make_users, run_to_idle, submit, wait_state
 from conftest import Database
 
 ROWS = 20000
@@ -441,18 +440,8 @@ def test_a_wait_the_sampler_never_sees_still_halves_the_next_batch(ldb, ldaemon_
     row locks blocked is still waiting then. So an application UPDATE that waited on the first
     batch halves the next one, and that batch's row says so."""
     make_users(ldb, 1000)
-    # 3 ms a row: a batch of 400 takes about 1.2 s; the rate alone would grow the next to 600.
-    job_id = submit(ldb, "users", set_sql="state = status || left(pg_sleep(0.003)::text, 0), n = n + 1",
-                    where_sql=None, batch_size=400, target_batch_ms=2000, max_blocked_ms=60000,
-                    statement_timeout_ms=120000)
     d = ldaemon_factory(throttle={"sample_interval_ms": 20000})
-    d.start()
-    wait_state(ldb, job_id, "running", daemon=d)
-    time.sleep(0.3)  # the first rows of the first batch are locked by now
-    with psycopg.connect(ldb.conninfo, autocommit=True) as app:
-        t0 = time.monotonic()
-        app.execute("UPDATE users SET status = 'app', state = 'app' WHERE id = 2")  # waits for the batch
-        waited = time.monotonic() - t0
+    job_id, waited = app_waits_on_a_slow_first_batch(ldb, d)  # the rate alone would grow it to ~600
     assert waited > 0.2, waited  # it really waited on the batch
     row = wait_state(ldb, job_id, "done", timeout=120, daemon=d)
     batches = ldb.sql("SELECT batch, batch_size, throttled_reason, blocked_sessions FROM backfill.batches"
