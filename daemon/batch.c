@@ -383,6 +383,25 @@ static void sbuf_signature(sbuf_t *b, const batch_spec_t *spec, batch_function_t
 	sbuf_printf(b, ")");
 }
 
+/* The end of a PL/pgSQL batch body: the batch's row (keys walked, rows changed, first and last
+ * key) as RETURN QUERY, each also kept in a backfilld.* setting for the checkpoint; a verify
+ * batch adds its mismatches. */
+static void sbuf_return_batch(sbuf_t *b, bool verify)
+{
+	sbuf_printf(b,
+		    "  RETURN QUERY SELECT __bf_n, __bf_rows,\n"
+		    "    CASE WHEN __bf_n > 0 THEN ARRAY[__bf_lo::text] END,\n"
+		    "    CASE WHEN __bf_n > 0 THEN ARRAY[__bf_hi::text] END,\n"
+		    "    set_config('backfilld.scanned', __bf_n::text, true),\n"
+		    "    set_config('backfilld.changed', __bf_rows::text, true),\n"
+		    "    set_config('backfilld.first_key',"
+		    " CASE WHEN __bf_n > 0 THEN ARRAY[__bf_lo::text]::text ELSE '' END, true),\n"
+		    "    set_config('backfilld.last_key',"
+		    " CASE WHEN __bf_n > 0 THEN ARRAY[__bf_hi::text]::text ELSE '' END, true)%s;\nEND;",
+		    verify ? ",\n    set_config('backfilld.mismatches', coalesce(__bf_found::text, ''), true)"
+			   : "");
+}
+
 /*
  * A statement job's batch, as a PL/pgSQL body: walk at most $N keys after the checkpoint, then
  * run the user's statement once with $1, $2 = the first and last of them, typed as the key.
@@ -412,17 +431,8 @@ static char *batch_build_statement_body(const batch_spec_t *spec, bool first)
 	sbuf_upper(&b, spec, first ? "        WHERE " : "          AND ");
 	sbuf_printf(&b, "        ORDER BY %s LIMIT $%d) AS __bf_keys;\n", key, first ? 1 : 2);
 	sbuf_printf(&b, "  IF __bf_n > 0 THEN\n    EXECUTE __bf_sql USING __bf_lo, __bf_hi;\n"
-			"    GET DIAGNOSTICS __bf_rows = ROW_COUNT;\n  END IF;\n"
-			"  RETURN QUERY SELECT __bf_n, __bf_rows,\n"
-			"    CASE WHEN __bf_n > 0 THEN ARRAY[__bf_lo::text] END,\n"
-			"    CASE WHEN __bf_n > 0 THEN ARRAY[__bf_hi::text] END,\n"
-			"    set_config('backfilld.scanned', __bf_n::text, true),\n"
-			"    set_config('backfilld.changed', __bf_rows::text, true),\n"
-			"    set_config('backfilld.first_key',"
-			" CASE WHEN __bf_n > 0 THEN ARRAY[__bf_lo::text]::text ELSE '' END, true),\n"
-			"    set_config('backfilld.last_key',"
-			" CASE WHEN __bf_n > 0 THEN ARRAY[__bf_hi::text]::text ELSE '' END, true);\n"
-			"END;");
+			"    GET DIAGNOSTICS __bf_rows = ROW_COUNT;\n  END IF;\n");
+	sbuf_return_batch(&b, false);
 	free(schema);
 	free(table);
 	free(key);
@@ -520,19 +530,8 @@ char *batch_build_fast_function(const batch_spec_t *spec, batch_function_t fn)
 			sbuf_printf(&body, "      AND (\n%s\n      )", spec->where_sql);
 		sbuf_printf(&body, ";\n    GET DIAGNOSTICS __bf_rows = ROW_COUNT;\n");
 	}
-	sbuf_printf(&body,
-		    "  END IF;\n"
-		    "  RETURN QUERY SELECT __bf_n, __bf_rows,\n"
-		    "    CASE WHEN __bf_n > 0 THEN ARRAY[__bf_lo::text] END,\n"
-		    "    CASE WHEN __bf_n > 0 THEN ARRAY[__bf_hi::text] END,\n"
-		    "    set_config('backfilld.scanned', __bf_n::text, true),\n"
-		    "    set_config('backfilld.changed', __bf_rows::text, true),\n"
-		    "    set_config('backfilld.first_key',"
-		    " CASE WHEN __bf_n > 0 THEN ARRAY[__bf_lo::text]::text ELSE '' END, true),\n"
-		    "    set_config('backfilld.last_key',"
-		    " CASE WHEN __bf_n > 0 THEN ARRAY[__bf_hi::text]::text ELSE '' END, true)%s;\nEND;",
-		    verify ? ",\n    set_config('backfilld.mismatches', coalesce(__bf_found::text, ''), true)"
-			   : "");
+	sbuf_printf(&body, "  END IF;\n");
+	sbuf_return_batch(&body, verify);
 	for (int i = 0;; i++) {
 		tag.len = 0;
 		sbuf_printf(&tag, "$bf%d$", i);
