@@ -167,7 +167,8 @@ pg_workdir backfilld-bench 711
 work=$PG_WORK
 
 # The Python side (sampler, client loop, submit-and-wait, /proc, pgbench logs, plot series).
-bpy() { "$py" "$root/tests/bench/bench.py" "$@"; }
+bench_py=$root/tests/bench/bench.py
+bpy() { "$py" "$bench_py" "$@"; }
 
 # -- setup: packages, build, primary + standby --------------------------------------------------
 
@@ -204,7 +205,7 @@ wait_caught_up
 
 # The lag/WAL sampler runs for the whole suite; each run reads its own window.
 # (Not through bpy: $! must be the Python process itself.)
-"$py" "$root/tests/bench/bench.py" sample "$conninfo" "$work/samples.txt" 2>"$work/sampler.err" &
+"$py" "$bench_py" sample "$conninfo" "$work/samples.txt" 2>"$work/sampler.err" &
 sampler_pid=$!
 
 # -- tables and the competitors' procedures -----------------------------------------------------

@@ -135,6 +135,7 @@ say "building $bin"
 
 say "starting a throwaway primary and a streaming standby in $work"
 port=$(free_port)
+conninfo="host=127.0.0.1 port=$port user=postgres dbname=bench"
 # fsync and synchronous_commit off as in bench_core.sh: what is measured is contention with the
 # backfill (row locks, CPU, I/O, replay), not the disk's flush latency. Checkpoints only happen
 # where the script asks (between conditions).
@@ -159,7 +160,7 @@ wait_caught_up
 
 # Only what it needs to connect: every throttle setting is the default.
 cat >"$work/backfilld.conf" <<EOF
-database: { conninfo = "host=127.0.0.1 port=$port user=postgres dbname=bench"; };
+database: { conninfo = "$conninfo"; };
 daemon: { name = "bench"; };
 http: { listen = ""; };
 log: { level = "info"; };
@@ -253,7 +254,7 @@ job_field() { # ID EXPR
 # wait_job ID: print the job's state once it has ended (tests/bench/bench.py: one LISTENing
 # connection, no polling load charged to backfilld).
 wait_job() {
-    /usr/bin/python3 "$root/tests/bench/bench.py" wait "host=127.0.0.1 port=$port user=postgres dbname=bench" "$1" 3600
+    /usr/bin/python3 "$root/tests/bench/bench.py" wait "$conninfo" "$1" 3600
 }
 
 declare -A r_tps r_p50 r_p99 r_p99bf r_done r_secs r_note r_load r_wait
@@ -432,7 +433,7 @@ resume_at=$(calc 'a - f' a="$t_resume" f="$p_first")
 mkdir -p "$(dirname "$png")"
 plotted=""
 if [[ -x $root/scripts/plot-job ]] &&
-    "$root/scripts/plot-job" --conninfo "host=127.0.0.1 port=$port user=postgres dbname=bench" \
+    "$root/scripts/plot-job" --conninfo "$conninfo" \
         "$pid" "$png" >"$work/plot.log" 2>&1; then
     plotted="scripts/plot-job"
 else
