@@ -246,11 +246,17 @@ const char batch_open_sql[] =
 	"SELECT set_config('statement_timeout', $1, true), set_config('lock_timeout', $2, true),"
 	" set_config('backfilld.lsn0', pg_current_wal_insert_lsn()::text, true)";
 
-const char batch_waiters_sql[] =
-	"SELECT count(*), coalesce(max(floor(extract(epoch FROM clock_timestamp() - w.query_start) * 1000)),"
-	" 0)::bigint FROM (SELECT pid, query_start FROM pg_catalog.pg_stat_activity"
-	" WHERE wait_event_type = 'Lock' AND pid <> pg_backend_pid() OFFSET 0) AS w"
-	" WHERE pg_backend_pid() = ANY (pg_catalog.pg_blocking_pids(w.pid))";
+const char batch_waiters_sql[] = "SELECT * FROM pg_temp.backfilld_waiters()";
+
+const char batch_waiters_function_sql[] =
+	"CREATE OR REPLACE FUNCTION pg_temp.backfilld_waiters()\n"
+	"RETURNS TABLE(__bf_waiters bigint, __bf_longest_ms bigint)\n"
+	"LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp\nAS $bf$\nBEGIN\n"
+	"  RETURN QUERY SELECT count(*), coalesce(max(floor(extract(epoch FROM clock_timestamp() -"
+	" w.query_start) * 1000)), 0)::bigint\n"
+	"  FROM (SELECT a.pid, a.query_start FROM pg_catalog.pg_stat_activity a\n"
+	"        WHERE a.wait_event_type = 'Lock' AND a.pid <> pg_catalog.pg_backend_pid() OFFSET 0) AS w\n"
+	"  WHERE pg_catalog.pg_backend_pid() = ANY (pg_catalog.pg_blocking_pids(w.pid));\nEND;\n$bf$";
 
 static const char *const function_names[] = {
 	[BATCH_FN_FIRST] = "backfilld_batch_first",	[BATCH_FN_NEXT] = "backfilld_batch_next",

@@ -194,7 +194,7 @@ void job_check(job_t *job)
 {
 	char oid[16], bounds_sql[160];
 	const char *check_params[2], *bounds_params[2] = {job->id_text, daemon_name()};
-	pgconn_stmt_t stmts[15];
+	pgconn_stmt_t stmts[16];
 	char *sql[13] = {NULL};
 	int n = 9;
 	batch_spec_t spec = job_spec(job);
@@ -230,6 +230,7 @@ void job_check(job_t *job)
 	for (int i = 11; i < 13; i++)
 		if (sql[i])
 			stmts[n++] = (pgconn_stmt_t){sql[i], 0, NULL};
+	stmts[n++] = (pgconn_stmt_t){batch_waiters_function_sql, 0, NULL};
 	job->state = JOB_CHECKING;
 	if (!pgconn_send(job->conn, stmts, n, job_check_cb, job))
 		job->state = JOB_CONNECTING;
