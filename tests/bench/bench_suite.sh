@@ -195,6 +195,7 @@ sb_port=$(free_port)
 # replay_lsn reaches the primary with every write/flush reply, and at least once a second (not 10 s).
 pg_start_standby "$work/standby" "$port" "$sb_port" "cluster_name = 'standby1'" \
     'wal_receiver_status_interval = 1s'
+sb_pm_pid=$(head -n 1 "$work/standby/postmaster.pid")
 
 standby_up=1 # 0 while section 1b runs with the standby stopped
 wait_caught_up() {
@@ -374,7 +375,7 @@ stop_load() {
 # run SET TABLE NROWS METHOD ROUND LOADED
 run() {
     local set=$1 t=$2 n=$3 m=$4 round=$5 loaded=$6
-    local key=$set/$m/$round out t0 t1 secs w0 w1 c0 c1 id state cols vals ev=$work/ev_${set}_${m}_$round
+    local key=$set/$m/$round out t0 t1 secs w0 w1 c0 c1 s0 s1 id state cols vals ev=$work/ev_${set}_${m}_$round
     local b
     b=$(batch_of "$set" "$m")
     R[$key/batch]=$b
@@ -385,6 +386,7 @@ run() {
         sleep "$warmup"
     fi
     read -r -a c0 < <(bpy procstat "$pm_pid" "$daemon_pid")
+    ((loaded || !standby_up)) || read -r -a s0 < <(bpy procstat "$sb_pm_pid")
     w0=$(insert_lsn)
     t0=$EPOCHREALTIME
     case $m in
@@ -467,6 +469,12 @@ run() {
         sleep 2
         stop_load "${set}_${m}_$round"
         read -r "R[$key/tps]" "R[$key/p50]" "R[$key/p99]" "R[$key/ntx]" < <(bpy latstats "$work/lat_${set}_${m}_$round" "$t0" "$t1" 1)
+    elif ((standby_up)); then
+        # What the standby spent on this run's WAL (its startup process replaying, its WAL
+        # receiver writing), up to when it has caught up: on this machine it shares the CPUs.
+        wait_caught_up
+        read -r -a s1 < <(bpy procstat "$sb_pm_pid")
+        R[$key/sb_cpu]=$(calc '(b - a) / hz' a="${s0[0]}" b="${s1[0]}" hz="$tck")
     fi
     [[ $m == none ]] || check_table "$t" "$key"
     R[$key/t0]=$t0
@@ -477,6 +485,7 @@ run() {
     R[$key/wal]=$((w1 - w0))
     R[$key/srv_cpu]=$(calc '(b - a) / hz' a="${c0[0]}" b="${c1[0]}" hz="$tck")
     R[$key/dmn_cpu]=$(calc '(b - a) / hz' a="${c0[1]}" b="${c1[1]}" hz="$tck")
+    [[ -z ${R[$key/sb_cpu]:-} ]] || R[$key/all_cpu]=$(calc 'a + b' a="${R[$key/srv_cpu]}" b="${R[$key/sb_cpu]}")
     R[$key/load]=$(cut -d' ' -f1 /proc/loadavg)
     read -r "R[$key/lag_peak]" "R[$key/lag_mean]" _ < <(bpy lag "$work/samples.txt" "$t0" "$t1")
     R[$key/events]=$ev
@@ -536,6 +545,7 @@ for ((r = 1; r <= rounds; r++)); do
     done
 done
 pg_restart "$work/standby" standby
+sb_pm_pid=$(head -n 1 "$work/standby/postmaster.pid")
 standby_up=1
 wait_caught_up
 
@@ -801,6 +811,16 @@ throughput_table() { # SET TABLE NROWS ROUNDS
     line "target fixed >= 1.0x client loop" "$(printf '%.3f' "$c")  $(met "$c" '>=' 1.0)"
     line "target parallel=2 >= 1.3x UPDATE" "$(printf '%.3f' "$p")  $(met "$p" '>=' 1.3)"
     line "parallel=4 / parallel=2" "$(printf '%.3f' "$(ratio "$s" par4 par2)")  (2 CPUs: where the speed-up stops)"
+    # The CPU budget: the primary's and the standby's CPU seconds (the standby replays on the same
+    # CPUs here). 1.3x the UPDATE's speed at parallel=2's CPU per row needs this share of the CPUs.
+    local ncpu u_busy p_busy per_row
+    ncpu=$(nproc)
+    u_busy=$(calc '100 * c / (t * n)' c="$(med "$s" update all_cpu)" t="$(med "$s" update secs)" n="$ncpu")
+    p_busy=$(calc '100 * c / (t * n)' c="$(med "$s" par2 all_cpu)" t="$(med "$s" par2 secs)" n="$ncpu")
+    per_row=$(ratio "$s" par2 update all_cpu)
+    line "CPU busy: one UPDATE" "$(fmt %.0f "$u_busy")% of $ncpu CPUs (primary $(fmt %.1f "$(med "$s" update srv_cpu)") s + standby $(fmt %.1f "$(med "$s" update sb_cpu)") s of CPU in $(fmt %.2f "$(med "$s" update secs)") s)"
+    line "CPU busy: parallel=2" "$(fmt %.0f "$p_busy")% (primary $(fmt %.1f "$(med "$s" par2 srv_cpu)") s + standby $(fmt %.1f "$(med "$s" par2 sb_cpu)") s in $(fmt %.2f "$(med "$s" par2 secs)") s): $(fmt %.2f "$per_row")x the UPDATE's CPU for the same rows"
+    line "what 1.3x UPDATE would need" "$(fmt %.0f "$(calc '1.3 * u * r' u="$u_busy" r="$per_row")")% of the CPUs at parallel=2's CPU per row ($(fmt %.0f "$(calc '1.3 * u' u="$u_busy")")% even at the UPDATE's)"
 }
 
 sweep_table() {
@@ -856,7 +876,7 @@ cost_table() { # SET
     local s=$1 m mr
     echo
     echo "4/5. Standby lag and cost per 1,000,000 rows (no application load; medians over the rounds)"
-    printf '%-34s %10s %10s %11s %11s %9s %12s %8s\n' "method" "lag peak" "lag mean" "WAL MiB/M" "x UPDATE" "srv CPU" "client CPU" "share"
+    printf '%-34s %10s %10s %11s %11s %9s %9s %12s %8s\n' "method" "lag peak" "lag mean" "WAL MiB/M" "x UPDATE" "srv CPU" "sby CPU" "client CPU" "share"
     for m in "${methods[@]}"; do
         mr=$(calc 'r / 1e6' r="$(med "$s" "$m" rows)")
         local ccpu="-" share="-"
@@ -867,11 +887,12 @@ cost_table() { # SET
             ccpu=$(calc 'c / m' c="$(med "$s" "$m" dmn_cpu)" m="$mr")
             share=$(calc '100 * c / s' c="$(med "$s" "$m" dmn_cpu)" s="$(med "$s" "$m" srv_cpu)")
         fi
-        printf '%-34s %7s MiB %6s MiB %11.1f %11.3f %8.1fs %11ss %7s%%\n' "${label[$m]}" \
+        printf '%-34s %7s MiB %6s MiB %11.1f %11.3f %8.1fs %8ss %11ss %7s%%\n' "${label[$m]}" \
             "$(mib "$(med "$s" "$m" lag_peak)")" "$(mib "$(med "$s" "$m" lag_mean)")" \
             "$(calc 'w / 1048576 / m' w="$(med "$s" "$m" wal)" m="$mr")" \
             "$(ratio "$s" "$m" update wal)" \
             "$(calc 'c / m' c="$(med "$s" "$m" srv_cpu)" m="$mr")" \
+            "$(fmt %.1f "$(calc 'c / m' c="$(med "$s" "$m" sb_cpu)" m="$mr")")" \
             "$(fmt %.2f "$ccpu")" "$(fmt %.2f "$share")"
     done
 }
@@ -909,6 +930,7 @@ cost_table() { # SET
     ((big)) && cost_table qb
     line "lag" "pg_current_wal_lsn() - replay_lsn of the standby, sampled every 100 ms while the method ran"
     line "srv CPU" "CPU seconds of the primary's postmaster and all its children (reaped ones too) per 1M rows"
+    line "sby CPU" "the same for the standby (replay, WAL receiver), counted until it has caught up: it runs on the same CPUs"
     line "client CPU / share" "the Python process's or backfilld's own CPU seconds per 1M rows, and as a % of the server's"
     line "target daemon CPU < 2% of server" "fixed $(printf '%.2f%%' "$(calc '100 * c / s' c="$(med q1 fixed dmn_cpu)" s="$(med q1 fixed srv_cpu)")") $(met "$(calc '100 * c / s' c="$(med q1 fixed dmn_cpu)" s="$(med q1 fixed srv_cpu)")" '<' 2), adaptive $(printf '%.2f%%' "$(calc '100 * c / s' c="$(med q1 adaptive dmn_cpu)" s="$(med q1 adaptive srv_cpu)")") $(met "$(calc '100 * c / s' c="$(med q1 adaptive dmn_cpu)" s="$(med q1 adaptive srv_cpu)")" '<' 2)"
     line "peak RSS (VmHWM)" "$(kib2mib "$hwm_runs") MiB after every run above; $(kib2mib "$hwm_small") MiB after $small_jobs jobs queued at once (done in $(printf '%.1f' "$t_small") s, max VmRSS $(kib2mib "$rss_max_queued") MiB); $(kib2mib "$hwm_queue") MiB for the daemon of section 6 ($(thousands "$queued_jobs") queued)"
