@@ -496,6 +496,7 @@ static void job_batch_done(job_t *job, const pgconn_result_t *res)
 		}
 	} else {
 		throttle_after_batch(&job->throttle, &s, scanned, duration_ms);
+		throttle_after_waiters(&job->throttle, &s, scanned, duration_ms, job->batch_blocked);
 		/* (A sibling slice may have found contention already while this batch ran.) */
 		job->contended =
 			throttle_after_contention(&job->throttle, &s, job->batch_waited_ms) || job->contended;
@@ -535,6 +536,9 @@ void job_batch_failed(job_t *job, const pgconn_result_t *res)
 		return;
 	if (job->cancel_reason && !job->stopping && strcmp(res->sqlstate, "57014") == 0) {
 		job_settings(job, &s);
+		/* The sessions it blocked waited all the same: they count against its size. */
+		throttle_after_waiters(&job->throttle, &s, job->throttle.batch_size,
+				       job_elapsed_s(&job->batch_started) * 1000.0, job->batch_blocked);
 		throttle_after_retry(&job->throttle, &s, (double)(random() % 1000) / 1000.0);
 		job->reason = job->cancel_reason;
 		job_note_reason(job, job->reason, "a batch blocked other sessions too long");

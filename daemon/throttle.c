@@ -26,6 +26,10 @@ void throttle_init(throttle_state_t *st, const throttle_settings_t *s)
 	st->calm = THROTTLE_DUTY_BATCHES;
 	st->last_ms = 0;
 	st->idle = 0;
+	st->waits = 0;
+	st->exposure = 0;
+	st->cap = 0;
+	st->last_sleep = 0;
 }
 
 void throttle_after_batch(throttle_state_t *st, const throttle_settings_t *s, int64_t rows,
@@ -59,13 +63,39 @@ void throttle_after_batch(throttle_state_t *st, const throttle_settings_t *s, in
 	st->sleep_ms = clamp64(s->sleep_ms, 0, s->max_sleep_ms);
 }
 
+void throttle_after_waiters(throttle_state_t *st, const throttle_settings_t *s, int64_t rows,
+			    double duration_ms, int64_t waiters)
+{
+	double held = rows > 0 && duration_ms > 0 ? (double)rows * duration_ms : 0;
+	double fade = exp(-((duration_ms > 0 ? duration_ms : 0) + (double)st->last_sleep) /
+			  THROTTLE_WAITS_MEMORY_MS);
+	double cap;
+
+	st->waits = st->waits * fade + (double)(waiters > 0 ? waiters : 0);
+	st->exposure = st->exposure * fade + held;
+	if (!(st->waits > 1e-3) || !(st->exposure > 0)) { /* nobody waits (any more) */
+		st->cap = 0;
+		return;
+	}
+	/* k = waits / exposure per row-ms; k x size per ms at most THROTTLE_WAITS_PER_S / 1000. */
+	cap = THROTTLE_WAITS_PER_S / 1000.0 * st->exposure / st->waits;
+	st->cap = cap >= (double)s->max_batch_size   ? 0
+		  : cap <= (double)s->min_batch_size ? s->min_batch_size
+						     : (int64_t)cap;
+}
+
 bool throttle_after_contention(throttle_state_t *st, const throttle_settings_t *s, int64_t waited_ms)
 {
 	if (waited_ms <= 0) {
 		if (st->calm < THROTTLE_DUTY_BATCHES && ++st->calm == THROTTLE_DUTY_BATCHES)
 			st->idle = 0; /* the duty cycle ends */
 		if (st->ceiling > 0) {
-			st->ceiling += st->ceiling / 10 > 0 ? st->ceiling / 10 : 1;
+			int64_t grown = st->ceiling + (st->ceiling / 10 > 0 ? st->ceiling / 10 : 1);
+			/* Not past the size the waits seen so far allow (the ceiling stays where it is
+			 * until the evidence lets it grow: a first wait says little). */
+			if (st->cap > 0 && grown > st->cap)
+				grown = st->cap > st->ceiling ? st->cap : st->ceiling;
+			st->ceiling = grown;
 			if (st->ceiling >= s->max_batch_size)
 				st->ceiling = 0;
 		}
@@ -137,5 +167,6 @@ throttle_decision_t throttle_decide(throttle_state_t *st, const throttle_setting
 		d.sleep_ms = clamp64((int64_t)(st->last_ms * st->idle), 0, s->max_sleep_ms);
 		d.reason = "blocked_sessions";
 	}
+	st->last_sleep = d.sleep_ms;
 	return d;
 }

@@ -21,6 +21,10 @@ typedef struct throttle_state {
 	int calm;	    /* batches since the last one that made another session wait */
 	double last_ms;	    /* the last committed batch's duration */
 	double idle;	    /* in a duty cycle: sleep this many times last_ms (0: none) */
+	double waits;	    /* sessions that waited on the job's batches, fading (throttle_after_waiters) */
+	double exposure;    /* rows x ms the batches held their row locks, fading the same way */
+	int64_t cap;	    /* the size that keeps those waits under THROTTLE_WAITS_PER_S (0: none) */
+	int64_t last_sleep; /* the sleep throttle_decide chose before the batch */
 } throttle_state_t;
 
 /* What the sampler saw, for one decision. */
@@ -55,7 +59,8 @@ void throttle_after_batch(throttle_state_t *st, const throttle_settings_t *s, in
  * feels, and with the row locks of a batch growing with it, only a smaller batch makes fewer.
  * The next batch is halved (not below min) and
  * that size becomes a ceiling, which then grows by a tenth per batch nobody waits on (slow,
- * additive-like recovery instead of x1.5 a step) and goes once it reaches max_batch_size. For
+ * additive-like recovery instead of x1.5 a step), not past throttle_after_waiters' cap, and
+ * goes once it reaches max_batch_size. For
  * THROTTLE_DUTY_BATCHES batches after contention, throttle_decide sleeps at least `idle` times
  * as long as the last batch took, so the application gets its rows (and the CPU) between
  * batches: idle is 1 at the first contention (busy at most half the time) and doubles with each
@@ -66,6 +71,25 @@ void throttle_after_batch(throttle_state_t *st, const throttle_settings_t *s, in
 #define THROTTLE_DUTY_BATCHES 10
 #define THROTTLE_MAX_IDLE 8.0
 bool throttle_after_contention(throttle_state_t *st, const throttle_settings_t *s, int64_t waited_ms);
+
+/*
+ * After throttle_after_batch: a committed batch walked ROWS keys in DURATION_MS, and WAITERS
+ * other sessions waited on its locks. How often an application meets the job's row locks grows
+ * with the rows a batch holds and how long it holds them: waiters per batch ~ k x rows x
+ * duration, for a k that depends on the application's rate and the rows it touches, not on the
+ * batch. k is estimated from everything seen (waiters over rows x ms), with a memory that fades
+ * over THROTTLE_WAITS_MEMORY_MS of the job's time, so an application that goes away stops
+ * counting. Running batch after batch, the job then makes k x rows sessions wait per ms: `cap`
+ * is the size that keeps that under THROTTLE_WAITS_PER_S (one session every 5 s), a rate no
+ * percentile an application watches should feel. The cap only brakes: after contention the
+ * ceiling (throttle_after_contention) grows back no further than it, and never shrinks for it
+ * (a first wait is little evidence; halving on contention does the shrinking). Before anybody
+ * waited there is no cap; as batches go by without waiters it rises by itself.
+ */
+#define THROTTLE_WAITS_PER_S 0.2
+#define THROTTLE_WAITS_MEMORY_MS 60000.0
+void throttle_after_waiters(throttle_state_t *st, const throttle_settings_t *s, int64_t rows,
+			    double duration_ms, int64_t waiters);
 
 /*
  * A batch was rolled back for a reason worth retrying (lock timeout, deadlock, statement

@@ -1,16 +1,19 @@
 """Adaptive throttling beyond test_throttle.py, against real servers: a job held while autovacuum
 works on its target (pause_during_autovacuum), logical replication slots on a throwaway
 wal_level = logical cluster (byte lag behind a slot nobody consumes, a slot whose WAL is no longer
-reserved, and logical_slots = false), and a lag-pressure sleep that outlives the lag.
+reserved, and logical_slots = false), a lag-pressure sleep that outlives the lag, and an application that keeps meeting a job's locks.
 
 Three of these found daemon bugs (autovacuum matched without the database, a lag sleep not
 decided again when the lag clears, a lost slot's hold logged with the wrong detail); fixed."""
 
+import random
 import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
 
+import psycopg
 import pytest
 
 import pgharness
@@ -450,3 +453,55 @@ def test_a_wait_the_sampler_never_sees_still_halves_the_next_batch(ldb, ldaemon_
     assert batches[1][1] < 400 and batches[1][2] == "blocked_sessions" and batches[1][3] == 1, batches
     assert "cancelling it" not in d.log_text()
     assert row["rows_scanned"] == 1000 and ldb.one("SELECT count(*) FROM users WHERE n <> 1") == 0, row
+
+
+# -- an application that keeps meeting the job's locks -------------------------------------------
+
+def test_an_application_that_keeps_meeting_the_locks_is_made_to_wait_rarely_without_idling(ldb, ldaemon_factory):
+    """An application updates random rows of the table all along, ~200 a second over 20,000 rows,
+    and the job's rows are slow (0.5 ms each), so a batch of the size the target asks for (500 ms,
+    ~1,000 rows) would make a couple of sessions wait every time. The job keeps how often it makes
+    a session wait near one every 5 s (THROTTLE_WAITS_PER_S) by the size of its batches (here ~40
+    rows), not by idling: over the second half of its batches sessions waited less than once a
+    second of the job's time, and it slept less than it ran. (Halving on each wait and idling
+    after it alone, the ceiling growing back by a tenth a calm batch, settled where a batch in
+    several met a session, and slept more than it ran.)"""
+    rows = 20000
+    make_users(ldb, rows)
+    d = ldaemon_factory()
+    stop = threading.Event()
+    app_errors = []
+
+    def application():
+        try:
+            with psycopg.connect(ldb.conninfo, autocommit=True) as conn:
+                due = time.monotonic()
+                while not stop.is_set():
+                    conn.execute("UPDATE users SET n = n + 1 WHERE id = %s", [random.randint(1, rows)])
+                    due += 0.005
+                    time.sleep(max(0.0, due - time.monotonic()))
+        except Exception as e:  # noqa: BLE001 - reported by the test
+            app_errors.append(e)
+
+    app = threading.Thread(target=application)
+    app.start()
+    try:
+        time.sleep(0.5)
+        job_id = submit(ldb, "users", set_sql="state = status || left(pg_sleep(0.0005)::text, 0)")
+        d.start()
+        row = wait_state(ldb, job_id, "done", timeout=300, daemon=d)
+    finally:
+        stop.set()
+        app.join()
+    assert not app_errors, app_errors
+    assert row["rows_scanned"] == rows and differing(ldb) == 0, row
+    batches = ldb.sql("SELECT duration_ms, coalesce(sleep_ms, 0), coalesce(blocked_sessions, 0)"
+                      " FROM backfill.batches WHERE job_id = %s ORDER BY batch", [job_id])
+    assert sum(b[2] for b in batches) > 0, "the application never met the job: the test shows nothing"
+    late = batches[len(batches) // 2:]
+    ran = sum(b[0] for b in late) / 1000
+    slept = sum(b[1] for b in late) / 1000
+    waits = sum(b[2] for b in late)
+    assert len(late) >= 50, batches
+    assert waits / (ran + slept) < 1.0, (waits, ran, slept, len(late))
+    assert slept < ran, (waits, ran, slept, len(late))

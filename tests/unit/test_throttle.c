@@ -1072,6 +1072,101 @@ static void test_contention_ceiling_grows_slowly(void **state)
 	assert_int_equal(st.ceiling, 0);
 }
 
+/*
+ * An application that meets the job's row locks at random: it makes K sessions wait per row
+ * a batch holds and per ms it holds them (waiters come out of the running expectation, so the
+ * trace is the same on every run). One batch of the job as the daemon runs it: decide (the
+ * sleep), the batch on SV, then the controller's three steps. Adds the batch's time (sleep and
+ * duration, ms), its waiters and its rows to the app's totals.
+ */
+typedef struct app {
+	double k;	 /* waiters per row x ms */
+	double expected; /* waiters owed by the batches so far, not yet come out */
+	double time, waits, rows;
+} app_t;
+
+static void run_contended_batch(throttle_state_t *st, const throttle_settings_t *s, server_t *sv, app_t *app)
+{
+	throttle_input_t calm = {.lag_known = true};
+	throttle_decision_t d = throttle_decide(st, s, &calm);
+	int64_t rows = st->batch_size, waiters = 0;
+	double ms = server_batch_ms(sv, rows);
+
+	app->expected += app->k * (double)rows * ms;
+	while (app->expected >= 1) {
+		waiters++;
+		app->expected -= 1;
+	}
+	throttle_after_batch(st, s, rows, ms);
+	throttle_after_waiters(st, s, rows, ms, waiters);
+	(void)throttle_after_contention(st, s, waiters > 0 ? 1 : 0);
+	app->time += (double)d.sleep_ms + ms;
+	app->waits += (double)waiters;
+	app->rows += (double)rows;
+}
+
+/*
+ * With an application that keeps meeting the job's locks, the rate at which sessions wait on the
+ * job settles near THROTTLE_WAITS_PER_S, and the job walks about as fast as that allows: batches
+ * of ~1,000 rows back to back (the size at which 400 transactions/s over 1M rows meet one in
+ * five seconds). Halving on each wait and idling after it alone kept waits as rare by idling up
+ * to 8x as long as it ran: ~5,500 rows/s here.
+ */
+static void test_waiters_settle_near_the_budget(void **state)
+{
+	throttle_settings_t s = contention_settings();
+	throttle_state_t st;
+	server_t sv = {.rate = 50, .overhead = 1};
+	app_t app = {.k = 2e-7}; /* 400 transactions/s on one row each of 1M, a row held half the batch */
+	double secs, allowed = THROTTLE_WAITS_PER_S / 1000.0 / app.k; /* rows */
+
+	(void)state;
+	throttle_init(&st, &s);
+	for (int i = 0; i < 20000; i++) /* minutes of the job's time: the first waits fade */
+		run_contended_batch(&st, &s, &sv, &app);
+	app.time = app.waits = app.rows = 0;
+	for (int i = 0; i < 20000; i++)
+		run_contended_batch(&st, &s, &sv, &app);
+	secs = app.time / 1000;
+	if (!(app.waits / secs <= 1.5 * THROTTLE_WAITS_PER_S))
+		fail_msg("%.0f waits in %.0f s of the job: %.2f a second, over 1.5 x %.1f", app.waits, secs,
+			 app.waits / secs, THROTTLE_WAITS_PER_S);
+	/* Waits rare, not gone (min_batch_size would make them so), and the rows still go. */
+	assert_true(app.waits > 0);
+	if (!(app.rows / secs >= 0.5 * allowed / server_batch_ms(&sv, (int64_t)allowed) * 1000))
+		fail_msg("%.0f rows/s; batches of %.0f rows back to back would walk %.0f", app.rows / secs,
+			 allowed, allowed / server_batch_ms(&sv, (int64_t)allowed) * 1000);
+}
+
+/* When the application stops meeting the job's locks, the job grows back to what the target
+ * asks, within a few minutes of its time; before any wait there is no cap at all. */
+static void test_waiters_gone_the_size_grows_back(void **state)
+{
+	throttle_settings_t s = contention_settings();
+	throttle_state_t st;
+	server_t sv = {.rate = 50, .overhead = 1};
+	app_t app = {.k = 2e-7};
+
+	(void)state;
+	throttle_init(&st, &s);
+	for (int i = 0; i < 100; i++) {
+		throttle_after_batch(&st, &s, st.batch_size, server_batch_ms(&sv, st.batch_size));
+		throttle_after_waiters(&st, &s, st.batch_size, 100, 0);
+		assert_int_equal(st.cap, 0);
+	}
+	for (int i = 0; i < 5000; i++)
+		run_contended_batch(&st, &s, &sv, &app);
+	assert_true(st.cap > 0);
+	assert_true(st.batch_size < 5000);
+	app.k = 0;
+	app.time = 0;
+	while (app.time < 10 * 60 * 1000.0 && st.batch_size < 24000)
+		run_contended_batch(&st, &s, &sv, &app);
+	if (st.batch_size < 24000)
+		fail_msg("10 minutes without waiters: batch %lld, cap %lld, ceiling %lld",
+			 (long long)st.batch_size, (long long)st.cap, (long long)st.ceiling);
+}
+
 /* For THROTTLE_DUTY_BATCHES batches after contention the sleep is at least the last batch's
  * duration, with reason blocked_sessions; lag that asks for more wins. */
 static void test_contention_duty_cycle(void **state)
@@ -1143,6 +1238,8 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_contention_halves_on_any_wait),
+		cmocka_unit_test(test_waiters_settle_near_the_budget),
+		cmocka_unit_test(test_waiters_gone_the_size_grows_back),
 		cmocka_unit_test(test_contention_that_keeps_coming_back_lengthens_the_idle_time),
 		cmocka_unit_test(test_contention_ceiling_grows_slowly),
 		cmocka_unit_test(test_contention_duty_cycle),
