@@ -69,7 +69,7 @@ void throttle_after_waiters(throttle_state_t *st, const throttle_settings_t *s, 
 	double held = rows > 0 && duration_ms > 0 ? (double)rows * duration_ms : 0;
 	double fade = exp(-((duration_ms > 0 ? duration_ms : 0) + (double)st->last_sleep) /
 			  THROTTLE_WAITS_MEMORY_MS);
-	double cap;
+	double cap, k, rate, w = THROTTLE_WAITS_PER_S / 1000.0;
 
 	st->waits = st->waits * fade + (double)(waiters > 0 ? waiters : 0);
 	st->exposure = st->exposure * fade + held;
@@ -77,8 +77,16 @@ void throttle_after_waiters(throttle_state_t *st, const throttle_settings_t *s, 
 		st->cap = 0;
 		return;
 	}
-	/* k = waits / exposure per row-ms; k x size per ms at most THROTTLE_WAITS_PER_S / 1000. */
-	cap = THROTTLE_WAITS_PER_S / 1000.0 * st->exposure / st->waits;
+	/*
+	 * k = waits / exposure per row-ms. A batch of B rows takes D = B / rate ms, then the job
+	 * sleeps S: k B D / (D + S) sessions wait per ms, at most w. The largest such B solves
+	 * k B^2 - w B - w S rate = 0 (w / k when the job does not sleep). S is the sleep the job
+	 * keeps (sleep_ms), not the idle time of a duty cycle or a lag sleep, which pass.
+	 */
+	k = st->waits / st->exposure;
+	rate = st->rate > 0 ? st->rate : rows > 0 && duration_ms > 0 ? (double)rows / duration_ms : 0;
+	cap = (w + sqrt(w * w + 4 * k * w * (double)clamp64(s->sleep_ms, 0, s->max_sleep_ms) * rate)) /
+	      (2 * k);
 	st->cap = cap >= (double)s->max_batch_size   ? 0
 		  : cap <= (double)s->min_batch_size ? s->min_batch_size
 						     : (int64_t)cap;

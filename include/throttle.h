@@ -79,9 +79,10 @@ bool throttle_after_contention(throttle_state_t *st, const throttle_settings_t *
  * duration, for a k that depends on the application's rate and the rows it touches, not on the
  * batch. k is estimated from everything seen (waiters over rows x ms), with a memory that fades
  * over THROTTLE_WAITS_MEMORY_MS of the job's time, so an application that goes away stops
- * counting. Running batch after batch, the job then makes k x rows sessions wait per ms: `cap`
- * is the size that keeps that under THROTTLE_WAITS_PER_S (one session every 5 s), a rate no
- * percentile an application watches should feel. The cap only brakes: after contention the
+ * counting. Running batches of B rows that take D ms with sleep_ms (S) between them, the job
+ * makes k B D / (D + S) sessions wait per ms: `cap` is the largest B that keeps that under
+ * THROTTLE_WAITS_PER_S (one session every 5 s), a rate no percentile an application watches
+ * should feel. The cap only brakes: after contention the
  * ceiling (throttle_after_contention) grows back no further than it, and never shrinks for it
  * (a first wait is little evidence; halving on contention does the shrinking). Before anybody
  * waited there is no cap; as batches go by without waiters it rises by itself.

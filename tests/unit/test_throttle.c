@@ -1138,6 +1138,41 @@ static void test_waiters_settle_near_the_budget(void **state)
 			 allowed, allowed / server_batch_ms(&sv, (int64_t)allowed) * 1000);
 }
 
+/* The same with a sleep of 100 ms after every batch (sleep_ms): the job meets the application
+ * only while a batch runs, so the budget allows bigger batches than back to back. The size it
+ * settles at is compared with the largest that keeps the waits within the budget, found by
+ * scanning sizes on the same server and application. */
+static void test_waiters_budget_counts_the_sleep(void **state)
+{
+	throttle_settings_t s = contention_settings();
+	throttle_state_t st;
+	server_t sv = {.rate = 50, .overhead = 1};
+	app_t app = {.k = 2e-7};
+	double secs, allowed = 0;
+
+	(void)state;
+	s.sleep_ms = 100;
+	for (int64_t b = 1; b <= s.max_batch_size; b++) {
+		double d = server_batch_ms(&sv, b);
+		if (app.k * (double)b * d / (d + (double)s.sleep_ms) * 1000 <= THROTTLE_WAITS_PER_S)
+			allowed = (double)b;
+	}
+	assert_true(allowed > 2000); /* back to back it would be 1,000 */
+	throttle_init(&st, &s);
+	for (int i = 0; i < 6000; i++)
+		run_contended_batch(&st, &s, &sv, &app);
+	app.time = app.waits = app.rows = 0;
+	for (int i = 0; i < 6000; i++)
+		run_contended_batch(&st, &s, &sv, &app);
+	secs = app.time / 1000;
+	if (!(app.waits / secs <= 1.5 * THROTTLE_WAITS_PER_S))
+		fail_msg("%.0f waits in %.0f s: %.2f a second", app.waits, secs, app.waits / secs);
+	if (!(app.rows / secs >= 0.5 * allowed / (server_batch_ms(&sv, (int64_t)allowed) + 100) * 1000))
+		fail_msg("%.0f rows/s (batch %lld); batches of %.0f rows and 100 ms sleeps would walk %.0f",
+			 app.rows / secs, (long long)st.batch_size, allowed,
+			 allowed / (server_batch_ms(&sv, (int64_t)allowed) + 100) * 1000);
+}
+
 /* When the application stops meeting the job's locks, the job grows back to what the target
  * asks, within a few minutes of its time; before any wait there is no cap at all. */
 static void test_waiters_gone_the_size_grows_back(void **state)
@@ -1240,6 +1275,7 @@ int main(void)
 		cmocka_unit_test(test_contention_halves_on_any_wait),
 		cmocka_unit_test(test_waiters_settle_near_the_budget),
 		cmocka_unit_test(test_waiters_gone_the_size_grows_back),
+		cmocka_unit_test(test_waiters_budget_counts_the_sleep),
 		cmocka_unit_test(test_contention_that_keeps_coming_back_lengthens_the_idle_time),
 		cmocka_unit_test(test_contention_ceiling_grows_slowly),
 		cmocka_unit_test(test_contention_duty_cycle),
