@@ -221,6 +221,18 @@ pg_restart() {
 		{ tail -n 20 "$1.log" >&2; die "the $2 did not start"; }
 }
 
+# pg_stop_standby_keeping_wal PRIMARY_PORT DATADIR: a fast shutdown of the streaming standby in
+# DATADIR, with a physical slot (bench_standby) on the primary that keeps the WAL written while it
+# is down, more than wal_keep_size may be, for it to catch up on once pg_restart starts it again.
+# Let it catch up first: the slot keeps WAL from where the standby stands.
+pg_stop_standby_keeping_wal() {
+	pg_sql "$1" postgres -qAtc "SELECT pg_create_physical_replication_slot('bench_standby', true)
+	                            WHERE NOT EXISTS (SELECT FROM pg_replication_slots WHERE slot_name = 'bench_standby')" >/dev/null
+	grep -q "^primary_slot_name = 'bench_standby'" "$2/postgresql.auto.conf" ||
+		printf "primary_slot_name = 'bench_standby'\n" >>"$2/postgresql.auto.conf"
+	pg_stop "$2" standby
+}
+
 # pg_standby_lag PORT NAME: the byte lag of the standby NAME (its cluster_name) behind the
 # primary on PORT, as the daemon measures it (pg_current_wal_lsn() - replay_lsn); -1 while it
 # is not connected.

@@ -532,11 +532,8 @@ run q1 users "$rows" offset 1 0
 # replay takes from the walkers shows in the same methods run with it stopped. Informational;
 # the targets are judged on section 1.
 say "section 1b: the standby stopped"
-# A slot keeps the WAL of these runs (more than wal_keep_size) for the standby to catch up on.
 wait_caught_up
-sql -qc "SELECT pg_create_physical_replication_slot('bench_standby', true)" >/dev/null
-printf "primary_slot_name = 'bench_standby'\n" >>"$work/standby/postgresql.auto.conf"
-pg_stop "$work/standby" standby
+pg_stop_standby_keeping_wal "$port" "$work/standby"
 standby_up=0
 ns_methods=(update fixed par2 par4)
 for ((r = 1; r <= rounds; r++)); do

@@ -379,9 +379,7 @@ run_condition gentle "backfilld, 1,000 a batch + sleep 50 ms" backfilld \
 # standby stopped (its replay shares these CPUs); and the baseline once more, for its own scatter.
 run_condition keyset_gentle "keyset loop, 1,000 a batch + sleep 50 ms" keyset "1000, 50"
 wait_caught_up
-sql -qc "SELECT pg_create_physical_replication_slot('bench_standby', true)" >/dev/null
-printf "primary_slot_name = 'bench_standby'\n" >>"$work/standby/postgresql.auto.conf"
-pg_stop "$work/standby" standby
+pg_stop_standby_keeping_wal "$port" "$work/standby"
 standby_up=0
 run_condition nostandby "backfilld, defaults, standby stopped" backfilld
 pg_restart "$work/standby" standby

@@ -1,7 +1,8 @@
 """Adaptive throttling beyond test_throttle.py, against real servers: a job held while autovacuum
 works on its target (pause_during_autovacuum), logical replication slots on a throwaway
 wal_level = logical cluster (byte lag behind a slot nobody consumes, a slot whose WAL is no longer
-reserved, and logical_slots = false), a lag-pressure sleep that outlives the lag, and an application that keeps meeting a job's locks.
+reserved, and logical_slots = false), a lag-pressure sleep that outlives the lag, and an
+application that keeps meeting a job's locks.
 
 Three of these found daemon bugs (autovacuum matched without the database, a lag sleep not
 decided again when the lag clears, a lost slot's hold logged with the wrong detail); fixed."""
@@ -461,8 +462,8 @@ def test_an_application_that_keeps_meeting_the_locks_is_made_to_wait_rarely_with
     """An application updates random rows of the table all along, ~200 a second over 20,000 rows,
     and the job's rows are slow (0.5 ms each), so a batch of the size the target asks for (500 ms,
     ~1,000 rows) would make a couple of sessions wait every time. The job keeps how often it makes
-    a session wait near one every 5 s (THROTTLE_WAITS_PER_S) by the size of its batches (here ~40
-    rows), not by idling: over the second half of its batches sessions waited less than once a
+    a session wait near one every 5 s (THROTTLE_WAITS_PER_S) by the size of its batches (~130
+    rows in the second half here), not by idling: over the second half of its batches sessions waited less than once a
     second of the job's time, and it slept less than it ran. (Halving on each wait and idling
     after it alone, the ceiling growing back by a tenth a calm batch, settled where a batch in
     several met a session, and slept more than it ran.)"""
