@@ -246,14 +246,30 @@ const char batch_open_sql[] =
 	"SELECT set_config('statement_timeout', $1, true), set_config('lock_timeout', $2, true),"
 	" set_config('backfilld.lsn0', pg_current_wal_insert_lsn()::text, true)";
 
-const char batch_waiters_sql[] = "SELECT * FROM pg_temp.backfilld_waiters()";
+const char batch_open_counting_sql[] =
+	"SELECT set_config('statement_timeout', $1, true), set_config('lock_timeout', $2, true),"
+	" set_config('backfilld.lsn0', pg_current_wal_insert_lsn()::text, true), w.*"
+	" FROM pg_temp.backfilld_writes($3::oid) AS w";
+
+const char batch_writes_function_sql[] =
+	"CREATE OR REPLACE FUNCTION pg_temp.backfilld_writes(oid)\n"
+	"RETURNS TABLE(__bf_writes bigint, __bf_own bigint, __bf_rows bigint)\n"
+	"LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp\nAS $bf$\nBEGIN\n"
+	"  RETURN QUERY SELECT pg_stat_get_tuples_updated($1) + pg_stat_get_tuples_deleted($1) + o.own,"
+	" o.own,\n"
+	"    (SELECT c.reltuples FROM pg_class c WHERE c.oid = $1)::bigint\n"
+	"  FROM (SELECT pg_stat_get_xact_tuples_updated($1) + pg_stat_get_xact_tuples_deleted($1) AS own)"
+	" AS o;\nEND;\n$bf$";
+
+const char batch_waiters_sql[] = "SELECT * FROM pg_temp.backfilld_waiters($1::oid)";
 
 const char batch_waiters_function_sql[] =
-	"CREATE OR REPLACE FUNCTION pg_temp.backfilld_waiters()\n"
-	"RETURNS TABLE(__bf_waiters bigint, __bf_longest_ms bigint)\n"
+	"CREATE OR REPLACE FUNCTION pg_temp.backfilld_waiters(oid)\n"
+	"RETURNS TABLE(__bf_waiters bigint, __bf_longest_ms bigint, __bf_own bigint)\n"
 	"LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp\nAS $bf$\nBEGIN\n"
 	"  RETURN QUERY SELECT count(*), coalesce(max(floor(extract(epoch FROM clock_timestamp() -"
-	" w.query_start) * 1000)), 0)::bigint\n"
+	" w.query_start) * 1000)), 0)::bigint,\n"
+	"    (SELECT o.__bf_own FROM pg_temp.backfilld_writes($1) AS o)\n"
 	"  FROM (SELECT a.pid, a.query_start FROM pg_catalog.pg_stat_activity a\n"
 	"        WHERE a.wait_event_type = 'Lock' AND a.pid <> pg_catalog.pg_backend_pid() OFFSET 0) AS w\n"
 	"  WHERE pg_catalog.pg_backend_pid() = ANY (pg_catalog.pg_blocking_pids(w.pid));\nEND;\n$bf$";

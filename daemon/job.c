@@ -510,6 +510,10 @@ static void job_load_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
 	job_settings(job, &s);
 	if (!job->loaded) {
 		throttle_init(&job->throttle, &s);
+		/* The application's writes on the target predict who will meet the batches' locks
+		 * (not measured for a parallel job's slices, which would count each other's). */
+		job->throttle.app_watch = job->kind != JOB_KIND_VERIFY && !job->dry_run && job->parallel <= 1;
+		job->writes_pid = 0;
 		job->rows_at_start = job->rows_scanned;
 		job->loaded = true;
 		job_log(job, LOG_LEVEL_INFO,

@@ -5,6 +5,7 @@
  */
 #include "job_internal.h"
 
+#include <assert.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -194,7 +195,7 @@ void job_check(job_t *job)
 {
 	char oid[16], bounds_sql[160];
 	const char *check_params[2], *bounds_params[2] = {job->id_text, daemon_name()};
-	pgconn_stmt_t stmts[16];
+	pgconn_stmt_t stmts[17];
 	char *sql[13] = {NULL};
 	int n = 9;
 	batch_spec_t spec = job_spec(job);
@@ -230,7 +231,9 @@ void job_check(job_t *job)
 	for (int i = 11; i < 13; i++)
 		if (sql[i])
 			stmts[n++] = (pgconn_stmt_t){sql[i], 0, NULL};
+	stmts[n++] = (pgconn_stmt_t){batch_writes_function_sql, 0, NULL};
 	stmts[n++] = (pgconn_stmt_t){batch_waiters_function_sql, 0, NULL};
+	assert(n <= (int)(sizeof(stmts) / sizeof(stmts[0])));
 	job->state = JOB_CHECKING;
 	if (!pgconn_send(job->conn, stmts, n, job_check_cb, job))
 		job->state = JOB_CONNECTING;
@@ -333,7 +336,7 @@ void job_continue(job_t *job)
 	/* A retry's reason stays on the batch that retries; otherwise the throttle's applies. */
 	if (d.reason || job->throttle.retries == 0)
 		job->reason = d.reason;
-	if (!job->reason && job->contended)
+	if (job->contended && (!job->reason || strcmp(job->reason, "application_writes") == 0))
 		job->reason = "blocked_sessions"; /* the size was halved for it */
 	job->contended = false;
 	job_note_reason(job, job->reason, view.detail);
@@ -411,6 +414,39 @@ static void job_sibling_contended(job_t *sibling, void *waited_ms)
 	job_settings(sibling, &s);
 	if (throttle_after_contention(&sibling->throttle, &s, *(int64_t *)waited_ms))
 		sibling->contended = true;
+}
+
+/*
+ * A batch committed: what the application wrote to the target since the previous batch began,
+ * from the counters read at the start of both (and the job's own writes in the previous one),
+ * for the throttle. Not for the slices of a parallel job: each would count its siblings' writes
+ * as the application's.
+ */
+static void job_count_app_writes(job_t *job, const pgconn_result_t *res, const throttle_settings_t *s)
+{
+	const PGresult *open = res->results[1], *w = res->results[job->waiters_at];
+	int64_t total = pgconn_int64(open, 0, 3, -1), own = pgconn_int64(open, 0, 4, -1);
+	int64_t rows = pgconn_int64(open, 0, 5, 0), own_end = pgconn_int64(w, 0, 2, -1);
+	int pid = pgconn_backend_pid(job->conn);
+
+	if (total < 0 || own < 0 || own_end < own || !pid) {
+		job->writes_pid = 0;
+		return;
+	}
+	if (own_end > own)
+		job->writes_target = true;
+	if (job->writes_pid == pid) {
+		double ms = (double)(job->batch_started.tv_sec - job->writes_at.tv_sec) * 1000.0 +
+			    (double)(job->batch_started.tv_nsec - job->writes_at.tv_nsec) / 1e6;
+		throttle_after_app(
+			&job->throttle, s, (double)(total - job->writes_total - job->writes_own), ms,
+			job->writes_target ? (double)(rows > job->rows_estimate ? rows : job->rows_estimate)
+					   : 0);
+	}
+	job->writes_pid = pid;
+	job->writes_total = total;
+	job->writes_own = own_end - own;
+	job->writes_at = job->batch_started;
 }
 
 static void job_batch_done(job_t *job, const pgconn_result_t *res)
@@ -495,6 +531,8 @@ static void job_batch_done(job_t *job, const pgconn_result_t *res)
 				(long long)job->failed_rows);
 		}
 	} else {
+		if (job->throttle.app_watch && job->waiters_at > 0)
+			job_count_app_writes(job, res, &s);
 		throttle_after_batch(&job->throttle, &s, scanned, duration_ms);
 		throttle_after_waiters(&job->throttle, &s, scanned, duration_ms, job->batch_blocked);
 		/* (A sibling slice may have found contention already while this batch ran.) */
@@ -524,6 +562,7 @@ void job_batch_failed(job_t *job, const pgconn_result_t *res)
 	char err[1024];
 	throttle_settings_t s;
 
+	job->writes_pid = 0; /* its own writes, rolled back, are counted all the same: unknown */
 	if (strcmp(res->sqlstate, "BFL01") == 0) {
 		job_log(job, LOG_LEVEL_WARNING,
 			"lease lost (%s): batch rolled back, the job is another instance's now",
@@ -595,7 +634,9 @@ void job_next_batch(job_t *job)
 	throttle_settings_t s;
 	char stmt_timeout[24], lock_timeout[24], limit[24], lease[24], slept[24], size_now[24], sleep_now[24];
 	char lag_bytes[24], lag_ms[24], blocked[24];
-	const char *open_params[2], *checkpoint_params[12], *mismatch_params[1] = {job->id_text};
+	const char *open_params[3], *checkpoint_params[12], *mismatch_params[1] = {job->id_text};
+	const char *waiters_params[1];
+	char oid[16];
 	const char **batch_params;
 	pgconn_stmt_t stmts[7];
 	char mismatches_sql[320];
@@ -633,6 +674,9 @@ void job_next_batch(job_t *job)
 
 	open_params[0] = stmt_timeout;
 	open_params[1] = lock_timeout;
+	snprintf(oid, sizeof(oid), "%u", job->target_oid);
+	open_params[2] = oid;
+	waiters_params[0] = oid;
 
 	batch_params = calloc((size_t)job->nkeys + 1, sizeof(char *));
 	if (!batch_params)
@@ -663,7 +707,10 @@ void job_next_batch(job_t *job)
 
 	job->waiters_at = 0;
 	stmts[n++] = (pgconn_stmt_t){"BEGIN", 0, NULL};
-	stmts[n++] = (pgconn_stmt_t){batch_open_sql, 2, open_params};
+	if (job->dry_run || job->kind == JOB_KIND_VERIFY)
+		stmts[n++] = (pgconn_stmt_t){batch_open_sql, 2, open_params};
+	else
+		stmts[n++] = (pgconn_stmt_t){batch_open_counting_sql, 3, open_params};
 	stmts[n++] = (pgconn_stmt_t){first ? job->sql_first : job->sql_next, first ? 1 : job->nkeys + 1,
 				     batch_params};
 	if (job->dry_run) {
@@ -677,7 +724,7 @@ void job_next_batch(job_t *job)
 			stmts[n++] = (pgconn_stmt_t){mismatches_sql, 1, mismatch_params};
 		} else { /* (a verify job's batch locks no rows) */
 			job->waiters_at = n;
-			stmts[n++] = (pgconn_stmt_t){batch_waiters_sql, 0, NULL};
+			stmts[n++] = (pgconn_stmt_t){batch_waiters_sql, 1, waiters_params};
 		}
 		job->checkpoint_at = n;
 		stmts[n++] = (pgconn_stmt_t){job->sql_checkpoint, 12, checkpoint_params};

@@ -96,6 +96,13 @@ struct job {
 	int64_t batch_waited_ms;       /* the longest wait on its locks the sampler saw */
 	bool contended;		       /* the last batch made others wait: its successor says so */
 	throttle_input_t input;	       /* what the throttle saw before the batch in flight */
+	/* The application's writes to the target, between the starts of two batches (batch.h's
+	 * batch_open_counting_sql; throttle_after_app). */
+	int writes_pid;		   /* the backend of the last reading; 0: none to count from */
+	int64_t writes_total;	   /* the target's counters it saw: reported plus its own pending */
+	int64_t writes_own;	   /* the job's own writes in the batch that followed */
+	struct timespec writes_at; /* when that batch started */
+	bool writes_target;	   /* its batches have written rows of the target */
 	struct timespec started, last_progress;
 	int64_t rows_at_start;
 

@@ -30,6 +30,13 @@ void throttle_init(throttle_state_t *st, const throttle_settings_t *s)
 	st->exposure = 0;
 	st->cap = 0;
 	st->last_sleep = 0;
+	st->app_watch = false;
+	st->app_writes = 0;
+	st->app_ms = 0;
+	st->app_seen_ms = 0;
+	st->prior = 0;
+	st->expected = 0;
+	st->capped = false;
 }
 
 void throttle_after_batch(throttle_state_t *st, const throttle_settings_t *s, int64_t rows,
@@ -56,11 +63,55 @@ void throttle_after_batch(throttle_state_t *st, const throttle_settings_t *s, in
 	}
 	if (st->ceiling > 0 && size > (double)st->ceiling)
 		size = (double)st->ceiling;
+	st->capped = false;
+	if (st->app_watch && st->app_seen_ms < THROTTLE_APP_WARMUP_MS) {
+		/* Not measured yet: no growth past the first size. */
+		double first = (double)clamp64(s->batch_size, s->min_batch_size, s->max_batch_size);
+		double hold = first > (double)st->batch_size ? first : (double)st->batch_size;
+		if (size > hold)
+			size = hold;
+	} else if (st->prior > 0 && st->cap > 0) {
+		/* The application's writes predict waits: the cap is firm (toward it by halves). */
+		double cap = (double)st->cap, old = (double)st->batch_size;
+		double limit = old > cap && old / 2 > cap ? old / 2 : cap;
+		if (size > limit) {
+			size = limit;
+			st->capped = true;
+		}
+	}
 	if (!(size >= 1))
 		size = 1;
 	st->batch_size = clamp64(size > 9e18 ? INT64_MAX : (int64_t)llround(size), s->min_batch_size,
 				 s->max_batch_size);
 	st->sleep_ms = clamp64(s->sleep_ms, 0, s->max_sleep_ms);
+}
+
+/* The cap from what is known of k (throttle_after_waiters), at the rate RATE (keys a ms). */
+static void throttle_set_cap(throttle_state_t *st, const throttle_settings_t *s, double rate)
+{
+	double cap, k, w = THROTTLE_WAITS_PER_S / 1000.0;
+
+	if (st->prior > 0) /* the prior, corrected by the waits seen against those it predicted */
+		k = st->prior * (st->waits + THROTTLE_PRIOR_WAITS) / (st->expected + THROTTLE_PRIOR_WAITS);
+	else if (st->waits > 1e-3 && st->exposure > 0)
+		k = st->waits / st->exposure;
+	else
+		k = 0; /* nobody waits (any more), and nobody is expected to */
+	if (!(k > 0)) {
+		st->cap = 0;
+		return;
+	}
+	/*
+	 * A batch of B rows takes D = B / rate ms, then the job sleeps S: k B D / (D + S) sessions
+	 * wait per ms, at most w. The largest such B solves k B^2 - w B - w S rate = 0 (w / k when
+	 * the job does not sleep). S is the sleep the job keeps (sleep_ms), not the idle time of a
+	 * duty cycle or a lag sleep, which pass.
+	 */
+	cap = (w + sqrt(w * w + 4 * k * w * (double)clamp64(s->sleep_ms, 0, s->max_sleep_ms) * rate)) /
+	      (2 * k);
+	st->cap = cap >= (double)s->max_batch_size   ? 0
+		  : cap <= (double)s->min_batch_size ? s->min_batch_size
+						     : (int64_t)cap;
 }
 
 void throttle_after_waiters(throttle_state_t *st, const throttle_settings_t *s, int64_t rows,
@@ -69,27 +120,32 @@ void throttle_after_waiters(throttle_state_t *st, const throttle_settings_t *s, 
 	double held = rows > 0 && duration_ms > 0 ? (double)rows * duration_ms : 0;
 	double fade = exp(-((duration_ms > 0 ? duration_ms : 0) + (double)st->last_sleep) /
 			  THROTTLE_WAITS_MEMORY_MS);
-	double cap, k, rate, w = THROTTLE_WAITS_PER_S / 1000.0;
 
 	st->waits = st->waits * fade + (double)(waiters > 0 ? waiters : 0);
 	st->exposure = st->exposure * fade + held;
-	if (!(st->waits > 1e-3) || !(st->exposure > 0)) { /* nobody waits (any more) */
-		st->cap = 0;
+	st->expected = st->expected * fade + st->prior * held;
+	throttle_set_cap(st, s,
+			 st->rate > 0		       ? st->rate
+			 : rows > 0 && duration_ms > 0 ? (double)rows / duration_ms
+						       : 0);
+}
+
+void throttle_after_app(throttle_state_t *st, const throttle_settings_t *s, double writes, double ms,
+			double table_rows)
+{
+	double fade;
+
+	if (!(ms > 0))
 		return;
-	}
-	/*
-	 * k = waits / exposure per row-ms. A batch of B rows takes D = B / rate ms, then the job
-	 * sleeps S: k B D / (D + S) sessions wait per ms, at most w. The largest such B solves
-	 * k B^2 - w B - w S rate = 0 (w / k when the job does not sleep). S is the sleep the job
-	 * keeps (sleep_ms), not the idle time of a duty cycle or a lag sleep, which pass.
-	 */
-	k = st->waits / st->exposure;
-	rate = st->rate > 0 ? st->rate : rows > 0 && duration_ms > 0 ? (double)rows / duration_ms : 0;
-	cap = (w + sqrt(w * w + 4 * k * w * (double)clamp64(s->sleep_ms, 0, s->max_sleep_ms) * rate)) /
-	      (2 * k);
-	st->cap = cap >= (double)s->max_batch_size   ? 0
-		  : cap <= (double)s->min_batch_size ? s->min_batch_size
-						     : (int64_t)cap;
+	if (!(writes > 0)) /* also NaN; fewer than none: counters reset under it */
+		writes = 0;
+	fade = exp(-ms / THROTTLE_APP_MEMORY_MS);
+	st->app_writes = st->app_writes * fade + writes;
+	st->app_ms = st->app_ms * fade + ms;
+	st->app_seen_ms += ms;
+	st->prior =
+		table_rows >= 1 && st->app_writes > 0 ? st->app_writes / st->app_ms / (2 * table_rows) : 0;
+	throttle_set_cap(st, s, st->rate);
 }
 
 bool throttle_after_contention(throttle_state_t *st, const throttle_settings_t *s, int64_t waited_ms)
@@ -170,6 +226,8 @@ throttle_decision_t throttle_decide(throttle_state_t *st, const throttle_setting
 		d.sleep_ms = clamp64((int64_t)(base + (extra > 0 ? extra : 0)), 0, s->max_sleep_ms);
 		d.reason = "replication_lag";
 	}
+	if (!d.reason && st->capped)
+		d.reason = "application_writes";
 	/* A duty cycle after contention: idle `idle` times as long as busy. */
 	if (st->calm < THROTTLE_DUTY_BATCHES && (int64_t)(st->last_ms * st->idle) > d.sleep_ms) {
 		d.sleep_ms = clamp64((int64_t)(st->last_ms * st->idle), 0, s->max_sleep_ms);

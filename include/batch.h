@@ -114,13 +114,30 @@ char *batch_build_call(const batch_spec_t *spec, batch_function_t fn) __attribut
 extern const char batch_open_sql[];
 
 /*
+ * batch_open_sql for a batch that counts the application's writes: $3 is the target's oid, and
+ * its row goes on with pg_temp.backfilld_writes($3)'s: the target's counters of rows updated
+ * and deleted (the writes that can meet a batch's row locks; a new row cannot) as this session
+ * sees them, the statistics every session has
+ * reported plus what this one has not yet; this session's own part of that (its pending
+ * counts: those of this transaction and of earlier ones not yet reported); and the table's
+ * row estimate (pg_class.reltuples). Read at the start of two batches, the first figure
+ * differs by the application's writes that reached the statistics in between plus the job's
+ * own, whenever this session reported them; the second figure read at a batch's start and its
+ * end (batch_waiters_sql) gives the job's own writes of that batch.
+ * batch_writes_function_sql creates the function with the other batch functions.
+ */
+extern const char batch_open_counting_sql[];
+extern const char batch_writes_function_sql[];
+
+/*
  * Who waits on the batch, asked at its end before the checkpoint: the number of other sessions
  * waiting on a lock this backend holds, and the longest of their waits in ms (counted from the
- * start of the statement that waits). Every session a batch's row locks blocked is still waiting
+ * start of the statement that waits); then this session's pending write counts of the target
+ * (as batch_open_counting_sql). Every session a batch's row locks blocked is still waiting
  * then, as those locks go only at commit: this sees each one, however short the batch, where
  * the sampler sees only those it catches between its samples. pg_blocking_pids() is called only
  * for sessions waiting on a lock. Sessions of other roles need pg_read_all_stats (pg_monitor)
- * to be seen. No parameters. It calls pg_temp.backfilld_waiters(), which
+ * to be seen. $1 is the target's oid. It calls pg_temp.backfilld_waiters(), which
  * batch_waiters_function_sql creates in the batch's session with the other batch functions: a
  * PL/pgSQL body keeps its plan for the session, where the query sent as it is was parsed and
  * planned again for every batch (pg_stat_activity is a view with joins: ~0.8 ms of the

@@ -25,6 +25,14 @@ typedef struct throttle_state {
 	double exposure;    /* rows x ms the batches held their row locks, fading the same way */
 	int64_t cap;	    /* the size that keeps those waits under THROTTLE_WAITS_PER_S (0: none) */
 	int64_t last_sleep; /* the sleep throttle_decide chose before the batch */
+	bool app_watch;	    /* the job measures the application's writes (throttle_after_app) */
+	double app_writes;  /* the application's row writes to the target, fading over
+			       THROTTLE_APP_MEMORY_MS (an application that arrives is seen soon) */
+	double app_ms;	    /* the time they were counted over, fading the same way */
+	double app_seen_ms; /* all the time measured so far, not fading */
+	double prior;	    /* the k those writes predict (0: none) */
+	double expected;    /* the waits the prior predicted for the batches since, fading like waits */
+	bool capped;	    /* the last batch size was held under what the target asked by the cap */
 } throttle_state_t;
 
 /* What the sampler saw, for one decision. */
@@ -91,6 +99,37 @@ bool throttle_after_contention(throttle_state_t *st, const throttle_settings_t *
 #define THROTTLE_WAITS_MEMORY_MS 60000.0
 void throttle_after_waiters(throttle_state_t *st, const throttle_settings_t *s, int64_t rows,
 			    double duration_ms, int64_t waiters);
+
+/*
+ * Before anybody waits: the application's writes to the target table predict k. Between the
+ * starts of two batches MS apart the application updated or deleted WRITES rows of the target
+ * (the table's statistics counters less the job's own; not inserts: a new row cannot meet a
+ * batch's locks), which has TABLE_ROWS rows (pass 0 when the job's batches write nothing
+ * there: nothing of the application can meet their locks). An application writing r rows a ms at random over N rows meets a batch of B rows held D ms
+ * about r B D / (2 N) times (the batch's locks grow from none to B), so k0 = r / 2N.
+ *
+ * r is an average that fades over THROTTLE_APP_MEMORY_MS (the counters move about once a
+ * second): an application that arrives in the middle of a job is seen within seconds. What is
+ * seen corrects the prior: k = k0 (W + P) / (E + P), W the waits seen and E the waits k0
+ * predicted for the same batches (both fading over THROTTLE_WAITS_MEMORY_MS), P =
+ * THROTTLE_PRIOR_WAITS. Waits that do not come (the application writes rows the job is not
+ * near) lift the cap within a minute or so; waits that come more often than predicted (the
+ * application's rows are where the job is) lower it; batches run before the application came
+ * predicted nothing and weigh nothing. While the prior holds a cap, the cap is firm: the size
+ * grows no further and, when over it (the application arrived), halves toward it each batch;
+ * throttle_decide gives the reason application_writes while the cap holds the size under what
+ * target_batch_ms asks.
+ *
+ * A job that measures (app_watch, set by the caller after throttle_init) does not grow past
+ * its first batch_size before it has measured for THROTTLE_APP_WARMUP_MS: the statistics of
+ * other sessions reach the counters about once a second, and a job that grew meanwhile would
+ * make its biggest batches before it knew anybody was there.
+ */
+#define THROTTLE_PRIOR_WAITS 4.0
+#define THROTTLE_APP_WARMUP_MS 2000.0
+#define THROTTLE_APP_MEMORY_MS 3000.0
+void throttle_after_app(throttle_state_t *st, const throttle_settings_t *s, double writes, double ms,
+			double table_rows);
 
 /*
  * A batch was rolled back for a reason worth retrying (lock timeout, deadlock, statement

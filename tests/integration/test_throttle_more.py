@@ -7,6 +7,7 @@ application that keeps meeting a job's locks.
 Three of these found daemon bugs (autovacuum matched without the database, a lag sleep not
 decided again when the lag clears, a lost slot's hold logged with the wrong detail); fixed."""
 
+import contextlib
 import random
 import shutil
 import tempfile
@@ -458,6 +459,32 @@ def test_a_wait_the_sampler_never_sees_still_halves_the_next_batch(ldb, ldaemon_
 
 # -- an application that keeps meeting the job's locks -------------------------------------------
 
+@contextlib.contextmanager
+def steady_application(db, rows, per_second):
+    """An application on its own connection: PER_SECOND updates a second, each of one random row
+    of users (ids 1..ROWS), until the block ends. Yields the list of its errors."""
+    stop = threading.Event()
+    errors = []
+
+    def application():
+        try:
+            with psycopg.connect(db.conninfo, autocommit=True) as conn:
+                due = time.monotonic()
+                while not stop.is_set():
+                    conn.execute("UPDATE users SET n = n + 1 WHERE id = %s", [random.randint(1, rows)])
+                    due += 1.0 / per_second
+                    time.sleep(max(0.0, due - time.monotonic()))
+        except Exception as e:  # noqa: BLE001 - reported by the test
+            errors.append(e)
+
+    app = threading.Thread(target=application)
+    app.start()
+    try:
+        yield errors
+    finally:
+        stop.set()
+        app.join()
+
 def test_an_application_that_keeps_meeting_the_locks_is_made_to_wait_rarely_without_idling(ldb, ldaemon_factory):
     """An application updates random rows of the table all along, ~200 a second over 20,000 rows,
     and the job's rows are slow (0.5 ms each), so a batch of the size the target asks for (500 ms,
@@ -470,30 +497,11 @@ def test_an_application_that_keeps_meeting_the_locks_is_made_to_wait_rarely_with
     rows = 20000
     make_users(ldb, rows)
     d = ldaemon_factory()
-    stop = threading.Event()
-    app_errors = []
-
-    def application():
-        try:
-            with psycopg.connect(ldb.conninfo, autocommit=True) as conn:
-                due = time.monotonic()
-                while not stop.is_set():
-                    conn.execute("UPDATE users SET n = n + 1 WHERE id = %s", [random.randint(1, rows)])
-                    due += 0.005
-                    time.sleep(max(0.0, due - time.monotonic()))
-        except Exception as e:  # noqa: BLE001 - reported by the test
-            app_errors.append(e)
-
-    app = threading.Thread(target=application)
-    app.start()
-    try:
+    with steady_application(ldb, rows, 200) as app_errors:
         time.sleep(0.5)
         job_id = submit(ldb, "users", set_sql="state = status || left(pg_sleep(0.0005)::text, 0)")
         d.start()
         row = wait_state(ldb, job_id, "done", timeout=300, daemon=d)
-    finally:
-        stop.set()
-        app.join()
     assert not app_errors, app_errors
     assert row["rows_scanned"] == rows and differing(ldb) == 0, row
     batches = ldb.sql("SELECT duration_ms, coalesce(sleep_ms, 0), coalesce(blocked_sessions, 0)"
@@ -506,3 +514,37 @@ def test_an_application_that_keeps_meeting_the_locks_is_made_to_wait_rarely_with
     assert len(late) >= 50, batches
     assert waits / (ran + slept) < 1.0, (waits, ran, slept, len(late))
     assert slept < ran, (waits, ran, slept, len(late))
+
+
+def test_a_job_that_starts_under_an_application_writing_its_table_keeps_its_batches_small(ldb, ldaemon_factory):
+    """An application updates random rows of a 300,000-row table, 400 a second, from before the job
+    starts. The job reads how fast the application writes the table from its statistics counters
+    (less its own writes): it keeps its first batch size (1,000) while it measures (2 s), then
+    brings it down to what those writes predict keeps waits near one every 5 s (400/s over 300,000
+    rows: ~300 rows, back to back), with the reason application_writes, before anybody waited.
+    The previous binary grew its batches toward the 500 ms target (7,595 rows by its sixth batch)
+    and took 14.5 s, the application waiting on it 7 times; this one took 9.3 s with 3 waits."""
+    rows = 300000
+    make_users(ldb, rows)
+    d = ldaemon_factory()
+    with steady_application(ldb, rows, 400) as app_errors:
+        time.sleep(1.5)  # the application's first writes reach the statistics
+        job_id = submit(ldb, "users", set_sql="state = status || left(md5(repeat(status, 2000)), 0)")
+        d.start()
+        row = wait_state(ldb, job_id, "done", timeout=300, daemon=d)
+    assert not app_errors, app_errors
+    assert row["rows_scanned"] == rows and differing(ldb) == 0, row
+    batches = ldb.sql("SELECT batch_size, throttled_reason, coalesce(blocked_sessions, 0),"
+                      " extract(epoch FROM finished_at - min(finished_at) OVER ())::float8"
+                      " FROM backfill.batches WHERE job_id = %s ORDER BY batch", [job_id])
+    sizes = [b[0] for b in batches]
+    assert max(sizes) <= 1000, sizes  # never grew past the first size
+    late = [b for b in batches if b[3] >= 2.5]  # measured by then
+    assert len(late) >= 20, batches
+    late_sizes = sorted(b[0] for b in late)
+    assert late_sizes[len(late_sizes) // 2] <= 800, late_sizes  # the median near ~400
+    assert any(b[1] == "application_writes" for b in late), batches
+    seconds = batches[-1][3] + 0.001
+    waits = sum(b[2] for b in batches)
+    assert waits / seconds < 1.0, (waits, seconds)
+    assert "throttled: application_writes" in d.log_text()

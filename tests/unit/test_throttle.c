@@ -1083,6 +1083,9 @@ typedef struct app {
 	double k;	 /* waiters per row x ms */
 	double expected; /* waiters owed by the batches so far, not yet come out */
 	double time, waits, rows;
+	double writes;	   /* its row writes to the target a ms, seen when the job measures them */
+	double table_rows; /* the table's rows, as the job reads them with the counters */
+	int64_t largest;   /* the largest batch since `time` was last zeroed */
 } app_t;
 
 static void run_contended_batch(throttle_state_t *st, const throttle_settings_t *s, server_t *sv, app_t *app)
@@ -1097,6 +1100,11 @@ static void run_contended_batch(throttle_state_t *st, const throttle_settings_t 
 		waiters++;
 		app->expected -= 1;
 	}
+	if (st->app_watch) /* what the counters say of the interval from the previous batch's start */
+		throttle_after_app(st, s, app->writes * ((double)d.sleep_ms + ms), (double)d.sleep_ms + ms,
+				   app->table_rows);
+	if (rows > app->largest)
+		app->largest = rows;
 	throttle_after_batch(st, s, rows, ms);
 	throttle_after_waiters(st, s, rows, ms, waiters);
 	(void)throttle_after_contention(st, s, waiters > 0 ? 1 : 0);
@@ -1209,6 +1217,148 @@ static void test_waiters_gone_the_size_grows_back(void **state)
 			 (long long)st.batch_size, (long long)st.cap, (long long)st.ceiling);
 }
 
+/* 400 transactions/s, each writing one row of 1M at random: what the job's counters show, and
+ * the waits that follow (k = r / 2N, one row held half the batch). */
+static app_t pgbench_like_app(void)
+{
+	return (app_t){.k = 2e-7, .writes = 0.4, .table_rows = 1e6};
+}
+
+/*
+ * The job that reads the application's writes from the table's counters keeps to the waits
+ * budget from its first batches: it does not grow while it measures, and then not past the size
+ * the writes predict. Without them the size grew to ~17,000 rows in its first 10 s, and sessions
+ * waited 5 times (the budget: 2).
+ */
+static void test_app_writes_keep_the_start_under_the_budget(void **state)
+{
+	throttle_settings_t s = contention_settings();
+	throttle_state_t st;
+	server_t sv = {.rate = 50, .overhead = 1};
+	app_t app = pgbench_like_app();
+	double allowed = waits_budget_size(&s, &sv, &app);
+
+	(void)state;
+	throttle_init(&st, &s);
+	st.app_watch = true;
+	while (app.time < 10000)
+		run_contended_batch(&st, &s, &sv, &app);
+	if (!((double)app.largest <= 1.5 * allowed))
+		fail_msg("its first 10 s: batches up to %lld rows; the budget allows %.0f",
+			 (long long)app.largest, allowed);
+	if (!(app.waits <= 1.5 * THROTTLE_WAITS_PER_S * 10))
+		fail_msg("%.0f sessions waited in its first 10 s; the budget is %.0f", app.waits,
+			 THROTTLE_WAITS_PER_S * 10);
+	/* and it walked: at least half as fast as batches of the budget's size would */
+	assert_true(app.rows / 10 >= 0.5 * allowed / server_batch_ms(&sv, (int64_t)allowed) * 1000);
+	/* The same job that does not measure: the start this prevents. */
+	throttle_init(&st, &s);
+	app = pgbench_like_app();
+	while (app.time < 10000)
+		run_contended_batch(&st, &s, &sv, &app);
+	assert_true((double)app.largest > 10 * allowed); /* ~17,000 rows */
+	assert_true(app.waits > 1.5 * THROTTLE_WAITS_PER_S * 10); /* 5 */
+}
+
+/* While it measures, the size stays at the first batch_size; once measured, with nobody writing,
+ * it grows to what the target asks, and the reason is none. */
+static void test_app_warmup_then_free_when_nobody_writes(void **state)
+{
+	throttle_settings_t s = contention_settings();
+	throttle_state_t st;
+	server_t sv = {.rate = 50, .overhead = 1};
+	app_t app = {.k = 0, .writes = 0, .table_rows = 1e6};
+	throttle_input_t calm = {.lag_known = true};
+
+	(void)state;
+	throttle_init(&st, &s);
+	st.app_watch = true;
+	while (app.time + server_batch_ms(&sv, st.batch_size) < THROTTLE_APP_WARMUP_MS) {
+		run_contended_batch(&st, &s, &sv, &app);
+		assert_int_equal(st.batch_size, s.batch_size);
+	}
+	for (int i = 0; i < 30; i++)
+		run_contended_batch(&st, &s, &sv, &app);
+	assert_true(within((double)st.batch_size, server_ideal(&sv, &s), 0.1));
+	assert_int_equal(st.cap, 0);
+	assert_null(throttle_decide(&st, &s, &calm).reason);
+}
+
+/*
+ * An application that arrives in the middle of a job running big batches: within a few seconds
+ * of its first writes the size is down to what they allow (by halves), with the reason
+ * application_writes; the first waits it meets are few.
+ */
+static void test_app_arriving_brings_the_size_down(void **state)
+{
+	throttle_settings_t s = contention_settings();
+	throttle_state_t st;
+	server_t sv = {.rate = 50, .overhead = 1};
+	app_t app = {.k = 0, .writes = 0, .table_rows = 1e6};
+	throttle_input_t calm = {.lag_known = true};
+	double allowed;
+
+	(void)state;
+	throttle_init(&st, &s);
+	st.app_watch = true;
+	while (app.time < 60000)
+		run_contended_batch(&st, &s, &sv, &app);
+	assert_true(st.batch_size > 20000);
+	app = pgbench_like_app();
+	allowed = waits_budget_size(&s, &sv, &app);
+	while (app.time < 5000)
+		run_contended_batch(&st, &s, &sv, &app);
+	if (!((double)st.batch_size <= 1.5 * allowed))
+		fail_msg("5 s after the application came: batch %lld, the budget allows %.0f",
+			 (long long)st.batch_size, allowed);
+	assert_true(app.waits <= 5);
+	assert_string_equal(throttle_decide(&st, &s, &calm).reason, "application_writes");
+}
+
+/*
+ * The writes predict waits that do not come (the application writes rows the job is not near):
+ * the evidence outweighs the prior, and within a few minutes the job runs at the target's size.
+ */
+static void test_app_writes_elsewhere_lift_the_cap(void **state)
+{
+	throttle_settings_t s = contention_settings();
+	throttle_state_t st;
+	server_t sv = {.rate = 50, .overhead = 1};
+	app_t app = pgbench_like_app();
+
+	(void)state;
+	app.k = 0; /* nobody meets the locks */
+	throttle_init(&st, &s);
+	st.app_watch = true;
+	while (app.time < 10000)
+		run_contended_batch(&st, &s, &sv, &app);
+	assert_true(st.cap > 0 && st.batch_size <= 2000); /* held near the prior's 1,000 at first */
+	while (app.time < 5 * 60000 && !within((double)st.batch_size, server_ideal(&sv, &s), 0.1))
+		run_contended_batch(&st, &s, &sv, &app);
+	if (!within((double)st.batch_size, server_ideal(&sv, &s), 0.1))
+		fail_msg("5 minutes without a wait: batch %lld, cap %lld (target's size %.0f)",
+			 (long long)st.batch_size, (long long)st.cap, server_ideal(&sv, &s));
+}
+
+/* No prior without the table's size, or when the job's batches write nothing of the target
+ * (table_rows 0): the writes alone do not cap the size. */
+static void test_app_writes_without_a_table_size_cap_nothing(void **state)
+{
+	throttle_settings_t s = contention_settings();
+	throttle_state_t st;
+
+	(void)state;
+	throttle_init(&st, &s);
+	st.app_watch = true;
+	throttle_after_app(&st, &s, 4000, 10000, 0);
+	assert_true(st.app_seen_ms >= THROTTLE_APP_WARMUP_MS);
+	assert_true(st.prior == 0 && st.cap == 0);
+	throttle_after_app(&st, &s, 4000, 10000, 1e6);
+	assert_true(st.prior > 0 && st.cap > 0);
+	throttle_after_app(&st, &s, NAN, 0, 1e6); /* a bad interval is ignored */
+	assert_true(st.cap > 0);
+}
+
 /* For THROTTLE_DUTY_BATCHES batches after contention the sleep is at least the last batch's
  * duration, with reason blocked_sessions; lag that asks for more wins. */
 static void test_contention_duty_cycle(void **state)
@@ -1283,6 +1433,11 @@ int main(void)
 		cmocka_unit_test(test_waiters_settle_near_the_budget),
 		cmocka_unit_test(test_waiters_gone_the_size_grows_back),
 		cmocka_unit_test(test_waiters_budget_counts_the_sleep),
+		cmocka_unit_test(test_app_writes_keep_the_start_under_the_budget),
+		cmocka_unit_test(test_app_warmup_then_free_when_nobody_writes),
+		cmocka_unit_test(test_app_arriving_brings_the_size_down),
+		cmocka_unit_test(test_app_writes_elsewhere_lift_the_cap),
+		cmocka_unit_test(test_app_writes_without_a_table_size_cap_nothing),
 		cmocka_unit_test(test_contention_that_keeps_coming_back_lengthens_the_idle_time),
 		cmocka_unit_test(test_contention_ceiling_grows_slowly),
 		cmocka_unit_test(test_contention_duty_cycle),
