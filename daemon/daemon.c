@@ -165,6 +165,11 @@ void daemon_cancel_backend(int pid)
 	queue_cancel_backend(pid);
 }
 
+int daemon_njobs(void)
+{
+	return d.njobs;
+}
+
 void daemon_batch_pids(char *buf, size_t len)
 {
 	size_t used = 0;

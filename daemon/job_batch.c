@@ -327,7 +327,8 @@ void job_continue(job_t *job)
 	job->input = (throttle_input_t){.lag_known = view.known,
 					.lag_bytes = view.lag_bytes,
 					.lag_ms = view.lag_ms,
-					.hold = view.hold};
+					.hold = view.hold,
+					.cpu_stretch = view.cpu_stretch};
 	if (!job->input.hold && s.pause_during_autovacuum && sampler_autovacuum(job->target_oid)) {
 		job->input.hold = "autovacuum";
 		snprintf(view.detail, sizeof(view.detail), "autovacuum is processing the table");
@@ -339,6 +340,11 @@ void job_continue(job_t *job)
 	if (job->contended && (!job->reason || strcmp(job->reason, "application_writes") == 0))
 		job->reason = "blocked_sessions"; /* the size was halved for it */
 	job->contended = false;
+	if (job->reason && strcmp(job->reason, "cpu_contention") == 0)
+		snprintf(view.detail, sizeof(view.detail),
+			 "other sessions' CPU work takes %.2fx as long while batches run: sleeping %lld ms "
+			 "after a %.0f ms batch",
+			 job->input.cpu_stretch, (long long)d.sleep_ms, job->throttle.last_ms);
 	job_note_reason(job, job->reason, view.detail);
 	job_report(job, true);
 	/* The batch after a hold or a throttle sleep says why it waited, also when the lag that
@@ -739,5 +745,7 @@ void job_next_batch(job_t *job)
 		job->dry_started = job->batch_started;
 	if (!pgconn_send(job->conn, stmts, n, job->dry_run ? job_dry_cb : job_batch_cb, job))
 		job->state = JOB_CONNECTING; /* the loss is being handled; the load resumes it */
+	else
+		sampler_batch_started();
 	free(batch_params);
 }

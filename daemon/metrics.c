@@ -23,9 +23,9 @@ static const double duration_buckets[] = {0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 
 
 /* The throttle's reasons (the contract's and the sampler's holds): each running job exports all
  * of them, 1 on its current one, so a series never vanishes when a job starts running freely. */
-static const char *const known_reasons[] = {"replication_lag", "blocked_sessions", "application_writes",
-					    "lock_timeout",    "autovacuum",	   "paused_by_signal",
-					    "standby_missing", "logical_slot"};
+static const char *const known_reasons[] = {"replication_lag",	"blocked_sessions", "application_writes",
+					    "cpu_contention",	"lock_timeout",	    "autovacuum",
+					    "paused_by_signal", "standby_missing",  "logical_slot"};
 #define NKNOWN_REASONS ((int)(sizeof(known_reasons) / sizeof(known_reasons[0])))
 
 /* The job states backfilld_jobs always shows once the queue has been counted. */

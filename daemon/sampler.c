@@ -24,8 +24,12 @@
 
 #define SAMPLER_CONTEXT "sampler"
 #define MAX_AUTOVACUUM 64
-#define STALE_SAMPLES 10 /* a view older than this many intervals (and 5 s) is unknown */
-#define WARMUP_MS 5000	 /* how long jobs wait for the first sample before going on without */
+#define STALE_SAMPLES 10   /* a view older than this many intervals (and 5 s) is unknown */
+#define WARMUP_MS 5000	   /* how long jobs wait for the first sample before going on without */
+#define PROBE_EVERY_MS 500 /* the CPU probe's interval (at most once a sample) */
+#define PROBE_WINDOW 64	   /* the baseline is the quickest of this many latest probes */
+#define PROBE_IN_BATCH 8   /* the stretch is the mean of this many latest probes during batches */
+#define PROBE_MIN_SEEN 5   /* probes (3 of them during batches) before the stretch is told */
 
 static const char sample_wal_sql[] = "SELECT pg_catalog.pg_current_wal_lsn()::text";
 static const char sample_standbys_sql[] =
@@ -43,6 +47,12 @@ static const char sample_blocked_sql[] =
 	" LEFT JOIN pg_catalog.pg_locks l ON l.pid = a.pid AND NOT l.granted"
 	" WHERE a.wait_event_type = 'Lock' AND b.blocker = ANY ($1::int[])"
 	" GROUP BY b.blocker";
+/* ~4 ms of one CPU: long enough for the scheduler to share the CPU with whatever else runs
+ * (a shorter one mostly runs whole in one time slice and shows nothing). Timed by the server,
+ * so the network is not in it. */
+static const char sample_probe_sql[] =
+	"SELECT extract(epoch FROM pg_catalog.clock_timestamp() - pg_catalog.statement_timestamp()) * 1000"
+	" FROM (SELECT count(*) FROM pg_catalog.generate_series(1, 20000)) AS g";
 static const char sample_autovacuum_sql[] =
 	"SELECT p.relid FROM pg_catalog.pg_stat_progress_vacuum p"
 	" JOIN pg_catalog.pg_stat_activity a ON a.pid = p.pid WHERE a.backend_type = 'autovacuum worker'"
@@ -65,6 +75,14 @@ static struct {
 	uint32_t autovacuum[MAX_AUTOVACUUM];
 	int nautovacuum;
 	bool warned_invisible;
+	/* The CPU probe. */
+	double probe_due_ms;		 /* the next one goes with the first sample from then */
+	double probe_batch_due_ms;	 /* the next one as a batch begins: not before then */
+	bool probe_in_batch;		 /* the probe in flight was sent while batches ran */
+	double probes[PROBE_WINDOW];	 /* the latest probes' times (ms), a ring */
+	int nprobes;			 /* how many were ever taken */
+	double in_batch[PROBE_IN_BATCH]; /* the latest of them taken during batches, a ring */
+	int nin_batch;			 /* how many of those were ever taken */
 } sampler;
 
 static double now_ms(void)
@@ -93,6 +111,69 @@ static bool sampler_watches(const char *name)
 }
 
 /* Fold one round of results into the view. */
+/* A probe took MS; IN_BATCH: batches ran while it did. */
+static void sampler_probe_seen(double ms, bool in_batch)
+{
+	if (!(ms > 0))
+		return;
+	sampler.probes[sampler.nprobes++ % PROBE_WINDOW] = ms;
+	if (in_batch)
+		sampler.in_batch[sampler.nin_batch++ % PROBE_IN_BATCH] = ms;
+	log_msg(LOG_LEVEL_DEBUG, SAMPLER_CONTEXT, "CPU probe: %.2f ms%s", ms,
+		in_batch ? " during batches" : "");
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+	return x < y ? -1 : x > y;
+}
+
+/* The mean of the latest probes during batches over the lower quartile of all the latest probes:
+ * what the CPU work of other sessions takes while batches run against what it takes at best. */
+static double sampler_stretch(void)
+{
+	double sorted[PROBE_WINDOW], sum = 0;
+	int n = sampler.nin_batch < PROBE_IN_BATCH ? sampler.nin_batch : PROBE_IN_BATCH;
+	int all = sampler.nprobes < PROBE_WINDOW ? sampler.nprobes : PROBE_WINDOW;
+
+	if (all < PROBE_MIN_SEEN || n < 3)
+		return 0;
+	memcpy(sorted, sampler.probes, sizeof(double) * (size_t)all);
+	qsort(sorted, (size_t)all, sizeof(double), cmp_double);
+	for (int i = 0; i < n; i++)
+		sum += sampler.in_batch[i];
+	return sum / n / sorted[all / 4];
+}
+
+/* A probe sent on its own as a batch began. */
+static void sampler_probe_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
+{
+	char pids[32];
+	(void)conn;
+	(void)arg;
+
+	sampler.in_flight = false;
+	if (!res->ok || !pgconn_value(res->results[0], 0, 0))
+		return;
+	daemon_batch_pids(pids, sizeof(pids));
+	sampler_probe_seen(strtod(pgconn_value(res->results[0], 0, 0), NULL), strcmp(pids, "{}") != 0);
+	sampler.view.cpu_stretch = sampler_stretch();
+}
+
+void sampler_batch_started(void)
+{
+	pgconn_stmt_t probe = {sample_probe_sql, 0, NULL};
+	double now = now_ms();
+
+	if (sampler.in_flight || !sampler.conn || !pgconn_is_idle(sampler.conn) ||
+	    now < sampler.probe_batch_due_ms)
+		return;
+	sampler.probe_batch_due_ms = now + PROBE_EVERY_MS;
+	if (pgconn_send(sampler.conn, &probe, 1, sampler_probe_cb, NULL))
+		sampler.in_flight = true;
+}
+
 static void sampler_absorb(const pgconn_result_t *res, double at)
 {
 	const throttle_settings_t *s = &daemon_config()->throttle;
@@ -197,6 +278,14 @@ static void sampler_absorb(const pgconn_result_t *res, double at)
 		sampler.replay_rate = (double)(worst_lsn - sampler.worst_lsn) / (at - sampler.view_at_ms);
 	snprintf(sampler.worst, sizeof(sampler.worst), "%s", worst);
 	sampler.worst_lsn = worst_lsn;
+	if (res->n > 5 && pgconn_value(res->results[5], 0, 0)) {
+		char pids[32];
+		/* A probe counts as during batches when they ran as it was sent and still do. */
+		daemon_batch_pids(pids, sizeof(pids));
+		sampler_probe_seen(strtod(pgconn_value(res->results[5], 0, 0), NULL),
+				   sampler.probe_in_batch && strcmp(pids, "{}") != 0);
+	}
+	v.cpu_stretch = sampler_stretch();
 	sampler.view = v;
 	sampler.view_at_ms = at;
 	sampler.view_lsn = current;
@@ -220,11 +309,12 @@ static void sampler_tick_cb(evutil_socket_t fd, short what, void *arg)
 {
 	char pids[1024];
 	const char *params[] = {pids};
-	pgconn_stmt_t stmts[5] = {
+	pgconn_stmt_t stmts[6] = {
 		{sample_wal_sql, 0, NULL},	  {sample_standbys_sql, 0, NULL},
 		{sample_slots_sql, 0, NULL},	  {sample_blocked_sql, 1, params},
 		{sample_autovacuum_sql, 0, NULL},
 	};
+	int n = 5;
 	double *sent_at;
 	(void)fd;
 	(void)what;
@@ -238,7 +328,13 @@ static void sampler_tick_cb(evutil_socket_t fd, short what, void *arg)
 	if (!sent_at)
 		abort();
 	*sent_at = now_ms();
-	if (pgconn_send(sampler.conn, stmts, 5, sampler_result_cb, sent_at)) {
+	/* The CPU probe, about once a second while jobs run. */
+	if (daemon_njobs() > 0 && *sent_at >= sampler.probe_due_ms) {
+		sampler.probe_due_ms = *sent_at + PROBE_EVERY_MS;
+		sampler.probe_in_batch = strcmp(pids, "{}") != 0;
+		stmts[n++] = (pgconn_stmt_t){sample_probe_sql, 0, NULL};
+	}
+	if (pgconn_send(sampler.conn, stmts, n, sampler_result_cb, sent_at)) {
 		sampler.in_flight = true;
 	} else {
 		free(sent_at);

@@ -62,6 +62,9 @@ void daemon_job_finished(job_t *job);
 /* Ask the server to cancel the statement running in backend PID (via the queue connection). */
 void daemon_cancel_backend(int pid);
 
+/* How many jobs (or slices of one) this instance runs now. */
+int daemon_njobs(void);
+
 /* The backends of the batches in flight, as an int[] literal ("{12,34}") for the sampler. */
 void daemon_batch_pids(char *buf, size_t len);
 

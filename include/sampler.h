@@ -1,7 +1,10 @@
 /*
  * The sampler: a monitoring connection that every sample_interval_ms reads replication lag
  * (per physical standby, and logical slots), sessions blocked by our batches, and autovacuum
- * workers, in one pipelined round trip. It never blocks the loop; jobs read its latest view.
+ * workers, in one pipelined round trip. While jobs run, about once a second it also times a
+ * fixed piece of CPU work on the server (the probe): against the quickest of the recent probes,
+ * how much longer it takes while batches run is the CPU the batches take from every other
+ * session (cpu_stretch). It never blocks the loop; jobs read its latest view.
  */
 #ifndef BACKFILLD_SAMPLER_H
 #define BACKFILLD_SAMPLER_H
@@ -10,12 +13,13 @@
 #include <stdint.h>
 
 typedef struct sampler_view {
-	bool known;	   /* a recent sample exists */
-	bool warming;	   /* no sample yet, but one is due within seconds: wait for it */
-	int64_t lag_bytes; /* the worst watched standby or logical slot, plus WAL written since */
-	int64_t lag_ms;	   /* the worst watched standby, on the daemon's clock */
-	const char *hold;  /* "standby_missing", "logical_slot", or NULL */
-	char detail[160];  /* which standby or slot, for the log */
+	bool known;	    /* a recent sample exists */
+	bool warming;	    /* no sample yet, but one is due within seconds: wait for it */
+	int64_t lag_bytes;  /* the worst watched standby or logical slot, plus WAL written since */
+	int64_t lag_ms;	    /* the worst watched standby, on the daemon's clock */
+	const char *hold;   /* "standby_missing", "logical_slot", or NULL */
+	double cpu_stretch; /* how much longer the CPU probe takes while batches run (0: unknown) */
+	char detail[160];   /* which standby or slot, for the log */
 } sampler_view_t;
 
 void sampler_open(void);
@@ -23,6 +27,10 @@ void sampler_close(void);
 
 /* The latest sample, as the throttle sees it. */
 void sampler_view(sampler_view_t *out);
+
+/* A batch was sent: time a CPU probe now if one is due (every half second at most), so that
+ * probes during batches come however little of the time batches run. */
+void sampler_batch_started(void);
 
 /* An autovacuum worker is processing the table RELID now. */
 bool sampler_autovacuum(uint32_t relid);

@@ -37,11 +37,13 @@ typedef struct throttle_state {
 
 /* What the sampler saw, for one decision. */
 typedef struct throttle_input {
-	bool lag_known;	   /* false: no sample yet (lag is not throttled on) */
-	int64_t lag_bytes; /* worst watched standby or slot, plus WAL written since the sample */
-	int64_t lag_ms;	   /* worst watched standby, on the daemon's own clock */
-	const char *hold;  /* a reason that holds the job outright (standby_missing, logical_slot,
+	bool lag_known;	    /* false: no sample yet (lag is not throttled on) */
+	int64_t lag_bytes;  /* worst watched standby or slot, plus WAL written since the sample */
+	int64_t lag_ms;	    /* worst watched standby, on the daemon's own clock */
+	const char *hold;   /* a reason that holds the job outright (standby_missing, logical_slot,
 			       autovacuum), or NULL */
+	double cpu_stretch; /* how much longer other sessions' CPU work takes while batches run, as
+			       the sampler's probe measures it (0: unknown) */
 } throttle_input_t;
 
 typedef struct throttle_decision {
@@ -121,9 +123,10 @@ void throttle_after_waiters(throttle_state_t *st, const throttle_settings_t *s, 
  * target_batch_ms asks.
  *
  * A job that measures (app_watch, set by the caller after throttle_init) does not grow past
- * its first batch_size before it has measured for THROTTLE_APP_WARMUP_MS: the statistics of
- * other sessions reach the counters about once a second, and a job that grew meanwhile would
- * make its biggest batches before it knew anybody was there.
+ * its first batch_size before it has measured for THROTTLE_APP_WARMUP_MS, and meanwhile sleeps
+ * as long as each batch took (throttle_decide): the statistics of other sessions reach the
+ * counters about once a second, and a job that ran flat out meanwhile would make its biggest
+ * batches, and take the most CPU, before it knew anybody was there.
  */
 #define THROTTLE_PRIOR_WAITS 4.0
 #define THROTTLE_APP_WARMUP_MS 2000.0
@@ -139,11 +142,23 @@ void throttle_after_app(throttle_state_t *st, const throttle_settings_t *s, doub
 void throttle_after_retry(throttle_state_t *st, const throttle_settings_t *s, double jitter);
 
 /*
+ * While the application writes the table (THROTTLE_APP_MIN_WRITES_S rows a second or more) and
+ * the CPU work of other sessions takes s = cpu_stretch times as long while batches run, the job
+ * leaves the CPU to it: busy a share u of the time, every session's CPU work takes on average
+ * 1 + u (s - 1) as long, and u is chosen to keep that at THROTTLE_CPU_STRETCH (u = 0.1 / (s - 1),
+ * not under THROTTLE_MIN_DUTY): it sleeps (1 / u - 1) times as long as its last batch took,
+ * reason cpu_contention. Where the server has CPUs to spare, s stays near 1 and nothing changes.
+ */
+#define THROTTLE_CPU_STRETCH 1.1
+#define THROTTLE_MIN_DUTY 0.0625
+#define THROTTLE_APP_MIN_WRITES_S 1.0
+
+/*
  * Before a batch. Lag pressure p is the worse of lag_bytes/max_replication_lag_bytes and
  * lag_ms/max_replication_lag_ms: below 0.5 no sleep is added; from 0.5 to 1 the sleep grows
  * linearly from sleep_ms to max_sleep_ms; at 1 the job holds until p is back under 0.5. After
  * contention the sleep is at least idle times the last batch's duration (reason
- * blocked_sessions), unless lag asks for more.
+ * blocked_sessions), unless lag asks for more; and then the CPU share above.
  */
 throttle_decision_t throttle_decide(throttle_state_t *st, const throttle_settings_t *s,
 				    const throttle_input_t *in);

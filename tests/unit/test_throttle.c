@@ -1256,12 +1256,13 @@ static void test_app_writes_keep_the_start_under_the_budget(void **state)
 	app = pgbench_like_app();
 	while (app.time < 10000)
 		run_contended_batch(&st, &s, &sv, &app);
-	assert_true((double)app.largest > 10 * allowed); /* ~17,000 rows */
+	assert_true((double)app.largest > 10 * allowed);	  /* ~17,000 rows */
 	assert_true(app.waits > 1.5 * THROTTLE_WAITS_PER_S * 10); /* 5 */
 }
 
-/* While it measures, the size stays at the first batch_size; once measured, with nobody writing,
- * it grows to what the target asks, and the reason is none. */
+/* While it measures, the size stays at the first batch_size and it sleeps as long as a batch
+ * takes; once measured, with nobody writing, it grows to what the target asks, and the reason is
+ * none. */
 static void test_app_warmup_then_free_when_nobody_writes(void **state)
 {
 	throttle_settings_t s = contention_settings();
@@ -1273,9 +1274,11 @@ static void test_app_warmup_then_free_when_nobody_writes(void **state)
 	(void)state;
 	throttle_init(&st, &s);
 	st.app_watch = true;
-	while (app.time + server_batch_ms(&sv, st.batch_size) < THROTTLE_APP_WARMUP_MS) {
+	while (app.time + 2 * server_batch_ms(&sv, st.batch_size) < THROTTLE_APP_WARMUP_MS) {
 		run_contended_batch(&st, &s, &sv, &app);
 		assert_int_equal(st.batch_size, s.batch_size);
+		/* and busy at most half the time */
+		assert_true(throttle_decide(&st, &s, &calm).sleep_ms >= (int64_t)st.last_ms);
 	}
 	for (int i = 0; i < 30; i++)
 		run_contended_batch(&st, &s, &sv, &app);
@@ -1359,6 +1362,91 @@ static void test_app_writes_without_a_table_size_cap_nothing(void **state)
 	assert_true(st.cap > 0);
 }
 
+/* A job that has measured the application writing 400 rows a second (over 10 s), whose last
+ * batch took LAST_MS. */
+static throttle_state_t cpu_share_state(const throttle_settings_t *s, double last_ms)
+{
+	throttle_state_t st;
+
+	throttle_init(&st, s);
+	st.app_watch = true;
+	throttle_after_app(&st, s, 4000, 10000, 1e6);
+	st.last_ms = last_ms;
+	return st;
+}
+
+/*
+ * While the application writes the table, the job is busy the share of the time that keeps other
+ * sessions' CPU work at THROTTLE_CPU_STRETCH of its time on average: 0.1 / (s - 1). A stretch of
+ * 2 (the probe's during back-to-back 1,000-row batches on the 2-CPU development machine) leaves a
+ * tenth: sleep 9 times the batch; 1.2: half; 1.05: nothing; 5: no less than THROTTLE_MIN_DUTY.
+ */
+static void test_cpu_share_follows_the_stretch(void **state)
+{
+	throttle_settings_t s = contention_settings();
+	const struct {
+		double stretch;
+		int64_t sleep_ms;
+		const char *reason;
+	} cases[] = {
+		{0, 0, NULL},
+		{1.05, 0, NULL},
+		{1.1, 0, NULL},
+		{1.2, 80, "cpu_contention"},
+		{2, 720, "cpu_contention"},
+		{5, 1200, "cpu_contention"},
+	};
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		throttle_state_t st = cpu_share_state(&s, 80);
+		throttle_input_t in = {.lag_known = true, .cpu_stretch = cases[i].stretch};
+		throttle_decision_t d = throttle_decide(&st, &s, &in);
+		if (llabs(d.sleep_ms - cases[i].sleep_ms) > 1)
+			fail_msg("stretch %.2f: sleep %lld ms, want %lld", cases[i].stretch,
+				 (long long)d.sleep_ms, (long long)cases[i].sleep_ms);
+		if (cases[i].reason)
+			assert_string_equal(d.reason, cases[i].reason);
+		else
+			assert_null(d.reason);
+		assert_false(d.hold);
+	}
+}
+
+/* Not without the application writing the table (the CPU is only shared with whom it is for),
+ * nor for a job that does not measure; lag that asks for a longer sleep wins; max_sleep_ms bounds. */
+static void test_cpu_share_needs_the_application(void **state)
+{
+	throttle_settings_t s = contention_settings();
+	throttle_state_t st = cpu_share_state(&s, 80);
+	throttle_input_t in = {.lag_known = true, .cpu_stretch = 2};
+	throttle_decision_t d;
+
+	(void)state;
+	throttle_after_app(&st, &s, 0, 60000, 1e6); /* a minute without writes: gone */
+	d = throttle_decide(&st, &s, &in);
+	assert_int_equal(d.sleep_ms, 0);
+	assert_null(d.reason);
+
+	st = cpu_share_state(&s, 80);
+	st.app_watch = false;
+	d = throttle_decide(&st, &s, &in);
+	assert_int_equal(d.sleep_ms, 0);
+
+	st = cpu_share_state(&s, 80);
+	in.lag_bytes = 900; /* pressure 0.9 of max_replication_lag_bytes 1000 */
+	d = throttle_decide(&st, &s, &in);
+	assert_string_equal(d.reason, "replication_lag");
+	assert_true(d.sleep_ms > 720);
+
+	st = cpu_share_state(&s, 80);
+	in.lag_bytes = 0;
+	s.max_sleep_ms = 500;
+	d = throttle_decide(&st, &s, &in);
+	assert_int_equal(d.sleep_ms, 500);
+	assert_string_equal(d.reason, "cpu_contention");
+}
+
 /* For THROTTLE_DUTY_BATCHES batches after contention the sleep is at least the last batch's
  * duration, with reason blocked_sessions; lag that asks for more wins. */
 static void test_contention_duty_cycle(void **state)
@@ -1438,6 +1526,8 @@ int main(void)
 		cmocka_unit_test(test_app_arriving_brings_the_size_down),
 		cmocka_unit_test(test_app_writes_elsewhere_lift_the_cap),
 		cmocka_unit_test(test_app_writes_without_a_table_size_cap_nothing),
+		cmocka_unit_test(test_cpu_share_follows_the_stretch),
+		cmocka_unit_test(test_cpu_share_needs_the_application),
 		cmocka_unit_test(test_contention_that_keeps_coming_back_lengthens_the_idle_time),
 		cmocka_unit_test(test_contention_ceiling_grows_slowly),
 		cmocka_unit_test(test_contention_duty_cycle),
