@@ -62,7 +62,8 @@ static const char sample_autovacuum_sql[] =
 static struct {
 	pgconn_t *conn;
 	struct event *tick;
-	bool in_flight;
+	bool in_flight;	      /* a sample */
+	bool probe_in_flight; /* a CPU probe sent as a batch began (a sample may queue behind it) */
 	lagclock_t clock;
 	sampler_view_t view;
 	double view_at_ms; /* monotonic time of the view; 0: none yet */
@@ -153,7 +154,7 @@ static void sampler_probe_cb(pgconn_t *conn, const pgconn_result_t *res, void *a
 	(void)conn;
 	(void)arg;
 
-	sampler.in_flight = false;
+	sampler.probe_in_flight = false;
 	if (!res->ok || !pgconn_value(res->results[0], 0, 0))
 		return;
 	daemon_batch_pids(pids, sizeof(pids));
@@ -166,12 +167,14 @@ void sampler_batch_started(void)
 	pgconn_stmt_t probe = {sample_probe_sql, 0, NULL};
 	double now = now_ms();
 
-	if (sampler.in_flight || !sampler.conn || !pgconn_is_idle(sampler.conn) ||
+	/* Only on an idle connection: a sample is never kept waiting for more than the probe
+	 * (queued behind it), and a probe never waits behind a sample. */
+	if (sampler.in_flight || sampler.probe_in_flight || !sampler.conn || !pgconn_is_idle(sampler.conn) ||
 	    now < sampler.probe_batch_due_ms)
 		return;
 	sampler.probe_batch_due_ms = now + PROBE_EVERY_MS;
 	if (pgconn_send(sampler.conn, &probe, 1, sampler_probe_cb, NULL))
-		sampler.in_flight = true;
+		sampler.probe_in_flight = true;
 }
 
 static void sampler_absorb(const pgconn_result_t *res, double at)
