@@ -269,7 +269,7 @@ const char batch_waiters_function_sql[] =
 	"LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp\nAS $bf$\nBEGIN\n"
 	"  RETURN QUERY SELECT count(*), coalesce(max(floor(extract(epoch FROM clock_timestamp() -"
 	" w.query_start) * 1000)), 0)::bigint,\n"
-	"    (SELECT o.__bf_own FROM pg_temp.backfilld_writes($1) AS o)\n"
+	"    pg_stat_get_xact_tuples_updated($1) + pg_stat_get_xact_tuples_deleted($1)\n"
 	"  FROM (SELECT a.pid, a.query_start FROM pg_catalog.pg_stat_activity a\n"
 	"        WHERE a.wait_event_type = 'Lock' AND a.pid <> pg_catalog.pg_backend_pid() OFFSET 0) AS w\n"
 	"  WHERE pg_catalog.pg_backend_pid() = ANY (pg_catalog.pg_blocking_pids(w.pid));\nEND;\n$bf$";

@@ -27,7 +27,7 @@
 #define STALE_SAMPLES 10   /* a view older than this many intervals (and 5 s) is unknown */
 #define WARMUP_MS 5000	   /* how long jobs wait for the first sample before going on without */
 #define PROBE_EVERY_MS 500 /* the CPU probe's interval (at most once a sample) */
-#define PROBE_WINDOW 64	   /* the baseline is the quickest of this many latest probes */
+#define PROBE_WINDOW 64	   /* the baseline is the lower quartile of this many latest probes */
 #define PROBE_IN_BATCH 8   /* the stretch is the mean of this many latest probes during batches */
 #define PROBE_MIN_SEEN 5   /* probes (3 of them during batches) before the stretch is told */
 
@@ -84,6 +84,7 @@ static struct {
 	int nprobes;			 /* how many were ever taken */
 	double in_batch[PROBE_IN_BATCH]; /* the latest of them taken during batches, a ring */
 	int nin_batch;			 /* how many of those were ever taken */
+	double stretch;			 /* sampler_stretch() after the latest probe */
 } sampler;
 
 static double now_ms(void)
@@ -111,19 +112,6 @@ static bool sampler_watches(const char *name)
 	return false;
 }
 
-/* Fold one round of results into the view. */
-/* A probe took MS; IN_BATCH: batches ran while it did. */
-static void sampler_probe_seen(double ms, bool in_batch)
-{
-	if (!(ms > 0))
-		return;
-	sampler.probes[sampler.nprobes++ % PROBE_WINDOW] = ms;
-	if (in_batch)
-		sampler.in_batch[sampler.nin_batch++ % PROBE_IN_BATCH] = ms;
-	log_msg(LOG_LEVEL_DEBUG, SAMPLER_CONTEXT, "CPU probe: %.2f ms%s", ms,
-		in_batch ? " during batches" : "");
-}
-
 static int cmp_double(const void *a, const void *b)
 {
 	double x = *(const double *)a, y = *(const double *)b;
@@ -147,19 +135,36 @@ static double sampler_stretch(void)
 	return sum / n / sorted[all / 4];
 }
 
+/* A probe's result arrived (TIME: its ms, as text). It counts as during batches when they ran as
+ * it was sent (SENT_IN_BATCH) and still do. */
+static void sampler_probe_seen(const char *time, bool sent_in_batch)
+{
+	char pids[32];
+	double ms = time ? strtod(time, NULL) : 0;
+	bool in_batch;
+
+	if (!(ms > 0))
+		return;
+	daemon_batch_pids(pids, sizeof(pids));
+	in_batch = sent_in_batch && strcmp(pids, "{}") != 0;
+	sampler.probes[sampler.nprobes++ % PROBE_WINDOW] = ms;
+	if (in_batch)
+		sampler.in_batch[sampler.nin_batch++ % PROBE_IN_BATCH] = ms;
+	sampler.stretch = sampler_stretch();
+	sampler.view.cpu_stretch = sampler.stretch;
+	log_msg(LOG_LEVEL_DEBUG, SAMPLER_CONTEXT, "CPU probe: %.2f ms%s", ms,
+		in_batch ? " during batches" : "");
+}
+
 /* A probe sent on its own as a batch began. */
 static void sampler_probe_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
 {
-	char pids[32];
 	(void)conn;
 	(void)arg;
 
 	sampler.probe_in_flight = false;
-	if (!res->ok || !pgconn_value(res->results[0], 0, 0))
-		return;
-	daemon_batch_pids(pids, sizeof(pids));
-	sampler_probe_seen(strtod(pgconn_value(res->results[0], 0, 0), NULL), strcmp(pids, "{}") != 0);
-	sampler.view.cpu_stretch = sampler_stretch();
+	if (res->ok)
+		sampler_probe_seen(pgconn_value(res->results[0], 0, 0), true);
 }
 
 void sampler_batch_started(void)
@@ -177,6 +182,7 @@ void sampler_batch_started(void)
 		sampler.probe_in_flight = true;
 }
 
+/* Fold one round of results into the view. */
 static void sampler_absorb(const pgconn_result_t *res, double at)
 {
 	const throttle_settings_t *s = &daemon_config()->throttle;
@@ -281,14 +287,9 @@ static void sampler_absorb(const pgconn_result_t *res, double at)
 		sampler.replay_rate = (double)(worst_lsn - sampler.worst_lsn) / (at - sampler.view_at_ms);
 	snprintf(sampler.worst, sizeof(sampler.worst), "%s", worst);
 	sampler.worst_lsn = worst_lsn;
-	if (res->n > 5 && pgconn_value(res->results[5], 0, 0)) {
-		char pids[32];
-		/* A probe counts as during batches when they ran as it was sent and still do. */
-		daemon_batch_pids(pids, sizeof(pids));
-		sampler_probe_seen(strtod(pgconn_value(res->results[5], 0, 0), NULL),
-				   sampler.probe_in_batch && strcmp(pids, "{}") != 0);
-	}
-	v.cpu_stretch = sampler_stretch();
+	if (res->n > 5)
+		sampler_probe_seen(pgconn_value(res->results[5], 0, 0), sampler.probe_in_batch);
+	v.cpu_stretch = sampler.stretch;
 	sampler.view = v;
 	sampler.view_at_ms = at;
 	sampler.view_lsn = current;
@@ -331,7 +332,7 @@ static void sampler_tick_cb(evutil_socket_t fd, short what, void *arg)
 	if (!sent_at)
 		abort();
 	*sent_at = now_ms();
-	/* The CPU probe, about once a second while jobs run. */
+	/* The CPU probe, twice a second at most while jobs run. */
 	if (daemon_njobs() > 0 && *sent_at >= sampler.probe_due_ms) {
 		sampler.probe_due_ms = *sent_at + PROBE_EVERY_MS;
 		sampler.probe_in_batch = strcmp(pids, "{}") != 0;

@@ -117,14 +117,13 @@ extern const char batch_open_sql[];
  * batch_open_sql for a batch that counts the application's writes: $3 is the target's oid, and
  * its row goes on with pg_temp.backfilld_writes($3)'s: the target's counters of rows updated
  * and deleted (the writes that can meet a batch's row locks; a new row cannot) as this session
- * sees them, the statistics every session has
- * reported plus what this one has not yet; this session's own part of that (its pending
- * counts: those of this transaction and of earlier ones not yet reported); and the table's
- * row estimate (pg_class.reltuples). Read at the start of two batches, the first figure
- * differs by the application's writes that reached the statistics in between plus the job's
- * own, whenever this session reported them; the second figure read at a batch's start and its
- * end (batch_waiters_sql) gives the job's own writes of that batch.
- * batch_writes_function_sql creates the function with the other batch functions.
+ * sees them, the statistics every session has reported plus what this one has not yet; this
+ * session's own part of that (its pending counts: those of this transaction and of earlier
+ * ones not yet reported); and the table's row estimate (pg_class.reltuples). Read at the start
+ * of two batches, the first figure differs by the application's writes that reached the
+ * statistics in between plus the job's own, whenever this session reported them; the second
+ * figure read at a batch's start and its end (batch_waiters_sql) gives the job's own writes of
+ * that batch. batch_writes_function_sql creates the function with the other batch functions.
  */
 extern const char batch_open_counting_sql[];
 extern const char batch_writes_function_sql[];
