@@ -303,6 +303,7 @@ void job_continue(job_t *job)
 	throttle_settings_t s;
 	sampler_view_t view;
 	throttle_decision_t d;
+	bool held;
 
 	if (job->lease_lost) { /* seen while a batch was in flight that had no fence (a dry run) */
 		job_finish(job);
@@ -321,9 +322,13 @@ void job_continue(job_t *job)
 	if (view.warming) { /* the sampler has not looked yet: wait a moment for it */
 		struct timeval tv = {0, 50 * 1000};
 		job->state = JOB_THROTTLED;
+		job->awaiting_sampler = true;
 		evtimer_add(job->timer, &tv);
 		return;
 	}
+	/* Already in a hold (announced and written to the row), not just waiting for the sampler. */
+	held = job->state == JOB_THROTTLED && !job->awaiting_sampler;
+	job->awaiting_sampler = false;
 	job->input = (throttle_input_t){.lag_known = view.known,
 					.lag_bytes = view.lag_bytes,
 					.lag_ms = view.lag_ms,
@@ -360,7 +365,7 @@ void job_continue(job_t *job)
 	if (d.hold) {
 		struct timeval tv = {(time_t)(s.sample_interval_ms / 1000),
 				     (suseconds_t)((s.sample_interval_ms % 1000) * 1000)};
-		if (job->state != JOB_THROTTLED) {
+		if (!held) {
 			job_log(job, LOG_LEVEL_NOTICE, "held: %s%s%s%s", d.reason, view.detail[0] ? " (" : "",
 				view.detail, view.detail[0] ? ")" : "");
 			job_write_reason(job, d.reason);

@@ -90,6 +90,7 @@ struct job {
 	struct timespec batch_started;
 	struct timespec sleep_started; /* when the throttle's current sleep began */
 	bool sleep_decided;	       /* sleeping because the throttle said so (not a retry backoff) */
+	bool awaiting_sampler;	       /* JOB_THROTTLED only until the sampler's first look, not held */
 	const char *wait_reason;       /* why it was held or slept since the last batch; NULL: it was not */
 	struct timespec batch_ended;   /* when the last batch committed: its successor records the wait */
 	int64_t batch_blocked;	       /* most sessions seen blocked by the batch in flight */
