@@ -233,9 +233,12 @@ throttle_decision_t throttle_decide(throttle_state_t *st, const throttle_setting
 		d.sleep_ms = clamp64((int64_t)(st->last_ms * st->idle), 0, s->max_sleep_ms);
 		d.reason = "blocked_sessions";
 	}
-	/* A job that measures starts gently: busy at most half the time until it knows. */
-	if (st->app_watch && st->app_seen_ms < THROTTLE_APP_WARMUP_MS && (int64_t)st->last_ms > d.sleep_ms)
-		d.sleep_ms = clamp64((int64_t)st->last_ms, 0, s->max_sleep_ms);
+	/* A job that measures starts gently: busy at most THROTTLE_START_DUTY of the time until it
+	 * knows. */
+	if (st->app_watch && st->app_seen_ms < THROTTLE_APP_WARMUP_MS &&
+	    (int64_t)(st->last_ms * (1 / THROTTLE_START_DUTY - 1)) > d.sleep_ms)
+		d.sleep_ms =
+			clamp64((int64_t)(st->last_ms * (1 / THROTTLE_START_DUTY - 1)), 0, s->max_sleep_ms);
 	/* The application's share of the CPU. */
 	if (st->app_watch && st->app_ms > 0 &&
 	    st->app_writes / st->app_ms * 1000.0 >= THROTTLE_APP_MIN_WRITES_S &&

@@ -130,6 +130,7 @@ void throttle_after_waiters(throttle_state_t *st, const throttle_settings_t *s, 
  */
 #define THROTTLE_PRIOR_WAITS 4.0
 #define THROTTLE_APP_WARMUP_MS 2000.0
+#define THROTTLE_START_DUTY 0.125
 #define THROTTLE_APP_MEMORY_MS 3000.0
 void throttle_after_app(throttle_state_t *st, const throttle_settings_t *s, double writes, double ms,
 			double table_rows);
