@@ -520,6 +520,11 @@ static void job_load_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
 			"walking %d key column%s from %s, batch size %lld, sleep %lld ms", job->nkeys,
 			job->nkeys > 1 ? "s" : "", job->last_key.n ? "the checkpoint" : "the start",
 			(long long)job->throttle.batch_size, (long long)job->throttle.sleep_ms);
+		if (job->throttle.app_watch)
+			job_log(job, LOG_LEVEL_INFO,
+				"busy at most 1/%.0f of the time for its first %.0f s while it measures the "
+				"application's writes and CPU",
+				1 / THROTTLE_START_DUTY, THROTTLE_APP_WARMUP_MS / 1000);
 	}
 	if (job->stopping)
 		job_release(job, job->stop_state, job->stop_error);
