@@ -9,13 +9,15 @@ set -euo pipefail
 usage() {
     cat <<'USAGE'
 usage: tests/bench/bench_throttle.sh [--quick] [--scale N] [--duration S] [--rate TPS]
-                                     [--clients N] [--pause S] [--png FILE]
+                                     [--clients N] [--pause S] [--rounds N] [--png FILE]
   --quick        a short check (scale 2, 15 s per condition): about 3 minutes in all
   --scale N      pgbench scale: 100,000 pgbench_accounts rows per unit (default 10: 1,000,000)
   --duration S   seconds of load per condition (default 45)
   --rate TPS     pgbench's fixed transaction rate, -R (default 400)
   --clients N    pgbench clients, -c (default 4; -j 2)
   --pause S      how long the standby's replay stays paused in the last run (default 10)
+  --rounds N     pairs of (no backfill, backfilld defaults) run again after the table, to judge
+                 the goal on the median ratio rather than on one pair (default 2; --quick 0)
   --png FILE     where the replay-pause plot goes (default docs/replay-pause.png; with --quick
                  a file under ${TMPDIR:-/tmp}, so a quick run never replaces the committed one)
   BUILD_DIR      environment: build directory (default build under the repository root)
@@ -32,16 +34,17 @@ duration=""
 rate=400
 clients=4
 pause=10
+rounds=""
 png=""
 while (($#)); do
     case $1 in
     --quick) quick=1 ;;
-    --scale | --duration | --rate | --clients | --pause | --png)
+    --scale | --duration | --rate | --clients | --pause | --rounds | --png)
         (($# >= 2)) || { usage >&2; exit 64; }
         printf -v "${1#--}" '%s' "$2"
         shift
         ;;
-    --scale=* | --duration=* | --rate=* | --clients=* | --pause=* | --png=*)
+    --scale=* | --duration=* | --rate=* | --clients=* | --pause=* | --rounds=* | --png=*)
         opt=${1%%=*}
         printf -v "${opt#--}" '%s' "${1#*=}"
         ;;
@@ -59,13 +62,16 @@ done
 if ((quick)); then
     scale=${scale:-2}
     duration=${duration:-15}
+    rounds=${rounds:-0}
 else
     scale=${scale:-10}
     duration=${duration:-45}
+    rounds=${rounds:-2}
 fi
 for v in scale duration rate clients pause; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || { echo "error: --$v wants a positive integer" >&2; exit 64; }
 done
+[[ $rounds =~ ^[0-9]+$ ]] || { echo "error: --rounds wants a whole number" >&2; exit 64; }
 warmup=$((duration >= 30 ? 5 : 3)) # seconds of load before the backfill starts
 rows=$((scale * 100000))
 
@@ -257,10 +263,11 @@ job_field() { # ID EXPR
     sql -Atc "SELECT $2 FROM backfill.jobs WHERE id = $1"
 }
 
-# wait_job ID: print the job's state once it has ended (tests/bench/bench.py: one LISTENing
-# connection, no polling load charged to backfilld).
-wait_job() {
-    /usr/bin/python3 "$root/tests/bench/bench.py" wait "$conninfo" "$1" 3600
+# submit_job AT SQL: INSERT the job at the epoch time AT and print "id state" once it has ended
+# (tests/bench/bench.py: one LISTENing connection, no polling load charged to backfilld). Started
+# before AT, so Python's start and the login fall in the warm-up, not in the backfill's window.
+submit_job() {
+    /usr/bin/python3 "$root/tests/bench/bench.py" submit-wait "$conninfo" "$2" 3600 "$1"
 }
 
 declare -A r_tps r_p50 r_p99 r_p99bf r_done r_secs r_note r_load r_wait
@@ -279,9 +286,16 @@ run_condition() {
     t_load=$EPOCHREALTIME
     start_load "$name" "$duration"
     start_watch "$name"
+    if [[ $kind == backfilld ]]; then
+        submit_job "$(calc "$t_load + $warmup")" \
+            "INSERT INTO backfill.jobs (name, target, set_sql, where_sql${cols:+, $cols})
+             VALUES ('$name', 'pgbench_accounts', 'abalance2 = abalance',
+                     'abalance2 IS DISTINCT FROM abalance'${vals:+, $vals}) RETURNING id" >"$work/wait_$name" &
+        wait_pid=$!
+    fi
     sleep "$warmup"
     case $kind in
-    none) ;;
+    none | backfilld) ;;
     update)
         t_bf0=$EPOCHREALTIME
         sql -c 'UPDATE pgbench_accounts SET abalance2 = abalance WHERE abalance2 IS DISTINCT FROM abalance' &
@@ -291,13 +305,6 @@ run_condition() {
         t_bf0=$EPOCHREALTIME
         sql -c "CALL keyset_backfill(${cols:-10000})" &
         bf_pid=$!
-        ;;
-    backfilld)
-        id=$(sql -Atc "INSERT INTO backfill.jobs (name, target, set_sql, where_sql${cols:+, $cols})
-                       VALUES ('$name', 'pgbench_accounts', 'abalance2 = abalance',
-                               'abalance2 IS DISTINCT FROM abalance'${vals:+, $vals}) RETURNING id")
-        wait_job "$id" >"$work/wait_$name" &
-        wait_pid=$!
         ;;
     esac
     deadline=$(calc "$t_load + $duration + 600")
@@ -309,10 +316,10 @@ run_condition() {
             bf_pid=""
             ((rc == 0)) || die "$label: the backfill failed (psql exit $rc)"
         fi
-        if [[ -n $id && -z $t_bf1 ]] && ! kill -0 "$wait_pid" 2>/dev/null; then
-            wait "$wait_pid" || die "$label: waiting for job $id failed"
+        if [[ -n $wait_pid ]] && ! kill -0 "$wait_pid" 2>/dev/null; then
+            wait "$wait_pid" || die "$label: submitting a job or waiting for it failed"
             wait_pid=""
-            state=$(<"$work/wait_$name")
+            read -r id state <"$work/wait_$name"
             case $state in
             done) read -r t_bf0 t_bf1 < <(sql -At -F ' ' -c "SELECT extract(epoch FROM created_at),
                                                  extract(epoch FROM finished_at) FROM backfill.jobs WHERE id = $id") ;;
@@ -386,6 +393,20 @@ pg_restart "$work/standby" standby
 standby_up=1
 wait_caught_up
 run_condition none2 "no backfill, again" none
+
+# -- rounds: the same pair again ----------------------------------------------------------------
+# On a shared 2-CPU machine the baseline's own p99 moves by up to 1.5x from one 45-s window to the
+# next, so one pair cannot tell 1.4x from 1.7x. Each round runs the baseline and the defaults
+# again (their order alternating, against drift); the goal is judged on the median ratio.
+for ((r = 1; r <= rounds; r++)); do
+    if ((r % 2)); then
+        run_condition "round${r}_bf" "round $r: backfilld, defaults" backfilld
+        run_condition "round${r}_none" "round $r: no backfill" none
+    else
+        run_condition "round${r}_none" "round $r: no backfill" none
+        run_condition "round${r}_bf" "round $r: backfilld, defaults" backfilld
+    fi
+done
 
 # -- the replay pause ---------------------------------------------------------------------------
 
@@ -492,7 +513,12 @@ daemon_pid=""
 base=${r_p99[none]}
 ratio=$(calc 'b > 0 ? p / b : 0' p="${r_p99bf[backfilld]}" b="$base")
 ratio_all=$(calc 'b > 0 ? p / b : 0' p="${r_p99[backfilld]}" b="$base")
-met=$(awk -v r="$ratio" 'BEGIN { print (r <= 1.5 ? "met" : "NOT MET") }')
+ratios=("$ratio")
+for ((r = 1; r <= rounds; r++)); do
+    ratios+=("$(calc 'b > 0 ? p / b : 0' p="${r_p99bf[round${r}_bf]}" b="${r_p99[round${r}_none]}")")
+done
+median=$(printf '%s\n' "${ratios[@]}" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }')
+met=$(awk -v r="$median" 'BEGIN { print (r <= 1.5 ? "met" : "NOT MET") }')
 cpu=$(awk -F': *' '/^(model name|Model|cpu model|Hardware)[[:space:]]*:/ { print $2; exit }' /proc/cpuinfo)
 [[ -n $cpu ]] || cpu=$(uname -m)
 
@@ -517,6 +543,7 @@ rule
 printf '%-40s %6s %8s %9s %10s %13s  %-14s %7s %5s\n' "condition" "TPS" "p50 ms" "p99 ms" "p99 in bf" "lock/active" \
     "finished" "took" "load"
 for n in "${conditions[@]}"; do
+    [[ $n == round* ]] && continue
     read -r w a <<<"${r_wait[$n]}"
     printf '%-40s %6.1f %8s %9s %10s %6s/%-6s  %-14s %7s %5s\n' "${labels[$n]}" "${r_tps[$n]}" "${r_p50[$n]}" \
         "${r_p99[$n]}" "${r_p99bf[$n]}" "$w" "$a" "${r_done[$n]}" "${r_secs[$n]:+$(printf '%.1f s' "${r_secs[$n]}")}" \
@@ -529,7 +556,11 @@ line "load" "1-minute load average at the end of the condition (other work on th
 line "backfilld, defaults" "${r_note[backfilld]}"
 line "backfilld, target 100, sleep 100" "${r_note[tuned]}"
 line "backfilld, 1,000 + sleep 50" "${r_note[gentle]}"
-line "p99 ratio backfilld / no backfill" "$(printf '%.2f' "$ratio") while it ran ($(printf '%.2f' "$ratio_all") over the whole run)   goal <= 1.5: $met"
+line "p99 ratio backfilld / no backfill" "$(printf '%.2f' "$ratio") while it ran ($(printf '%.2f' "$ratio_all") over the whole run)"
+for ((r = 1; r <= rounds; r++)); do
+    line "  round $r" "$(printf '%.2f' "${ratios[r]}"): p99 in bf ${r_p99bf[round${r}_bf]} ms (took $(printf '%.1f' "${r_secs[round${r}_bf]}") s), no backfill ${r_p99[round${r}_none]} ms"
+done
+line "  median of the $((rounds + 1)) pair(s)" "$(printf '%.2f' "$median")   goal <= 1.5: $met"
 x_none() { printf '%.2f' "$(calc 'b > 0 ? a / b : 0' a="${r_p99bf[$1]}" b="$base")"; }
 line "  the same, other settings" "target 100 + sleep 100: $(x_none tuned); 1,000 a batch + sleep 50: $(x_none gentle)"
 line "  without backfilld" "a PL/pgSQL loop, 1,000 a batch + sleep 50: $(x_none keyset_gentle); 10,000 a batch: $(x_none keyset)"
