@@ -523,7 +523,7 @@ static void job_load_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
 		if (job->throttle.app_watch)
 			job_log(job, LOG_LEVEL_INFO,
 				"busy at most 1/%.0f of the time for its first %.0f s while it measures the "
-				"application's writes and CPU",
+				"application's writes and CPU (or until the CPU is seen to be free)",
 				1 / THROTTLE_START_DUTY, THROTTLE_APP_WARMUP_MS / 1000);
 	}
 	if (job->stopping)

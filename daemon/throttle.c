@@ -234,8 +234,10 @@ throttle_decision_t throttle_decide(throttle_state_t *st, const throttle_setting
 		d.reason = "blocked_sessions";
 	}
 	/* A job that measures starts gently: busy at most THROTTLE_START_DUTY of the time until it
-	 * knows. */
+	 * knows, unless the CPU probes already show CPU to spare (its size still waits for the
+	 * write counters). */
 	if (st->app_watch && st->app_seen_ms < THROTTLE_APP_WARMUP_MS &&
+	    !(in->cpu_stretch > 0 && in->cpu_stretch <= THROTTLE_CPU_STRETCH) &&
 	    (int64_t)(st->last_ms * (1 / THROTTLE_START_DUTY - 1)) > d.sleep_ms)
 		d.sleep_ms =
 			clamp64((int64_t)(st->last_ms * (1 / THROTTLE_START_DUTY - 1)), 0, s->max_sleep_ms);

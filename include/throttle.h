@@ -124,7 +124,8 @@ void throttle_after_waiters(throttle_state_t *st, const throttle_settings_t *s, 
  *
  * A job that measures (app_watch, set by the caller after throttle_init) does not grow past
  * its first batch_size before it has measured for THROTTLE_APP_WARMUP_MS, and meanwhile is busy
- * at most THROTTLE_START_DUTY of the time (throttle_decide; no reason: the job says so in its
+ * at most THROTTLE_START_DUTY of the time until the CPU probes show CPU to spare (cpu_stretch
+ * known and at most THROTTLE_CPU_STRETCH; throttle_decide; no reason: the job says so in its
  * log as it starts, and its batches' sleep_ms show it): the statistics of other sessions reach the
  * counters about once a second, and a job that ran flat out meanwhile would make its biggest
  * batches, and take the most CPU, before it knew anybody was there.

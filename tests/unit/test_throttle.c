@@ -1289,6 +1289,35 @@ static void test_app_warmup_then_free_when_nobody_writes(void **state)
 	assert_null(throttle_decide(&st, &s, &calm).reason);
 }
 
+/* While it measures, CPU probes that show CPU to spare (stretch known, at most
+ * THROTTLE_CPU_STRETCH) end the gentle start's sleep at once, but not its size; probes that show
+ * the CPU taken, or none yet, keep it. */
+static void test_app_warmup_ends_early_when_the_cpu_is_free(void **state)
+{
+	throttle_settings_t s = contention_settings();
+	throttle_state_t st;
+	server_t sv = {.rate = 50, .overhead = 1};
+	app_t app = {.k = 0, .writes = 0, .table_rows = 1e6};
+	throttle_input_t unknown = {.lag_known = true};
+	throttle_input_t busy = {.lag_known = true, .cpu_stretch = 1.8};
+	throttle_input_t free_cpu = {.lag_known = true, .cpu_stretch = 1.02};
+
+	(void)state;
+	throttle_init(&st, &s);
+	st.app_watch = true;
+	for (int i = 0; i < 3; i++)
+		run_contended_batch(&st, &s, &sv, &app);
+	assert_true(st.app_seen_ms < THROTTLE_APP_WARMUP_MS);
+	assert_true(throttle_decide(&st, &s, &unknown).sleep_ms >=
+		    (int64_t)(st.last_ms * (1 / THROTTLE_START_DUTY - 1)));
+	assert_true(throttle_decide(&st, &s, &busy).sleep_ms >=
+		    (int64_t)(st.last_ms * (1 / THROTTLE_START_DUTY - 1)));
+	assert_int_equal(throttle_decide(&st, &s, &free_cpu).sleep_ms, s.sleep_ms);
+	/* the size still keeps to the first batch_size until the counters are in */
+	throttle_after_batch(&st, &s, st.batch_size, server_batch_ms(&sv, st.batch_size));
+	assert_int_equal(st.batch_size, s.batch_size);
+}
+
 /*
  * An application that arrives in the middle of a job running big batches: within a few seconds
  * of its first writes the size is down to what they allow (by halves), with the reason
@@ -1525,6 +1554,7 @@ int main(void)
 		cmocka_unit_test(test_waiters_budget_counts_the_sleep),
 		cmocka_unit_test(test_app_writes_keep_the_start_under_the_budget),
 		cmocka_unit_test(test_app_warmup_then_free_when_nobody_writes),
+		cmocka_unit_test(test_app_warmup_ends_early_when_the_cpu_is_free),
 		cmocka_unit_test(test_app_arriving_brings_the_size_down),
 		cmocka_unit_test(test_app_writes_elsewhere_lift_the_cap),
 		cmocka_unit_test(test_app_writes_without_a_table_size_cap_nothing),
