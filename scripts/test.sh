@@ -13,10 +13,10 @@ usage: scripts/test.sh [--sanitize | --ci] [--unit] [-- CTEST-ARGS...]
   --unit      run only the unit tests (ctest -R '^unit\.')
   --ci        CI's sequence: the format check; the plain build's unit tests and valgrind
               test (build); the whole suite, unit and integration, on the ASan + UBSan
-              build (build-asan); then scripts/fuzz.sh FUZZ_SECONDS (default 60)
+              build (build-asan); then scripts/fuzz.sh FUZZ_SECONDS (default 30)
   BUILD_DIR   environment: build directory (default build, or build-asan with --sanitize;
               --ci ignores it)
-  FUZZ_SECONDS  environment: with --ci, how long each fuzz target runs (default 60)
+  FUZZ_SECONDS  environment: with --ci, how long each fuzz target runs (default 30)
   CHECK_FORMAT=auto|yes|no  clang-format check: auto runs it when clang-format is installed,
               yes installs clang-format-14 if needed, no skips it
 USAGE
@@ -125,7 +125,7 @@ step() {
 if ((ci)); then
 	step plain-unit-valgrind run_suite build OFF -R '^unit\.|^integration\.valgrind$'
 	step sanitizers-full-suite sanitized_suite build-asan
-	step fuzz bash scripts/fuzz.sh "${FUZZ_SECONDS:-60}"
+	step fuzz bash scripts/fuzz.sh "${FUZZ_SECONDS:-30}"
 else
 	unit_args=()
 	((unit_only)) && unit_args=(-R '^unit\.')
