@@ -237,18 +237,20 @@ throttle_decision_t throttle_decide(throttle_state_t *st, const throttle_setting
 	 * knows, unless the CPU probes already show CPU to spare (its size still waits for the
 	 * write counters). */
 	if (st->app_watch && st->app_seen_ms < THROTTLE_APP_WARMUP_MS &&
-	    !(in->cpu_stretch > 0 && in->cpu_stretch <= THROTTLE_CPU_STRETCH) &&
-	    (int64_t)(st->last_ms * (1 / THROTTLE_START_DUTY - 1)) > d.sleep_ms)
-		d.sleep_ms =
-			clamp64((int64_t)(st->last_ms * (1 / THROTTLE_START_DUTY - 1)), 0, s->max_sleep_ms);
+	    !(in->cpu_stretch > 0 && in->cpu_stretch <= THROTTLE_CPU_STRETCH)) {
+		int64_t gentle = (int64_t)(st->last_ms * (1 / THROTTLE_START_DUTY - 1));
+		if (gentle > d.sleep_ms)
+			d.sleep_ms = clamp64(gentle, 0, s->max_sleep_ms);
+	}
 	/* The application's share of the CPU. */
 	if (st->app_watch && st->app_ms > 0 &&
 	    st->app_writes / st->app_ms * 1000.0 >= THROTTLE_APP_MIN_WRITES_S &&
 	    in->cpu_stretch > THROTTLE_CPU_STRETCH) {
 		double duty = (THROTTLE_CPU_STRETCH - 1) / (in->cpu_stretch - 1);
 		double idle = 1 / (duty > THROTTLE_MIN_DUTY ? duty : THROTTLE_MIN_DUTY) - 1;
-		if ((int64_t)(st->last_ms * idle) >= d.sleep_ms) {
-			d.sleep_ms = clamp64((int64_t)(st->last_ms * idle), 0, s->max_sleep_ms);
+		int64_t share = (int64_t)(st->last_ms * idle);
+		if (share >= d.sleep_ms) {
+			d.sleep_ms = clamp64(share, 0, s->max_sleep_ms);
 			d.reason = "cpu_contention";
 		}
 	}

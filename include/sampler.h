@@ -2,9 +2,10 @@
  * The sampler: a monitoring connection that every sample_interval_ms reads replication lag
  * (per physical standby, and logical slots), sessions blocked by our batches, and autovacuum
  * workers, in one pipelined round trip. While jobs run, twice a second at most it also times a
- * fixed piece of CPU work on the server (the probe), also as batches begin: against the lower
- * quartile of the recent probes, how much longer it takes while batches run is the CPU the batches take from every other
- * session (cpu_stretch). It never blocks the loop; jobs read its latest view.
+ * fixed piece of CPU work on the server (the probe), also as batches begin: how much longer it
+ * takes while batches run, against the lower quartile of the recent probes, is the CPU the
+ * batches take from every other session (cpu_stretch). It never blocks the loop; jobs read its
+ * latest view.
  */
 #ifndef BACKFILLD_SAMPLER_H
 #define BACKFILLD_SAMPLER_H

@@ -576,8 +576,8 @@ def test_a_job_leaves_the_cpu_to_an_application_whose_work_its_batches_slow_down
     CPU, and the sampler's CPU probe (a fixed piece of work timed by the server, also as batches
     begin) takes longer while batches run than at its best: the job sleeps between batches, in
     proportion, with the reason cpu_contention and the stretch in the log, and slept longer than it
-    ran. The same machine without the application's writes: no cpu_contention (the CPU is not
-    taken from anybody who writes the table)."""
+    ran. (That nobody's writes means no CPU share is test_cpu_share_needs_the_application, a unit
+    test.)"""
     rows = 200000
     make_users(ldb, rows)
     d = ldaemon_factory()
