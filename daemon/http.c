@@ -1,22 +1,27 @@
 /*
  * The HTTP listener: libevent's evhttp on the daemon's one loop. It binds the sockets itself
  * (so a failure names the address and the errno), then serves /metrics from the metrics
- * registry and /healthz from the queue connection's state. Nothing here blocks.
+ * registry and /healthz from the queue connection's state. Nothing here blocks, and when
+ * accept() fails (out of descriptors) the listeners rest instead of spinning.
  */
 #include "http.h"
 
 #include <errno.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <event2/buffer.h>
 #include <event2/event.h>
 #include <event2/http.h>
+#include <event2/listener.h>
+#include <event2/util.h>
 
 #include "log.h"
 #include "metrics.h"
@@ -26,11 +31,27 @@
 #define HTTP_MAX_HEADERS_SIZE 8192 /* a scrape's headers are far smaller */
 #define HTTP_MAX_BODY_SIZE 4096	   /* no endpoint takes a body */
 #define HTTP_BACKLOG 64
+#define HTTP_ACCEPT_BACKOFF_MS 1000 /* the listeners rest this long after accept() fails */
+#define HTTP_ACCEPT_CALM_MS 5000    /* and an episode ends after this long without a failure */
 
 #define METRICS_CONTENT_TYPE "text/plain; version=0.0.4; charset=utf-8"
 #define TEXT_CONTENT_TYPE "text/plain; charset=utf-8"
 
+/*
+ * Whether the listeners accept. accept() failing (out of descriptors, mostly) starts an episode:
+ * the listeners rest, retry, and rest again at the next failure, until a calm spell without one.
+ */
+typedef enum http_accept_state {
+	HTTP_ACCEPT_ON,	     /* listening */
+	HTTP_ACCEPT_BACKOFF, /* accept() failed: listeners off until the timer or a connection closes */
+	HTTP_ACCEPT_RETRY,   /* listening again: a failure rests again, a calm spell ends the episode */
+} http_accept_state_t;
+
 static struct evhttp *http;
+static struct event *http_accept_timer; /* the rest, then the calm spell */
+static http_accept_state_t http_accept_state;
+static int64_t http_episode_since; /* ms, CLOCK_MONOTONIC */
+static unsigned long http_episode_failures;
 
 /* Split "HOST:PORT" or "[V6]:PORT" into HOST (brackets dropped) and PORT. */
 static bool http_split(const char *address, char *host, size_t hostlen, char *port, size_t portlen)
@@ -58,9 +79,131 @@ static bool http_split(const char *address, char *host, size_t hostlen, char *po
 	return true;
 }
 
+static int64_t http_now_ms(void)
+{
+	struct timespec now;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
+}
+
+static void http_timer_arm(struct event *timer, int64_t ms)
+{
+	struct timeval tv;
+
+	if (ms < 0)
+		ms = 0;
+	tv.tv_sec = (time_t)(ms / 1000);
+	tv.tv_usec = (suseconds_t)(ms % 1000) * 1000;
+	evtimer_add(timer, &tv);
+}
+
+static void http_listener_toggle(struct evhttp_bound_socket *bound, void *arg)
+{
+	struct evconnlistener *listener = evhttp_bound_socket_get_listener(bound);
+
+	if (*(const bool *)arg)
+		evconnlistener_enable(listener);
+	else
+		evconnlistener_disable(listener);
+}
+
+static void http_listeners_enable(bool on)
+{
+	evhttp_foreach_bound_socket(http, http_listener_toggle, &on);
+}
+
+static const char *http_accept_state_name(http_accept_state_t state)
+{
+	switch (state) {
+	case HTTP_ACCEPT_ON:
+		return "on";
+	case HTTP_ACCEPT_BACKOFF:
+		return "backoff";
+	case HTTP_ACCEPT_RETRY:
+		return "retry";
+	}
+	return "?";
+}
+
+/*
+ * The one setter of the accept state. An episode logs a warning when it starts and a notice when
+ * it ends; the rests and retries in between are quiet (they are the episode, one a second at
+ * most). ERR is accept()'s errno, for HTTP_ACCEPT_BACKOFF.
+ */
+static void http_set_accept_state(http_accept_state_t next, int err)
+{
+	http_accept_state_t prev = http_accept_state;
+
+	switch (next) {
+	case HTTP_ACCEPT_BACKOFF:
+		if (prev == HTTP_ACCEPT_BACKOFF)
+			return; /* a second listener's failure in the same turn */
+		if (prev == HTTP_ACCEPT_ON) {
+			http_episode_since = http_now_ms();
+			http_episode_failures = 0;
+			log_msg(LOG_LEVEL_WARNING, HTTP_CONTEXT,
+				"cannot accept connections: %s; retrying every %d ms", strerror(err),
+				HTTP_ACCEPT_BACKOFF_MS);
+		}
+		http_episode_failures++;
+		http_listeners_enable(false);
+		http_timer_arm(http_accept_timer, HTTP_ACCEPT_BACKOFF_MS);
+		break;
+	case HTTP_ACCEPT_RETRY:
+		if (prev != HTTP_ACCEPT_BACKOFF)
+			goto unexpected;
+		http_listeners_enable(true);
+		http_timer_arm(http_accept_timer, HTTP_ACCEPT_CALM_MS);
+		break;
+	case HTTP_ACCEPT_ON:
+		if (prev != HTTP_ACCEPT_RETRY)
+			goto unexpected;
+		log_msg(LOG_LEVEL_NOTICE, HTTP_CONTEXT,
+			"accepting connections again: no failure in %d ms, after %lu in %.1f s",
+			HTTP_ACCEPT_CALM_MS, http_episode_failures,
+			(double)(http_now_ms() - http_episode_since) / 1000.0);
+		break;
+	}
+	http_accept_state = next;
+	return;
+unexpected:
+	log_msg(LOG_LEVEL_WARNING, HTTP_CONTEXT, "unexpected accept state change from %s to %s ignored",
+		http_accept_state_name(prev), http_accept_state_name(next));
+}
+
+/* accept() failed with something other than EAGAIN or EINTR: rest rather than spin on it. */
+static void http_accept_error_cb(struct evconnlistener *listener, void *arg)
+{
+	int err = EVUTIL_SOCKET_ERROR();
+	(void)listener;
+	(void)arg;
+
+	http_set_accept_state(HTTP_ACCEPT_BACKOFF, err);
+}
+
+/* The rest is over (retry), or the retry went calm long enough (the episode is over). */
+static void http_accept_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	(void)arg;
+	switch (http_accept_state) {
+	case HTTP_ACCEPT_BACKOFF:
+		http_set_accept_state(HTTP_ACCEPT_RETRY, 0);
+		break;
+	case HTTP_ACCEPT_RETRY:
+		http_set_accept_state(HTTP_ACCEPT_ON, 0);
+		break;
+	case HTTP_ACCEPT_ON:
+		break;
+	}
+}
+
 /* Bind and listen on one resolved address and hand the socket to evhttp; errno on failure. */
 static bool http_listen_one(const struct addrinfo *ai)
 {
+	struct evhttp_bound_socket *bound;
 	int one = 1, fd, saved;
 
 	fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol);
@@ -74,10 +217,12 @@ static bool http_listen_one(const struct addrinfo *ai)
 		goto fail;
 	if (bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(fd, HTTP_BACKLOG) != 0)
 		goto fail;
-	if (!evhttp_accept_socket_with_handle(http, fd)) {
+	bound = evhttp_accept_socket_with_handle(http, fd);
+	if (!bound) {
 		errno = ENOMEM;
 		goto fail;
 	}
+	evconnlistener_set_error_cb(evhttp_bound_socket_get_listener(bound), http_accept_error_cb);
 	return true;
 fail:
 	saved = errno;
@@ -220,7 +365,9 @@ bool http_start(struct event_base *base, const char *address)
 		return false;
 	}
 	http = evhttp_new(base);
-	if (!http) {
+	http_accept_timer = evtimer_new(base, http_accept_timer_cb, NULL);
+	if (!http || !http_accept_timer) {
+		http_stop();
 		freeaddrinfo(res);
 		log_error("cannot listen on HTTP address %s: out of memory", address);
 		return false;
@@ -253,4 +400,8 @@ void http_stop(void)
 	if (http)
 		evhttp_free(http);
 	http = NULL;
+	if (http_accept_timer)
+		event_free(http_accept_timer);
+	http_accept_timer = NULL;
+	http_accept_state = HTTP_ACCEPT_ON;
 }
