@@ -1,8 +1,9 @@
 /*
  * The HTTP listener: libevent's evhttp on the daemon's one loop. It binds the sockets itself
  * (so a failure names the address and the errno), then serves /metrics from the metrics
- * registry and /healthz from the queue connection's state. Nothing here blocks, and when
- * accept() fails (out of descriptors) the listeners rest instead of spinning.
+ * registry and /healthz from the queue connection's state. Nothing here blocks: each connection
+ * has a deadline, at most HTTP_MAX_CONNECTIONS are open, and when accept() fails (out of
+ * descriptors) the listeners rest instead of spinning.
  */
 #include "http.h"
 
@@ -13,11 +14,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/queue.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/listener.h>
@@ -27,10 +30,11 @@
 #include "metrics.h"
 
 #define HTTP_CONTEXT "http"
-#define HTTP_TIMEOUT_S 10	   /* an idle or slow client is dropped after this */
 #define HTTP_MAX_HEADERS_SIZE 8192 /* a scrape's headers are far smaller */
 #define HTTP_MAX_BODY_SIZE 4096	   /* no endpoint takes a body */
 #define HTTP_BACKLOG 64
+#define HTTP_MAX_CONNECTIONS 64	    /* past it, the connections nearest their deadline are closed */
+#define HTTP_DEADLINE_MS 10000	    /* from the accept, or the last request, to a whole request */
 #define HTTP_ACCEPT_BACKOFF_MS 1000 /* the listeners rest this long after accept() fails */
 #define HTTP_ACCEPT_CALM_MS 5000    /* and an episode ends after this long without a failure */
 
@@ -47,7 +51,31 @@ typedef enum http_accept_state {
 	HTTP_ACCEPT_RETRY,   /* listening again: a failure rests again, a calm spell ends the episode */
 } http_accept_state_t;
 
+/*
+ * Each accepted connection, in deadline order. evhttp owns it and shows us only its bufferevent
+ * at the accept (http_bev_cb); the sweep right after finds the evhttp_connection behind it.
+ */
+typedef enum http_conn_state {
+	HTTP_CONN_NEW,	/* accepted: we hold a reference on its bufferevent until the sweep */
+	HTTP_CONN_OPEN, /* its close callback is ours */
+} http_conn_state_t;
+
+typedef struct http_conn {
+	TAILQ_ENTRY(http_conn) link;
+	http_conn_state_t state;
+	unsigned long id;
+	int64_t deadline_ms;		 /* CLOCK_MONOTONIC */
+	struct bufferevent *bev;	 /* NEW */
+	struct evhttp_connection *evcon; /* OPEN */
+} http_conn_t;
+
 static struct evhttp *http;
+static TAILQ_HEAD(http_conn_list, http_conn) http_conns = TAILQ_HEAD_INITIALIZER(http_conns);
+static int http_nconns;
+static unsigned long http_conn_ids;
+static struct event *http_sweep_timer; /* the nearest deadline; made active by each accept */
+static bool http_crowded;	       /* closing connections to stay under the cap */
+static unsigned long http_crowd_closed;
 static struct event *http_accept_timer; /* the rest, then the calm spell */
 static http_accept_state_t http_accept_state;
 static int64_t http_episode_since; /* ms, CLOCK_MONOTONIC */
@@ -200,6 +228,162 @@ static void http_accept_timer_cb(evutil_socket_t fd, short what, void *arg)
 	}
 }
 
+/* Arm the sweep for the nearest deadline, the first connection's. */
+static void http_sweep_arm(void)
+{
+	http_conn_t *first = TAILQ_FIRST(&http_conns);
+
+	if (first)
+		http_timer_arm(http_sweep_timer, first->deadline_ms - http_now_ms());
+	else
+		evtimer_del(http_sweep_timer);
+}
+
+/* The cap's episode: a warning when it first closes a connection, a notice once half is free. */
+static void http_set_crowded(bool crowded)
+{
+	if (crowded == http_crowded)
+		return;
+	if (crowded) {
+		http_crowd_closed = 0;
+		log_msg(LOG_LEVEL_WARNING, HTTP_CONTEXT,
+			"at the cap of %d connections: closing the longest-waiting to make room",
+			HTTP_MAX_CONNECTIONS);
+	} else {
+		log_msg(LOG_LEVEL_NOTICE, HTTP_CONTEXT,
+			"back under the cap of %d connections: %lu closed to make room", HTTP_MAX_CONNECTIONS,
+			http_crowd_closed);
+	}
+	http_crowded = crowded;
+}
+
+/* C's connection is closing or gone: forget it. Its descriptor is free, so a rest ends now. */
+static void http_conn_forget(http_conn_t *c)
+{
+	TAILQ_REMOVE(&http_conns, c, link);
+	http_nconns--;
+	if (c->state == HTTP_CONN_NEW)
+		(void)bufferevent_decref(c->bev);
+	free(c);
+	if (http_crowded && http_nconns <= HTTP_MAX_CONNECTIONS / 2)
+		http_set_crowded(false);
+	if (http_accept_state == HTTP_ACCEPT_BACKOFF)
+		http_set_accept_state(HTTP_ACCEPT_RETRY, 0);
+}
+
+/* evhttp frees a connection: the client left, an error, or the answer was the last. */
+static void http_close_cb(struct evhttp_connection *evcon, void *arg)
+{
+	(void)evcon;
+	http_conn_forget(arg);
+}
+
+/*
+ * The one state change of a connection, NEW to OPEN: the bufferevent's callback argument is the
+ * evhttp_connection evhttp made around it, and its close callback becomes ours. The callbacks are
+ * gone when evhttp already freed the connection (it failed to set it up); our reference kept the
+ * bufferevent's memory valid to find that out.
+ */
+static void http_conn_open(http_conn_t *c)
+{
+	void *evcon = NULL;
+
+	if (c->state != HTTP_CONN_NEW) {
+		log_msg(LOG_LEVEL_WARNING, HTTP_CONTEXT, "connection %lu: opened twice, ignored", c->id);
+		return;
+	}
+	bufferevent_getcb(c->bev, NULL, NULL, NULL, &evcon);
+	if (!evcon) {
+		log_msg(LOG_LEVEL_DEBUG, HTTP_CONTEXT, "connection %lu: dropped before it opened", c->id);
+		http_conn_forget(c);
+		return;
+	}
+	(void)bufferevent_decref(c->bev);
+	c->bev = NULL;
+	c->evcon = evcon;
+	c->state = HTTP_CONN_OPEN;
+	evhttp_connection_set_closecb(c->evcon, http_close_cb, c);
+}
+
+/* Close C's connection ourselves, without an answer: evhttp frees it at once. */
+static void http_conn_close(http_conn_t *c, const char *why)
+{
+	struct evhttp_connection *evcon = c->evcon;
+
+	log_msg(LOG_LEVEL_DEBUG, HTTP_CONTEXT, "connection %lu closed: %s", c->id, why);
+	evhttp_connection_set_closecb(evcon, NULL, NULL);
+	http_conn_forget(c);
+	evhttp_connection_free(evcon);
+}
+
+/*
+ * Open the connections accepted since the last sweep, then close those past their deadline and,
+ * past the cap, those nearest theirs: the longest-waiting go first.
+ */
+static void http_sweep_cb(evutil_socket_t fd, short what, void *arg)
+{
+	int64_t now = http_now_ms();
+	http_conn_t *c, *next;
+	(void)fd;
+	(void)what;
+	(void)arg;
+
+	for (c = TAILQ_FIRST(&http_conns); c; c = next) {
+		next = TAILQ_NEXT(c, link);
+		if (c->state == HTTP_CONN_NEW)
+			http_conn_open(c);
+	}
+	while ((c = TAILQ_FIRST(&http_conns)) && c->deadline_ms <= now)
+		http_conn_close(c, "past its deadline");
+	while (http_nconns > HTTP_MAX_CONNECTIONS) {
+		http_set_crowded(true);
+		http_crowd_closed++;
+		http_conn_close(TAILQ_FIRST(&http_conns), "to make room");
+	}
+	http_sweep_arm();
+}
+
+/*
+ * evhttp asks for a bufferevent for each accepted connection: make it as evhttp would, track the
+ * connection from now (its deadline runs from the accept), and have the sweep open it next.
+ */
+static struct bufferevent *http_bev_cb(struct event_base *base, void *arg)
+{
+	struct bufferevent *bev = bufferevent_socket_new(base, -1, 0);
+	http_conn_t *c = calloc(1, sizeof(*c));
+	(void)arg;
+
+	if (!bev || !c) {
+		free(c);
+		return bev; /* out of memory: evhttp's idle timeout still bounds it */
+	}
+	bufferevent_incref(bev);
+	c->state = HTTP_CONN_NEW;
+	c->id = ++http_conn_ids;
+	c->bev = bev;
+	c->deadline_ms = http_now_ms() + HTTP_DEADLINE_MS;
+	TAILQ_INSERT_TAIL(&http_conns, c, link);
+	http_nconns++;
+	event_active(http_sweep_timer, EV_TIMEOUT, 1);
+	return bev;
+}
+
+/* A whole request came: its answer and the next request have a deadline of their own. */
+static void http_conn_renew(struct evhttp_request *req)
+{
+	struct evhttp_connection *evcon = evhttp_request_get_connection(req);
+	http_conn_t *c;
+
+	for (c = TAILQ_FIRST(&http_conns); c; c = TAILQ_NEXT(c, link)) {
+		if (c->state == HTTP_CONN_OPEN && c->evcon == evcon) {
+			c->deadline_ms = http_now_ms() + HTTP_DEADLINE_MS;
+			TAILQ_REMOVE(&http_conns, c, link);
+			TAILQ_INSERT_TAIL(&http_conns, c, link);
+			return;
+		}
+	}
+}
+
 /* Bind and listen on one resolved address and hand the socket to evhttp; errno on failure. */
 static bool http_listen_one(const struct addrinfo *ai)
 {
@@ -321,6 +505,7 @@ static void http_request_cb(struct evhttp_request *req, void *arg)
 	bool metrics, healthz;
 	(void)arg;
 
+	http_conn_renew(req);
 	if (!path)
 		path = "";
 	log_msg(LOG_LEVEL_DEBUG, HTTP_CONTEXT, "%s %s", http_method_name(cmd), path);
@@ -366,13 +551,15 @@ bool http_start(struct event_base *base, const char *address)
 	}
 	http = evhttp_new(base);
 	http_accept_timer = evtimer_new(base, http_accept_timer_cb, NULL);
-	if (!http || !http_accept_timer) {
+	http_sweep_timer = evtimer_new(base, http_sweep_cb, NULL);
+	if (!http || !http_accept_timer || !http_sweep_timer) {
 		http_stop();
 		freeaddrinfo(res);
 		log_error("cannot listen on HTTP address %s: out of memory", address);
 		return false;
 	}
-	evhttp_set_timeout(http, HTTP_TIMEOUT_S);
+	/* evhttp's inactivity timeout stays, for a connection the deadline could not track (no memory). */
+	evhttp_set_timeout(http, HTTP_DEADLINE_MS / 1000);
 	evhttp_set_max_headers_size(http, HTTP_MAX_HEADERS_SIZE);
 	evhttp_set_max_body_size(http, HTTP_MAX_BODY_SIZE);
 	/* Let every method reach the callback, which answers 405 with an Allow header. */
@@ -380,6 +567,7 @@ bool http_start(struct event_base *base, const char *address)
 						 EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS | EVHTTP_REQ_TRACE |
 						 EVHTTP_REQ_CONNECT | EVHTTP_REQ_PATCH);
 	evhttp_set_gencb(http, http_request_cb, NULL);
+	evhttp_set_bevcb(http, http_bev_cb, NULL);
 	for (const struct addrinfo *ai = res; ai; ai = ai->ai_next) {
 		if (!http_listen_one(ai)) {
 			log_error("cannot listen on HTTP address %s: %s", address, strerror(errno));
@@ -397,11 +585,27 @@ bool http_start(struct event_base *base, const char *address)
 
 void http_stop(void)
 {
+	http_conn_t *c;
+
+	/* evhttp_free closes every connection: ours are forgotten first, quietly. */
+	while ((c = TAILQ_FIRST(&http_conns))) {
+		TAILQ_REMOVE(&http_conns, c, link);
+		if (c->state == HTTP_CONN_NEW)
+			(void)bufferevent_decref(c->bev);
+		else
+			evhttp_connection_set_closecb(c->evcon, NULL, NULL);
+		free(c);
+	}
+	http_nconns = 0;
+	http_crowded = false;
 	if (http)
 		evhttp_free(http);
 	http = NULL;
 	if (http_accept_timer)
 		event_free(http_accept_timer);
 	http_accept_timer = NULL;
+	if (http_sweep_timer)
+		event_free(http_sweep_timer);
+	http_sweep_timer = NULL;
 	http_accept_state = HTTP_ACCEPT_ON;
 }
