@@ -35,6 +35,7 @@
 #define HTTP_BACKLOG 64
 #define HTTP_MAX_CONNECTIONS 64	    /* past it, the connections nearest their deadline are closed */
 #define HTTP_DEADLINE_MS 10000	    /* from the accept, or the last request, to a whole request */
+#define HTTP_ACCEPT_BATCH 16	    /* accepts a loop turn, so a flood of connects cannot hold the loop */
 #define HTTP_ACCEPT_BACKOFF_MS 1000 /* the listeners rest this long after accept() fails */
 #define HTTP_ACCEPT_CALM_MS 5000    /* and an episode ends after this long without a failure */
 
@@ -74,6 +75,7 @@ static TAILQ_HEAD(http_conn_list, http_conn) http_conns = TAILQ_HEAD_INITIALIZER
 static int http_nconns;
 static unsigned long http_conn_ids;
 static struct event *http_sweep_timer; /* the nearest deadline; made active by each accept */
+static int http_accepted;	       /* since the last sweep */
 static bool http_crowded;	       /* closing connections to stay under the cap */
 static unsigned long http_crowd_closed;
 static struct event *http_accept_timer; /* the rest, then the calm spell */
@@ -328,6 +330,9 @@ static void http_sweep_cb(evutil_socket_t fd, short what, void *arg)
 	(void)what;
 	(void)arg;
 
+	if (http_accepted >= HTTP_ACCEPT_BATCH && http_accept_state != HTTP_ACCEPT_BACKOFF)
+		http_listeners_enable(true);
+	http_accepted = 0;
 	for (c = TAILQ_FIRST(&http_conns); c; c = next) {
 		next = TAILQ_NEXT(c, link);
 		if (c->state == HTTP_CONN_NEW)
@@ -345,7 +350,8 @@ static void http_sweep_cb(evutil_socket_t fd, short what, void *arg)
 
 /*
  * evhttp asks for a bufferevent for each accepted connection: make it as evhttp would, track the
- * connection from now (its deadline runs from the accept), and have the sweep open it next.
+ * connection from now (its deadline runs from the accept), and have the sweep open it next. The
+ * listener accepts until accept() would block; after a batch it waits for the sweep instead.
  */
 static struct bufferevent *http_bev_cb(struct event_base *base, void *arg)
 {
@@ -353,6 +359,9 @@ static struct bufferevent *http_bev_cb(struct event_base *base, void *arg)
 	http_conn_t *c = calloc(1, sizeof(*c));
 	(void)arg;
 
+	event_active(http_sweep_timer, EV_TIMEOUT, 1);
+	if (++http_accepted == HTTP_ACCEPT_BATCH)
+		http_listeners_enable(false);
 	if (!bev || !c) {
 		free(c);
 		return bev; /* out of memory: evhttp's idle timeout still bounds it */
@@ -364,7 +373,6 @@ static struct bufferevent *http_bev_cb(struct event_base *base, void *arg)
 	c->deadline_ms = http_now_ms() + HTTP_DEADLINE_MS;
 	TAILQ_INSERT_TAIL(&http_conns, c, link);
 	http_nconns++;
-	event_active(http_sweep_timer, EV_TIMEOUT, 1);
 	return bev;
 }
 
@@ -597,6 +605,7 @@ void http_stop(void)
 		free(c);
 	}
 	http_nconns = 0;
+	http_accepted = 0;
 	http_crowded = false;
 	if (http)
 		evhttp_free(http);
