@@ -35,7 +35,7 @@
 #define HTTP_BACKLOG 64
 #define HTTP_MAX_CONNECTIONS 64	    /* past it, the connections nearest their deadline are closed */
 #define HTTP_DEADLINE_MS 10000	    /* from the accept, or the last request, to a whole request */
-#define HTTP_ACCEPT_BATCH 16	    /* accepts a loop turn, so a flood of connects cannot hold the loop */
+#define HTTP_ACCEPT_BATCH 16	    /* accepts per loop turn: a flood of connects cannot hold the loop */
 #define HTTP_ACCEPT_BACKOFF_MS 1000 /* the listeners rest this long after accept() fails */
 #define HTTP_ACCEPT_CALM_MS 5000    /* and an episode ends after this long without a failure */
 
