@@ -55,12 +55,15 @@ static bool check_listen(const char *value, char *problem, size_t len);
 /* Every key the file may hold, grouped and ordered as config_print writes them. */
 static const config_key_t config_keys[] = {
 	STRING_KEY("database.conninfo", conninfo, "", check_not_empty, false),
+	STRING_KEY("database.job_conninfo", job_conninfo, "", NULL, false),
 	STRING_KEY("database.schema", schema, "backfill", check_schema, false),
 	STRING_KEY("daemon.name", name, "", NULL, false),
 	INT_KEY("daemon.workers", workers, 2, 1, 1024),
 	INT_KEY("daemon.poll_interval_ms", poll_interval_ms, 5000, 10, 3600000),
 	INT_KEY("daemon.lease_ms", lease_ms, 30000, 500, 86400000),
 	INT_KEY("daemon.shutdown_grace_ms", shutdown_grace_ms, 10000, 0, 3600000),
+	INT_KEY("daemon.max_connections", max_connections, 16, 3, 10000),
+	INT_KEY("daemon.max_parallel", max_parallel, 8, 1, 1000),
 	INT_KEY("throttle.batch_size", throttle.batch_size, 1000, 1, 10000000),
 	INT_KEY("throttle.min_batch_size", throttle.min_batch_size, 10, 1, 10000000),
 	INT_KEY("throttle.max_batch_size", throttle.max_batch_size, 100000, 1, 10000000),
@@ -79,6 +82,7 @@ static const config_key_t config_keys[] = {
 	 NULL, true},
 	BOOL_KEY("throttle.logical_slots", throttle.logical_slots, true),
 	BOOL_KEY("throttle.pause_during_autovacuum", throttle.pause_during_autovacuum, false),
+	INT_KEY("throttle.max_retries", throttle.max_retries, 20, 0, 1000000),
 	STRING_KEY("http.listen", http_listen, "127.0.0.1:9474", check_listen, false),
 	{"log.level", KEY_LOG_LEVEL, OFF(log_level), 0, LOG_LEVEL_INFO, NULL, 0, 0, NULL, true},
 	BOOL_KEY("log.syslog", log_syslog, false),

@@ -160,11 +160,6 @@ static int daemon_distinct_jobs(void)
 	return n;
 }
 
-void daemon_cancel_backend(int pid)
-{
-	queue_cancel_backend(pid);
-}
-
 int daemon_njobs(void)
 {
 	return d.njobs;
@@ -236,12 +231,10 @@ static void daemon_grace_cb(evutil_socket_t fd, short what, void *arg)
 	(void)arg;
 	for (int i = 0; i < d.njobs; i++) {
 		int pid = job_batch_backend_pid(d.jobs[i]);
-		if (pid) {
+		if (pid && job_cancel_batch(d.jobs[i]))
 			log_notice("shutdown grace of %lld ms passed: cancelling the batch of job %lld "
 				   "(backend %d)",
 				   (long long)d.config->shutdown_grace_ms, (long long)job_id(d.jobs[i]), pid);
-			daemon_cancel_backend(pid);
-		}
 	}
 	daemon_arm(d.hard_stop, STOP_HARD_LIMIT_MS);
 }
@@ -318,14 +311,16 @@ void daemon_reload(void)
 	config_diff_restart_only(d.config, fresh, daemon_warn_restart_only);
 	/* Keep what only a restart changes. */
 	free(fresh->conninfo);
+	free(fresh->job_conninfo);
 	free(fresh->schema);
 	free(fresh->name);
 	free(fresh->http_listen);
 	fresh->conninfo = strdup(d.config->conninfo);
+	fresh->job_conninfo = strdup(d.config->job_conninfo);
 	fresh->schema = strdup(d.config->schema);
 	fresh->name = strdup(d.config->name);
 	fresh->http_listen = strdup(d.config->http_listen);
-	if (!fresh->conninfo || !fresh->schema || !fresh->name || !fresh->http_listen)
+	if (!fresh->conninfo || !fresh->job_conninfo || !fresh->schema || !fresh->name || !fresh->http_listen)
 		abort();
 	if (d.options.log_level_override)
 		fresh->log_level = d.options.log_level;
@@ -378,7 +373,7 @@ static void daemon_claim(void)
 
 	if (d.mode != DAEMON_RUNNING || d.paused || d.claiming || !queue_is_up())
 		return;
-	if (daemon_distinct_jobs() >= d.config->workers || d.njobs >= MAX_JOBS)
+	if (daemon_distinct_jobs() >= d.config->workers || d.njobs + d.nfinished >= MAX_JOBS)
 		return;
 	for (int i = 0; i < d.njobs; i++)
 		ids[i] = job_id(d.jobs[i]);
@@ -390,10 +385,14 @@ static void daemon_wake_cb(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	(void)arg;
-	/* Free the jobs that finished: no callback of theirs is on the stack now. */
-	for (int i = 0; i < d.nfinished; i++)
-		job_free(d.finished[i]);
-	d.nfinished = 0;
+	/* Free the jobs that finished: no callback of theirs is on the stack now, and none is still
+	 * to come from the queue connection (those that wait for one are freed later). */
+	for (int i = 0; i < d.nfinished; i++) {
+		if (job_can_free(d.finished[i])) {
+			job_free(d.finished[i]);
+			d.finished[i--] = d.finished[--d.nfinished];
+		}
+	}
 	if (!d.ready_sent && queue_is_up()) {
 		notify_ready(); /* after the schema check */
 		d.ready_sent = true;
@@ -507,13 +506,14 @@ int daemon_run(config_t *config, const daemon_options_t *options)
 	event_base_dispatch(d.base);
 out:
 
-	/* Free everything so leak reports mean something. */
+	/* Free everything so leak reports mean something. The queue goes first: its requests call
+	 * back (broken) into the jobs that made them. */
+	sampler_close();
+	queue_close();
 	for (int i = 0; i < d.njobs; i++)
 		job_free(d.jobs[i]);
 	for (int i = 0; i < d.nfinished; i++)
 		job_free(d.finished[i]);
-	sampler_close();
-	queue_close();
 	signals_remove();
 	notify_stop();
 	ev[0] = d.wake;

@@ -44,7 +44,7 @@ static void job_skip_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
 	if (job->state != JOB_BATCH)
 		return;
 	if (res->broken) {
-		job->state = JOB_CONNECTING;
+		job_session_lost(job);
 		return;
 	}
 	if (!res->ok) {
@@ -58,62 +58,68 @@ static void job_skip_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
 		job_fail(job, err);
 		return;
 	}
-	job->failed_rows = pgconn_int64(res->results[3], 0, 0, job->failed_rows);
+	job->failed_rows = pgconn_int64(job_result(job, res, STEP_CHECKPOINT), 0, 0, job->failed_rows);
 	job->rows_scanned++;
 	keys_clear(&job->last_key);
-	if (!keys_decode(pgconn_value(res->results[2], 0, 0), &job->last_key)) {
-		job_release(job, "failed", "cannot decode the key of a skipped row");
+	if (!keys_decode(pgconn_value(job_result(job, res, STEP_BATCH), 0, 0), &job->last_key)) {
+		job_fail(job, "cannot decode the key of a skipped row");
 		return;
 	}
 	job_log(job, LOG_LEVEL_NOTICE, "skipped row %s: %s %s (%lld failed rows so far)",
-		pgconn_value(res->results[2], 0, 0), job->skip_sqlstate, job->skip_message,
+		pgconn_value(job_result(job, res, STEP_BATCH), 0, 0), job->skip_sqlstate, job->skip_message,
 		(long long)job->failed_rows);
-	if (--job->bisect_left <= 0)
-		job->bisect_left = 0;
+	job->bisect_left = 0; /* the chunk's failing row is isolated: back to the controller's size */
 	job_continue(job);
 }
 
 /* One row fails alone: record it in failed_rows and move the checkpoint past it. */
 static void job_skip_row(job_t *job, const char *sqlstate, const char *message)
 {
-	char lease[24];
-	const char *open_params[2], *skip_params[6];
-	char stmt_timeout[24], lock_timeout[24];
-	pgconn_stmt_t stmts[5];
-	char skip_sql[256];
+	char lease[24], oid[16], stmt_timeout[24], lock_timeout[24];
+	const char *open_params[3], *skip_params[6];
+	char *open_sql = batch_build_open(daemon_config()->schema);
+	char *skip_sql = batch_build_skip(daemon_config()->schema);
 	throttle_settings_t s;
 	bool first = job->last_key.n == 0;
+	pgconn_stmt_t stmts[] = {
+		{"BEGIN", 0, NULL, NULL, NULL},
+		{open_sql, 3, open_params, NULL, NULL},
+		{NULL, first ? 0 : job->nkeys, (const char *const *)job->last_key.values,
+		 first ? JOB_PREPARED_PEEK_FIRST : JOB_PREPARED_PEEK_NEXT, NULL},
+		{skip_sql, 6, skip_params, NULL, NULL},
+		{"COMMIT", 0, NULL, NULL, NULL},
+	};
+	static const job_step_t steps[] = {STEP_BEGIN, STEP_OPEN, STEP_BATCH, STEP_CHECKPOINT, STEP_END};
 
 	job_settings(job, &s);
 	snprintf(job->skip_sqlstate, sizeof(job->skip_sqlstate), "%s", sqlstate);
 	snprintf(job->skip_message, sizeof(job->skip_message), "%s", message);
 	snprintf(stmt_timeout, sizeof(stmt_timeout), "%lld", (long long)s.statement_timeout_ms);
 	snprintf(lock_timeout, sizeof(lock_timeout), "%lld", (long long)s.lock_timeout_ms);
+	snprintf(oid, sizeof(oid), "%u", job->target_oid);
 	snprintf(lease, sizeof(lease), "%lld", (long long)daemon_config()->lease_ms);
-	snprintf(skip_sql, sizeof(skip_sql), "SELECT %s._skip_row($1::bigint, $2, $3::int, $4, $5, $6::int)",
-		 daemon_schema_quoted());
 	open_params[0] = stmt_timeout;
 	open_params[1] = lock_timeout;
+	open_params[2] = oid;
 	skip_params[0] = job->id_text;
 	skip_params[1] = daemon_name();
 	skip_params[2] = lease;
 	skip_params[3] = job->skip_sqlstate;
 	skip_params[4] = job->skip_message;
 	skip_params[5] = job->slice > 0 ? job->slice_text : NULL;
-	stmts[0] = (pgconn_stmt_t){"BEGIN", 0, NULL};
-	stmts[1] = (pgconn_stmt_t){batch_open_sql, 2, open_params};
-	stmts[2] = (pgconn_stmt_t){first ? job->sql_peek_first : job->sql_peek_next, first ? 0 : job->nkeys,
-				   (const char *const *)job->last_key.values};
-	stmts[3] = (pgconn_stmt_t){skip_sql, 6, skip_params};
-	stmts[4] = (pgconn_stmt_t){"COMMIT", 0, NULL};
-	job->state = JOB_BATCH;
-	if (!pgconn_send(job->conn, stmts, 5, job_skip_cb, job))
-		job->state = JOB_CONNECTING;
+	job_set_state(job, JOB_BATCH);
+	if (!job_session_send(job, stmts, steps, 5, job_skip_cb))
+		job_session_lost(job);
+	free(open_sql);
+	free(skip_sql);
 }
 
 /*
- * The batch failed on its data: halve it until the failing rows stand alone, committing the
- * good ones on the way; a single failing row is recorded and skipped, up to max_failed_rows.
+ * The batch failed on its data: bisect it. The chunk known to hold a failing row (bisect_left
+ * keys from the checkpoint) is tried by halves: a half that fails becomes the chunk, a half that
+ * commits leaves the rest as the chunk. A single failing row is recorded and skipped (up to
+ * max_failed_rows) and the walk goes back to the controller's size, so a bad row costs about
+ * twice log2(batch size) small transactions, however many good rows surround it.
  * Returns false when the error is not one a row can cause.
  */
 static bool job_bisect(job_t *job, const pgconn_result_t *res)
@@ -121,16 +127,17 @@ static bool job_bisect(job_t *job, const pgconn_result_t *res)
 	throttle_settings_t s;
 	char err[1024];
 
-	if (res->failed_index != 2 || !sqlstate_is_row_error(res->sqlstate) || job->dry_run)
+	if (res->failed_index < 0 || res->failed_index >= job->steps.n ||
+	    job->steps.of[res->failed_index] != STEP_BATCH || !sqlstate_is_row_error(res->sqlstate) ||
+	    job->dry_run)
 		return false;
 	job_settings(job, &s);
 	if (job->batch_limit > 1) {
-		if (job->bisect_left <= 0) {
+		if (job->bisect_left <= 0)
 			job_log(job, LOG_LEVEL_NOTICE,
 				"a batch of %lld rows failed on its data (%s %s): bisecting",
 				(long long)job->batch_limit, res->sqlstate, res->message);
-			job->bisect_left = job->batch_limit;
-		}
+		job->bisect_left = job->batch_limit;
 		job->bisect_size = job->batch_limit / 2;
 		job_next_batch(job);
 		return true;
@@ -153,29 +160,25 @@ static bool job_bisect(job_t *job, const pgconn_result_t *res)
 static void job_check_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
 {
 	job_t *job = arg;
+	const PGresult *privileges;
 	char err[1024];
 	(void)conn;
 
 	if (job->state != JOB_CHECKING)
 		return;
 	if (res->broken) {
-		job->state = JOB_CONNECTING;
+		job_session_lost(job);
 		return;
 	}
 	if (!res->ok) {
-		snprintf(err, sizeof(err), "%s: %s (%s for role %s, before touching any row)", res->sqlstate,
-			 res->message,
-			 res->failed_index < 4			   ? "checking the job's SQL"
-			 : res->failed_index < 8		   ? "handing the batch to its run_as role"
-			 : res->failed_index == 8		   ? "checking privileges"
-			 : res->failed_index >= job->check_fast_at ? "creating the batch functions"
-								   : "reading the key's bounds",
-			 job->run_as);
+		snprintf(err, sizeof(err), "%s: %s (%s as role %s, before touching any row)", res->sqlstate,
+			 res->message, job_failed_step(job, res), job->run_as);
 		job_fail(job, err);
 		return;
 	}
-	if (strcmp(pgconn_value(res->results[8], 0, 0) ?: "f", "t") != 0 ||
-	    strcmp(pgconn_value(res->results[8], 0, 1) ?: "f", "t") != 0) {
+	privileges = job_result(job, res, STEP_PRIVILEGES);
+	if (strcmp(pgconn_value(privileges, 0, 0) ?: "f", "t") != 0 ||
+	    strcmp(pgconn_value(privileges, 0, 1) ?: "f", "t") != 0) {
 		snprintf(err, sizeof(err),
 			 "42501: permission denied: role %s may not %s table %s.%s (checked before touching "
 			 "any row)",
@@ -187,57 +190,47 @@ static void job_check_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
 	job_continue(job);
 }
 
-/* Create the batch functions and hand them to run_as; check its privileges on the target. The
- * function bodies are parsed as they are created: syntax errors and unknown names show up here,
- * before any row is touched. Then, where the key allows, the batch functions are replaced by
- * their faster PL/pgSQL form (whose SQL is only parsed when it first runs). */
+/*
+ * In a fresh session: prepare the job's statements, which parses and analyses its SQL as its role
+ * (syntax errors and unknown names show up here, before any row is touched), check the role's
+ * privileges on the target, and, for a numeric key, record its bounds for percent.
+ */
 void job_check(job_t *job)
 {
-	char oid[16], bounds_sql[160];
-	const char *check_params[2], *bounds_params[2] = {job->id_text, daemon_name()};
-	pgconn_stmt_t stmts[17];
-	char *sql[13] = {NULL};
-	int n = 9;
+	char oid[16];
+	const char *check_params[] = {oid}, *bounds_params[] = {job->id_text, daemon_name()};
 	batch_spec_t spec = job_spec(job);
+	char *sql[5] = {batch_build_batch(&spec, true), batch_build_batch(&spec, false),
+			batch_build_peek(&spec, true), batch_build_peek(&spec, false), NULL};
+	static const char *const names[] = {JOB_PREPARED_FIRST, JOB_PREPARED_NEXT, JOB_PREPARED_PEEK_FIRST,
+					    JOB_PREPARED_PEEK_NEXT};
+	Oid user_types[2] = {job->key_oids[0], job->key_oids[0]};
+	pgconn_stmt_t stmts[9];
+	job_step_t steps[9];
+	int n = 0;
 
-	for (int fn = 0; fn < 4; fn++) {
-		sql[fn] = batch_build_function(&spec, (batch_function_t)fn);
-		sql[4 + fn] = batch_build_function_owner(&spec, (batch_function_t)fn, job->run_as);
+	steps[n] = STEP_PREPARE; /* a session checked before (never so far) prepares them again */
+	stmts[n++] = (pgconn_stmt_t){"DEALLOCATE ALL", 0, NULL, NULL, NULL};
+	for (int i = 0; i < 4; i++) {
+		steps[n] = STEP_PREPARE;
+		stmts[n++] = (pgconn_stmt_t){sql[i], 0, NULL, names[i], NULL};
 	}
-	for (int i = 0; i < 8; i++)
-		stmts[i] = (pgconn_stmt_t){sql[i], 0, NULL};
+	if (job->kind == JOB_KIND_STATEMENT) { /* its own SQL, with $1 and $2 typed as the key */
+		steps[n] = STEP_PREPARE;
+		stmts[n++] = (pgconn_stmt_t){job->batch_sql, 2, NULL, JOB_PREPARED_USER, user_types};
+	}
 	snprintf(oid, sizeof(oid), "%u", job->target_oid);
-	check_params[0] = job->run_as;
-	check_params[1] = oid;
-	stmts[8] = (pgconn_stmt_t){job->kind == JOB_KIND_UPDATE
-					   ? "SELECT has_table_privilege($1::name, $2::oid, 'SELECT'),"
-					     " has_any_column_privilege($1::name, $2::oid, 'UPDATE')"
-					   : "SELECT has_table_privilege($1::name, $2::oid, 'SELECT'), true",
-				   2, check_params};
-	/* A numeric first key: its bounds, so progress can be told by key position. */
-	if (batch_key_is_numeric(&spec)) {
-		sql[8] = batch_build_function(&spec, BATCH_FN_BOUNDS);
-		sql[9] = batch_build_function_owner(&spec, BATCH_FN_BOUNDS, job->run_as);
-		sql[10] = batch_build_call(&spec, BATCH_FN_BOUNDS);
-		snprintf(bounds_sql, sizeof(bounds_sql), "SELECT %s._set_bounds($1::bigint, $2)",
-			 daemon_schema_quoted());
-		for (int i = 8; i < 11; i++)
-			stmts[n++] = (pgconn_stmt_t){sql[i], 0, NULL};
-		stmts[n++] = (pgconn_stmt_t){bounds_sql, 2, bounds_params};
+	steps[n] = STEP_PRIVILEGES;
+	stmts[n++] = (pgconn_stmt_t){batch_privileges_sql(job->kind), 1, check_params, NULL, NULL};
+	if (job->key_numeric) {
+		sql[4] = batch_build_bounds(&spec);
+		steps[n] = STEP_BOUNDS;
+		stmts[n++] = (pgconn_stmt_t){sql[4], 2, bounds_params, NULL, NULL};
 	}
-	job->check_fast_at = n;
-	sql[11] = batch_build_fast_function(&spec, BATCH_FN_FIRST);
-	sql[12] = batch_build_fast_function(&spec, BATCH_FN_NEXT);
-	for (int i = 11; i < 13; i++)
-		if (sql[i])
-			stmts[n++] = (pgconn_stmt_t){sql[i], 0, NULL};
-	stmts[n++] = (pgconn_stmt_t){batch_writes_function_sql, 0, NULL};
-	stmts[n++] = (pgconn_stmt_t){batch_waiters_function_sql, 0, NULL};
-	assert(n <= (int)(sizeof(stmts) / sizeof(stmts[0])));
-	job->state = JOB_CHECKING;
-	if (!pgconn_send(job->conn, stmts, n, job_check_cb, job))
-		job->state = JOB_CONNECTING;
-	for (int i = 0; i < 13; i++)
+	job_set_state(job, JOB_CHECKING);
+	if (!job_session_send(job, stmts, steps, n, job_check_cb))
+		job_session_lost(job);
+	for (int i = 0; i < 5; i++)
 		free(sql[i]);
 }
 
@@ -321,7 +314,7 @@ void job_continue(job_t *job)
 	sampler_view(&view);
 	if (view.warming) { /* the sampler has not looked yet: wait a moment for it */
 		struct timeval tv = {0, 50 * 1000};
-		job->state = JOB_THROTTLED;
+		job_set_state(job, JOB_THROTTLED);
 		job->awaiting_sampler = true;
 		evtimer_add(job->timer, &tv);
 		return;
@@ -370,7 +363,7 @@ void job_continue(job_t *job)
 				view.detail, view.detail[0] ? ")" : "");
 			job_write_reason(job, d.reason);
 		}
-		job->state = JOB_THROTTLED;
+		job_set_state(job, JOB_THROTTLED);
 		evtimer_add(job->timer, &tv);
 		return;
 	}
@@ -415,7 +408,8 @@ void job_on_blocked(job_t *job, int64_t sessions, int64_t waited_ms)
 	job_log(job, LOG_LEVEL_NOTICE, "%lld session(s) waited %lld ms on the batch's locks: cancelling it",
 		(long long)sessions, (long long)waited_ms);
 	job->cancel_reason = "blocked_sessions";
-	daemon_cancel_backend(pid);
+	if (!job_cancel_batch(job))
+		job_log(job, LOG_LEVEL_WARNING, "cannot cancel the batch");
 }
 
 static void job_sibling_contended(job_t *sibling, void *waited_ms)
@@ -435,9 +429,11 @@ static void job_sibling_contended(job_t *sibling, void *waited_ms)
  */
 static void job_count_app_writes(job_t *job, const pgconn_result_t *res, const throttle_settings_t *s)
 {
-	const PGresult *open = res->results[1], *w = res->results[job->waiters_at];
-	int64_t total = pgconn_int64(open, 0, 3, -1), own = pgconn_int64(open, 0, 4, -1);
-	int64_t rows = pgconn_int64(open, 0, 5, 0), own_end = pgconn_int64(w, 0, 2, -1);
+	const PGresult *open = job_result(job, res, STEP_OPEN), *w = job_result(job, res, STEP_WAITERS);
+	int64_t total = pgconn_int64(open, 0, PQfnumber(open, "writes"), -1);
+	int64_t own = pgconn_int64(open, 0, PQfnumber(open, "own"), -1);
+	int64_t rows = pgconn_int64(open, 0, PQfnumber(open, "table_rows"), 0);
+	int64_t own_end = pgconn_int64(w, 0, PQfnumber(w, "own"), -1);
 	int pid = pgconn_backend_pid(job->conn);
 
 	if (total < 0 || own < 0 || own_end < own || !pid) {
@@ -462,7 +458,8 @@ static void job_count_app_writes(job_t *job, const pgconn_result_t *res, const t
 
 static void job_batch_done(job_t *job, const pgconn_result_t *res)
 {
-	const PGresult *b = res->results[2], *cp = res->results[job->checkpoint_at];
+	const PGresult *b = job_result(job, res, STEP_BATCH), *cp = job_result(job, res, STEP_CHECKPOINT);
+	const PGresult *w = job_result(job, res, STEP_WAITERS);
 	const char *last_key = pgconn_value(b, 0, 3);
 	const char *state = pgconn_value(cp, 0, 0);
 	int64_t scanned = pgconn_int64(b, 0, 0, 0), changed = pgconn_int64(b, 0, 1, 0);
@@ -471,8 +468,7 @@ static void job_batch_done(job_t *job, const pgconn_result_t *res)
 
 	sampler_wal_position(pgconn_value(cp, 0, 7));
 	clock_gettime(CLOCK_MONOTONIC, &job->batch_ended);
-	if (job->waiters_at > 0) { /* who waited on it till the end, beside what the sampler saw */
-		const PGresult *w = res->results[job->waiters_at];
+	if (w) { /* who waited on it till the end, beside what the sampler saw */
 		int64_t sessions = pgconn_int64(w, 0, 0, 0), waited_ms = pgconn_int64(w, 0, 1, 0);
 		if (sessions > job->batch_blocked)
 			job->batch_blocked = sessions;
@@ -534,15 +530,17 @@ static void job_batch_done(job_t *job, const pgconn_result_t *res)
 	}
 	job_settings(job, &s);
 	if (job->bisect_left > 0) {
-		/* Walked past the rows that failed: the controller takes over again. */
+		/* The keys walked were good: the failing row is in the rest of the chunk; try half of
+		 * it. (It is gone when the rest walks clean: the controller takes over again.) */
 		job->bisect_left -= scanned;
-		if (job->bisect_left <= 0) {
+		job->bisect_size = (job->bisect_left + 1) / 2;
+		if (job->bisect_left <= 0 || scanned < job->batch_limit) {
 			job->bisect_left = 0;
 			job_log(job, LOG_LEVEL_NOTICE, "bisecting done: %lld failed rows so far",
 				(long long)job->failed_rows);
 		}
 	} else {
-		if (job->throttle.app_watch && job->waiters_at > 0)
+		if (job->throttle.app_watch && w)
 			job_count_app_writes(job, res, &s);
 		throttle_after_batch(&job->throttle, &s, scanned, duration_ms);
 		throttle_after_waiters(&job->throttle, &s, scanned, duration_ms, job->batch_blocked);
@@ -560,16 +558,7 @@ static void job_batch_done(job_t *job, const pgconn_result_t *res)
 
 void job_batch_failed(job_t *job, const pgconn_result_t *res)
 {
-	int i = res->failed_index;
-	const char *stage = i == 0			   ? "starting the transaction"
-			    : i == 1			   ? "setting the timeouts"
-			    : i == 2			   ? "in the batch statement"
-			    : job->dry_run		   ? "measuring a dry run; nothing was changed"
-			    : i == job->waiters_at	   ? "asking who waits on the batch"
-			    : i == job->checkpoint_at	   ? "in the checkpoint"
-			    : i == job->checkpoint_at + 1  ? "at commit"
-			    : job->kind == JOB_KIND_VERIFY ? "recording mismatches"
-							   : "";
+	const char *stage = job_failed_step(job, res);
 	char err[1024];
 	throttle_settings_t s;
 
@@ -601,8 +590,15 @@ void job_batch_failed(job_t *job, const pgconn_result_t *res)
 		job_release(job, job->stop_state, job->stop_error);
 		return;
 	}
+	job_settings(job, &s);
+	if (sqlstate_is_retryable(res->sqlstate) && job->throttle.retries >= s.max_retries) {
+		snprintf(err, sizeof(err),
+			 "%s: %s (%s; the batch failed so %lld times in a row: max_retries)", res->sqlstate,
+			 res->message, stage, (long long)job->throttle.retries + 1);
+		job_fail(job, err);
+		return;
+	}
 	if (sqlstate_is_retryable(res->sqlstate)) {
-		job_settings(job, &s);
 		throttle_after_retry(&job->throttle, &s, (double)(random() % 1000) / 1000.0);
 		job->reason = "lock_timeout";
 		job_note_reason(job, job->reason, res->message);
@@ -631,7 +627,7 @@ static void job_batch_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
 		job_log(job, LOG_LEVEL_WARNING,
 			"connection lost during batch %lld: its outcome is read back once reconnected",
 			(long long)job->batches + 1);
-		job->state = JOB_CONNECTING;
+		job_session_lost(job);
 		return;
 	}
 	if (res->ok)
@@ -644,30 +640,25 @@ void job_next_batch(job_t *job)
 {
 	throttle_settings_t s;
 	char stmt_timeout[24], lock_timeout[24], limit[24], lease[24], slept[24], size_now[24], sleep_now[24];
-	char lag_bytes[24], lag_ms[24], blocked[24];
-	const char *open_params[3], *checkpoint_params[12], *mismatch_params[1] = {job->id_text};
-	const char *waiters_params[1];
-	char oid[16];
+	char lag_bytes[24], lag_ms[24], blocked[24], oid[16];
+	const char *open_params[3], *checkpoint_params[12], *record_params[2], *waiters_params[1];
 	const char **batch_params;
-	pgconn_stmt_t stmts[7];
-	char mismatches_sql[320];
-	int n = 0;
+	const char *schema = daemon_config()->schema;
+	char *open_sql = batch_build_open(schema), *mismatches_sql = batch_build_mismatches(schema);
+	char *waiters_sql = batch_build_waiters(schema), *checkpoint_sql = batch_build_checkpoint(schema);
+	pgconn_stmt_t stmts[8];
+	job_step_t steps[8];
+	int n = 0, nbatch;
 	bool first = job->last_key.n == 0;
 
 	if (job->stopping) {
 		job_release(job, job->stop_state, job->stop_error);
-		return;
+		goto out;
 	}
 	if (daemon_paused()) {
 		job_hold(job);
-		return;
+		goto out;
 	}
-	snprintf(mismatches_sql, sizeof(mismatches_sql),
-		 "INSERT INTO %s.mismatches (job_id, key) SELECT $1::bigint, ARRAY(SELECT "
-		 "jsonb_array_elements_text(e))"
-		 " FROM jsonb_array_elements(nullif(current_setting('backfilld.mismatches', true), "
-		 "'')::jsonb) AS e",
-		 daemon_schema_quoted());
 	/* What the history records as this batch's sleep: all the time since the previous one
 	 * ended, sleeps and holds alike. */
 	if (job->batch_ended.tv_sec)
@@ -682,19 +673,25 @@ void job_next_batch(job_t *job)
 	snprintf(slept, sizeof(slept), "%lld", (long long)job->slept_ms);
 	snprintf(size_now, sizeof(size_now), "%lld", (long long)job->throttle.batch_size);
 	snprintf(sleep_now, sizeof(sleep_now), "%lld", (long long)job->throttle.sleep_ms);
+	snprintf(oid, sizeof(oid), "%u", job->target_oid);
 
 	open_params[0] = stmt_timeout;
 	open_params[1] = lock_timeout;
-	snprintf(oid, sizeof(oid), "%u", job->target_oid);
 	open_params[2] = oid;
 	waiters_params[0] = oid;
+	record_params[0] = job->id_text;
+	record_params[1] = daemon_name();
 
-	batch_params = calloc((size_t)job->nkeys + 1, sizeof(char *));
+	/* The last key done, the size, and a statement job's own SQL. */
+	nbatch = (first ? 0 : job->nkeys) + 1 + (job->kind == JOB_KIND_STATEMENT ? 1 : 0);
+	batch_params = calloc((size_t)nbatch, sizeof(char *));
 	if (!batch_params)
 		abort();
 	for (int i = 0; i < job->last_key.n; i++)
 		batch_params[i] = job->last_key.values[i];
 	batch_params[first ? 0 : job->nkeys] = limit;
+	if (job->kind == JOB_KIND_STATEMENT)
+		batch_params[nbatch - 1] = job->batch_sql;
 
 	checkpoint_params[0] = job->id_text;
 	checkpoint_params[1] = daemon_name();
@@ -716,41 +713,47 @@ void job_next_batch(job_t *job)
 	checkpoint_params[10] = job->reason;
 	checkpoint_params[11] = job->slice > 0 ? job->slice_text : NULL;
 
-	job->waiters_at = 0;
-	stmts[n++] = (pgconn_stmt_t){"BEGIN", 0, NULL};
-	if (job->dry_run || job->kind == JOB_KIND_VERIFY)
-		stmts[n++] = (pgconn_stmt_t){batch_open_sql, 2, open_params};
-	else
-		stmts[n++] = (pgconn_stmt_t){batch_open_counting_sql, 3, open_params};
-	stmts[n++] = (pgconn_stmt_t){first ? job->sql_first : job->sql_next, first ? 1 : job->nkeys + 1,
-				     batch_params};
+	steps[n] = STEP_BEGIN;
+	stmts[n++] = (pgconn_stmt_t){"BEGIN", 0, NULL, NULL, NULL};
+	steps[n] = STEP_OPEN;
+	stmts[n++] = (pgconn_stmt_t){open_sql, 3, open_params, NULL, NULL};
+	steps[n] = STEP_BATCH;
+	stmts[n++] = (pgconn_stmt_t){NULL, nbatch, batch_params,
+				     first ? JOB_PREPARED_FIRST : JOB_PREPARED_NEXT, NULL};
 	if (job->dry_run) {
 		/* WAL is written even by a transaction that rolls back: measure it first. */
-		stmts[n++] = (pgconn_stmt_t){"SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(),"
-					     " current_setting('backfilld.lsn0')::pg_lsn)::bigint",
-					     0, NULL};
-		stmts[n++] = (pgconn_stmt_t){"ROLLBACK", 0, NULL};
+		steps[n] = STEP_DRY_WAL;
+		stmts[n++] = (pgconn_stmt_t){batch_dry_wal_sql, 0, NULL, NULL, NULL};
+		steps[n] = STEP_END;
+		stmts[n++] = (pgconn_stmt_t){"ROLLBACK", 0, NULL, NULL, NULL};
 	} else {
-		if (job->kind == JOB_KIND_VERIFY) {
-			stmts[n++] = (pgconn_stmt_t){mismatches_sql, 1, mismatch_params};
-		} else { /* (a verify job's batch locks no rows) */
-			job->waiters_at = n;
-			stmts[n++] = (pgconn_stmt_t){batch_waiters_sql, 1, waiters_params};
+		if (job->kind == JOB_KIND_VERIFY) { /* (a verify job's batch locks no rows) */
+			steps[n] = STEP_MISMATCHES;
+			stmts[n++] = (pgconn_stmt_t){mismatches_sql, 2, record_params, NULL, NULL};
+		} else {
+			steps[n] = STEP_WAITERS;
+			stmts[n++] = (pgconn_stmt_t){waiters_sql, 1, waiters_params, NULL, NULL};
 		}
-		job->checkpoint_at = n;
-		stmts[n++] = (pgconn_stmt_t){job->sql_checkpoint, 12, checkpoint_params};
-		stmts[n++] = (pgconn_stmt_t){"COMMIT", 0, NULL};
+		steps[n] = STEP_CHECKPOINT;
+		stmts[n++] = (pgconn_stmt_t){checkpoint_sql, 12, checkpoint_params, NULL, NULL};
+		steps[n] = STEP_END;
+		stmts[n++] = (pgconn_stmt_t){"COMMIT", 0, NULL, NULL, NULL};
 	}
 
-	job->state = JOB_BATCH;
+	job_set_state(job, JOB_BATCH);
 	job->cancel_reason = NULL;
 	job->wait_reason = NULL; /* this batch records it */
 	clock_gettime(CLOCK_MONOTONIC, &job->batch_started);
 	if (job->dry_run && job->dry_started.tv_sec == 0)
 		job->dry_started = job->batch_started;
-	if (!pgconn_send(job->conn, stmts, n, job->dry_run ? job_dry_cb : job_batch_cb, job))
-		job->state = JOB_CONNECTING; /* the loss is being handled; the load resumes it */
+	if (!job_session_send(job, stmts, steps, n, job->dry_run ? job_dry_cb : job_batch_cb))
+		job_session_lost(job); /* the loss is being handled; the reload resumes it */
 	else
 		sampler_batch_started();
 	free(batch_params);
+out:
+	free(open_sql);
+	free(mismatches_sql);
+	free(waiters_sql);
+	free(checkpoint_sql);
 }

@@ -5,6 +5,9 @@
 #include "job_internal.h"
 
 #include <stdio.h>
+#include <string.h>
+
+#include <event2/event.h>
 
 #include "daemon.h"
 #include "keys.h"
@@ -23,8 +26,16 @@ static void job_dry_done_cb(pgconn_t *conn, const pgconn_result_t *res, void *ar
 
 	if (job->state != JOB_RELEASING)
 		return;
-	if (res->broken)
-		return; /* sent again once reconnected */
+	if (res->broken || (!res->ok && strcmp(res->sqlstate, "55P03") == 0 && !daemon_stopping())) {
+		/* The queue broke, or another session keeps the job's row locked: sent again. */
+		struct timeval tv = {1, 0};
+		if (!res->broken)
+			job_log(job, LOG_LEVEL_NOTICE,
+				"the job's row is locked by another session: writing the"
+				" estimates again in 1 s");
+		evtimer_add(job->timer, &tv);
+		return;
+	}
 	if (!res->ok)
 		job_log(job, LOG_LEVEL_ERROR, "cannot record the dry run's estimates: %s %s", res->sqlstate,
 			res->message);
@@ -36,17 +47,22 @@ static void job_dry_done_cb(pgconn_t *conn, const pgconn_result_t *res, void *ar
 
 void job_dry_record(job_t *job)
 {
-	char sql[160];
+	char sql[256];
 	const char *params[] = {job->id_text, daemon_name(), job->dry_seconds, job->dry_wal_bytes};
-	pgconn_stmt_t stmt = {sql, 4, params};
+	pgconn_stmt_t stmt = {sql, 4, params, NULL, NULL};
 
-	snprintf(sql, sizeof(sql), "SELECT %s._dry_run_done($1::bigint, $2, $3::bigint, $4::bigint)",
+	snprintf(sql, sizeof(sql),
+		 "SELECT %s._dry_run_done($1::pg_catalog.int8, $2::pg_catalog.text, $3::pg_catalog.int8,"
+		 " $4::pg_catalog.int8)",
 		 daemon_schema_quoted());
-	job->state = JOB_RELEASING;
+	job_set_state(job, JOB_RELEASING);
 	job->release_state = "done";
 	job->dry_recording = true;
-	if (!pgconn_send(job->conn, &stmt, 1, job_dry_done_cb, job))
-		job_log(job, LOG_LEVEL_DEBUG, "not connected: the estimates are written once it is back");
+	if (!job_queue_send(job, &stmt, 1, job_dry_done_cb)) {
+		struct timeval tv = {1, 0};
+		job_log(job, LOG_LEVEL_DEBUG, "the queue is down: the estimates are written once it is back");
+		evtimer_add(job->timer, &tv);
+	}
 }
 
 /* The dry run measured enough: extrapolate to the whole table and end the job. */
@@ -72,7 +88,7 @@ static void job_dry_finish(job_t *job, bool reached_end)
 void job_dry_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
 {
 	job_t *job = arg;
-	const PGresult *b = res->results[2];
+	const PGresult *b = job_result(job, res, STEP_BATCH);
 	int64_t scanned;
 	double duration_ms;
 	throttle_settings_t s;
@@ -81,7 +97,7 @@ void job_dry_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
 	if (job->state != JOB_BATCH)
 		return;
 	if (res->broken) {
-		job->state = JOB_CONNECTING;
+		job_session_lost(job);
 		return;
 	}
 	if (!res->ok) {
@@ -92,11 +108,11 @@ void job_dry_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
 	duration_ms = job_elapsed_s(&job->batch_started) * 1000.0;
 	job->dry_scanned += scanned;
 	job->dry_batches++;
-	job->dry_wal += pgconn_int64(res->results[3], 0, 0, 0);
+	job->dry_wal += pgconn_int64(job_result(job, res, STEP_DRY_WAL), 0, 0, 0);
 	if (pgconn_value(b, 0, 3)) {
 		keys_clear(&job->last_key);
 		if (!keys_decode(pgconn_value(b, 0, 3), &job->last_key)) {
-			job_release(job, "failed", "cannot decode a key (dry run; nothing was changed)");
+			job_fail(job, "cannot decode a key (dry run; nothing was changed)");
 			return;
 		}
 	}

@@ -20,17 +20,43 @@
 #include "throttle.h"
 
 typedef enum job_state {
-	JOB_CONNECTING, /* waiting for its connection, first or after a loss */
-	JOB_LOADING,	/* reading its row and key metadata */
+	JOB_LOADING,	/* reading its row and key metadata over the queue connection */
+	JOB_CONNECTING, /* waiting for its session, logged in as its run_as role (first, or after a loss) */
 	JOB_SPLITTING,	/* a parallel job's first runner cuts the key range into slices */
-	JOB_CHECKING,	/* creating its batch functions as its role, before touching any row */
+	JOB_CHECKING,	/* preparing its statements as its role, before touching any row */
 	JOB_BATCH,	/* a batch pipeline in flight */
 	JOB_SLEEPING,	/* between batches, or backing off before a retry */
 	JOB_THROTTLED,	/* held by the throttle (lag, a missing standby, autovacuum): decide again soon */
 	JOB_HELD,	/* paused by signal */
-	JOB_RELEASING,	/* giving the job back (pending, failed, or a user's state) */
+	JOB_RELEASING,	/* giving the job back over the queue connection */
 	JOB_FINISHED,	/* nothing more to do; the daemon frees it */
 } job_state_t;
+
+/* The named steps of a pipeline on the job's session; a request holds each at most once. */
+typedef enum job_step {
+	STEP_BEGIN,
+	STEP_OPEN,	 /* timeouts, WAL position, the target's write counters */
+	STEP_BATCH,	 /* the batch statement (or, skipping a row, the peek at its key) */
+	STEP_DRY_WAL,	 /* a dry run's WAL, before it rolls back */
+	STEP_MISMATCHES, /* a verify batch's findings */
+	STEP_WAITERS,	 /* who waits on the batch's locks */
+	STEP_CHECKPOINT, /* the checkpoint (or the failing row's record) */
+	STEP_END,	 /* COMMIT, or a dry run's ROLLBACK */
+	STEP_PREPARE,	 /* the check: preparing the job's statements */
+	STEP_PRIVILEGES, /* the check: the role's privileges on the target */
+	STEP_BOUNDS,	 /* the check: a numeric key's bounds, for percent */
+	STEP_SPLIT,	 /* cutting a parallel job into slices */
+	STEP_COUNT,
+} job_step_t;
+
+#define JOB_PIPELINE_MAX 16
+
+/* Where each step stands in the request in flight. */
+typedef struct job_steps {
+	int at[STEP_COUNT];		/* the statement's index, -1 when the step is not there */
+	job_step_t of[JOB_PIPELINE_MAX]; /* the step of each statement */
+	int n;
+} job_steps_t;
 
 #define JOB_NOVERRIDES 12 /* the job's throttle overrides: job_overrides in job.c */
 
@@ -45,21 +71,25 @@ struct job {
 	jobkey_t upper;	   /* a slice's last key; n == 0: to the end */
 	char context[160]; /* log prefix: "job 12 (public.users)" */
 	job_state_t state;
-	pgconn_t *conn;
+	pgconn_t *conn; /* the job's session, logged in as run_as; made once run_as is known */
 	struct event *timer;
+	int queue_requests; /* requests on the queue connection whose callback has not run */
 
 	/* The definition, from the queue. */
-	bool loaded;
+	bool loaded; /* loaded once: the walk on this instance has begun */
+	bool fresh;  /* loaded since the session was last lost: the checkpoint is current */
 	job_kind_t kind;
 	char *target_schema, *target_table;
 	char *set_sql, *where_sql, *batch_sql, *mismatch_sql, *run_as;
 	bool dry_run; /* measure in transactions that roll back, estimate, change nothing */
 	uint32_t target_oid;
 	int nkeys;
-	char **key_names, **key_types;
+	char **key_names, **key_types; /* key_types: each column's type as qualified SQL */
+	Oid *key_oids;
+	bool key_numeric;    /* the first key column is a number: percent can be told by position */
+	char *key_op_schema; /* where the key types' comparison operators live */
 	bool has_override[JOB_NOVERRIDES];
 	int64_t override[JOB_NOVERRIDES];
-	char *sql_first, *sql_next, *sql_checkpoint, *sql_peek_first, *sql_peek_next;
 
 	/* Progress, as committed. */
 	jobkey_t last_key; /* n == 0 before the first batch */
@@ -70,14 +100,12 @@ struct job {
 	int64_t bisect_size; /* the size of the next step */
 	char skip_sqlstate[8];
 	char skip_message[512];
-	int checkpoint_at; /* where the checkpoint stands in the batch pipeline */
-	int waiters_at;	   /* where batch_waiters_sql stands in it; 0: not there */
-	int check_fast_at; /* where the faster batch functions stand in the check pipeline */
+	job_steps_t steps; /* of the request in flight on the session */
 
 	/* A dry run, measured in memory: nothing of it is committed. */
 	struct timespec dry_started;
 	int64_t dry_scanned, dry_wal, dry_batches;
-	bool dry_recording; /* its estimates are being written (again after a reconnection) */
+	bool dry_recording; /* its estimates are being written */
 	char dry_seconds[24], dry_wal_bytes[24]; /* the estimates */
 
 	/* The walk on this instance. */
@@ -97,8 +125,8 @@ struct job {
 	int64_t batch_waited_ms;       /* the longest wait on its locks the sampler saw */
 	bool contended;		       /* the last batch made others wait: its successor says so */
 	throttle_input_t input;	       /* what the throttle saw before the batch in flight */
-	/* The application's writes to the target, between the starts of two batches (batch.h's
-	 * batch_open_counting_sql; throttle_after_app). */
+	/* The application's writes to the target, between the starts of two batches
+	 * (<schema>._batch_open; throttle_after_app). */
 	int writes_pid;		   /* the backend of the last reading; 0: none to count from */
 	int64_t writes_total;	   /* the target's counters it saw: reported plus its own pending */
 	int64_t writes_own;	   /* the job's own writes in the batch that followed */
@@ -120,18 +148,36 @@ struct job {
 
 #define job_log(job, level, ...) log_msg(level, (job)->context, __VA_ARGS__)
 
+/* The names of the statements prepared in a job's session. */
+#define JOB_PREPARED_FIRST "backfilld_first"
+#define JOB_PREPARED_NEXT "backfilld_next"
+#define JOB_PREPARED_PEEK_FIRST "backfilld_peek_first"
+#define JOB_PREPARED_PEEK_NEXT "backfilld_peek_next"
+#define JOB_PREPARED_USER "backfilld_user" /* a statement job's own SQL, checked by preparing it */
+
 /* job.c: the job's life */
+void job_set_state(job_t *job, job_state_t state);
+const char *job_state_name(job_state_t state);
 double job_elapsed_s(const struct timespec *since);
 void job_settings(const job_t *job, throttle_settings_t *s);
 void job_report(const job_t *job, bool running);
 void job_sleep(job_t *job, int64_t ms);
 batch_spec_t job_spec(const job_t *job);
-void job_build_sql(job_t *job);
 void job_write_reason(job_t *job, const char *reason);
 void job_hold(job_t *job);
 void job_release(job_t *job, const char *state, const char *error);
 void job_fail(job_t *job, const char *error);
 void job_finish(job_t *job);
+void job_session_lost(job_t *job);
+/* Send STMTS on the queue connection for JOB; false (CB not called) while the queue is down. */
+bool job_queue_send(job_t *job, const pgconn_stmt_t *stmts, int n, pgconn_result_cb cb);
+/* Send the pipeline STMTS (with their STEPS) on the job's session, as the request in flight. */
+bool job_session_send(job_t *job, const pgconn_stmt_t *stmts, const job_step_t *steps, int n,
+		      pgconn_result_cb cb);
+/* The result of step STEP of the request in flight, NULL when it is not there. */
+const PGresult *job_result(const job_t *job, const pgconn_result_t *res, job_step_t step);
+/* What the failed statement of RES was doing, for an error message. */
+const char *job_failed_step(const job_t *job, const pgconn_result_t *res);
 
 /* job_batch.c: the pre-flight check, the walk from batch to batch, and its failures */
 void job_check(job_t *job);

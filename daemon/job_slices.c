@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "batch.h"
+#include "config.h"
 #include "daemon.h"
 #include "keys.h"
 #include "log.h"
@@ -31,15 +32,13 @@ static bool job_decode_key(const job_t *job, const char *text, jobkey_t *key, ch
 /*
  * A slice's runner walks from its checkpoint (or its lower bound) up to its upper bound; a slice
  * already done, or gone because the job was cut again, ends the runner quietly. SLICES is the
- * load query's third result. Anything else builds the whole job's statements. False: ERR says why
+ * load query's third result. False: ERR says why
  * the job cannot go on.
  */
 bool job_load_slice(job_t *job, const PGresult *slices, char *err, size_t errlen)
 {
-	if (job->slice == 0) {
-		job_build_sql(job);
+	if (job->slice == 0)
 		return true;
-	}
 	for (int r = 0; r < PQntuples(slices); r++) {
 		if (pgconn_int64(slices, r, 0, -1) != job->slice)
 			continue;
@@ -53,7 +52,6 @@ bool job_load_slice(job_t *job, const PGresult *slices, char *err, size_t errlen
 				    &job->last_key, err, errlen) ||
 		    !job_decode_key(job, pgconn_value(slices, r, 2), &job->upper, err, errlen))
 			return false;
-		job_build_sql(job);
 		return true;
 	}
 	job_log(job, LOG_LEVEL_WARNING, "slice %d no longer exists: the job was cut again", job->slice);
@@ -88,13 +86,14 @@ void job_start_slices(job_t *job, const PGresult *slices)
 static void job_split_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
 {
 	job_t *job = arg;
+	const PGresult *slices;
 	char err[1024];
 	(void)conn;
 
 	if (job->state != JOB_SPLITTING)
 		return;
 	if (res->broken) {
-		job->state = JOB_CONNECTING;
+		job_session_lost(job);
 		return;
 	}
 	if (!res->ok) {
@@ -109,38 +108,25 @@ static void job_split_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
 		job_fail(job, err);
 		return;
 	}
-	job_log(job, LOG_LEVEL_INFO, "cut into %d slices (asked for %lld)", PQntuples(res->results[3]),
+	slices = job_result(job, res, STEP_SPLIT);
+	job_log(job, LOG_LEVEL_INFO, "cut into %d slices (asked for %lld)", PQntuples(slices),
 		(long long)job->parallel);
 	if (job->stopping)
 		job_release(job, job->stop_state, job->stop_error);
 	else
-		job_start_slices(job, res->results[3]);
+		job_start_slices(job, slices);
 }
 
 /* Cut the key range at quantiles, as the job's role (it reads the table), then record the slices. */
 void job_split(job_t *job)
 {
-	batch_spec_t spec = job_spec(job);
-	char *create = batch_build_function(&spec, BATCH_FN_SPLIT);
-	char *owner = batch_build_function_owner(&spec, BATCH_FN_SPLIT, job->run_as);
-	char *call = batch_build_call(&spec, BATCH_FN_SPLIT);
-	char parallel[24], make_sql[256];
-	const char *split_params[] = {parallel}, *make_params[] = {job->id_text, daemon_name()};
-	pgconn_stmt_t stmts[4];
+	char *sql = batch_build_split(daemon_config()->schema);
+	const char *params[] = {job->id_text, daemon_name()};
+	pgconn_stmt_t stmt = {sql, 2, params, NULL, NULL};
+	static const job_step_t steps[] = {STEP_SPLIT};
 
-	snprintf(parallel, sizeof(parallel), "%lld", (long long)job->parallel);
-	snprintf(make_sql, sizeof(make_sql),
-		 "SELECT slice, lower_key::text, upper_key::text, NULL::text, false"
-		 " FROM %s._make_slices($1::bigint, $2)",
-		 daemon_schema_quoted());
-	stmts[0] = (pgconn_stmt_t){create, 0, NULL};
-	stmts[1] = (pgconn_stmt_t){owner, 0, NULL};
-	stmts[2] = (pgconn_stmt_t){call, 1, split_params};
-	stmts[3] = (pgconn_stmt_t){make_sql, 2, make_params};
-	job->state = JOB_SPLITTING;
-	if (!pgconn_send(job->conn, stmts, 4, job_split_cb, job))
-		job->state = JOB_CONNECTING;
-	free(create);
-	free(owner);
-	free(call);
+	job_set_state(job, JOB_SPLITTING);
+	if (!job_session_send(job, &stmt, steps, 1, job_split_cb))
+		job_session_lost(job);
+	free(sql);
 }

@@ -34,6 +34,10 @@ static void usage(FILE *out)
 		"Signals: SIGUSR1 pause, SIGUSR2 resume, SIGHUP reload, SIGTERM/SIGINT stop.\n");
 }
 
+/* Environment variables libpq turns into session settings (PGOPTIONS is the operator's choice,
+ * like the options of job_conninfo). */
+static const char *const job_setting_env[] = {"PGDATESTYLE", "PGTZ", "PGGEQO"};
+
 enum {
 	OPT_CHECK_CONFIG = 1000,
 	OPT_INSTALL_SCHEMA,
@@ -152,6 +156,16 @@ int main(int argc, char **argv)
 				" (the systemd unit uses User=backfilld)\n");
 		config_free(config);
 		return EXIT_RUNTIME;
+	}
+	/* libpq sends these as session settings of every connection: a job's session must start
+	 * with its role's and database's settings, as its submitter's own would. */
+	for (size_t i = 0; i < sizeof(job_setting_env) / sizeof(job_setting_env[0]); i++) {
+		if (getenv(job_setting_env[i])) {
+			log_notice(
+				"ignoring %s from the environment: job sessions take their role's settings",
+				job_setting_env[i]);
+			unsetenv(job_setting_env[i]);
+		}
 	}
 	dopt.config_path = path;
 	return daemon_run(config, &dopt);

@@ -5,9 +5,11 @@
  */
 #include "pgconn.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <event2/event.h>
 
@@ -29,6 +31,9 @@ typedef struct request {
 	struct request *next;
 	int n;
 	char **sql;
+	char **prepare;
+	Oid **types; /* of a PREPARE, ntypes of them */
+	int *ntypes;
 	int *nparams;
 	char ***params;
 	PGresult **results;
@@ -54,6 +59,9 @@ struct pgconn {
 	bool freeing; /* pgconn_free is telling queued requests their end */
 	bool dead;
 	char last_error[512];
+	time_t notice_window; /* notices logged since then (NOTICE_WINDOW_S) */
+	int notices;
+	int64_t notices_dropped;
 };
 
 static void pgconn_read_cb(evutil_socket_t fd, short what, void *arg);
@@ -86,6 +94,8 @@ static void request_free(request_t *r)
 {
 	for (int i = 0; i < r->n; i++) {
 		free(r->sql[i]);
+		free(r->prepare[i]);
+		free(r->types[i]);
 		for (int j = 0; j < r->nparams[i]; j++)
 			free(r->params[i][j]);
 		free(r->params[i]);
@@ -93,6 +103,9 @@ static void request_free(request_t *r)
 			PQclear(r->results[i]);
 	}
 	free(r->sql);
+	free(r->prepare);
+	free(r->types);
+	free(r->ntypes);
 	free(r->nparams);
 	free(r->params);
 	free(r->results);
@@ -108,9 +121,13 @@ static void pgconn_set_error(pgconn_t *c, const char *why)
 		c->last_error[--len] = '\0';
 }
 
+static void pgconn_notices_left_out(pgconn_t *c);
+
 static void pgconn_really_free(pgconn_t *c)
 {
+	pgconn_notices_left_out(c);
 	free((char *)c->opt.conninfo);
+	free((char *)c->opt.user);
 	free((char *)c->opt.application_name);
 	free((char *)c->opt.log_context);
 	free(c);
@@ -128,12 +145,37 @@ static void pgconn_leave(pgconn_t *c)
 		pgconn_really_free(c);
 }
 
+/* Server notices (a job's own SQL can RAISE as many as it likes): at most NOTICE_BURST logged in
+ * any NOTICE_WINDOW_S, then one line saying how many were left out. */
+#define NOTICE_BURST 10
+#define NOTICE_WINDOW_S 10
+
+static void pgconn_notices_left_out(pgconn_t *c)
+{
+	if (c->notices_dropped > 0)
+		log_msg(LOG_LEVEL_WARNING, c->opt.log_context,
+			"%lld more server notices in %d s were left out of the log",
+			(long long)c->notices_dropped, NOTICE_WINDOW_S);
+	c->notices_dropped = 0;
+}
+
 static void pgconn_notice_cb(void *arg, const PGresult *res)
 {
 	pgconn_t *c = arg;
 	const char *severity = PQresultErrorField(res, PG_DIAG_SEVERITY_NONLOCALIZED);
 	const char *msg = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
 	bool warning = severity && strcmp(severity, "WARNING") == 0;
+	time_t now = time(NULL);
+
+	if (now - c->notice_window >= NOTICE_WINDOW_S) {
+		pgconn_notices_left_out(c);
+		c->notice_window = now;
+		c->notices = 0;
+	}
+	if (++c->notices > NOTICE_BURST) {
+		c->notices_dropped++;
+		return;
+	}
 	log_msg(warning ? LOG_LEVEL_WARNING : LOG_LEVEL_DEBUG, c->opt.log_context, "server %s: %s",
 		severity ? severity : "NOTICE", msg ? msg : "");
 }
@@ -144,6 +186,7 @@ pgconn_t *pgconn_new(struct event_base *base, const pgconn_options_t *options)
 	c->base = base;
 	c->opt = *options;
 	c->opt.conninfo = xstrdup(options->conninfo);
+	c->opt.user = options->user ? xstrdup(options->user) : NULL;
 	c->opt.application_name = xstrdup(options->application_name);
 	c->opt.log_context = xstrdup(options->log_context);
 	c->state = PGCONN_DOWN;
@@ -218,10 +261,22 @@ static void pgconn_watch_poll(pgconn_t *c, PostgresPollingStatusType want)
 
 void pgconn_connect(pgconn_t *c)
 {
-	/* Our keywords first so the user's conninfo may override them; application_name last. */
-	const char *keys[] = {"connect_timeout",  "keepalives", "keepalives_idle",  "keepalives_interval",
-			      "keepalives_count", "dbname",	"application_name", NULL};
-	const char *values[] = {"10", "1", "10", "5", "3", c->opt.conninfo, c->opt.application_name, NULL};
+	/* Our keywords first so the user's conninfo may override them; then what must hold
+	 * whatever it says: the client encoding (the daemon reads and writes UTF-8), the user a job
+	 * session logs in as, and application_name. */
+	const char *keys[] = {"connect_timeout",
+			      "keepalives",
+			      "keepalives_idle",
+			      "keepalives_interval",
+			      "keepalives_count",
+			      "dbname",
+			      "client_encoding",
+			      "application_name",
+			      "user",
+			      NULL};
+	const char *values[] = {
+		"10",	     "1", "10", "5", "3", c->opt.conninfo, "UTF8", c->opt.application_name,
+		c->opt.user, NULL};
 	struct timeval tv = {CONNECT_TIMEOUT_MS / 1000, (CONNECT_TIMEOUT_MS % 1000) * 1000};
 
 	if (c->dead)
@@ -244,8 +299,7 @@ void pgconn_connect(pgconn_t *c)
 	pgconn_watch_poll(c, PGRES_POLLING_WRITING);
 }
 
-/* The session every daemon connection runs with: fixed formats, and a mark the schema's
- * trigger uses to tell the daemon's writes from a user's. */
+/* The session's settings are in place: it is ready. */
 static void pgconn_setup_done_cb(pgconn_t *c, const pgconn_result_t *res, void *arg)
 {
 	(void)arg;
@@ -263,13 +317,19 @@ static void pgconn_setup_done_cb(pgconn_t *c, const pgconn_result_t *res, void *
 
 static void pgconn_connected(pgconn_t *c)
 {
-	char idle_ms[32];
-	const char *params[] = {idle_ms};
-	pgconn_stmt_t setup = {
-		"SELECT set_config('DateStyle', 'ISO', false), set_config('TimeZone', 'UTC', false),"
-		" set_config('extra_float_digits', '3', false), set_config('backfilld.daemon', 'on', false),"
-		" set_config('idle_in_transaction_session_timeout', $1, false)",
-		1, params};
+	char idle_ms[32], lock_ms[32];
+	const char *params[] = {idle_ms, lock_ms};
+	pgconn_stmt_t daemon_setup = {
+		"SELECT pg_catalog.set_config('DateStyle', 'ISO', false),"
+		" pg_catalog.set_config('TimeZone', 'UTC', false),"
+		" pg_catalog.set_config('extra_float_digits', '3', false),"
+		" pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', false),"
+		" pg_catalog.set_config('idle_in_transaction_session_timeout', $1, false),"
+		" pg_catalog.set_config('lock_timeout', $2, false)",
+		2, params, NULL, NULL};
+	pgconn_stmt_t job_setup = {
+		"SELECT pg_catalog.set_config('idle_in_transaction_session_timeout', $1, false)", 1, params,
+		NULL, NULL};
 	int fd = PQsocket(c->pg);
 
 	evtimer_del(c->ev_timer);
@@ -286,7 +346,9 @@ static void pgconn_connected(pgconn_t *c)
 	}
 	c->state = PGCONN_SETUP;
 	snprintf(idle_ms, sizeof(idle_ms), "%lld", (long long)c->opt.idle_in_transaction_ms);
-	if (!pgconn_enqueue(c, &setup, 1, pgconn_setup_done_cb, NULL, true, true))
+	snprintf(lock_ms, sizeof(lock_ms), "%lld", (long long)c->opt.lock_timeout_ms);
+	if (!pgconn_enqueue(c, c->opt.session == PGCONN_SESSION_JOB ? &job_setup : &daemon_setup, 1,
+			    pgconn_setup_done_cb, NULL, true, true))
 		pgconn_lost(c, "cannot send the session setup");
 }
 
@@ -398,8 +460,16 @@ static void pgconn_start_next(pgconn_t *c)
 	if (c->state != PGCONN_READY && !(c->state == PGCONN_SETUP && r->internal))
 		return;
 	for (int i = 0; i < r->n; i++) {
-		if (!PQsendQueryParams(c->pg, r->sql[i], r->nparams[i], NULL,
-				       (const char *const *)r->params[i], NULL, NULL, 0)) {
+		int sent;
+		if (r->prepare[i] && r->sql[i])
+			sent = PQsendPrepare(c->pg, r->prepare[i], r->sql[i], r->ntypes[i], r->types[i]);
+		else if (r->prepare[i])
+			sent = PQsendQueryPrepared(c->pg, r->prepare[i], r->nparams[i],
+						   (const char *const *)r->params[i], NULL, NULL, 0);
+		else
+			sent = PQsendQueryParams(c->pg, r->sql[i], r->nparams[i], NULL,
+						 (const char *const *)r->params[i], NULL, NULL, 0);
+		if (!sent) {
 			pgconn_lost(c, PQerrorMessage(c->pg));
 			return;
 		}
@@ -448,7 +518,7 @@ static void pgconn_complete_head(pgconn_t *c)
 	/* A failed explicit transaction stays aborted after the Sync: clean it before anything else. */
 	ts = PQtransactionStatus(c->pg);
 	if (ts == PQTRANS_INERROR || ts == PQTRANS_INTRANS) {
-		pgconn_stmt_t rollback = {"ROLLBACK", 0, NULL};
+		pgconn_stmt_t rollback = {"ROLLBACK", 0, NULL, NULL, NULL};
 		if (ts == PQTRANS_INTRANS)
 			log_msg(LOG_LEVEL_WARNING, c->opt.log_context,
 				"a request left a transaction open; rolling back");
@@ -522,11 +592,25 @@ static bool pgconn_enqueue(pgconn_t *c, const pgconn_stmt_t *stmts, int n, pgcon
 
 	r->n = n;
 	r->sql = xcalloc((size_t)n, sizeof(char *));
+	r->prepare = xcalloc((size_t)n, sizeof(char *));
+	r->types = xcalloc((size_t)n, sizeof(Oid *));
+	r->ntypes = xcalloc((size_t)n, sizeof(int));
 	r->nparams = xcalloc((size_t)n, sizeof(int));
 	r->params = xcalloc((size_t)n, sizeof(char **));
 	r->results = xcalloc((size_t)n, sizeof(PGresult *));
 	for (int i = 0; i < n; i++) {
-		r->sql[i] = xstrdup(stmts[i].sql);
+		bool prepare = stmts[i].prepare != NULL, run_prepared = prepare && !stmts[i].sql;
+		r->sql[i] = stmts[i].sql ? xstrdup(stmts[i].sql) : NULL;
+		r->prepare[i] = prepare ? xstrdup(stmts[i].prepare) : NULL;
+		if (prepare && !run_prepared) { /* PREPARE: types, not values */
+			if (stmts[i].types) {
+				r->ntypes[i] = stmts[i].nparams;
+				r->types[i] = xcalloc((size_t)stmts[i].nparams, sizeof(Oid));
+				memcpy(r->types[i], stmts[i].types, sizeof(Oid) * (size_t)stmts[i].nparams);
+			}
+			r->params[i] = xcalloc(0, sizeof(char *));
+			continue;
+		}
 		r->nparams[i] = stmts[i].nparams;
 		r->params[i] = xcalloc((size_t)stmts[i].nparams, sizeof(char *));
 		for (int j = 0; j < stmts[i].nparams; j++)
@@ -583,6 +667,53 @@ int pgconn_backend_pid(const pgconn_t *c)
 const char *pgconn_last_error(const pgconn_t *c)
 {
 	return c->last_error;
+}
+
+/* A cancel request on its way: libpq's PQcancel connects to the server and waits for it to close
+ * the connection, so it runs on a detached thread of its own, which only logs a failure. */
+typedef struct cancel_request {
+	PGcancel *cancel;
+	char context[128];
+} cancel_request_t;
+
+static void *pgconn_cancel_thread(void *arg)
+{
+	cancel_request_t *req = arg;
+	char err[256];
+
+	if (!PQcancel(req->cancel, err, (int)sizeof(err)))
+		log_msg(LOG_LEVEL_WARNING, req->context, "cannot send a cancel request: %s", err);
+	PQfreeCancel(req->cancel);
+	free(req);
+	return NULL;
+}
+
+bool pgconn_cancel(pgconn_t *c)
+{
+	cancel_request_t *req;
+	pthread_attr_t attr;
+	pthread_t thread;
+	bool started;
+
+	if (c->dead || !c->pg || c->state != PGCONN_READY)
+		return false;
+	req = xcalloc(1, sizeof(*req));
+	req->cancel = PQgetCancel(c->pg);
+	snprintf(req->context, sizeof(req->context), "%s", c->opt.log_context);
+	if (!req->cancel) {
+		free(req);
+		return false;
+	}
+	started = pthread_attr_init(&attr) == 0 &&
+		  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED) == 0 &&
+		  pthread_create(&thread, &attr, pgconn_cancel_thread, req) == 0;
+	pthread_attr_destroy(&attr);
+	if (!started) {
+		log_msg(LOG_LEVEL_WARNING, c->opt.log_context, "cannot start a cancel request");
+		PQfreeCancel(req->cancel);
+		free(req);
+	}
+	return started;
 }
 
 void pgconn_disconnect(pgconn_t *c)

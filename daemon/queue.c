@@ -18,6 +18,8 @@
 #include "schema.h"
 
 #define QUEUE_CONTEXT "queue"
+#define QUEUE_LOCK_TIMEOUT_MS 2000 /* a row another session keeps locked never stalls the queue longer */
+#define MIN_SERVER_VERSION 140000
 
 /* The single control connection and what we know of it. */
 static struct {
@@ -62,7 +64,10 @@ static void queue_schema_cb(pgconn_t *conn, const pgconn_result_t *res, void *ar
 
 	if (res->broken)
 		return;
-	if (!res->ok) {
+	if (res->failed_index != 0 && pgconn_int64(res->results[0], 0, 0, 0) < MIN_SERVER_VERSION) {
+		snprintf(why, sizeof(why), "backfilld needs PostgreSQL 14 or later; the server is %s",
+			 pgconn_value(res->results[0], 0, 1) ?: "?");
+	} else if (!res->ok) {
 		if (strcmp(res->sqlstate, "42P01") == 0 || strcmp(res->sqlstate, "3F000") == 0)
 			snprintf(why, sizeof(why),
 				 "the queue schema %s is not installed in this database: run backfilld "
@@ -71,6 +76,10 @@ static void queue_schema_cb(pgconn_t *conn, const pgconn_result_t *res, void *ar
 		else
 			snprintf(why, sizeof(why), "cannot check the queue schema: %s %s", res->sqlstate,
 				 res->message);
+	} else {
+		why[0] = '\0';
+	}
+	if (why[0]) {
 		log_msg(LOG_LEVEL_ERROR, QUEUE_CONTEXT, "%s; checking again in %lld ms", why, (long long)ms);
 		queue_set_down(why);
 		evtimer_add(queue.recheck, &tv);
@@ -92,7 +101,8 @@ static void queue_schema_cb(pgconn_t *conn, const pgconn_result_t *res, void *ar
 	if (!queue.warned_superuser && strcmp(pgconn_value(res->results[2], 0, 0) ?: "f", "t") == 0) {
 		log_msg(LOG_LEVEL_WARNING, QUEUE_CONTEXT,
 			"the daemon's database role %s is a superuser: give it a role of its own, member of"
-			" backfill_daemon and of the roles that submit jobs",
+			" backfill_daemon and pg_monitor (jobs run in sessions of their submitters' roles"
+			" whatever role the daemon has)",
 			pgconn_value(res->results[2], 0, 1) ?: "?");
 		queue.warned_superuser = true;
 	}
@@ -107,15 +117,20 @@ static void queue_schema_cb(pgconn_t *conn, const pgconn_result_t *res, void *ar
 static void queue_check_schema(void)
 {
 	char sql[256];
-	pgconn_stmt_t stmts[3];
+	pgconn_stmt_t stmts[4];
 
-	snprintf(sql, sizeof(sql), "SELECT max(version) FROM %s.schema_version", daemon_schema_quoted());
-	stmts[0] = (pgconn_stmt_t){"LISTEN backfill_jobs", 0, NULL};
-	stmts[1] = (pgconn_stmt_t){sql, 0, NULL};
-	stmts[2] = (pgconn_stmt_t){
-		"SELECT rolsuper, current_user FROM pg_catalog.pg_roles WHERE rolname = current_user", 0,
-		NULL};
-	if (!pgconn_send(queue.conn, stmts, 3, queue_schema_cb, NULL))
+	/* The server's version first: an older server's catalogs may fail the other queries. */
+	stmts[0] = (pgconn_stmt_t){"SELECT pg_catalog.current_setting('server_version_num')::pg_catalog.int4,"
+				   " pg_catalog.current_setting('server_version')",
+				   0, NULL, NULL, NULL};
+	snprintf(sql, sizeof(sql), "SELECT pg_catalog.max(version) FROM %s.schema_version",
+		 daemon_schema_quoted());
+	stmts[1] = (pgconn_stmt_t){sql, 0, NULL, NULL, NULL};
+	stmts[2] = (pgconn_stmt_t){"SELECT r.rolsuper, r.rolname FROM pg_catalog.pg_roles r"
+				   " WHERE r.rolname = pg_catalog.current_user()",
+				   0, NULL, NULL, NULL};
+	stmts[3] = (pgconn_stmt_t){"LISTEN backfill_jobs", 0, NULL, NULL, NULL};
+	if (!pgconn_send(queue.conn, stmts, 4, queue_schema_cb, NULL))
 		queue_set_down("not connected");
 }
 
@@ -148,6 +163,7 @@ void queue_open(void)
 				.application_name = "backfilld queue",
 				.log_context = QUEUE_CONTEXT,
 				.idle_in_transaction_ms = daemon_config()->lease_ms,
+				.lock_timeout_ms = QUEUE_LOCK_TIMEOUT_MS,
 				.on_event = queue_event_cb,
 				.on_notify = queue_notify_cb};
 
@@ -195,7 +211,7 @@ static void queue_call_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
 static bool queue_call(const char *what, const char *sql, int nparams, const char *const *params,
 		       queue_rows_cb cb, void *arg)
 {
-	pgconn_stmt_t stmt = {sql, nparams, params};
+	pgconn_stmt_t stmt = {sql, nparams, params, NULL, NULL};
 	queue_call_t *call;
 
 	if (!queue.up)
@@ -269,26 +285,11 @@ bool queue_count_states(queue_rows_cb cb, void *arg)
 {
 	char sql[160];
 
-	snprintf(sql, sizeof(sql), "SELECT state, count(*) FROM %s.jobs GROUP BY state",
-		 daemon_schema_quoted());
+	snprintf(sql, sizeof(sql), "SELECT state, jobs FROM %s._count_states()", daemon_schema_quoted());
 	return queue_call("counting jobs", sql, 0, NULL, cb, arg);
 }
 
-static void queue_cancel_cb(const PGresult *res, void *arg)
+bool queue_send(const pgconn_stmt_t *stmts, int n, pgconn_result_cb cb, void *arg)
 {
-	(void)arg;
-	if (res)
-		log_msg(LOG_LEVEL_DEBUG, QUEUE_CONTEXT, "cancel request sent: %s",
-			pgconn_value(res, 0, 0) ?: "?");
-}
-
-void queue_cancel_backend(int pid)
-{
-	char pid_text[24];
-	const char *params[] = {pid_text};
-
-	snprintf(pid_text, sizeof(pid_text), "%d", pid);
-	if (!queue_call("cancel", "SELECT pg_cancel_backend($1::int)", 1, params, queue_cancel_cb, NULL))
-		log_msg(LOG_LEVEL_WARNING, QUEUE_CONTEXT,
-			"cannot cancel backend %d: the queue connection is down", pid);
+	return queue.up && pgconn_send(queue.conn, stmts, n, cb, arg);
 }

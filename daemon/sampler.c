@@ -40,10 +40,11 @@ static const char sample_standbys_sql[] =
 static const char sample_slots_sql[] = "SELECT slot_name, confirmed_flush_lsn::text, wal_status"
 				       " FROM pg_catalog.pg_replication_slots WHERE slot_type = 'logical'";
 static const char sample_blocked_sql[] =
-	"SELECT b.blocker, count(DISTINCT a.pid),"
-	" max(extract(epoch FROM clock_timestamp() - coalesce(l.waitstart, a.query_start))) * 1000"
+	"SELECT b.blocker, pg_catalog.count(DISTINCT a.pid),"
+	" pg_catalog.max(extract(epoch FROM pg_catalog.clock_timestamp()"
+	" - coalesce(l.waitstart, a.query_start))) * 1000"
 	" FROM pg_catalog.pg_stat_activity a"
-	" CROSS JOIN LATERAL unnest(pg_catalog.pg_blocking_pids(a.pid)) AS b(blocker)"
+	" CROSS JOIN LATERAL pg_catalog.unnest(pg_catalog.pg_blocking_pids(a.pid)) AS b(blocker)"
 	" LEFT JOIN pg_catalog.pg_locks l ON l.pid = a.pid AND NOT l.granted"
 	" WHERE a.wait_event_type = 'Lock' AND b.blocker = ANY ($1::int[])"
 	" GROUP BY b.blocker";
@@ -52,11 +53,12 @@ static const char sample_blocked_sql[] =
  * so the network is not in it. */
 static const char sample_probe_sql[] =
 	"SELECT extract(epoch FROM pg_catalog.clock_timestamp() - pg_catalog.statement_timestamp()) * 1000"
-	" FROM (SELECT count(*) FROM pg_catalog.generate_series(1, 20000)) AS g";
+	" FROM (SELECT pg_catalog.count(*) FROM pg_catalog.generate_series(1, 20000)) AS g";
 static const char sample_autovacuum_sql[] =
 	"SELECT p.relid FROM pg_catalog.pg_stat_progress_vacuum p"
 	" JOIN pg_catalog.pg_stat_activity a ON a.pid = p.pid WHERE a.backend_type = 'autovacuum worker'"
-	" AND p.datid = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())";
+	" AND p.datid = (SELECT d.oid FROM pg_catalog.pg_database d"
+	" WHERE d.datname = pg_catalog.current_database())";
 
 /* The sampler's connection, timer and latest view. */
 static struct {
@@ -169,7 +171,7 @@ static void sampler_probe_cb(pgconn_t *conn, const pgconn_result_t *res, void *a
 
 void sampler_batch_started(void)
 {
-	pgconn_stmt_t probe = {sample_probe_sql, 0, NULL};
+	pgconn_stmt_t probe = {sample_probe_sql, 0, NULL, NULL, NULL};
 	double now = now_ms();
 
 	/* Only on an idle connection: a sample is never kept waiting for more than the probe
@@ -314,9 +316,9 @@ static void sampler_tick_cb(evutil_socket_t fd, short what, void *arg)
 	char pids[1024];
 	const char *params[] = {pids};
 	pgconn_stmt_t stmts[6] = {
-		{sample_wal_sql, 0, NULL},	  {sample_standbys_sql, 0, NULL},
-		{sample_slots_sql, 0, NULL},	  {sample_blocked_sql, 1, params},
-		{sample_autovacuum_sql, 0, NULL},
+		{sample_wal_sql, 0, NULL, NULL, NULL},	      {sample_standbys_sql, 0, NULL, NULL, NULL},
+		{sample_slots_sql, 0, NULL, NULL, NULL},      {sample_blocked_sql, 1, params, NULL, NULL},
+		{sample_autovacuum_sql, 0, NULL, NULL, NULL},
 	};
 	int n = 5;
 	double *sent_at;
@@ -336,7 +338,7 @@ static void sampler_tick_cb(evutil_socket_t fd, short what, void *arg)
 	if (daemon_njobs() > 0 && *sent_at >= sampler.probe_due_ms) {
 		sampler.probe_due_ms = *sent_at + PROBE_EVERY_MS;
 		sampler.probe_in_batch = strcmp(pids, "{}") != 0;
-		stmts[n++] = (pgconn_stmt_t){sample_probe_sql, 0, NULL};
+		stmts[n++] = (pgconn_stmt_t){sample_probe_sql, 0, NULL, NULL, NULL};
 	}
 	if (pgconn_send(sampler.conn, stmts, n, sampler_result_cb, sent_at)) {
 		sampler.in_flight = true;

@@ -1,4 +1,4 @@
--- backfilld queue schema (version 1).
+-- backfilld queue schema (version 2).
 --
 -- Every schema name in this file is a placeholder (at-sign, "schema", at-sign) that backfilld
 -- replaces with the quoted schema name (--install-schema, --schema-sql). Never put the placeholder
@@ -11,28 +11,36 @@
 --      that refuses to run over a newer schema;
 --   2. the version-1 tables, CREATE ... IF NOT EXISTS. Once released, never edit these
 --      statements: an existing database keeps the tables it was created with;
---   3. upgrades: one DO block per version after 1, each guarded by the recorded version;
+--   3. upgrades: one block per version after 1, each guarded by the recorded version or
+--      idempotent by itself;
 --   4. functions, triggers and the view, CREATE OR REPLACE, always in their latest form (they may
 --      use columns added by step 3);
---   5. record the version.
+--   5. roles, row-level security and privileges;
+--   6. record the version.
 --
--- To add version 2:
+-- To add version N + 1:
 --   * in step 3 add a block
---         DO $v2$ BEGIN
---           IF (SELECT version FROM @schema@.schema_version) < 2 THEN
+--         DO $vN$ BEGIN
+--           IF (SELECT version FROM @schema@.schema_version) < N + 1 THEN
 --             ALTER TABLE @schema@.jobs ADD COLUMN ...;
 --           END IF;
---         END $v2$;
---     (CREATE OR REPLACE cannot change a function's result type or drop a view's column: drop
---     such an object in the block, step 4 recreates it);
+--         END $vN$;
+--     (CREATE OR REPLACE cannot change a function's result type or arguments' names, nor drop a
+--     view's column: drop such an object in step 3, step 4 recreates it);
 --   * edit the objects of step 4 to their new form;
---   * change 1 to 2 in the guard (step 1) and in step 5, and SCHEMA_VERSION in include/schema.h.
+--   * change N to N + 1 in the guard (step 1) and in step 6, and SCHEMA_VERSION in include/schema.h.
 --
--- Who writes what: users INSERT jobs and steer them through jobs.state (or pause(), resume(),
--- cancel()); the trigger on jobs validates every change. backfilld's sessions run
--- set_config('backfilld.daemon', 'on', false) and use the _-prefixed functions. That setting is
--- not a security boundary (any session can set it), so the trigger keeps what decides whose
--- privileges a batch runs with (run_as, target, the SQL) unchangeable even for such sessions.
+-- Who writes what. Users INSERT jobs and steer them through jobs.state (or pause(), resume(),
+-- cancel()); the trigger on jobs validates every change and row-level security shows a user only
+-- the jobs of roles it is a member of. Everything else is written by the schema's own functions,
+-- SECURITY DEFINER and owned by the schema's owner; the trigger tells their writes apart by
+-- current_user being the owner of the jobs table together with the setting backfilld.internal,
+-- which only those functions' SET clauses give (a session may set the setting, but it is not
+-- the owner). The daemon's queue connection calls the functions granted to backfill_daemon
+-- (claim, renew, release); a job's batches run in a session logged in as the job's run_as role,
+-- which calls the functions granted to backfill_submit that checkpoint, skip a failing row and
+-- record mismatches, each refusing any job whose run_as is not its session_user or whose lease
+-- is not the caller's.
 
 -- 1. Schema, version, guard -------------------------------------------------------------------
 
@@ -49,10 +57,15 @@ DO $guard$
 DECLARE
     v int := (SELECT version FROM @schema@.schema_version);
 BEGIN
-    IF v > 1 THEN
-        RAISE EXCEPTION 'the queue schema is at version %, newer than this backfilld (version 1)', v
+    IF v > 2 THEN
+        RAISE EXCEPTION 'the queue schema is at version %, newer than this backfilld (version 2)', v
             USING ERRCODE = 'feature_not_supported',
                   HINT = 'Upgrade backfilld; never downgrade the schema.';
+    END IF;
+    IF current_setting('server_version_num')::int < 140000 THEN
+        RAISE EXCEPTION 'backfilld needs PostgreSQL 14 or later; this server is %',
+            current_setting('server_version')
+            USING ERRCODE = 'feature_not_supported';
     END IF;
 END
 $guard$;
@@ -177,26 +190,51 @@ CREATE TABLE IF NOT EXISTS @schema@.slices (
     PRIMARY KEY (job_id, slice)
 );
 
--- 3. Upgrades (none yet: version 1 is the first) ------------------------------------------------
+
+-- 3. Upgrades ----------------------------------------------------------------------------------
+
+-- Version 2: batches run in sessions logged in as the job's role; the daemon's functions are
+-- SECURITY DEFINER; the session setting backfilld.daemon no longer means anything. Functions
+-- that went away or changed their arguments (none has dependents):
+DROP FUNCTION IF EXISTS @schema@._require_daemon(text);
+DROP FUNCTION IF EXISTS @schema@._is_daemon();
+DROP FUNCTION IF EXISTS @schema@._make_slices(bigint, text);
+DROP FUNCTION IF EXISTS @schema@._set_bounds(bigint, text);
 
 -- 4. Functions, triggers, views -----------------------------------------------------------------
 
--- True on backfilld's own sessions.
-CREATE OR REPLACE FUNCTION @schema@._is_daemon() RETURNS boolean
+-- True inside the schema's own functions: current_user is the owner of the jobs table (a
+-- SECURITY DEFINER function of the schema, or the owner's own session) and backfilld.internal
+-- is on (those functions' SET clause). Neither alone is enough.
+CREATE OR REPLACE FUNCTION @schema@._is_internal() RETURNS boolean
 LANGUAGE sql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp
-AS $$ SELECT coalesce(current_setting('backfilld.daemon', true), '') = 'on' $$;
-
--- The daemon functions refuse other sessions with a clear message rather than the trigger's.
-CREATE OR REPLACE FUNCTION @schema@._require_daemon(p_function text) RETURNS void
-LANGUAGE plpgsql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp
 AS $$
-BEGIN
-    IF NOT @schema@._is_daemon() THEN
-        RAISE EXCEPTION '% is for backfilld sessions only', p_function
-            USING ERRCODE = 'insufficient_privilege',
-                  HINT = 'backfilld runs set_config(''backfilld.daemon'', ''on'', false) at connect.';
-    END IF;
-END
+    SELECT coalesce(current_setting('backfilld.internal', true), '') = 'on'
+       AND c.relowner = (SELECT r.oid FROM pg_roles r WHERE r.rolname = current_user)
+    FROM pg_class c JOIN pg_type t ON t.typrelid = c.oid
+    WHERE t.oid = pg_typeof(NULL::@schema@.jobs)
+$$;
+
+-- Whether the current user sees and steers the jobs of P_RUN_AS: a member of that role, of
+-- backfill_admin (DBAs), or of backfill_daemon (the daemon reads every job). Row-level security
+-- on every table of the schema and the progress view use it.
+CREATE OR REPLACE FUNCTION @schema@._can_see(p_run_as name) RETURNS boolean
+LANGUAGE sql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT pg_has_role(current_user, 'backfill_admin', 'MEMBER')
+        OR pg_has_role(current_user, 'backfill_daemon', 'MEMBER')
+        OR EXISTS (SELECT FROM pg_roles r
+                   WHERE r.rolname = p_run_as AND pg_has_role(current_user, r.oid, 'MEMBER'))
+$$;
+
+-- TEXT as numeric, NULL when it is not a number: the progress view reads keys and bounds that a
+-- job's session wrote, and one bad value must not break the view for everybody.
+CREATE OR REPLACE FUNCTION @schema@._to_numeric(p_text text) RETURNS numeric
+LANGUAGE sql IMMUTABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE WHEN p_text ~ '^\s*[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?\s*$'
+                     AND length(p_text) < 1000
+                THEN p_text::numeric END
 $$;
 
 -- Columns only the daemon writes: a user may neither set them at INSERT nor change them.
@@ -208,7 +246,7 @@ AS $$ SELECT ARRAY['owner', 'lease_until', 'last_key', 'rows_scanned', 'rows_cha
                    'throttled_reason', 'last_error', 'estimated_seconds', 'estimated_wal_bytes',
                    'started_at', 'finished_at'] $$;
 
--- Columns that decide what a job runs and as whom. Even a daemon session cannot change them.
+-- Columns that decide what a job runs and as whom. Not even the schema's own functions change them.
 CREATE OR REPLACE FUNCTION @schema@._definition_columns() RETURNS text[]
 LANGUAGE sql IMMUTABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp
 AS $$ SELECT ARRAY['kind', 'target', 'key_columns', 'set_sql', 'where_sql', 'batch_sql',
@@ -342,9 +380,10 @@ $$;
 -- Validates what a job is (kind, target, key, SQL, sizes); returns the key columns to store
 -- (the primary key's when the job names none).
 CREATE OR REPLACE FUNCTION @schema@._check_definition(j @schema@.jobs) RETURNS text[]
-LANGUAGE plpgsql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
+    c text;
     rel record;
     v_key text[] := j.key_columns;
     needed text := CASE j.kind WHEN 'update' THEN 'set_sql' WHEN 'statement' THEN 'batch_sql'
@@ -359,7 +398,7 @@ BEGIN
     IF j.target IS NULL THEN
         RAISE EXCEPTION 'target is required: the table the job walks' USING ERRCODE = 'check_violation';
     END IF;
-    SELECT c.relkind, c.relnamespace = t.typnamespace AS in_queue INTO rel
+    SELECT c.relkind, c.relpersistence, c.relnamespace = t.typnamespace AS in_queue INTO rel
     FROM pg_class c, pg_type t
     WHERE c.oid = j.target AND t.oid = pg_typeof(j)::oid;
     IF NOT FOUND THEN
@@ -369,6 +408,10 @@ BEGIN
         RAISE EXCEPTION 'target % is not a table (relkind %)', j.target, rel.relkind
             USING ERRCODE = 'check_violation',
                   HINT = 'A job walks an ordinary or partitioned table.';
+    END IF;
+    IF rel.relpersistence = 't' THEN
+        RAISE EXCEPTION 'target % is a temporary table: backfilld walks it in sessions of its own, which cannot see it',
+            j.target USING ERRCODE = 'check_violation';
     END IF;
     IF rel.in_queue THEN
         RAISE EXCEPTION 'target % is a table of the queue itself', j.target
@@ -401,6 +444,24 @@ BEGIN
     ELSE
         PERFORM @schema@._check_key(j.target, v_key);
     END IF;
+    -- An update that assigns a key column would move rows past the walk (walked again, or
+    -- forever): PostgreSQL itself says whether set_sql assigns a column, by refusing a second
+    -- assignment of it. Nothing runs (EXPLAIN); other problems are left to the job's check.
+    IF j.kind = 'update' THEN
+        FOREACH c IN ARRAY v_key LOOP
+            BEGIN
+                EXECUTE format('EXPLAIN UPDATE %s SET %s, %I = %I WHERE false', j.target, j.set_sql, c, c);
+            EXCEPTION WHEN syntax_error THEN
+                IF SQLERRM LIKE 'multiple assignments to same column%' THEN
+                    RAISE EXCEPTION 'set_sql assigns key column "%", the key the job walks', c
+                        USING ERRCODE = 'check_violation',
+                              HINT = 'Walk another unique key (key_columns): rows whose key changes would be walked again.';
+                END IF;
+            WHEN OTHERS THEN
+                NULL;
+            END;
+        END LOOP;
+    END IF;
     IF j.kind = 'statement' AND cardinality(v_key) <> 1 THEN
         RAISE EXCEPTION 'statement jobs need a single-column key: $1 and $2 carry the first and last key (key_columns is %)',
             v_key USING ERRCODE = 'check_violation';
@@ -411,6 +472,7 @@ BEGIN
 END
 $$;
 
+
 -- BEFORE INSERT OR UPDATE on jobs: validates users' rows and state changes.
 CREATE OR REPLACE FUNCTION @schema@._jobs_before() RETURNS trigger
 LANGUAGE plpgsql SECURITY INVOKER SET search_path = pg_catalog, pg_temp
@@ -420,10 +482,10 @@ DECLARE
     newrow jsonb;
     v_key text[];
 BEGIN
-    IF TG_OP = 'UPDATE' AND @schema@._is_daemon() THEN
-        -- Every checkpoint passes here: compare the columns directly (cheap) and name the one
-        -- that changed only on the way to the error. The list is _definition_columns()'s plus
-        -- id, run_as and created_at (test_schema.py checks each of them).
+    IF TG_OP = 'UPDATE' AND @schema@._is_internal() THEN
+        -- The schema's own functions. Every checkpoint passes here: compare the columns
+        -- directly (cheap) and name the one that changed only on the way to the error. The list
+        -- is _definition_columns()'s plus id, run_as and created_at (test_schema.py checks each).
         IF (NEW.id, NEW.run_as, NEW.created_at, NEW.kind, NEW.target, NEW.key_columns, NEW.set_sql,
             NEW.where_sql, NEW.batch_sql, NEW.mismatch_sql, NEW.parallel)
            IS DISTINCT FROM (OLD.id, OLD.run_as, OLD.created_at, OLD.kind, OLD.target, OLD.key_columns,
@@ -458,6 +520,13 @@ BEGIN
                       HINT = format('Leave run_as out, or insert as role %s (SET ROLE).', NEW.run_as);
         END IF;
         NEW.run_as := current_user;
+        -- A job's batches run in a session logged in as this role.
+        IF NOT (SELECT r.rolcanlogin FROM pg_roles r WHERE r.rolname = current_user) THEN
+            RAISE EXCEPTION 'role % cannot log in, and a job''s batches run in a session logged in as the role that submits it',
+                current_user
+                USING ERRCODE = 'check_violation',
+                      HINT = 'Submit the job as a role with LOGIN (RESET ROLE, or SET ROLE to such a role).';
+        END IF;
         NEW.key_columns := @schema@._check_definition(NEW);
         NEW.updated_at := now();
         RETURN NEW;
@@ -473,9 +542,8 @@ BEGIN
     END IF;
 
     IF NEW.state IS DISTINCT FROM OLD.state THEN
-        -- Only the job's role (or a member of it) steers the job.
-        IF EXISTS (SELECT FROM pg_roles r WHERE r.rolname = OLD.run_as)
-           AND NOT pg_has_role(current_user, OLD.run_as, 'MEMBER') THEN
+        -- Only the job's role (or a member of it, or of backfill_admin) steers the job.
+        IF NOT @schema@._can_see(OLD.run_as) THEN
             RAISE EXCEPTION 'only role % (run_as) can change the state of job %', OLD.run_as, OLD.id
                 USING ERRCODE = 'insufficient_privilege';
         END IF;
@@ -517,8 +585,8 @@ BEGIN
                 USING ERRCODE = 'check_violation', HINT = 'Pause the job first.';
         END IF;
         -- A job runs with run_as's privileges: only that role (or a member) rewrites what it runs.
-        IF EXISTS (SELECT FROM pg_roles r WHERE r.rolname = OLD.run_as)
-           AND NOT pg_has_role(current_user, OLD.run_as, 'MEMBER') THEN
+        IF NOT EXISTS (SELECT FROM pg_roles r
+                       WHERE r.rolname = OLD.run_as AND pg_has_role(current_user, r.oid, 'MEMBER')) THEN
             RAISE EXCEPTION 'only role % (run_as) can change column % of job %', OLD.run_as, col, OLD.id
                 USING ERRCODE = 'insufficient_privilege';
         END IF;
@@ -570,7 +638,9 @@ DECLARE
 BEGIN
     UPDATE @schema@.jobs j SET state = p_state WHERE j.id = p_id RETURNING j.state INTO result;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'job % does not exist', p_id USING ERRCODE = 'no_data_found';
+        -- Row-level security hides the jobs of roles the user is not a member of.
+        RAISE EXCEPTION 'job % does not exist, or is not a job of a role you are a member of', p_id
+            USING ERRCODE = 'no_data_found';
     END IF;
     RETURN result;
 END
@@ -593,24 +663,20 @@ CREATE OR REPLACE FUNCTION @schema@.cancel(id bigint) RETURNS text
 LANGUAGE sql SECURITY INVOKER SET search_path = pg_catalog, pg_temp
 AS $$ SELECT @schema@._set_state(id, 'cancelled') $$;
 
--- Daemon functions. They run on backfilld's sessions (backfilld.daemon = on).
-
 -- Takes one job: a pending one whose time has come, or a running one whose lease expired (or
--- that p_owner already holds), skipping p_exclude and tables another job is running on.
--- Returns the claimed row, or no row.
+-- that p_owner already holds), skipping p_exclude, rows another session has locked, and tables
+-- another job is running on. Returns the claimed row, or no row. Waits on nothing: a locked row
+-- is skipped, and two instances that start jobs on one table at once meet the unique index
+-- jobs_one_running_per_target, where the later one claims nothing this time. Planned for its
+-- parameters every call: a generic plan once sorted the whole queue.
 CREATE OR REPLACE FUNCTION @schema@._claim(p_owner text, p_lease_ms int, p_exclude bigint[])
 RETURNS SETOF @schema@.jobs
-LANGUAGE plpgsql SECURITY INVOKER SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET backfilld.internal = 'on'
+SET plan_cache_mode = 'force_custom_plan'
 AS $$
 DECLARE
     claimed bigint;
 BEGIN
-    PERFORM @schema@._require_daemon('_claim');
-    -- Serialise claims across instances, so the one-running-job-per-table test below is sound.
-    -- The key is 'bfld' and the jobs table's oid.
-    PERFORM pg_advisory_xact_lock(1650879588,
-        (SELECT t.typrelid FROM pg_type t WHERE t.oid = pg_typeof(NULL::@schema@.jobs))::int);
-
     SELECT j.id INTO claimed
     FROM @schema@.jobs j
     WHERE j.state IN ('pending', 'running')
@@ -627,37 +693,154 @@ BEGIN
     IF claimed IS NULL THEN
         RETURN;
     END IF;
+    BEGIN
+        RETURN QUERY
+        UPDATE @schema@.jobs j
+        SET state = 'running', owner = p_owner,
+            lease_until = clock_timestamp() + p_lease_ms * interval '1 millisecond',
+            started_at = coalesce(j.started_at, now()),
+            throttled_reason = NULL, last_error = NULL, finished_at = NULL,
+            rows_estimate = coalesce(j.rows_estimate, @schema@._estimate_rows(j.target))
+        WHERE j.id = claimed
+        RETURNING j.*;
+    EXCEPTION WHEN unique_violation THEN
+        RETURN;  -- another instance started a job on the same table meanwhile
+    END;
+END
+$$;
+
+-- Functions a job's session calls (as the job's run_as role). Each one that writes is SECURITY
+-- DEFINER and first takes the job through _lock_job: the session's user must be the job's run_as
+-- and the caller must hold its lease. A submitter's own SQL runs in that session too and may
+-- call them: at most on its own role's jobs, and only what it could do to them anyway.
+
+-- The job row a job session works on, locked. Refuses a job whose run_as is not session_user
+-- (42501), and raises BFL01 when p_owner does not hold its lease. Returns its state. Only the
+-- schema's own functions call it.
+CREATE OR REPLACE FUNCTION @schema@._lock_job(p_id bigint, p_owner text) RETURNS text
+LANGUAGE plpgsql SECURITY INVOKER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v record;
+BEGIN
+    SELECT j.state, j.owner, j.run_as INTO v FROM @schema@.jobs j WHERE j.id = p_id FOR UPDATE;
+    IF NOT FOUND OR v.run_as IS DISTINCT FROM session_user THEN
+        RAISE EXCEPTION 'job % is not a job of role %', p_id, session_user
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    IF v.owner IS DISTINCT FROM p_owner THEN
+        RAISE EXCEPTION 'job % lease lost: another instance owns it now', p_id USING ERRCODE = 'BFL01';
+    END IF;
+    RETURN v.state;
+END
+$$;
+
+-- Key values as text, the same whatever the session's settings (DateStyle, TimeZone,
+-- IntervalStyle, extra_float_digits, lc_monetary): a checkpoint written under one role's settings
+-- resumes at the same row under any other. _key_in reads them back as the type of its second
+-- argument (a typed NULL).
+CREATE OR REPLACE FUNCTION @schema@._key_out(p_value anyelement) RETURNS text
+LANGUAGE sql STABLE SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp SET DateStyle = 'ISO, MDY' SET IntervalStyle = 'postgres'
+SET TimeZone = 'UTC' SET extra_float_digits = 3 SET lc_monetary = 'C' SET bytea_output = 'hex'
+AS $$ SELECT p_value::pg_catalog.text $$;
+
+CREATE OR REPLACE FUNCTION @schema@._key_in(p_text text, p_type anyelement) RETURNS anyelement
+LANGUAGE plpgsql STABLE SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp SET DateStyle = 'ISO, MDY' SET IntervalStyle = 'postgres'
+SET TimeZone = 'UTC' SET extra_float_digits = 3 SET lc_monetary = 'C' SET bytea_output = 'hex'
+AS $$
+DECLARE
+    v_value ALIAS FOR $0;
+BEGIN
+    v_value := p_text;  -- the type's input function, under the settings above
+    RETURN v_value;
+END
+$$;
+
+-- Fails an update batch that moved N rows' keys past its last key: they would be walked again.
+CREATE OR REPLACE FUNCTION @schema@._keys_moved(p_rows bigint) RETURNS boolean
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RAISE EXCEPTION '% row(s) of this batch now have a key after the batch''s last key: set_sql, or a trigger, changes the key the job walks, and those rows would be walked again',
+        p_rows
+        USING ERRCODE = 'BFK01',
+              HINT = 'Walk another unique key (key_columns), one the job does not change.';
+END
+$$;
+
+-- Runs a statement job's SQL once for a batch, with $1 and $2 the batch's first and last key,
+-- as the caller and under the caller's settings (search_path included: no SET clause here, and
+-- nothing in the body is looked up by name). Returns the rows it processed.
+CREATE OR REPLACE FUNCTION @schema@._statement_batch(p_sql text, p_first anyelement, p_last anyelement)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER
+AS $$
+DECLARE
+    v_rows bigint;
+BEGIN
+    EXECUTE p_sql USING p_first, p_last;
+    GET DIAGNOSTICS v_rows = ROW_COUNT;
+    RETURN v_rows;
+END
+$$;
+
+-- Opens a batch: notes the WAL insert position for the checkpoint's wal_bytes
+-- (backfilld.lsn0), and returns the target's counters of rows updated and deleted as this
+-- session sees them (what every session reported plus this one's pending counts), this
+-- session's own pending part, and the table's row estimate: read at the start of two batches,
+-- they tell the application's writes in between (the throttle's application_writes).
+CREATE OR REPLACE FUNCTION @schema@._batch_open(p_target oid)
+RETURNS TABLE(writes bigint, own bigint, table_rows bigint)
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM set_config('backfilld.lsn0', pg_current_wal_insert_lsn()::text, true);
     RETURN QUERY
-    UPDATE @schema@.jobs j
-    SET state = 'running', owner = p_owner,
-        lease_until = clock_timestamp() + p_lease_ms * interval '1 millisecond',
-        started_at = coalesce(j.started_at, now()),
-        throttled_reason = NULL, last_error = NULL, finished_at = NULL,
-        rows_estimate = coalesce(j.rows_estimate, @schema@._estimate_rows(j.target))
-    WHERE j.id = claimed
-    RETURNING j.*;
+    SELECT pg_stat_get_tuples_updated(p_target) + pg_stat_get_tuples_deleted(p_target) + o.own, o.own,
+           (SELECT c.reltuples FROM pg_class c WHERE c.oid = p_target)::bigint
+    FROM (SELECT pg_stat_get_xact_tuples_updated(p_target) + pg_stat_get_xact_tuples_deleted(p_target)
+                 AS own) AS o;
+END
+$$;
+
+-- Who waits on the batch, asked at its end before the checkpoint: other sessions waiting on a
+-- lock this backend holds, the longest of their waits in ms (from the start of the statement
+-- that waits), and this session's pending write counts of the target. Row locks go only at
+-- commit, so every session a batch blocked is still waiting then. SECURITY DEFINER: seeing other
+-- roles' sessions needs pg_read_all_stats, which the schema's owner has and a submitter need not.
+-- It returns counts only.
+CREATE OR REPLACE FUNCTION @schema@._waiters(p_target oid)
+RETURNS TABLE(waiters bigint, longest_ms bigint, own bigint)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RETURN QUERY
+    SELECT count(*), coalesce(max(floor(extract(epoch FROM clock_timestamp() - w.query_start) * 1000)), 0)::bigint,
+           pg_stat_get_xact_tuples_updated(p_target) + pg_stat_get_xact_tuples_deleted(p_target)
+    FROM (SELECT a.pid, a.query_start FROM pg_stat_activity a
+          WHERE a.wait_event_type = 'Lock' AND a.pid <> pg_backend_pid() OFFSET 0) AS w
+    WHERE pg_backend_pid() = ANY (pg_blocking_pids(w.pid));
 END
 $$;
 
 -- Commits a batch's checkpoint in the batch's own transaction. The batch left these
 -- transaction-local settings: backfilld.scanned, backfilld.changed (numbers),
 -- backfilld.first_key, backfilld.last_key (text[] literals, '' when the batch saw no row) and
--- backfilld.lsn0 (the WAL insert position at BEGIN). Raises BFL01 when p_owner lost the job.
+-- backfilld.lsn0 (the WAL insert position at its start). Raises BFL01 when p_owner lost the job.
 -- p_slice: the slice of a parallel job the batch walked (NULL: the whole job). A slice's
 -- checkpoint moves the slice's last_key and the job's counters; the job is done with its last
 -- slice; while other slices may still run, a state a user set keeps the owner (the daemon gives
 -- the job back once its slices have stopped).
--- Its arguments and result columns changed before the first release: drop any older shape
--- (daemon-only, no dependents).
 DROP FUNCTION IF EXISTS @schema@._checkpoint(bigint, text, int, int, int, int, int, bigint, bigint, int, text);
-DROP FUNCTION IF EXISTS @schema@._checkpoint(bigint, text, int, int, int, int, int, bigint, bigint, int, text, int);
-CREATE FUNCTION @schema@._checkpoint(
+CREATE OR REPLACE FUNCTION @schema@._checkpoint(
     p_id bigint, p_owner text, p_lease_ms int, p_limit int, p_sleep_ms int,
     p_batch_size_now int, p_sleep_ms_now int, p_lag_bytes bigint, p_lag_ms bigint,
     p_blocked int, p_throttled_reason text, p_slice int)
 RETURNS TABLE(state text, rows_scanned bigint, rows_changed bigint, batches bigint,
               rows_estimate bigint, wal_bytes bigint, slice_done boolean, wal_lsn text)
-LANGUAGE plpgsql SECURITY INVOKER SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET backfilld.internal = 'on'
 AS $$
 #variable_conflict use_column
 DECLARE
@@ -666,17 +849,13 @@ DECLARE
     v_first_key text[] := nullif(current_setting('backfilld.first_key', true), '')::text[];
     v_last_key text[] := nullif(current_setting('backfilld.last_key', true), '')::text[];
     v_lsn0 pg_lsn := nullif(current_setting('backfilld.lsn0', true), '')::pg_lsn;
+    v_lease interval := least(greatest(p_lease_ms, 1), 86400000) * interval '1 millisecond';
     v_old_state text;
     v_new_state text;
 BEGIN
-    PERFORM @schema@._require_daemon('_checkpoint');
+    v_old_state := @schema@._lock_job(p_id, p_owner);
     wal_lsn := pg_current_wal_insert_lsn()::text;  -- the server's, for the throttle's lag estimate
     wal_bytes := pg_wal_lsn_diff(wal_lsn::pg_lsn, v_lsn0)::bigint;
-    SELECT j.state INTO v_old_state FROM @schema@.jobs j
-    WHERE j.id = p_id AND j.owner = p_owner FOR UPDATE;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'job % lease lost: another instance owns it now', p_id USING ERRCODE = 'BFL01';
-    END IF;
     -- A short batch was the last one; a job a user paused during it is done all the same.
     IF p_slice IS NULL THEN
         v_new_state := CASE WHEN v_scanned < p_limit AND v_old_state IN ('running', 'paused')
@@ -723,7 +902,7 @@ BEGIN
         owner = CASE WHEN v_new_state = 'running' OR (p_slice IS NOT NULL AND v_new_state <> 'done')
                      THEN j.owner END,
         lease_until = CASE WHEN v_new_state = 'running' OR (p_slice IS NOT NULL AND v_new_state <> 'done')
-                           THEN clock_timestamp() + p_lease_ms * interval '1 millisecond' END,
+                           THEN clock_timestamp() + v_lease END,
         throttled_reason = CASE WHEN v_new_state = 'running' THEN p_throttled_reason END,
         finished_at = CASE WHEN v_new_state IN ('done', 'cancelled')
                            THEN coalesce(j.finished_at, now()) ELSE j.finished_at END
@@ -741,33 +920,29 @@ BEGIN
 END
 $$;
 
--- Skips one row that fails on its own: runs in the transaction where the daemon, as the job's
--- role, read the row's key into backfilld.skip_key. Records it in failed_rows and moves the
--- checkpoint past it (the slice's, when p_slice is not NULL), fenced by the lease like
--- _checkpoint. Returns the job's failed_rows.
+-- Skips one row that fails on its own: runs in the transaction where the job's session read the
+-- row's key into backfilld.skip_key. Records it in failed_rows and moves the checkpoint past it
+-- (the slice's, when p_slice is not NULL). Returns the job's failed_rows.
 DROP FUNCTION IF EXISTS @schema@._skip_row(bigint, text, int, text, text);
 CREATE OR REPLACE FUNCTION @schema@._skip_row(p_id bigint, p_owner text, p_lease_ms int,
                                               p_sqlstate text, p_message text, p_slice int)
 RETURNS bigint
-LANGUAGE plpgsql SECURITY INVOKER SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET backfilld.internal = 'on'
 AS $$
 DECLARE
     v_key text[] := nullif(current_setting('backfilld.skip_key', true), '')::text[];
     v_failed bigint;
 BEGIN
-    PERFORM @schema@._require_daemon('_skip_row');
+    PERFORM @schema@._lock_job(p_id, p_owner);
     IF v_key IS NULL THEN
         RAISE EXCEPTION 'job %: no row to skip', p_id USING ERRCODE = 'invalid_parameter_value';
     END IF;
     UPDATE @schema@.jobs j
     SET last_key = CASE WHEN p_slice IS NULL THEN v_key ELSE j.last_key END,
         rows_scanned = j.rows_scanned + 1, failed_rows = j.failed_rows + 1,
-        lease_until = clock_timestamp() + p_lease_ms * interval '1 millisecond'
-    WHERE j.id = p_id AND j.owner = p_owner
+        lease_until = clock_timestamp() + least(greatest(p_lease_ms, 1), 86400000) * interval '1 millisecond'
+    WHERE j.id = p_id
     RETURNING j.failed_rows INTO v_failed;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'job % lease lost: another instance owns it now', p_id USING ERRCODE = 'BFL01';
-    END IF;
     IF p_slice IS NOT NULL THEN
         UPDATE @schema@.slices s SET last_key = v_key, rows_scanned = s.rows_scanned + 1
         WHERE s.job_id = p_id AND s.slice = p_slice;
@@ -776,28 +951,134 @@ BEGIN
                 USING ERRCODE = 'BFL01';
         END IF;
     END IF;
-    INSERT INTO @schema@.failed_rows (job_id, key, sqlstate, message) VALUES (p_id, v_key, p_sqlstate, p_message);
+    INSERT INTO @schema@.failed_rows (job_id, key, sqlstate, message)
+    VALUES (p_id, v_key, left(p_sqlstate, 5), left(p_message, 2000));
     RETURN v_failed;
 END
 $$;
 
--- Cuts a parallel job into slices at the keys its role's split function left in the session
--- setting backfilld.split (a jsonb array of text arrays, ascending): n keys make n + 1 slices.
--- Replaces slices made before (for another target or key). Fenced by the lease. Returns them.
-CREATE OR REPLACE FUNCTION @schema@._make_slices(p_id bigint, p_owner text)
+-- Records what a verify batch found: the keys it left in backfilld.mismatches (a jsonb array of
+-- text arrays). Returns how many.
+CREATE OR REPLACE FUNCTION @schema@._record_mismatches(p_id bigint, p_owner text) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET backfilld.internal = 'on'
+AS $$
+DECLARE
+    v_found jsonb := nullif(current_setting('backfilld.mismatches', true), '')::jsonb;
+    v_count bigint;
+BEGIN
+    PERFORM @schema@._lock_job(p_id, p_owner);
+    INSERT INTO @schema@.mismatches (job_id, key)
+    SELECT p_id, ARRAY(SELECT jsonb_array_elements_text(e))
+    FROM jsonb_array_elements(coalesce(v_found, '[]')) AS e;
+    GET DIAGNOSTICS v_count = ROW_COUNT;
+    RETURN v_count;
+END
+$$;
+
+-- Records the bounds of a numeric first key column, read by the job's session; the first bounds
+-- recorded stay (percent is by position). A bound that is not a number is not recorded.
+CREATE OR REPLACE FUNCTION @schema@._set_bounds(p_id bigint, p_owner text, p_min text, p_max text)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET backfilld.internal = 'on'
+AS $$
+BEGIN
+    PERFORM @schema@._lock_job(p_id, p_owner);
+    IF @schema@._to_numeric(p_min) IS NULL OR @schema@._to_numeric(p_max) IS NULL THEN
+        RETURN;
+    END IF;
+    UPDATE @schema@.jobs j
+    SET key_min = coalesce(j.key_min, p_min), key_max = coalesce(j.key_max, p_max)
+    WHERE j.id = p_id AND (j.key_min IS NULL OR j.key_max IS NULL);
+END
+$$;
+
+-- Where to cut the key range of TARGET (key columns P_KEY) into P_N slices of about equal rows:
+-- up to P_N - 1 whole keys, ascending, as a jsonb array of text arrays. The cut values of the
+-- first key column come from the planner's histogram (pg_stats), else, for a numeric column,
+-- from its min and max, else from a TABLESAMPLE of about 200 pages; each becomes the first whole
+-- key at or after it. SECURITY INVOKER: it reads the table as the job's role.
+CREATE OR REPLACE FUNCTION @schema@._split_points(p_target regclass, p_key text[], p_n int)
+RETURNS jsonb
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp SET DateStyle = 'ISO, MDY' SET IntervalStyle = 'postgres'
+SET TimeZone = 'UTC' SET extra_float_digits = 3 SET lc_monetary = 'C' SET bytea_output = 'hex'
+AS $$
+DECLARE
+    v_rel record;
+    v_type text;
+    v_numeric boolean;
+    v_first text := format('%I', p_key[1]);
+    v_cols text := (SELECT string_agg(format('%I', c), ', ' ORDER BY n)
+                    FROM unnest(p_key) WITH ORDINALITY AS u(c, n));
+    v_texts text := (SELECT string_agg(format('%I::pg_catalog.text', c), ', ' ORDER BY n)
+                     FROM unnest(p_key) WITH ORDINALITY AS u(c, n));
+    v_q text[];
+    v_m int;
+    v_v text;
+    v_cut text[];
+    v_prev text[];
+    v_out jsonb := '[]';
+BEGIN
+    SELECT n.nspname, c.relname INTO v_rel
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = p_target;
+    SELECT format('%I.%I', tn.nspname, t.typname), t.typcategory = 'N' INTO v_type, v_numeric
+    FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+    JOIN pg_namespace tn ON tn.oid = t.typnamespace
+    WHERE a.attrelid = p_target AND a.attname = p_key[1] AND NOT a.attisdropped;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'key column "%" does not exist in table %', p_key[1], p_target
+            USING ERRCODE = 'undefined_column';
+    END IF;
+
+    SELECT s.histogram_bounds::text::text[] INTO v_q FROM pg_stats s
+    WHERE s.schemaname = v_rel.nspname AND s.tablename = v_rel.relname AND s.attname = p_key[1]
+    ORDER BY s.inherited DESC LIMIT 1;
+    v_m := coalesce(cardinality(v_q), 0);
+    IF v_m > p_n THEN  -- the planner's quantiles: buckets of equal rows
+        v_q := ARRAY(SELECT v_q[1 + (i * (v_m - 1)) / p_n] FROM generate_series(1, p_n - 1) AS i);
+    ELSIF v_numeric THEN
+        EXECUTE format('SELECT ARRAY(SELECT (r.lo + (r.hi - r.lo) * i / $1)::%s::text'
+                       ' FROM generate_series(1, $1 - 1) AS i)'
+                       ' FROM (SELECT min(%s)::numeric AS lo, max(%s)::numeric AS hi FROM %s) AS r'
+                       ' WHERE r.lo IS NOT NULL', v_type, v_first, v_first, p_target)
+            INTO v_q USING p_n;
+    ELSE  -- about 200 pages, anywhere in the table
+        EXECUTE format('SELECT (percentile_disc(ARRAY(SELECT i::float8 / $1 FROM generate_series(1, $1 - 1) AS i))'
+                       ' WITHIN GROUP (ORDER BY %s))::text[] FROM %s TABLESAMPLE SYSTEM'
+                       ' (least(100, greatest(0.01, 100.0 * 200 / greatest(1, pg_relation_size($2) / 8192))))',
+                       v_first, p_target)
+            INTO v_q USING p_n, p_target;
+    END IF;
+    FOREACH v_v IN ARRAY coalesce(v_q, '{}') LOOP
+        EXECUTE format('SELECT ARRAY[%s] FROM %s WHERE %s >= $1::%s ORDER BY %s LIMIT 1',
+                       v_texts, p_target, v_first, v_type, v_cols)
+            INTO v_cut USING v_v;
+        IF v_cut IS NOT NULL AND v_cut IS DISTINCT FROM v_prev THEN
+            v_out := v_out || jsonb_build_array(to_jsonb(v_cut));
+            v_prev := v_cut;
+        END IF;
+    END LOOP;
+    RETURN v_out;
+END
+$$;
+
+-- Cuts a parallel job into slices at P_CUTS (a jsonb array of ascending keys, _split_points'
+-- result): n keys make n + 1 slices, never more than the job's parallel. Replaces slices made
+-- before (for another target or key). Returns them.
+CREATE OR REPLACE FUNCTION @schema@._make_slices(p_id bigint, p_owner text, p_cuts jsonb)
 RETURNS TABLE(slice int, lower_key text[], upper_key text[])
-LANGUAGE plpgsql SECURITY INVOKER SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET backfilld.internal = 'on'
 AS $$
 #variable_conflict use_column
 DECLARE
-    v_cuts jsonb := coalesce(nullif(current_setting('backfilld.split', true), ''), '[]')::jsonb;
     v_job record;
+    v_cuts jsonb := coalesce(p_cuts, '[]');
 BEGIN
-    PERFORM @schema@._require_daemon('_make_slices');
-    SELECT j.target, j.key_columns INTO v_job FROM @schema@.jobs j
-    WHERE j.id = p_id AND j.owner = p_owner FOR UPDATE;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'job % lease lost: another instance owns it now', p_id USING ERRCODE = 'BFL01';
+    PERFORM @schema@._lock_job(p_id, p_owner);
+    SELECT j.target, j.key_columns, j.parallel INTO v_job FROM @schema@.jobs j WHERE j.id = p_id;
+    IF jsonb_typeof(v_cuts) <> 'array' OR jsonb_array_length(v_cuts) > v_job.parallel - 1 THEN
+        RAISE EXCEPTION 'job %: % cut(s) for % slices', p_id, jsonb_array_length(v_cuts), v_job.parallel
+            USING ERRCODE = 'invalid_parameter_value';
     END IF;
     DELETE FROM @schema@.slices s WHERE s.job_id = p_id;
     RETURN QUERY
@@ -811,16 +1092,18 @@ BEGIN
 END
 $$;
 
+-- Functions of the daemon's queue connection (granted to backfill_daemon only).
+
 -- Ends a dry run: the estimates it measured, the job done, nothing else changed.
 CREATE OR REPLACE FUNCTION @schema@._dry_run_done(p_id bigint, p_owner text, p_seconds bigint,
                                                   p_wal_bytes bigint)
 RETURNS text
-LANGUAGE plpgsql SECURITY INVOKER SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET backfilld.internal = 'on'
 AS $$
 DECLARE
     result text;
 BEGIN
-    PERFORM @schema@._require_daemon('_dry_run_done');
+    PERFORM FROM @schema@.jobs j WHERE j.id = p_id FOR UPDATE NOWAIT;
     UPDATE @schema@.jobs j
     SET estimated_seconds = p_seconds, estimated_wal_bytes = p_wal_bytes,
         state = CASE WHEN j.state = 'running' THEN 'done' ELSE j.state END,
@@ -835,38 +1118,25 @@ BEGIN
 END
 $$;
 
--- Records the bounds of a numeric first key column, read by the job's role into the session
--- settings backfilld.key_min/key_max; the first bounds recorded stay (percent is by position).
-CREATE OR REPLACE FUNCTION @schema@._set_bounds(p_id bigint, p_owner text) RETURNS void
-LANGUAGE plpgsql SECURITY INVOKER SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    PERFORM @schema@._require_daemon('_set_bounds');
-    UPDATE @schema@.jobs j
-    SET key_min = coalesce(j.key_min, nullif(current_setting('backfilld.key_min', true), '')),
-        key_max = coalesce(j.key_max, nullif(current_setting('backfilld.key_max', true), ''))
-    WHERE j.id = p_id AND j.owner = p_owner AND (j.key_min IS NULL OR j.key_max IS NULL);
-END
-$$;
-
 -- Gives a job back: 'failed' (with p_error) always wins; otherwise a running job takes p_state
 -- (e.g. 'pending' at shutdown) and a state a user set is kept. Returns the resulting state, NULL
 -- when p_owner does not hold the job.
 CREATE OR REPLACE FUNCTION @schema@._release(p_id bigint, p_owner text, p_state text, p_error text)
 RETURNS text
-LANGUAGE plpgsql SECURITY INVOKER SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET backfilld.internal = 'on'
 AS $$
 DECLARE
     current text;
     result text;
 BEGIN
-    PERFORM @schema@._require_daemon('_release');
     IF p_state IS NULL OR p_state NOT IN ('pending', 'paused', 'done', 'failed', 'cancelled') THEN
         RAISE EXCEPTION '_release: cannot release a job as "%"', p_state
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    -- NOWAIT: a row another session keeps locked must not stall the daemon's queue connection;
+    -- the daemon tries again.
     SELECT j.state INTO current FROM @schema@.jobs j
-    WHERE j.id = p_id AND j.owner = p_owner FOR UPDATE;
+    WHERE j.id = p_id AND j.owner = p_owner FOR UPDATE NOWAIT;
     IF NOT FOUND THEN
         RETURN NULL;
     END IF;
@@ -890,14 +1160,15 @@ $$;
 -- with its state and owner, so the daemon sees lost leases and users' steering.
 CREATE OR REPLACE FUNCTION @schema@._renew(p_owner text, p_ids bigint[], p_lease_ms int)
 RETURNS TABLE(id bigint, state text, owner text)
-LANGUAGE plpgsql SECURITY INVOKER SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET backfilld.internal = 'on'
 AS $$
 #variable_conflict use_column
 BEGIN
-    PERFORM @schema@._require_daemon('_renew');
+    -- A row another session keeps locked is not renewed this time (the daemon must not wait).
     UPDATE @schema@.jobs j
     SET lease_until = clock_timestamp() + p_lease_ms * interval '1 millisecond'
-    WHERE j.id = ANY (p_ids) AND j.owner = p_owner;
+    WHERE j.id IN (SELECT l.id FROM @schema@.jobs l
+                   WHERE l.id = ANY (p_ids) AND l.owner = p_owner FOR UPDATE SKIP LOCKED);
     RETURN QUERY SELECT j.id, j.state, j.owner FROM @schema@.jobs j
                  WHERE j.id = ANY (p_ids) ORDER BY j.id;
 END
@@ -906,33 +1177,38 @@ $$;
 -- Shows why p_owner's running jobs are held back (NULL: they are not).
 CREATE OR REPLACE FUNCTION @schema@._set_reason(p_owner text, p_ids bigint[], p_reason text)
 RETURNS void
-LANGUAGE plpgsql SECURITY INVOKER SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET backfilld.internal = 'on'
 AS $$
 BEGIN
-    PERFORM @schema@._require_daemon('_set_reason');
     UPDATE @schema@.jobs j SET throttled_reason = p_reason
-    WHERE j.id = ANY (p_ids) AND j.owner = p_owner AND j.state = 'running'
-      AND j.throttled_reason IS DISTINCT FROM p_reason;
+    WHERE j.id IN (SELECT l.id FROM @schema@.jobs l
+                   WHERE l.id = ANY (p_ids) AND l.owner = p_owner AND l.state = 'running'
+                     AND l.throttled_reason IS DISTINCT FROM p_reason FOR UPDATE SKIP LOCKED);
 END
 $$;
 
 -- Jobs that are running or could start now (--exit-when-idle stops at 0).
 CREATE OR REPLACE FUNCTION @schema@._runnable_count() RETURNS bigint
-LANGUAGE sql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT count(*) FROM @schema@.jobs j
     WHERE j.state = 'running'
        OR (j.state = 'pending' AND (j.not_before IS NULL OR j.not_before <= now()))
 $$;
 
--- Progress of every job. percent: of rows_estimate (100 once done); rows_per_second: over the
--- last 20 batches, from the start of the first to the end of the last; eta: while running or
--- paused, once 1% is done.
+-- The queue's jobs by state, for the metrics.
+CREATE OR REPLACE FUNCTION @schema@._count_states() RETURNS TABLE(state text, jobs bigint)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$ SELECT j.state, count(*) FROM @schema@.jobs j GROUP BY j.state $$;
+
+-- Progress of every job the user may see (the view's own filter, as _can_see: a view runs with
+-- its owner's rights, who is not subject to row-level security; security_barrier keeps a user's
+-- own functions from seeing the other rows).
 -- percent: by key position when the first key column is numeric (bounds taken at the start;
 -- for a parallel job, the ranges its slices have covered), otherwise rows_scanned / rows_estimate; never above 100, 100 once done. rows_per_second: over the
 -- last 20 batches. eta: while running or paused, once 1% is done, at the rate of those batches
 -- measured up to now, so time held back by the throttle or a pause counts.
-CREATE OR REPLACE VIEW @schema@.progress AS
+CREATE OR REPLACE VIEW @schema@.progress WITH (security_barrier) AS
 SELECT j.id, j.name, j.target, j.state, p.percent, j.rows_changed, r.rows_per_second,
        CASE WHEN j.state IN ('running', 'paused') AND p.percent >= 1
                  AND r.rows_per_second_now > 0
@@ -945,20 +1221,20 @@ CROSS JOIN LATERAL (
     SELECT CASE WHEN j.state = 'done' THEN 100.0
                 -- a parallel job: the key range its slices have covered
                 WHEN j.parallel > 1 AND j.key_min IS NOT NULL AND j.key_max IS NOT NULL
-                     AND j.key_max::numeric > j.key_min::numeric
+                     AND @schema@._to_numeric(j.key_max) > @schema@._to_numeric(j.key_min)
                      AND EXISTS (SELECT FROM @schema@.slices s WHERE s.job_id = j.id)
                 THEN round(least(100, greatest(0, 100.0 * (
                          SELECT sum(greatest(0,
-                                    CASE WHEN s.done THEN coalesce(s.upper_key[1], j.key_max)::numeric
-                                         ELSE coalesce(s.last_key[1], s.lower_key[1], j.key_min)::numeric END
-                                    - coalesce(s.lower_key[1], j.key_min)::numeric))
+                                    CASE WHEN s.done THEN @schema@._to_numeric(coalesce(s.upper_key[1], j.key_max))
+                                         ELSE @schema@._to_numeric(coalesce(s.last_key[1], s.lower_key[1], j.key_min)) END
+                                    - @schema@._to_numeric(coalesce(s.lower_key[1], j.key_min))))
                          FROM @schema@.slices s WHERE s.job_id = j.id)
-                     / (j.key_max::numeric - j.key_min::numeric))), 1)
+                     / (@schema@._to_numeric(j.key_max) - @schema@._to_numeric(j.key_min)))), 1)
                 WHEN j.key_min IS NOT NULL AND j.key_max IS NOT NULL
-                     AND j.key_max::numeric > j.key_min::numeric
+                     AND @schema@._to_numeric(j.key_max) > @schema@._to_numeric(j.key_min)
                 THEN CASE WHEN j.last_key IS NULL THEN 0.0
-                          ELSE round(least(100, greatest(0, 100.0 * (j.last_key[1]::numeric - j.key_min::numeric)
-                                                        / (j.key_max::numeric - j.key_min::numeric))), 1) END
+                          ELSE round(least(100, greatest(0, 100.0 * (@schema@._to_numeric(j.last_key[1]) - @schema@._to_numeric(j.key_min))
+                                                        / (@schema@._to_numeric(j.key_max) - @schema@._to_numeric(j.key_min)))), 1) END
                 WHEN j.rows_estimate > 0
                 THEN round(least(100, 100.0 * j.rows_scanned / j.rows_estimate), 1)
            END AS percent) p
@@ -972,12 +1248,19 @@ CROSS JOIN LATERAL (
                             - min(b.finished_at - b.duration_ms * interval '1 millisecond')), 0)
                AS rows_per_second_now
     FROM (SELECT * FROM @schema@.batches b WHERE b.job_id = j.id
-          ORDER BY b.batch DESC LIMIT 20) b) r;
+          ORDER BY b.batch DESC LIMIT 20) b) r
+WHERE @schema@._can_see(j.run_as);
 
--- 5. Roles and privileges -----------------------------------------------------------------------
--- backfill_submit: for roles that submit and steer jobs (GRANT backfill_submit TO app_role).
--- backfill_daemon: for the daemon's login role (GRANT backfill_daemon TO backfilld). Nothing is
--- left to PUBLIC. Every function of the schema is SECURITY INVOKER with a fixed search_path.
+
+-- 5. Roles, row-level security, privileges ----------------------------------------------------
+-- backfill_submit: roles that submit and steer their own jobs (GRANT backfill_submit TO app_role);
+--   a job's batches run in a session logged in as that role, which calls the job-session
+--   functions of step 4.
+-- backfill_admin: DBAs, who see and steer every job.
+-- backfill_daemon: the daemon's login role (with pg_monitor to see standbys and lock waits). It
+--   needs no membership in any submitter.
+-- Nothing is left to PUBLIC. Every function has a fixed search_path, but _statement_batch, which
+-- runs a statement job's SQL as its caller under the caller's own settings.
 
 DO $$
 BEGIN
@@ -987,30 +1270,69 @@ BEGIN
     IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'backfill_daemon') THEN
         CREATE ROLE backfill_daemon NOLOGIN;
     END IF;
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'backfill_admin') THEN
+        CREATE ROLE backfill_admin NOLOGIN;
+    END IF;
 END
 $$;
 
+-- A submitter sees and steers only the jobs of roles it is a member of.
+ALTER TABLE @schema@.jobs ENABLE ROW LEVEL SECURITY;
+ALTER TABLE @schema@.batches ENABLE ROW LEVEL SECURITY;
+ALTER TABLE @schema@.failed_rows ENABLE ROW LEVEL SECURITY;
+ALTER TABLE @schema@.mismatches ENABLE ROW LEVEL SECURITY;
+ALTER TABLE @schema@.slices ENABLE ROW LEVEL SECURITY;
+DROP POLICY IF EXISTS jobs_of_my_roles ON @schema@.jobs;
+CREATE POLICY jobs_of_my_roles ON @schema@.jobs
+    USING (@schema@._can_see(run_as)) WITH CHECK (@schema@._can_see(run_as));
+DROP POLICY IF EXISTS batches_of_my_roles ON @schema@.batches;
+CREATE POLICY batches_of_my_roles ON @schema@.batches FOR SELECT
+    USING (EXISTS (SELECT FROM @schema@.jobs j WHERE j.id = job_id AND @schema@._can_see(j.run_as)));
+DROP POLICY IF EXISTS failed_rows_of_my_roles ON @schema@.failed_rows;
+CREATE POLICY failed_rows_of_my_roles ON @schema@.failed_rows FOR SELECT
+    USING (EXISTS (SELECT FROM @schema@.jobs j WHERE j.id = job_id AND @schema@._can_see(j.run_as)));
+DROP POLICY IF EXISTS mismatches_of_my_roles ON @schema@.mismatches;
+CREATE POLICY mismatches_of_my_roles ON @schema@.mismatches FOR SELECT
+    USING (EXISTS (SELECT FROM @schema@.jobs j WHERE j.id = job_id AND @schema@._can_see(j.run_as)));
+DROP POLICY IF EXISTS slices_of_my_roles ON @schema@.slices;
+CREATE POLICY slices_of_my_roles ON @schema@.slices FOR SELECT
+    USING (EXISTS (SELECT FROM @schema@.jobs j WHERE j.id = job_id AND @schema@._can_see(j.run_as)));
+
 REVOKE ALL ON SCHEMA @schema@ FROM PUBLIC;
-REVOKE ALL ON ALL TABLES IN SCHEMA @schema@ FROM PUBLIC;
-REVOKE ALL ON ALL FUNCTIONS IN SCHEMA @schema@ FROM PUBLIC;
-GRANT USAGE ON SCHEMA @schema@ TO backfill_submit, backfill_daemon;
+REVOKE ALL ON ALL TABLES IN SCHEMA @schema@ FROM PUBLIC, backfill_submit, backfill_admin, backfill_daemon;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA @schema@ FROM PUBLIC, backfill_submit, backfill_admin, backfill_daemon;
+GRANT USAGE ON SCHEMA @schema@ TO backfill_submit, backfill_admin, backfill_daemon;
 
-GRANT SELECT, INSERT ON @schema@.jobs TO backfill_submit;
-GRANT UPDATE (state) ON @schema@.jobs TO backfill_submit;
+-- Submitting, watching and steering.
+GRANT SELECT, INSERT ON @schema@.jobs TO backfill_submit, backfill_admin;
+GRANT UPDATE (state) ON @schema@.jobs TO backfill_submit, backfill_admin;
 GRANT SELECT ON @schema@.progress, @schema@.batches, @schema@.failed_rows, @schema@.mismatches,
-    @schema@.slices, @schema@.schema_version TO backfill_submit;
--- The validation trigger's helpers run as the submitter; the daemon's functions are the daemon's.
-GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA @schema@ TO backfill_submit;
-REVOKE EXECUTE ON FUNCTION @schema@._claim(text, int, bigint[]),
+    @schema@.slices, @schema@.schema_version TO backfill_submit, backfill_admin;
+-- What the user functions, the row-level security policies and the validation trigger call (as
+-- the user).
+GRANT EXECUTE ON FUNCTION @schema@.pause(bigint), @schema@.resume(bigint), @schema@.cancel(bigint),
+    @schema@._set_state(bigint, text), @schema@._can_see(name), @schema@._is_internal(),
+    @schema@._to_numeric(text), @schema@._daemon_columns(), @schema@._definition_columns(),
+    @schema@._first_changed(@schema@.jobs, @schema@.jobs, text[]),
+    @schema@._primary_key(regclass), @schema@._check_key(regclass, text[]),
+    @schema@._check_sizes(@schema@.jobs), @schema@._check_definition(@schema@.jobs)
+    TO backfill_submit, backfill_admin, backfill_daemon;
+-- A job's session (logged in as the job's role).
+GRANT EXECUTE ON FUNCTION
     @schema@._checkpoint(bigint, text, int, int, int, int, int, bigint, bigint, int, text, int),
-    @schema@._skip_row(bigint, text, int, text, text, int), @schema@._make_slices(bigint, text),
-    @schema@._dry_run_done(bigint, text, bigint, bigint), @schema@._set_bounds(bigint, text),
-    @schema@._release(bigint, text, text, text), @schema@._renew(text, bigint[], int),
-    @schema@._set_reason(text, bigint[], text), @schema@._runnable_count()
-    FROM backfill_submit;
-
-GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA @schema@ TO backfill_daemon;
-GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA @schema@ TO backfill_daemon;
+    @schema@._skip_row(bigint, text, int, text, text, int), @schema@._record_mismatches(bigint, text),
+    @schema@._set_bounds(bigint, text, text, text), @schema@._make_slices(bigint, text, jsonb),
+    @schema@._split_points(regclass, text[], int), @schema@._waiters(oid), @schema@._batch_open(oid),
+    @schema@._key_in(text, anyelement), @schema@._key_out(anyelement),
+    @schema@._statement_batch(text, anyelement, anyelement), @schema@._keys_moved(bigint)
+    TO backfill_submit;
+-- The daemon's queue connection.
+GRANT SELECT ON @schema@.jobs, @schema@.slices, @schema@.schema_version TO backfill_daemon;
+GRANT EXECUTE ON FUNCTION @schema@._claim(text, int, bigint[]), @schema@._renew(text, bigint[], int),
+    @schema@._release(bigint, text, text, text), @schema@._set_reason(text, bigint[], text),
+    @schema@._dry_run_done(bigint, text, bigint, bigint), @schema@._runnable_count(),
+    @schema@._count_states()
+    TO backfill_daemon;
 
 -- Reading other sessions' lag and lock waits needs pg_monitor; only a superuser may grant it.
 DO $$
@@ -1025,4 +1347,4 @@ $$;
 
 -- 6. The version ---------------------------------------------------------------------------------
 
-UPDATE @schema@.schema_version SET version = 1 WHERE version IS DISTINCT FROM 1;
+UPDATE @schema@.schema_version SET version = 2 WHERE version IS DISTINCT FROM 2;

@@ -33,12 +33,14 @@ typedef struct throttle_settings {
 	int nstandbys;
 	bool logical_slots;
 	bool pause_during_autovacuum;
+	int64_t max_retries; /* retryable failures of one batch in a row before the job fails */
 } throttle_settings_t;
 
 typedef struct config {
 	char *path; /* the file it was read from */
 
 	char *conninfo;
+	char *job_conninfo; /* job sessions ("" in the file: conninfo); its user is the job's run_as */
 	char *schema;
 
 	char *name; /* "" in the file means "host:pid"; config_load fills that in */
@@ -46,6 +48,8 @@ typedef struct config {
 	int64_t poll_interval_ms;
 	int64_t lease_ms;
 	int64_t shutdown_grace_ms;
+	int64_t max_connections; /* all of this instance's connections together */
+	int64_t max_parallel;	 /* the largest parallel a job may ask for */
 
 	throttle_settings_t throttle;
 

@@ -59,9 +59,6 @@ void daemon_each_sibling(const job_t *job, void (*fn)(job_t *sibling, void *arg)
 /* A job reached its end; the daemon frees it once the loop iteration is over. */
 void daemon_job_finished(job_t *job);
 
-/* Ask the server to cancel the statement running in backend PID (via the queue connection). */
-void daemon_cancel_backend(int pid);
-
 /* How many jobs (or slices of one) this instance runs now. */
 int daemon_njobs(void);
 

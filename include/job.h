@@ -1,6 +1,7 @@
 /*
- * One claimed job: its own connection, its keyset walk, one transaction per batch with the
- * checkpoint inside it, and the states it passes through (connecting, loading, in a batch,
+ * One claimed job: its definition, read over the queue connection; its own session, logged in
+ * as the role that submitted it; its keyset walk, one transaction per batch with the checkpoint
+ * inside it; and the states it passes through (loading, connecting, checking, in a batch,
  * sleeping, held, releasing, finished).
  */
 #ifndef BACKFILLD_JOB_H
@@ -31,8 +32,11 @@ void job_pause_changed(job_t *job);
 /* Shutdown: no new batch; the one in flight finishes, then the lease is released (pending). */
 void job_stop(job_t *job);
 
-/* The shutdown grace has passed: the backend of the batch in flight, or 0 if none. */
+/* The backend of the batch in flight, or 0 if none. */
 int job_batch_backend_pid(const job_t *job);
+
+/* Ask the server to cancel the batch in flight (it rolls back). False when none is. */
+bool job_cancel_batch(job_t *job);
 
 /*
  * The control connection renewed leases: STATE and OWNER are what the queue holds for this
@@ -46,8 +50,11 @@ void job_lease_seen(job_t *job, const char *state, const char *owner);
  */
 void job_on_blocked(job_t *job, int64_t sessions, int64_t waited_ms);
 
-/* Nothing more will happen: the daemon may free it (after the current loop iteration). */
+/* Nothing more will happen. */
 bool job_is_finished(const job_t *job);
+
+/* Finished, and no request of its own is still on the queue connection: the daemon may free it. */
+bool job_can_free(const job_t *job);
 
 void job_free(job_t *job);
 

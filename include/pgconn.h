@@ -20,11 +20,18 @@ typedef enum pgconn_event {
 	PGCONN_EVENT_LOST,  /* the connection failed or broke; it reconnects itself after a backoff */
 } pgconn_event_t;
 
-/* One statement of a request. Params are text values, NULL for SQL NULL. */
+/*
+ * One statement of a request. Params are text values, NULL for SQL NULL. With PREPARE set, SQL
+ * is prepared under that name (NPARAMS parameter types in TYPES, or none: the server infers
+ * them) instead of run; with PREPARE set and SQL NULL, the prepared statement of that name runs
+ * with PARAMS.
+ */
 typedef struct pgconn_stmt {
 	const char *sql;
 	int nparams;
 	const char *const *params;
+	const char *prepare;
+	const Oid *types;
 } pgconn_stmt_t;
 
 /* What a request produced; valid only during the result callback. */
@@ -42,11 +49,25 @@ typedef void (*pgconn_result_cb)(pgconn_t *conn, const pgconn_result_t *result, 
 typedef void (*pgconn_event_cb)(pgconn_t *conn, pgconn_event_t event, const char *reason, void *arg);
 typedef void (*pgconn_notify_cb)(pgconn_t *conn, const char *channel, const char *payload, void *arg);
 
+/*
+ * The settings a session starts with. A daemon session (queue, sampler) fixes its formats
+ * (DateStyle ISO, TimeZone UTC, extra_float_digits 3), its search_path (pg_catalog, pg_temp) and
+ * a lock_timeout. A job session takes the role's and the database's settings as they are: the
+ * job's SQL must see exactly what its submitter's own session would.
+ */
+typedef enum pgconn_session {
+	PGCONN_SESSION_DAEMON,
+	PGCONN_SESSION_JOB,
+} pgconn_session_t;
+
 typedef struct pgconn_options {
-	const char *conninfo;	      /* the user's connection string or URI */
+	const char *conninfo; /* the user's connection string or URI */
+	const char *user;     /* log in as this role, whatever CONNINFO says; NULL: as it says */
+	pgconn_session_t session;
 	const char *application_name; /* shown in pg_stat_activity, e.g. "backfilld job 12" */
 	const char *log_context;      /* prefix of this connection's log lines */
 	int64_t idle_in_transaction_ms;
+	int64_t lock_timeout_ms; /* a daemon session's lock_timeout; 0: the server's */
 	pgconn_event_cb on_event;
 	pgconn_notify_cb on_notify; /* may be NULL */
 	void *arg;		    /* passed to on_event and on_notify */
@@ -79,6 +100,13 @@ int pgconn_backend_pid(const pgconn_t *conn);
 
 /* Why the last attempt failed or the connection was lost ("" if it never was). */
 const char *pgconn_last_error(const pgconn_t *conn);
+
+/*
+ * Ask the server to cancel what the connection runs now (libpq's cancel request, sent from a
+ * thread of its own so the loop never waits on it). The statement in flight, if any, fails with
+ * 57014. False when there is nothing to cancel or the request could not be started.
+ */
+bool pgconn_cancel(pgconn_t *conn);
 
 /* Close the connection; queued requests get a broken result. No reconnect until pgconn_connect. */
 void pgconn_disconnect(pgconn_t *conn);

@@ -1,7 +1,7 @@
 /*
  * The queue connection: the daemon's control session. It checks the schema version,
- * LISTENs on backfill_jobs, claims jobs, renews leases and cancels backends. Jobs run on
- * connections of their own.
+ * LISTENs on backfill_jobs, claims jobs and renews leases, and carries the requests jobs make
+ * as the daemon (loading a job, giving it back). A job's batches run in a session of its own.
  */
 #ifndef BACKFILLD_QUEUE_H
 #define BACKFILLD_QUEUE_H
@@ -10,6 +10,8 @@
 #include <stdint.h>
 
 #include <libpq-fe.h>
+
+#include "pgconn.h"
 
 /* RES is NULL when the request failed (already logged). */
 typedef void (*queue_rows_cb)(const PGresult *res, void *arg);
@@ -39,7 +41,11 @@ bool queue_runnable(queue_rows_cb cb, void *arg) __attribute__((warn_unused_resu
 /* Count the queue's jobs by state; CB gets rows (state, count). */
 bool queue_count_states(queue_rows_cb cb, void *arg) __attribute__((warn_unused_result));
 
-/* Ask the server to cancel what backend PID runs. Fire and forget. */
-void queue_cancel_backend(int pid);
+/*
+ * Send a request of the caller's own on the queue connection (the daemon's role): pgconn_send's
+ * contract. False, without calling CB, while the queue is not up.
+ */
+bool queue_send(const pgconn_stmt_t *stmts, int n, pgconn_result_cb cb, void *arg)
+	__attribute__((warn_unused_result));
 
 #endif

@@ -6,7 +6,7 @@
 #include <stdio.h>
 
 /* Version of the schema this binary expects; schema.sql records it in <schema>.schema_version. */
-#define SCHEMA_VERSION 1
+#define SCHEMA_VERSION 2
 
 /* daemon/schema.sql as compiled in; "@schema@" stands for the quoted schema name. */
 extern const char schema_sql[];

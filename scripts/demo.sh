@@ -133,11 +133,29 @@ cluster_up=1
 pg_sql "$port" postgres -c 'CREATE DATABASE demo'
 echo "PostgreSQL $(sql -Atc 'SHOW server_version') on 127.0.0.1:$port, data in $cluster_dir"
 
-# -- 3. the table -------------------------------------------------------------------------------
+# -- 3. the schema, the roles, the table ------------------------------------------------------
 
-section "A users table with $rows rows"
+section "Install the queue schema, as a superuser"
+cat >"$cluster_dir/install.conf" <<EOF
+database: { conninfo = "host=127.0.0.1 port=$port user=postgres dbname=demo"; schema = "backfill"; };
+EOF
+echo "\$ backfilld -c $cluster_dir/install.conf --install-schema"
+"$bin" -c "$cluster_dir/install.conf" --install-schema
+
+section "Roles: the application's, and the daemon's own (not a superuser)"
+roles="CREATE ROLE app_owner LOGIN;                      -- owns the table, submits the job
+GRANT backfill_submit TO app_owner;
+GRANT CREATE ON SCHEMA public TO app_owner;
+CREATE ROLE backfilld LOGIN;                      -- the daemon: member of no submitter
+GRANT backfill_daemon, pg_monitor TO backfilld;"
+printf '%s\n' "$roles" | sed 's/^/    /'
+sql -q -c "$roles"
+echo "(this throwaway cluster trusts local logins, so the job's session can log in as app_owner;"
+echo " in production, let the daemon do so with a pg_ident.conf map: README, Roles)"
+
+section "A users table with $rows rows, owned by app_owner"
 t0=$(now)
-sql <<EOF
+pg_sql "$port" demo -U app_owner <<EOF
 CREATE TABLE users (id bigint PRIMARY KEY, email text, status text NOT NULL, state text);
 INSERT INTO users (id, email, status)
 SELECT g, 'user' || g || '@example.com',
@@ -148,24 +166,19 @@ EOF
 echo "loaded in $(since "$t0") s; the new column state is empty, status holds the data:"
 sql -c 'SELECT status, count(*) AS rows, count(state) AS with_state FROM users GROUP BY status ORDER BY 2 DESC'
 
-# -- 4. schema and job --------------------------------------------------------------------------
-
-section "Install the queue schema"
 cat >"$cluster_dir/backfilld.conf" <<EOF
-database: { conninfo = "host=127.0.0.1 port=$port user=postgres dbname=demo"; schema = "backfill"; };
+database: { conninfo = "host=127.0.0.1 port=$port user=backfilld dbname=demo"; schema = "backfill"; };
 daemon: { workers = 2; poll_interval_ms = 1000; lease_ms = 30000; };
 throttle: { batch_size = 5000; sleep_ms = 0; };
 http: { listen = ""; };
 log: { level = "info"; progress_interval_ms = 1000; };
 EOF
-echo "\$ backfilld -c $cluster_dir/backfilld.conf --install-schema"
-"$bin" -c "$cluster_dir/backfilld.conf" --install-schema
 
-section "Submit the backfill: one INSERT"
+section "Submit the backfill as app_owner: one INSERT"
 submit="INSERT INTO backfill.jobs (target, set_sql, where_sql)
 VALUES ('users', 'state = status', 'state IS DISTINCT FROM status');"
 printf '%s\n' "$submit" | sed 's/^/    /'
-sql -c "$submit"
+pg_sql "$port" demo -U app_owner -c "$submit"
 job_id=$(sql -Atc 'SELECT max(id) FROM backfill.jobs')
 echo "job $job_id is pending"
 

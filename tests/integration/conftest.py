@@ -8,6 +8,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import psycopg
 import pytest
 
 import pgharness
@@ -38,11 +39,13 @@ class Database:
         self._conns = []
 
     def connect(self, autocommit=True, daemon=False):
-        """A new connection; daemon=True makes it look like the daemon's own session."""
+        """A new connection; daemon=True makes it write as the schema's own functions do (the
+        test's role, postgres, owns the schema, and backfilld.internal is on), to stage states
+        only the daemon reaches."""
         conn = self.cluster.connect(self.name, autocommit=autocommit)
         self._conns.append(conn)
         if daemon:
-            conn.execute("SELECT set_config('backfilld.daemon', 'on', false)")
+            conn.execute("SELECT set_config('backfilld.internal', 'on', false)")
             if not autocommit:
                 conn.commit()
         return conn
@@ -96,3 +99,35 @@ def daemon_factory(db, tmp_path):
     yield make
     for daemon in made:
         daemon.stop()
+
+
+@pytest.fixture
+def make_role(db):
+    """make_role(*grants, login=True, name=None) -> a new role of the test's database (named after
+    it unless NAME is given), granted GRANTS; dropped with what it owns afterwards. Jobs run in
+    sessions logged in as the role that submitted them, so submitters log in."""
+    made = []
+
+    def make(*grants, login=True, name=None):
+        name = name or f"{db.name}_r{len(made)}"
+        db.sql(f'CREATE ROLE "{name}"{" LOGIN" if login else ""}')
+        for grant in grants:
+            db.sql(f'GRANT {grant} TO "{name}"')
+        made.append(name)
+        return name
+
+    yield make
+    for name in reversed(made):
+        db.sql(f'DROP OWNED BY "{name}" CASCADE')
+        db.sql(f'DROP ROLE "{name}"')
+
+
+@pytest.fixture
+def role_conn(db):
+    """role_conn(role) -> a session logged in as ROLE (the test cluster trusts local logins)."""
+    def connect(role, **kwargs):
+        conn = psycopg.connect(db.conninfo.replace("user=postgres", f"user={role}"), autocommit=True,
+                               **kwargs)
+        db._conns.append(conn)
+        return conn
+    return connect

@@ -137,7 +137,7 @@ def test_failing_job_ends_failed_and_others_go_on(db, daemon_factory):
 def test_run_as_without_privilege_fails_and_touches_nothing(db, daemon_factory):
     make_users(db, 1000)
     role = f"{db.name}_reader"
-    db.sql(f'CREATE ROLE "{role}"')
+    db.sql(f'CREATE ROLE "{role}" LOGIN')
     try:
         db.sql(f'GRANT backfill_submit TO "{role}"')
         db.sql(f'GRANT SELECT ON users TO "{role}"')
@@ -323,17 +323,19 @@ def test_dry_run_verify_and_parallel_side_by_side(db, daemon_factory):
 
 
 def test_daemon_as_an_unprivileged_role_with_the_readme_grants(db, daemon_factory):
-    """The README's recipe: a non-superuser daemon role in backfill_daemon and member of the
-    submitting role, which is in backfill_submit; nothing else granted."""
+    """The README's recipe: a non-superuser daemon role in backfill_daemon and pg_monitor, member
+    of no submitter; the submitting role, which logs in, in backfill_submit; nothing else granted.
+    The job runs in a session logged in as the submitting role (the test cluster trusts local
+    logins: the authentication is the operator's, see test_job_sessions.py)."""
     make_users(db, 5000)
     daemon_role, owner = f"{db.name}_daemon", f"{db.name}_owner"
     db.sql(f'CREATE ROLE "{daemon_role}" LOGIN')
-    db.sql(f'CREATE ROLE "{owner}"')
+    db.sql(f'CREATE ROLE "{owner}" LOGIN')
     try:
         db.sql(f'ALTER TABLE users OWNER TO "{owner}"')
-        db.sql(f'GRANT "{owner}" TO "{daemon_role}"')
         db.sql(f'GRANT backfill_submit TO "{owner}"')
-        db.sql(f'GRANT backfill_daemon TO "{daemon_role}"')
+        db.sql(f'GRANT backfill_daemon, pg_monitor TO "{daemon_role}"')
+        assert not db.one("SELECT pg_has_role(%s, %s, 'MEMBER')", [daemon_role, owner])
         with db.connect() as conn:
             conn.execute(f'SET ROLE "{owner}"')
             job_id = submit(db, "users", conn=conn, batch_size=700)

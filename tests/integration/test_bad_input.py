@@ -127,7 +127,7 @@ def test_key_column_dropped_mid_job(db, daemon_factory):
 def test_privilege_revoked_mid_job(db, daemon_factory):
     make_users(db, 30000)
     role = f"{db.name}_writer"
-    db.sql(f'CREATE ROLE "{role}"')
+    db.sql(f'CREATE ROLE "{role}" LOGIN')
     try:
         db.sql(f'GRANT backfill_submit TO "{role}"')
         db.sql(f'GRANT SELECT, UPDATE ON users TO "{role}"')

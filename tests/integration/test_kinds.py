@@ -379,9 +379,11 @@ def test_dry_run_of_a_statement_job_writes_nothing(db, daemon_factory):
     assert row["estimated_wal_bytes"] is not None and row["estimated_wal_bytes"] > 0, row
 
 
-def test_dry_run_estimates_survive_a_lost_connection_while_they_are_written(db, daemon_factory):
-    """The connection dies while the dry run writes its estimates: written again once it is back,
-    not replaced by a plain release (which would leave the estimates empty)."""
+def test_dry_run_estimates_survive_a_locked_row_and_a_lost_connection_while_they_are_written(db, daemon_factory):
+    """The estimates are written over the queue connection, which never waits on a row lock:
+    while another session keeps the job's row locked, and after that connection is terminated,
+    the daemon writes them again until they are in; not replaced by a plain release (which would
+    leave the estimates empty)."""
     db.sql("CREATE TABLE codes (code text PRIMARY KEY, v int, w int)")  # a text key: no bounds to write
     db.sql("INSERT INTO codes SELECT md5(g::text), g, NULL FROM generate_series(1, 20000) g")
     db.sql("ANALYZE codes")
@@ -391,23 +393,19 @@ def test_dry_run_estimates_survive_a_lost_connection_while_they_are_written(db, 
     d.wait_for_log(r"walking 1 key column")
     with db.cluster.connect(db.name, autocommit=False) as locker:
         locker.execute("SELECT 1 FROM backfill.jobs WHERE id = %s FOR UPDATE", [job_id])
-
-        def job_backend_waiting():
-            rows = db.sql("SELECT pid FROM pg_stat_activity WHERE application_name = %s"
-                          " AND wait_event_type = 'Lock'", [f"backfilld job {job_id}"])
-            return rows[0][0] if rows else None
-
-        pgharness.wait_until(lambda: job_backend_waiting() is not None, timeout=60,
-                             what="the estimates' write waiting on the row lock")
-        first = job_backend_waiting()
-        db.sql("SELECT pg_terminate_backend(%s)", [first])
-        pgharness.wait_until(lambda: job_backend_waiting() not in (None, first), timeout=60,
-                             what="the estimates written again on a new connection")
+        mark = d.log_mark()
+        d.wait_for_log(r"locked by another session: writing the estimates again", timeout=90)
+        queue = db.sql("SELECT pid FROM pg_stat_activity WHERE application_name = 'backfilld queue'"
+                       " AND datname = %s", [db.name])
+        db.sql("SELECT pg_terminate_backend(%s)", [queue[0][0]])
+        d.wait_for_log(r"queue: connection lost", since=mark)
+        d.wait_for_log(r"locked by another session: writing the estimates again", since=d.log_mark())
+        assert job(db, job_id)["estimated_seconds"] is None
         locker.rollback()
     row = wait_state(db, job_id, "done", daemon=d)
     assert row["estimated_seconds"] is not None and row["estimated_wal_bytes"] > 0, row
     assert db.one("SELECT count(*) FROM codes WHERE w IS NOT NULL") == 0
-    d.stop()
+    assert d.stop() == 0
 
 
 # -- progress ----------------------------------------------------------------------------------

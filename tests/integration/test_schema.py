@@ -88,6 +88,7 @@ def conn(db):
         CREATE UNIQUE INDEX nokey_code_partial ON nokey (code) WHERE code <> '';
         CREATE UNIQUE INDEX nokey_email ON nokey (email);
         CREATE VIEW items_view AS SELECT * FROM items;
+        CREATE TEMP TABLE temp_items (id bigint PRIMARY KEY, v int);
         INSERT INTO items (id) SELECT generate_series(1, 1000);
         ANALYZE items;
     """))
@@ -96,7 +97,7 @@ def conn(db):
 
 @pytest.fixture
 def dconn(db):
-    """A session that looks like the daemon's (backfilld.daemon = on)."""
+    """A session that writes as the schema's own functions do (the daemon's side)."""
     return db.connect(daemon=True)
 
 
@@ -127,11 +128,11 @@ def test_install_twice_is_idempotent(db):
                 "        AND NOT tgisinternal)")
     before = db.sql(snapshot)
     db.sql("CREATE TABLE t (id int PRIMARY KEY)")
-    db.sql("INSERT INTO backfill.jobs (target, set_sql) VALUES ('t', 'id = id')")
+    db.sql("INSERT INTO backfill.jobs (target, kind, mismatch_sql) VALUES ('t', 'verify', 'false')")
     with db.connect() as c:
         pgharness.install_schema(c)
         pgharness.install_schema(c)
-    assert db.sql("SELECT version FROM backfill.schema_version") == [(1,)]
+    assert db.sql("SELECT version FROM backfill.schema_version") == [(2,)]
     assert db.sql(snapshot) == before
     assert before[0][1] >= 15 and before[0][2] == 3  # validate, notify on INSERT, notify on a new state
     assert db.one("SELECT count(*) FROM backfill.jobs") == 1  # data survives
@@ -150,19 +151,19 @@ def test_schema_file_has_no_transaction_control_and_quotes_the_name(db):
         c.execute("LISTEN backfill_jobs")
         got = []
         c.add_notify_handler(lambda n: got.append(n.payload))
-        row = c.execute('INSERT INTO "Queue ""X""".jobs (target, set_sql)'
-                        " VALUES ('t', 'id = id') RETURNING key_columns").fetchone()
+        row = c.execute('INSERT INTO "Queue ""X""".jobs (target, kind, mismatch_sql)'
+                        " VALUES ('t', 'verify', 'false') RETURNING key_columns").fetchone()
         assert row == (["id"],)
         c.execute("SELECT 1")
         assert got == ["1 pending"]
 
 
 def test_install_refuses_a_newer_schema(db):
-    db.sql("UPDATE backfill.schema_version SET version = 2")
+    db.sql("UPDATE backfill.schema_version SET version = 3")
     with db.connect() as c:
         err = refused(c, pgharness.render_schema())
-    assert "version 2, newer than this backfilld" in str(err)
-    assert db.sql("SELECT version FROM backfill.schema_version") == [(2,)]
+    assert "version 3, newer than this backfilld" in str(err)
+    assert db.sql("SELECT version FROM backfill.schema_version") == [(3,)]
 
 
 def test_schema_version_has_exactly_one_row(db):
@@ -198,6 +199,10 @@ BAD_INSERTS = [
     (dict(target="backfill.batches"), r"target backfill.batches is a table of the queue itself"),
     (dict(target="pairs", kind="statement", set_sql=None, batch_sql="SELECT $1, $2"),
      r"statement jobs need a single-column key: \$1 and \$2 carry the first and last key"),
+    (dict(set_sql="v = 1, id = id + 10000000"), r'set_sql assigns key column "id", the key the job walks'),
+    (dict(set_sql="(note, id) = ('x', -id)"), r'set_sql assigns key column "id"'),
+    (dict(target="pairs", set_sql="x = 1, a = a"), r'set_sql assigns key column "a"'),
+    (dict(target="temp_items"), r"target temp_items is a temporary table"),
     (dict(batch_size=0), r"batch_size must be > 0 \(got 0\)"),
     (dict(max_replication_lag_bytes=-5), r"max_replication_lag_bytes must be > 0 \(got -5\)"),
     (dict(lock_timeout_ms=0), r"lock_timeout_ms must be > 0"),
@@ -401,12 +406,13 @@ def test_key_change_restarts_from_the_beginning(conn, dconn):
 def test_only_run_as_rewrites_a_job_definition(conn, role):
     jid = insert_job(conn)["id"]  # run_as postgres
     conn.execute(f"SET ROLE {role}")
-    err = refused(conn, "UPDATE backfill.jobs SET set_sql = 'v = 9' WHERE id = %s", [jid])
-    assert "only role postgres (run_as) can change column set_sql" in str(err)
+    # Row-level security: another submitter does not see the job, so cannot change it.
+    assert conn.execute("UPDATE backfill.jobs SET set_sql = 'v = 9' WHERE id = %s", [jid]).rowcount == 0
     # Steering is the job's role's too: another submitter cannot pause or cancel it.
     err = refused(conn, "SELECT backfill.pause(%s)", [jid])
-    assert "only role postgres (run_as) can change the state of job" in str(err)
+    assert "is not a job of a role you are a member of" in str(err)
     conn.execute("RESET ROLE")
+    assert job(conn, jid)["set_sql"] == "v = v + 1"
     assert conn.execute("SELECT backfill.pause(%s)", [jid]).fetchone() == ("paused",)
 
 
@@ -431,20 +437,27 @@ def test_daemon_session_cannot_change_what_a_job_runs(conn, dconn):
 # -- daemon functions ----------------------------------------------------------------------------
 
 
-def test_daemon_functions_refuse_user_sessions(conn):
+def test_daemon_functions_refuse_user_sessions(conn, role):
     insert_job(conn)
-    err = refused(conn, "SELECT * FROM backfill._claim('a', 1000, '{}')")
-    assert "_claim is for backfilld sessions only" in str(err)
+    conn.execute(f"SET ROLE {role}")
+    for call in ["SELECT * FROM backfill._claim('a', 1000, '{}')",
+                 "SELECT * FROM backfill._renew('a', '{1}', 1000)",
+                 "SELECT backfill._release(1, 'a', 'done', NULL)",
+                 "SELECT backfill._set_reason('a', '{1}', 'x')",
+                 "SELECT backfill._dry_run_done(1, 'a', 1, 1)"]:
+        err = refused(conn, call)
+        assert err.sqlstate == "42501", (call, err)
+    conn.execute("RESET ROLE")
     assert conn.execute("SELECT state FROM backfill.jobs").fetchall() == [("pending",)]
 
 
 def test_claim_order_priority_then_id(conn, dconn):
     conn.execute("CREATE TABLE t1 (id int PRIMARY KEY); CREATE TABLE t2 (id int PRIMARY KEY);"
                  "CREATE TABLE t3 (id int PRIMARY KEY); CREATE TABLE t4 (id int PRIMARY KEY)")
-    low = insert_job(conn, target="t1", set_sql="id = id")["id"]
-    high_a = insert_job(conn, target="t2", set_sql="id = id", priority=5)["id"]
-    high_b = insert_job(conn, target="t3", set_sql="id = id", priority=5)["id"]
-    paused = insert_job(conn, target="t4", set_sql="id = id", priority=9, state="paused")["id"]
+    low = insert_job(conn, target="t1", kind="verify", mismatch_sql="false")["id"]
+    high_a = insert_job(conn, target="t2", kind="verify", mismatch_sql="false", priority=5)["id"]
+    high_b = insert_job(conn, target="t3", kind="verify", mismatch_sql="false", priority=5)["id"]
+    paused = insert_job(conn, target="t4", kind="verify", mismatch_sql="false", priority=9, state="paused")["id"]
     got = [claim(dconn, owner)["id"] for owner in ("a", "b", "c")]
     assert got == [high_a, high_b, low]
     assert claim(dconn, "d") is None
@@ -498,9 +511,10 @@ def test_claims_are_serialised(db, conn):
         assert claim(a, "a")["id"] == first
         thread = threading.Thread(target=lambda: result.update(row=claim(b, "b")))
         thread.start()
-        # b waits for a's claim to commit instead of skipping the locked row and taking the second job
+        # b skips the locked row and takes the second job, whose table a's claim holds: it waits
+        # on the unique index for a's claim to commit, then claims nothing
         pgharness.wait_until(lambda: conn.execute(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted").fetchone()[0],
+            "SELECT count(*) FROM pg_locks WHERE NOT granted").fetchone()[0],
             timeout=10, what="the second claim to wait")
         assert thread.is_alive()
     thread.join(10)
@@ -579,9 +593,8 @@ def test_checkpoint_after_user_pause_or_cancel_lets_go(conn, dconn):
 
 
 def make_slices(dconn, job_id, owner, cuts):
-    dconn.execute("SELECT set_config('backfilld.split', %s, false)", [cuts])
-    return dconn.execute("SELECT slice, lower_key, upper_key FROM backfill._make_slices(%s, %s)",
-                         [job_id, owner]).fetchall()
+    return dconn.execute("SELECT slice, lower_key, upper_key FROM backfill._make_slices(%s, %s, %s::jsonb)",
+                         [job_id, owner, cuts]).fetchall()
 
 
 def test_slices_checkpoints_and_done_with_the_last(conn, dconn):
@@ -660,7 +673,7 @@ def test_renew(conn, dconn):
     running = insert_job(conn)["id"]
     paused = insert_job(conn, target="items2", set_sql="v = 1")["id"]
     conn.execute("CREATE TABLE t3 (id int PRIMARY KEY)")
-    cancelled = insert_job(conn, target="t3", set_sql="id = id")["id"]
+    cancelled = insert_job(conn, target="t3", kind="verify", mismatch_sql="false")["id"]
     claim(dconn, "a", lease_ms=1000)
     claim(dconn, "a", exclude=[running])
     claim(dconn, "a", exclude=[running, paused])
@@ -682,8 +695,8 @@ def test_set_reason_and_runnable_count(conn, dconn):
     mine = insert_job(conn)["id"]
     other = insert_job(conn, target="items2", set_sql="v = 1")["id"]
     conn.execute("CREATE TABLE t3 (id int PRIMARY KEY); CREATE TABLE t4 (id int PRIMARY KEY)")
-    insert_job(conn, target="t3", set_sql="id = id", state="paused")
-    insert_job(conn, target="t4", set_sql="id = id",
+    insert_job(conn, target="t3", kind="verify", mismatch_sql="false", state="paused")
+    insert_job(conn, target="t4", kind="verify", mismatch_sql="false",
                not_before=dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1))
     assert dconn.execute("SELECT backfill._runnable_count()").fetchone() == (2,)
     claim(dconn, "a")

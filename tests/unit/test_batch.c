@@ -1,12 +1,14 @@
 /*
  * Unit tests for batch.c: identifier quoting, job kinds, and the exact text of the keyset
- * update and the checkpoint (quoting, parameter numbering, where the user's fragments go).
+ * statements of a job's session (quoting, qualified names, parameter numbering, where the
+ * user's fragments go).
  */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -155,20 +157,22 @@ static void test_job_kind_rejects(void **state)
 	assert_string_equal(job_kind_name((job_kind_t)-1), "?");
 }
 
-/* ---- batch_build_update ---- */
+/* ---- the batch statement ---- */
 
 static const char *const id_name[] = {"id"};
-static const char *const id_type[] = {"bigint"};
+static const char *const id_type[] = {"\"pg_catalog\".\"int8\""};
 
 static batch_spec_t single_key_spec(void)
 {
 	batch_spec_t spec = {
 		.kind = JOB_KIND_UPDATE,
+		.queue_schema = "backfill",
 		.target_schema = "public",
 		.target_table = "items",
 		.nkeys = 1,
 		.key_names = id_name,
 		.key_types = id_type,
+		.key_op_schema = "pg_catalog",
 		.set_sql = "flag = true",
 		.where_sql = NULL,
 	};
@@ -176,7 +180,7 @@ static batch_spec_t single_key_spec(void)
 }
 
 static const char *const pair_names[] = {"tenant_id", "created_at"};
-static const char *const pair_types[] = {"integer", "timestamp with time zone"};
+static const char *const pair_types[] = {"\"pg_catalog\".\"int4\"", "\"pg_catalog\".\"timestamptz\""};
 
 static batch_spec_t composite_key_spec(void)
 {
@@ -189,10 +193,41 @@ static batch_spec_t composite_key_spec(void)
 	return spec;
 }
 
+/*
+ * Every function, cast and operator the daemon adds to a job's session is qualified, so that
+ * nothing a user creates on the session's search_path can stand in for it: each NEEDLE in SQL is
+ * preceded by PREFIX.
+ */
+static void expect_qualified(const char *sql, const char *needle, const char *prefix)
+{
+	size_t plen = strlen(prefix);
+
+	for (const char *p = strstr(sql, needle); p; p = strstr(p + 1, needle))
+		if ((size_t)(p - sql) < plen || strncmp(p - plen, prefix, plen) != 0)
+			fail_msg("<<%s>> without <<%s>> at offset %d in:\n%s", needle, prefix, (int)(p - sql),
+				 sql);
+}
+
+static void expect_all_qualified(const char *sql)
+{
+	static const char *const functions[] = {
+		"set_config(", "current_setting(",    "count(", "jsonb_agg(", "min(",
+		"max(",	       "has_table_privilege("};
+	for (size_t i = 0; i < sizeof(functions) / sizeof(functions[0]); i++)
+		expect_qualified(sql, functions[i], "pg_catalog.");
+	expect_absent(sql, "::text"); /* a cast to text names pg_catalog.text */
+	expect_qualified(sql, "._key_in(", "\"backfill\"");
+	expect_qualified(sql, "._key_out(", "\"backfill\"");
+	/* No bare comparison of a key: every one goes through OPERATOR(schema.op). */
+	expect_absent(sql, ") > (");
+	expect_absent(sql, ") >= (");
+	expect_absent(sql, ") <= (");
+}
+
 static void test_update_single_first(void **state)
 {
 	batch_spec_t spec = single_key_spec();
-	char *sql = batch_build_update(&spec, true);
+	char *sql = batch_build_batch(&spec, true);
 
 	(void)state;
 	assert_non_null(sql);
@@ -202,143 +237,159 @@ static void test_update_single_first(void **state)
 			     "  ORDER BY \"id\"\n"
 			     "  LIMIT $1\n");
 	/* No lower bound on the first batch. */
-	expect_absent(sql, ") > (");
-	expect_absent(sql, "::bigint");
+	expect_absent(sql, "_key_in(");
 	expect_absent(sql, "$2");
 	expect_params(sql, 1);
+	assert_int_equal(batch_nparams(&spec, true), 1);
 
 	expect_contains(sql, "SELECT * FROM __bf_keys ORDER BY __bf_k1 LIMIT 1\n");
 	expect_contains(sql, "SELECT * FROM __bf_keys ORDER BY __bf_k1 DESC LIMIT 1\n");
-	expect_contains(sql, "  UPDATE \"public\".\"items\" SET\nflag = true\n  WHERE (");
-	expect_contains(sql, "(\"id\") >= (SELECT __bf_k1 FROM __bf_first)\n");
-	expect_contains(sql, "    AND (\"id\") <= (SELECT __bf_k1 FROM __bf_last)\n");
+	expect_contains(sql, "  UPDATE \"public\".\"items\" SET\nflag = true\n  WHERE ");
+	expect_contains(sql, "\"id\" OPERATOR(\"pg_catalog\".>=) (SELECT __bf_k1 FROM __bf_first)\n");
+	expect_contains(sql, "    AND \"id\" OPERATOR(\"pg_catalog\".<=) (SELECT __bf_k1 FROM __bf_last)\n");
 	/* The leading-column range is only for composite keys. */
-	expect_absent(sql, "AND \"id\" >=");
-	expect_contains(sql, "  RETURNING 1\n)\n");
-	expect_contains(sql, "(SELECT ARRAY[__bf_k1::text] FROM __bf_first) AS first_key");
-	expect_contains(sql, "(SELECT ARRAY[__bf_k1::text] FROM __bf_last) AS last_key");
-	expect_contains(sql, "set_config('backfilld.scanned', s.scanned::text, true)");
-	expect_contains(sql, "set_config('backfilld.changed', s.changed::text, true)");
-	expect_contains(sql, "set_config('backfilld.first_key', coalesce(s.first_key::text, ''), true)");
-	expect_contains(sql, "set_config('backfilld.last_key', coalesce(s.last_key::text, ''), true)");
+	assert_int_equal(count_occurrences(sql, "OPERATOR(\"pg_catalog\".>=)"), 1);
+	/* A row moved past the batch's last key fails the batch. */
+	expect_contains(sql, "  RETURNING \"id\" OPERATOR(\"pg_catalog\".>) (SELECT __bf_k1 FROM __bf_last)"
+			     " AS __bf_moved\n)\n");
+	expect_contains(sql, "(SELECT pg_catalog.count(*) FROM __bf_changed WHERE __bf_moved) AS moved");
+	expect_contains(sql, "CASE WHEN s.moved > 0 THEN \"backfill\"._keys_moved(s.moved) END");
+	expect_contains(sql,
+			"(SELECT ARRAY[\"backfill\"._key_out(__bf_k1)]::pg_catalog.text[] FROM __bf_first)"
+			" AS first_key");
+	expect_contains(sql,
+			"(SELECT ARRAY[\"backfill\"._key_out(__bf_k1)]::pg_catalog.text[] FROM __bf_last)"
+			" AS last_key");
+	expect_contains(sql, "pg_catalog.set_config('backfilld.scanned', s.scanned::pg_catalog.text, true)");
+	expect_contains(sql, "pg_catalog.set_config('backfilld.changed', s.changed::pg_catalog.text, true)");
+	expect_contains(sql,
+			"pg_catalog.set_config('backfilld.first_key', coalesce(s.first_key::pg_catalog.text,"
+			" ''), true)");
+	expect_contains(sql,
+			"pg_catalog.set_config('backfilld.last_key', coalesce(s.last_key::pg_catalog.text,"
+			" ''), true)");
+	expect_absent(sql, "backfilld.mismatches");
 	assert_int_equal(count_occurrences(sql, "__bf_k2"), 0);
+	expect_all_qualified(sql);
 	free(sql);
 }
 
 static void test_update_single_next(void **state)
 {
 	batch_spec_t spec = single_key_spec();
-	char *sql = batch_build_update(&spec, false);
+	char *sql = batch_build_batch(&spec, false);
 
 	(void)state;
 	assert_non_null(sql);
-	expect_contains(sql, "  FROM \"public\".\"items\"\n"
-			     "  WHERE (\"id\") > ($1::bigint)\n"
-			     "  ORDER BY \"id\"\n"
-			     "  LIMIT $2\n");
+	expect_contains(sql,
+			"  FROM \"public\".\"items\"\n"
+			"  WHERE \"id\" OPERATOR(\"pg_catalog\".>) \"backfill\"._key_in($1::pg_catalog.text,"
+			" NULL::\"pg_catalog\".\"int8\")\n"
+			"  ORDER BY \"id\"\n"
+			"  LIMIT $2\n");
 	expect_absent(sql, "LIMIT $1");
-	expect_absent(sql, "$3");
 	expect_params(sql, 2);
+	assert_int_equal(batch_nparams(&spec, false), 2);
 	assert_int_equal(count_occurrences(sql, "$1"), 1);
 	assert_int_equal(count_occurrences(sql, "$2"), 1);
-	expect_absent(sql, "AND \"id\" >=");
+	expect_all_qualified(sql);
 	free(sql);
 }
 
 static void test_update_composite_next(void **state)
 {
 	batch_spec_t spec = composite_key_spec();
-	char *sql = batch_build_update(&spec, false);
+	char *sql = batch_build_batch(&spec, false);
 
 	(void)state;
 	assert_non_null(sql);
-	expect_contains(
-		sql, "  SELECT \"tenant_id\" AS __bf_k1, \"created_at\" AS __bf_k2\n"
-		     "  FROM \"public\".\"events\"\n"
-		     "  WHERE (\"tenant_id\", \"created_at\") > ($1::integer, $2::timestamp with time zone)\n"
-		     "  ORDER BY \"tenant_id\", \"created_at\"\n"
-		     "  LIMIT $3\n");
+	expect_contains(sql,
+			"  SELECT \"tenant_id\" AS __bf_k1, \"created_at\" AS __bf_k2\n"
+			"  FROM \"public\".\"events\"\n"
+			"  WHERE ROW(\"tenant_id\", \"created_at\") OPERATOR(\"pg_catalog\".>)"
+			" ROW(\"backfill\"._key_in($1::pg_catalog.text, NULL::\"pg_catalog\".\"int4\"),"
+			" \"backfill\"._key_in($2::pg_catalog.text, NULL::\"pg_catalog\".\"timestamptz\"))\n"
+			"  ORDER BY \"tenant_id\", \"created_at\"\n"
+			"  LIMIT $3\n");
 	expect_params(sql, 3);
-	expect_absent(sql, "$4");
+	assert_int_equal(batch_nparams(&spec, false), 3);
 	expect_contains(sql, "SELECT * FROM __bf_keys ORDER BY __bf_k1, __bf_k2 LIMIT 1\n");
 	expect_contains(sql, "SELECT * FROM __bf_keys ORDER BY __bf_k1 DESC, __bf_k2 DESC LIMIT 1\n");
-	expect_contains(sql,
-			"(\"tenant_id\", \"created_at\") >= (SELECT __bf_k1, __bf_k2 FROM __bf_first)\n");
-	expect_contains(
-		sql, "    AND (\"tenant_id\", \"created_at\") <= (SELECT __bf_k1, __bf_k2 FROM __bf_last)\n");
+	expect_contains(sql, "ROW(\"tenant_id\", \"created_at\") OPERATOR(\"pg_catalog\".>=)"
+			     " ROW((SELECT __bf_k1 FROM __bf_first), (SELECT __bf_k2 FROM __bf_first))\n");
+	expect_contains(sql, "    AND ROW(\"tenant_id\", \"created_at\") OPERATOR(\"pg_catalog\".<=)"
+			     " ROW((SELECT __bf_k1 FROM __bf_last), (SELECT __bf_k2 FROM __bf_last))\n");
 	/* The leading column's own range, for the planner's estimate. */
-	expect_contains(sql, "    AND \"tenant_id\" >= (SELECT __bf_k1 FROM __bf_first)"
-			     " AND \"tenant_id\" <= (SELECT __bf_k1 FROM __bf_last)\n");
-	expect_absent(sql, "AND \"created_at\" >=");
-	expect_contains(sql, "(SELECT ARRAY[__bf_k1::text, __bf_k2::text] FROM __bf_first) AS first_key");
-	expect_contains(sql, "(SELECT ARRAY[__bf_k1::text, __bf_k2::text] FROM __bf_last) AS last_key");
+	expect_contains(sql,
+			"    AND \"tenant_id\" OPERATOR(\"pg_catalog\".>=) (SELECT __bf_k1 FROM __bf_first)"
+			" AND \"tenant_id\" OPERATOR(\"pg_catalog\".<=) (SELECT __bf_k1 FROM __bf_last)\n");
+	expect_contains(sql, "(SELECT ARRAY[\"backfill\"._key_out(__bf_k1), \"backfill\"._key_out(__bf_k2)]"
+			     "::pg_catalog.text[] FROM __bf_first) AS first_key");
+	expect_all_qualified(sql);
 	free(sql);
 }
 
 static void test_update_composite_first(void **state)
 {
 	batch_spec_t spec = composite_key_spec();
-	char *sql = batch_build_update(&spec, true);
+	char *sql = batch_build_batch(&spec, true);
 
 	(void)state;
 	assert_non_null(sql);
 	expect_contains(sql, "  FROM \"public\".\"events\"\n"
 			     "  ORDER BY \"tenant_id\", \"created_at\"\n"
 			     "  LIMIT $1\n");
-	expect_absent(sql, ") > (");
-	expect_absent(sql, "::integer");
+	expect_absent(sql, "_key_in(");
 	expect_params(sql, 1);
-	expect_contains(sql, "    AND \"tenant_id\" >= (SELECT __bf_k1 FROM __bf_first)"
-			     " AND \"tenant_id\" <= (SELECT __bf_k1 FROM __bf_last)\n");
+	expect_all_qualified(sql);
 	free(sql);
 }
 
-static void test_update_three_keys(void **state)
+static void test_key_operators_of_another_schema(void **state)
 {
-	static const char *const names[] = {"a", "b", "c"};
-	static const char *const types[] = {"text", "numeric(10,2)", "uuid"};
+	static const char *const names[] = {"email"};
+	static const char *const types[] = {"\"ext\".\"citext\""};
 	batch_spec_t spec = single_key_spec();
 	char *sql;
 
 	(void)state;
-	spec.nkeys = 3;
 	spec.key_names = names;
 	spec.key_types = types;
-	sql = batch_build_update(&spec, false);
+	spec.key_op_schema = "ext";
+	sql = batch_build_batch(&spec, false);
 	assert_non_null(sql);
-	expect_contains(sql, "  WHERE (\"a\", \"b\", \"c\") > ($1::text, $2::numeric(10,2), $3::uuid)\n");
-	expect_contains(sql, "  LIMIT $4\n");
-	expect_params(sql, 4);
-	expect_contains(sql, "ORDER BY __bf_k1 DESC, __bf_k2 DESC, __bf_k3 DESC LIMIT 1\n");
+	expect_contains(sql, "  WHERE \"email\" OPERATOR(\"ext\".>) \"backfill\"._key_in($1::pg_catalog.text,"
+			     " NULL::\"ext\".\"citext\")\n");
+	expect_contains(sql, "\"email\" OPERATOR(\"ext\".>=) (SELECT __bf_k1 FROM __bf_first)");
+	expect_absent(sql, "OPERATOR(\"pg_catalog\"");
 	free(sql);
 }
 
 static void test_update_names_needing_quotes(void **state)
 {
 	static const char *const names[] = {"Order"};
-	static const char *const types[] = {"text"};
+	static const char *const types[] = {"\"pg_catalog\".\"text\""};
 	batch_spec_t spec = single_key_spec();
 	char *sql;
 
 	(void)state;
+	spec.queue_schema = "Queue \"q\"";
 	spec.target_schema = "my schema";
 	spec.target_table = "we\"ird";
 	spec.key_names = names;
 	spec.key_types = types;
-	sql = batch_build_update(&spec, false);
+	sql = batch_build_batch(&spec, false);
 	assert_non_null(sql);
 	expect_contains(sql, "  SELECT \"Order\" AS __bf_k1\n"
 			     "  FROM \"my schema\".\"we\"\"ird\"\n"
-			     "  WHERE (\"Order\") > ($1::text)\n"
-			     "  ORDER BY \"Order\"\n");
+			     "  WHERE \"Order\" OPERATOR(\"pg_catalog\".>) \"Queue \"\"q\"\"\"._key_in(");
 	expect_contains(sql, "  UPDATE \"my schema\".\"we\"\"ird\" SET\n");
-	expect_contains(sql, "(\"Order\") >= (SELECT __bf_k1 FROM __bf_first)");
 	assert_int_equal(count_occurrences(sql, "\"my schema\".\"we\"\"ird\""), 2);
 	/* Never the raw names. */
 	expect_absent(sql, "\"we\"ird\"");
 	expect_absent(sql, " my schema");
 	expect_absent(sql, "BY Order");
-	expect_absent(sql, "(Order)");
+	expect_absent(sql, " Queue \"q\".");
 	expect_params(sql, 2);
 	free(sql);
 }
@@ -350,15 +401,17 @@ static void test_update_where_absent(void **state)
 
 	(void)state;
 	spec.where_sql = NULL;
-	with_null = batch_build_update(&spec, false);
+	with_null = batch_build_batch(&spec, false);
 	spec.where_sql = "";
-	with_empty = batch_build_update(&spec, false);
+	with_empty = batch_build_batch(&spec, false);
 	assert_non_null(with_null);
 	assert_non_null(with_empty);
 	expect_absent(with_null, "AND (\n");
-	expect_absent(with_empty, "AND (\n");
 	/* The range is followed directly by RETURNING. */
-	expect_contains(with_null, "    AND (\"id\") <= (SELECT __bf_k1 FROM __bf_last)\n  RETURNING 1\n");
+	expect_contains(with_null,
+			"    AND \"id\" OPERATOR(\"pg_catalog\".<=) (SELECT __bf_k1 FROM __bf_last)\n"
+			"  RETURNING \"id\" OPERATOR(\"pg_catalog\".>) (SELECT __bf_k1 FROM"
+			" __bf_last) AS __bf_moved\n");
 	assert_string_equal(with_null, with_empty);
 	free(with_null);
 	free(with_empty);
@@ -371,14 +424,15 @@ static void test_update_where_given(void **state)
 
 	(void)state;
 	spec.where_sql = "status = 'new' -- only the new ones";
-	sql = batch_build_update(&spec, false);
+	sql = batch_build_batch(&spec, false);
 	assert_non_null(sql);
 	/* On its own line inside parentheses: the comment ends at the newline before ")". */
-	expect_contains(sql, " AND \"tenant_id\" <= (SELECT __bf_k1 FROM __bf_last)\n"
-			     "    AND (\n"
-			     "status = 'new' -- only the new ones\n"
-			     "    )\n"
-			     "  RETURNING 1\n");
+	expect_contains(sql,
+			" (SELECT __bf_k1 FROM __bf_last)\n"
+			"    AND (\n"
+			"status = 'new' -- only the new ones\n"
+			"    )\n"
+			"  RETURNING ROW(\"tenant_id\", \"created_at\") OPERATOR(\"pg_catalog\".>) ROW(");
 	assert_int_equal(count_occurrences(sql, "status = 'new'"), 1);
 	expect_params(sql, 3);
 	free(sql);
@@ -391,272 +445,185 @@ static void test_update_set_own_line(void **state)
 
 	(void)state;
 	spec.set_sql = "total = price * qty, -- recompute\n  note = 'x'";
-	sql = batch_build_update(&spec, true);
+	sql = batch_build_batch(&spec, true);
 	assert_non_null(sql);
 	expect_contains(sql, "  UPDATE \"public\".\"items\" SET\n"
 			     "total = price * qty, -- recompute\n"
 			     "  note = 'x'\n"
-			     "  WHERE (\"id\") >= (SELECT __bf_k1 FROM __bf_first)\n");
+			     "  WHERE \"id\" OPERATOR(\"pg_catalog\".>=) (SELECT __bf_k1 FROM __bf_first)\n");
 	assert_int_equal(count_occurrences(sql, "recompute"), 1);
 	free(sql);
 }
 
-/* ---- the checkpoint and the opening statement ---- */
-
-static void test_checkpoint(void **state)
+static void test_verify_batch(void **state)
 {
-	char *sql = batch_build_checkpoint("backfilld");
-
-	(void)state;
-	assert_non_null(sql);
-	expect_contains(sql, "SELECT state, rows_scanned, rows_changed, batches, rows_estimate, wal_bytes,"
-			     " slice_done, wal_lsn FROM \"backfilld\"._checkpoint(");
-	expect_contains(sql, "$1::bigint, $2::text, $3::int, $4::int, $5::int, $6::int, $7::int, $8::bigint,"
-			     " $9::bigint, $10::int, $11::text, $12::int)");
-	expect_params(sql, 12);
-	expect_absent(sql, "$13");
-	free(sql);
-}
-
-static void test_checkpoint_quotes_schema(void **state)
-{
-	char *sql = batch_build_checkpoint("Queue \"q\"");
-
-	(void)state;
-	assert_non_null(sql);
-	expect_contains(sql, " FROM \"Queue \"\"q\"\"\"._checkpoint($1::bigint,");
-	expect_absent(sql, " Queue \"q\".");
-	expect_params(sql, 12);
-	free(sql);
-}
-
-static void test_open_sql(void **state)
-{
-	(void)state;
-	expect_params(batch_open_sql, 2);
-	expect_contains(batch_open_sql, "set_config('statement_timeout', $1, true)");
-	expect_contains(batch_open_sql, "set_config('lock_timeout', $2, true)");
-	expect_absent(batch_open_sql, "role"); /* the user's SQL runs in run_as's function instead */
-	expect_contains(batch_open_sql,
-			"set_config('backfilld.lsn0', pg_current_wal_insert_lsn()::text, true)");
-}
-
-/* ---- the SECURITY DEFINER functions the batches run in ---- */
-
-static const char *const fn_keys[] = {"tenant", "seq"};
-static const char *const fn_types[] = {"integer", "character varying(20)"};
-
-static batch_spec_t fn_spec(void)
-{
-	return (batch_spec_t){.kind = JOB_KIND_UPDATE,
-			      .target_schema = "public",
-			      .target_table = "events",
-			      .nkeys = 2,
-			      .key_names = fn_keys,
-			      .key_types = fn_types,
-			      .set_sql = "v = w",
-			      .where_sql = "v IS DISTINCT FROM w"};
-}
-
-static void test_function_next(void **state)
-{
-	batch_spec_t spec = fn_spec();
-	char *sql = batch_build_function(&spec, BATCH_FN_NEXT);
-	char *body = batch_build_update(&spec, false);
-
-	(void)state;
-	expect_contains(sql, "CREATE OR REPLACE FUNCTION pg_temp.backfilld_batch_next(integer, character "
-			     "varying(20), bigint)");
-	expect_contains(sql, "LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = \"$user\", public");
-	expect_contains(sql, "AS $bf0$\n");
-	expect_contains(sql, body);
-	expect_contains(sql, "__bf_scanned bigint");
-	free(body);
-	free(sql);
-}
-
-static void test_function_tag_avoids_the_body(void **state)
-{
-	batch_spec_t spec = fn_spec();
+	batch_spec_t spec = single_key_spec();
 	char *sql;
 
 	(void)state;
-	spec.set_sql = "v = $bf0$x$bf0$ || $bf1$y$bf1$";
-	sql = batch_build_function(&spec, BATCH_FN_FIRST);
-	expect_contains(sql, "AS $bf2$\n");
-	expect_contains(sql, "\n$bf2$");
-	expect_contains(sql, "CREATE OR REPLACE FUNCTION pg_temp.backfilld_batch_first(bigint)");
+	spec.kind = JOB_KIND_VERIFY;
+	spec.set_sql = NULL;
+	spec.mismatch_sql = "a IS DISTINCT FROM b";
+	sql = batch_build_batch(&spec, false);
+	assert_non_null(sql);
+	expect_absent(sql, "UPDATE");
+	expect_contains(sql, ", __bf_changed AS MATERIALIZED (\n  SELECT ARRAY[\"backfill\"._key_out(\"id\")]"
+			     "::pg_catalog.text[] AS key\n  FROM \"public\".\"items\"\n  WHERE ");
+	expect_contains(sql, "    AND (\na IS DISTINCT FROM b\n    )\n)\n");
+	expect_contains(sql, "pg_catalog.set_config('backfilld.mismatches', coalesce((SELECT "
+			     "pg_catalog.jsonb_agg(key) FROM __bf_changed)::pg_catalog.text, ''), true)");
+	expect_params(sql, 2);
+	expect_all_qualified(sql);
 	free(sql);
 }
 
-static void test_function_peek_and_owner_and_call(void **state)
+static void test_statement_batch(void **state)
 {
-	batch_spec_t spec = fn_spec();
-	char *peek = batch_build_function(&spec, BATCH_FN_PEEK_FIRST);
-	char *owner = batch_build_function_owner(&spec, BATCH_FN_PEEK_NEXT, "app \"owner\"");
-	char *call = batch_build_call(&spec, BATCH_FN_NEXT);
-	char *call_first = batch_build_call(&spec, BATCH_FN_PEEK_FIRST);
-
-	(void)state;
-	expect_contains(peek, "pg_temp.backfilld_peek_first()");
-	expect_contains(peek, "RETURNS TABLE(__bf_key text)");
-	expect_contains(owner, "ALTER FUNCTION pg_temp.backfilld_peek_next(integer, character varying(20)) "
-			       "OWNER TO \"app \"\"owner\"\"\"");
-	assert_string_equal(call, "SELECT * FROM pg_temp.backfilld_batch_next($1, $2, $3)");
-	assert_string_equal(call_first, "SELECT * FROM pg_temp.backfilld_peek_first()");
-	free(peek);
-	free(owner);
-	free(call);
-	free(call_first);
-}
-
-/* ---- slices of a parallel job ---- */
-
-static void test_slice_upper_bound(void **state)
-{
-	static const char *const upper[] = {"7", "it's \\ here"};
-	batch_spec_t spec = fn_spec();
-	char *next, *first, *peek, *plain;
-
-	(void)state;
-	spec.upper = upper;
-	next = batch_build_update(&spec, false);
-	first = batch_build_update(&spec, true);
-	peek = batch_build_peek(&spec, true);
-	spec.upper = NULL;
-	plain = batch_build_update(&spec, false);
-	/* A literal that survives quotes and backslashes whatever standard_conforming_strings says. */
-	expect_contains(next,
-			"    AND (\"tenant\", \"seq\") <= (E'7'::integer, E'it''s \\\\ here'::character "
-			"varying(20))\n  ORDER BY");
-	expect_contains(first,
-			"  FROM \"public\".\"events\"\n  WHERE (\"tenant\", \"seq\") <= (E'7'::integer,");
-	expect_contains(peek, "WHERE (\"tenant\", \"seq\") <= (E'7'::integer,");
-	expect_params(next, 3);
-	expect_params(first, 1);
-	expect_absent(plain, "<= (E'");
-	free(next);
-	free(first);
-	free(peek);
-	free(plain);
-}
-
-static void test_slice_statement_and_split(void **state)
-{
-	static const char *const upper[] = {"100"};
 	batch_spec_t spec = single_key_spec();
-	char *body, *split, *call, *owner;
+	char *first, *next;
 
 	(void)state;
 	spec.kind = JOB_KIND_STATEMENT;
 	spec.set_sql = NULL;
-	spec.batch_sql = "SELECT $1, $2";
-	spec.upper = upper;
-	body = batch_build_function(&spec, BATCH_FN_NEXT);
-	expect_contains(body, "WHERE \"id\" > $1\n          AND (\"id\") <= (E'100'::bigint)\n");
-	split = batch_build_function(&spec, BATCH_FN_SPLIT);
-	call = batch_build_call(&spec, BATCH_FN_SPLIT);
-	owner = batch_build_function_owner(&spec, BATCH_FN_SPLIT, "app");
-	expect_contains(split, "CREATE OR REPLACE FUNCTION pg_temp.backfilld_split(int)");
-	expect_contains(split, "LANGUAGE plpgsql");
-	expect_contains(split, "s.schemaname = E'public'::name AND s.tablename = E'items'::name"
-			       " AND s.attname = E'id'::name");
-	/* A numeric key without statistics: min and max from the index, not a sample. */
-	expect_contains(split, "min(\"id\")::numeric");
-	expect_absent(split, "TABLESAMPLE");
-	expect_contains(split, "WHERE \"id\" >= __bf_v::bigint ORDER BY \"id\" LIMIT 1");
-	expect_contains(split, "set_config('backfilld.split', __bf_out::text, false)");
-	assert_string_equal(call, "SELECT * FROM pg_temp.backfilld_split($1)");
-	assert_string_equal(owner, "ALTER FUNCTION pg_temp.backfilld_split(int) OWNER TO \"app\"");
-	free(body);
-	free(split);
-	free(call);
-	free(owner);
-
-	spec = fn_spec(); /* a text-like first column: sampled when there are no statistics */
-	spec.key_types = (const char *const[]){"text", "integer"};
-	split = batch_build_split(&spec);
-	expect_contains(split, "TABLESAMPLE SYSTEM");
-	expect_contains(split, "pg_relation_size(E'\"public\".\"events\"'::regclass)");
-	expect_contains(split, "ORDER BY \"tenant\", \"seq\" LIMIT 1");
-	free(split);
+	first = batch_build_batch(&spec, true);
+	next = batch_build_batch(&spec, false);
+	assert_non_null(first);
+	assert_non_null(next);
+	/* The job's SQL is a parameter, run once through the queue schema's function, as the role. */
+	expect_contains(first,
+			"  SELECT \"backfill\"._statement_batch($2::pg_catalog.text, __bf_first.__bf_k1,"
+			" __bf_last.__bf_k1) AS __bf_rows\n  FROM __bf_first, __bf_last\n");
+	expect_contains(next, "_statement_batch($3::pg_catalog.text, ");
+	expect_contains(next, "coalesce((SELECT __bf_rows FROM __bf_changed), 0) AS changed");
+	expect_absent(next, "UPDATE");
+	expect_absent(next, "_keys_moved");
+	expect_params(first, 2);
+	expect_params(next, 3);
+	assert_int_equal(batch_nparams(&spec, true), 2);
+	assert_int_equal(batch_nparams(&spec, false), 3);
+	expect_all_qualified(next);
+	free(first);
+	free(next);
 }
 
-/* ---- the faster PL/pgSQL form for a one-column key ---- */
-
-static void test_fast_function(void **state)
+static void test_slice_upper_bound(void **state)
 {
-	batch_spec_t spec = single_key_spec();
-	char *next, *first, *plain, *verify;
-	static const char *const uuid_type[] = {"uuid"};
-	static const char *const upper[] = {"500"};
+	static const char *const upper[] = {"7", "it's \\ here"};
+	batch_spec_t spec = composite_key_spec();
+	char *next, *first, *peek;
 
 	(void)state;
-	spec.where_sql = "flag IS NOT TRUE";
-	next = batch_build_fast_function(&spec, BATCH_FN_NEXT);
-	plain = batch_build_function(&spec, BATCH_FN_NEXT);
-	assert_non_null(next);
-	/* It replaces the SQL function: same name, arguments and result. */
-	expect_contains(next, "CREATE OR REPLACE FUNCTION pg_temp.backfilld_batch_next(bigint, bigint)\n"
-			      "RETURNS TABLE(__bf_scanned bigint, __bf_changed bigint, __bf_first text[], "
-			      "__bf_last text[], __bf_s1 text, __bf_s2 text, __bf_s3 text, __bf_s4 text)\n");
-	expect_contains(plain, "backfilld_batch_next(bigint, bigint)\nRETURNS TABLE(__bf_scanned bigint, "
-			       "__bf_changed bigint, __bf_first text[], __bf_last text[], __bf_s1 text, "
-			       "__bf_s2 text, __bf_s3 text, __bf_s4 text)\n");
-	expect_contains(next,
-			"LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = \"$user\", public");
-	expect_contains(next, "  SELECT min(__bf_k1), max(__bf_k1), count(*) INTO __bf_lo, __bf_hi, __bf_n\n"
-			      "  FROM (SELECT \"id\" AS __bf_k1 FROM \"public\".\"items\"\n"
-			      "        WHERE \"id\" > $1\n        ORDER BY \"id\" LIMIT $2) AS __bf_keys;\n");
-	expect_contains(next, "  __bf_lo bigint;\n  __bf_hi bigint;\n");
-	expect_contains(
-		next,
-		"    UPDATE \"public\".\"items\" SET\nflag = true\n"
-		"    WHERE \"id\" >= __bf_lo AND \"id\" <= __bf_hi\n      AND (\nflag IS NOT TRUE\n      );\n"
-		"    GET DIAGNOSTICS __bf_rows = ROW_COUNT;\n");
-	expect_contains(next, "set_config('backfilld.last_key', CASE WHEN __bf_n > 0 THEN "
-			      "ARRAY[__bf_hi::text]::text ELSE '' END, true)");
-	expect_absent(next, "backfilld.mismatches");
 	spec.upper = upper;
-	first = batch_build_fast_function(&spec, BATCH_FN_FIRST);
-	expect_contains(first, "backfilld_batch_first(bigint)");
-	expect_contains(first,
-			"        WHERE (\"id\") <= (E'500'::bigint)\n        ORDER BY \"id\" LIMIT $1)");
-	expect_absent(first, "$2");
-
-	spec.upper = NULL;
-	spec.kind = JOB_KIND_VERIFY;
-	spec.mismatch_sql = "flag IS NULL";
-	verify = batch_build_fast_function(&spec, BATCH_FN_NEXT);
-	expect_contains(verify,
-			"SELECT jsonb_agg(jsonb_build_array(\"id\"::text)), count(*) INTO __bf_found, "
-			"__bf_rows\n");
-	expect_contains(verify, "AND (\nflag IS NULL\n      );");
-	expect_contains(verify, "set_config('backfilld.mismatches', coalesce(__bf_found::text, ''), true)");
-	expect_contains(verify, "__bf_s4 text, __bf_s5 text)");
-	expect_absent(verify, "UPDATE");
-
-	/* No faster form: peeks, statement jobs, composite keys, types without min/max. */
-	assert_null(batch_build_fast_function(&spec, BATCH_FN_PEEK_NEXT));
-	spec.kind = JOB_KIND_STATEMENT;
-	assert_null(batch_build_fast_function(&spec, BATCH_FN_NEXT));
-	spec = composite_key_spec();
-	assert_null(batch_build_fast_function(&spec, BATCH_FN_NEXT));
-	spec = single_key_spec();
-	spec.key_types = uuid_type;
-	assert_null(batch_build_fast_function(&spec, BATCH_FN_FIRST));
+	next = batch_build_batch(&spec, false);
+	first = batch_build_batch(&spec, true);
+	peek = batch_build_peek(&spec, true);
+	/* The bound is a literal read back like a checkpoint, through _key_in. */
+	expect_contains(next,
+			"  AND ROW(\"tenant_id\", \"created_at\") OPERATOR(\"pg_catalog\".<=)"
+			" ROW(\"backfill\"._key_in(E'7', NULL::\"pg_catalog\".\"int4\"),"
+			" \"backfill\"._key_in(E'it''s \\\\ here', NULL::\"pg_catalog\".\"timestamptz\"))\n");
+	expect_contains(first, "  WHERE ROW(\"tenant_id\", \"created_at\") OPERATOR(\"pg_catalog\".<=) ROW(");
+	expect_contains(peek, "WHERE ROW(\"tenant_id\", \"created_at\") OPERATOR(\"pg_catalog\".<=) ROW(");
+	expect_params(next, 3);
+	expect_params(first, 1);
+	expect_params(peek, 0);
 	free(next);
-	free(plain);
 	free(first);
-	free(verify);
+	free(peek);
+}
+
+/* ---- the other statements of a job's session ---- */
+
+static void test_peek(void **state)
+{
+	batch_spec_t spec = composite_key_spec();
+	char *first = batch_build_peek(&spec, true), *next = batch_build_peek(&spec, false);
+
+	(void)state;
+	expect_contains(first,
+			"SELECT pg_catalog.set_config('backfilld.skip_key', ARRAY[\"backfill\"._key_out("
+			"\"tenant_id\"), \"backfill\"._key_out(\"created_at\")]::pg_catalog.text[]"
+			"::pg_catalog.text, true)\nFROM \"public\".\"events\"\nORDER BY \"tenant_id\","
+			" \"created_at\"\nLIMIT 1");
+	expect_contains(next, "WHERE ROW(\"tenant_id\", \"created_at\") OPERATOR(\"pg_catalog\".>) ROW(");
+	expect_params(next, 2);
+	expect_all_qualified(first);
+	expect_all_qualified(next);
+	free(first);
+	free(next);
+}
+
+static void test_bounds(void **state)
+{
+	batch_spec_t spec = single_key_spec();
+	char *sql = batch_build_bounds(&spec);
+
+	(void)state;
+	assert_string_equal(sql, "SELECT \"backfill\"._set_bounds($1::pg_catalog.int8, $2::pg_catalog.text,"
+				 " \"backfill\"._key_out(pg_catalog.min(\"id\")), \"backfill\"._key_out("
+				 "pg_catalog.max(\"id\")))\nFROM \"public\".\"items\"");
+	free(sql);
+}
+
+static void test_queue_schema_statements(void **state)
+{
+	static const struct {
+		char *(*build)(const char *schema);
+		const char *call;
+		int params;
+	} statements[] = {
+		{batch_build_split, "._make_slices(j.id, $2::pg_catalog.text, ", 2},
+		{batch_build_open, "._batch_open($3::pg_catalog.oid) AS w", 3},
+		{batch_build_waiters, "._waiters($1::pg_catalog.oid) AS w", 1},
+		{batch_build_mismatches, "._record_mismatches($1::pg_catalog.int8, $2::pg_catalog.text)", 2},
+		{batch_build_checkpoint, "._checkpoint($1::pg_catalog.int8, $2::pg_catalog.text,", 12},
+		{batch_build_skip,
+		 "._skip_row($1::pg_catalog.int8, $2::pg_catalog.text, $3::pg_catalog.int4,", 6},
+	};
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(statements) / sizeof(statements[0]); i++) {
+		char *sql = statements[i].build("Queue \"q\"");
+		char call[256];
+
+		snprintf(call, sizeof(call), "\"Queue \"\"q\"\"\"%s", statements[i].call);
+		expect_contains(sql, call);
+		expect_absent(sql, " Queue \"q\".");
+		expect_absent(sql, "@q@");
+		expect_params(sql, statements[i].params);
+		expect_qualified(sql, "set_config(", "pg_catalog.");
+		free(sql);
+	}
+}
+
+static void test_open_sets_only_the_daemons_own_settings(void **state)
+{
+	char *sql = batch_build_open("backfill");
+
+	(void)state;
+	expect_contains(sql, "pg_catalog.set_config('statement_timeout', $1::pg_catalog.text, true)");
+	expect_contains(sql, "pg_catalog.set_config('lock_timeout', $2::pg_catalog.text, true)");
+	assert_int_equal(count_occurrences(sql, "set_config("), 2);
+	expect_absent(sql, "role");
+	expect_absent(sql, "search_path");
+	free(sql);
+}
+
+static void test_privileges(void **state)
+{
+	(void)state;
+	expect_contains(batch_privileges_sql(JOB_KIND_UPDATE),
+			"pg_catalog.has_any_column_privilege($1::pg_catalog.oid,"
+			" 'UPDATE')");
+	expect_absent(batch_privileges_sql(JOB_KIND_VERIFY), "UPDATE");
+	expect_params(batch_privileges_sql(JOB_KIND_STATEMENT), 1);
+	expect_params(batch_dry_wal_sql, 0);
+	expect_qualified(batch_dry_wal_sql, "current_setting(", "pg_catalog.");
 }
 
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_function_next),
-		cmocka_unit_test(test_function_tag_avoids_the_body),
-		cmocka_unit_test(test_function_peek_and_owner_and_call),
 		cmocka_unit_test(test_quote_plain),
 		cmocka_unit_test(test_quote_embedded_quotes),
 		cmocka_unit_test(test_quote_empty),
@@ -667,18 +634,19 @@ int main(void)
 		cmocka_unit_test(test_update_single_next),
 		cmocka_unit_test(test_update_composite_next),
 		cmocka_unit_test(test_update_composite_first),
-		cmocka_unit_test(test_update_three_keys),
+		cmocka_unit_test(test_key_operators_of_another_schema),
 		cmocka_unit_test(test_update_names_needing_quotes),
 		cmocka_unit_test(test_update_where_absent),
 		cmocka_unit_test(test_update_where_given),
 		cmocka_unit_test(test_update_set_own_line),
-		cmocka_unit_test(test_checkpoint),
-		cmocka_unit_test(test_checkpoint_quotes_schema),
-		cmocka_unit_test(test_open_sql),
+		cmocka_unit_test(test_verify_batch),
+		cmocka_unit_test(test_statement_batch),
 		cmocka_unit_test(test_slice_upper_bound),
-		cmocka_unit_test(test_fast_function),
-		cmocka_unit_test(test_slice_statement_and_split),
+		cmocka_unit_test(test_peek),
+		cmocka_unit_test(test_bounds),
+		cmocka_unit_test(test_queue_schema_statements),
+		cmocka_unit_test(test_open_sets_only_the_daemons_own_settings),
+		cmocka_unit_test(test_privileges),
 	};
-
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
