@@ -1,8 +1,10 @@
 """Test harness: throwaway PostgreSQL clusters and the real backfilld binary.
 
 Cluster runs initdb/pg_ctl/pg_basebackup (as the `postgres` OS user when the tests run as root,
-since initdb refuses root). Daemon writes a libconfig file and runs the binary with its output in a
-log file. install_schema() applies the queue schema to a database.
+since initdb refuses root) from a bin directory: PG_BIN in the environment, else Debian's
+PostgreSQL 15 (scripts/pg-binaries.sh MAJOR prints one for another major). Daemon writes a
+libconfig file and runs the binary with its output in a log file. install_schema() applies the
+queue schema to a database.
 """
 
 import contextlib
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import psycopg
 
-PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
+PG_BIN = Path(os.environ.get("PG_BIN") or "/usr/lib/postgresql/15/bin")  # every Cluster's default
 SOURCE_DIR = Path(os.environ.get("BACKFILLD_SOURCE_DIR") or Path(__file__).resolve().parents[2])
 SCHEMA_FILE = SOURCE_DIR / "daemon" / "schema.sql"
 SCHEMA_NAME = "backfill"
@@ -94,21 +96,46 @@ def as_daemon_user():
 
 
 class Cluster:
-    """One PostgreSQL 15 cluster in BASEDIR/data, listening on 127.0.0.1:PORT."""
+    """One PostgreSQL cluster in BASEDIR/data, listening on 127.0.0.1:PORT, run by the server
+    binaries in BIN_DIR (default PG_BIN)."""
 
-    def __init__(self, basedir, port=None, name="primary"):
+    def __init__(self, basedir, port=None, name="primary", bin_dir=None):
         self.basedir = Path(basedir)
         self.port = port or free_port()
         self.name = name
+        self.bin_dir = Path(bin_dir or PG_BIN)
         self.datadir = self.basedir / "data"
         self.logfile = self.basedir / "postgresql.log"
         self._own_sockdir = None
+        self._version_num = None
         self.running = False
+
+    @property
+    def version_num(self):
+        """The server's version as server_version_num (150014 for 15.14): the running server's,
+        else the postgres binary's (`postgres --version`)."""
+        if self._version_num is None:
+            if self.running:
+                self._version_num = int(self.sql("SHOW server_version_num")[0][0])
+            else:
+                # --version needs no data directory, and postgres answers it even as root.
+                out = subprocess.run([str(self.bin_dir / "postgres"), "--version"], capture_output=True,
+                                     text=True, timeout=30).stdout
+                m = re.search(r"\(PostgreSQL\) (\d+)(?:\.(\d+))?", out)
+                if not m:
+                    raise HarnessError(f"{self.name}: cannot read the version of {out!r}")
+                self._version_num = int(m.group(1)) * 10000 + int(m.group(2) or 0)
+        return self._version_num
+
+    @property
+    def major(self):
+        """The server's major version: 15 for 15.14."""
+        return self.version_num // 10000
 
     # -- processes ---------------------------------------------------------------------------
 
     def _run(self, args, timeout=120):
-        cmd = [str(PG_BIN / args[0]), *map(str, args[1:])]
+        cmd = [str(self.bin_dir / args[0]), *map(str, args[1:])]
         if IS_ROOT:
             cmd = ["runuser", "-u", PG_USER, "--", *cmd]
         try:
@@ -209,17 +236,97 @@ class Cluster:
 
     # -- replication -------------------------------------------------------------------------
 
-    def make_standby(self, basedir, port=None, name=None):
-        """A hot standby streaming from this cluster (pg_basebackup -R -X stream), started. Its
-        cluster_name (NAME) is the application_name the primary's pg_stat_replication shows."""
-        standby = Cluster(basedir, port, name=name or f"{self.name}-standby")
+    def make_standby(self, basedir, port=None, name=None, via=None):
+        """A hot standby streaming from this cluster, started: VIA "pg_basebackup" (-R -X
+        stream) or "backup_api" (a copy taken with the low-level backup API, _copy_for_standby);
+        by default pg_basebackup when the bin directory has it. Its cluster_name (NAME) is the
+        application_name the primary's pg_stat_replication shows."""
+        standby = Cluster(basedir, port, name=name or f"{self.name}-standby", bin_dir=self.bin_dir)
         _pg_owned(standby.basedir)
-        standby._run(["pg_basebackup", "-h", "127.0.0.1", "-p", self.port, "-U", "postgres",
-                      "-D", standby.datadir, "-R", "-X", "stream", "-c", "fast",
-                      "--no-sync"])
+        if via is None:
+            via = "pg_basebackup" if (self.bin_dir / "pg_basebackup").exists() else "backup_api"
+        if via == "pg_basebackup":
+            standby._run(["pg_basebackup", "-h", "127.0.0.1", "-p", self.port, "-U", "postgres",
+                          "-D", standby.datadir, "-R", "-X", "stream", "-c", "fast",
+                          "--no-sync"])
+        elif via == "backup_api":
+            self._copy_for_standby(standby.datadir)
+        else:
+            raise ValueError(f"unknown standby method {via!r}")
         # The copied postgresql.conf carries the primary's port and socket dir; later lines win.
         standby._append_conf(standby._conf_lines() + [f"cluster_name = '{standby.name}'"])
         return standby.start()
+
+    # What a copy of a running data directory leaves out ("Making a Base Backup Using the Low
+    # Level API" in the manual): these directories are copied empty...
+    _BACKUP_EMPTY_DIRS = {"pg_wal", "pg_replslot", "pg_dynshmem", "pg_notify", "pg_serial",
+                          "pg_snapshots", "pg_stat_tmp", "pg_subtrans"}
+    # ...these files are left out (backup_label and tablespace_map are written from the backup's)...
+    _BACKUP_SKIP_FILES = {"postmaster.pid", "postmaster.opts", "backup_label", "backup_label.old",
+                          "tablespace_map", "tablespace_map.old", "pg_internal.init",
+                          "current_logfiles", "standby.signal", "recovery.signal"}
+    # ...and so is anything named pgsql_tmp* (temporary files and their directories).
+
+    def _copy_for_standby(self, target):
+        """Copy this running cluster's data directory to TARGET as a standby of it, between
+        pg_backup_start and pg_backup_stop (pg_start_backup/pg_stop_backup, non-exclusive, before
+        PostgreSQL 15) in one session: no pg_basebackup needed. The copy has no WAL: the standby
+        streams it from this cluster (kept by wal_keep_size) from the backup's checkpoint on."""
+        if any((self.datadir / "pg_tblspc").iterdir()):
+            raise HarnessError(f"{self.name}: cannot copy tablespaces for a standby without pg_basebackup")
+        label = f"pgharness {target}"
+        with self.connect() as conn:
+            if self.version_num >= 150000:
+                conn.execute("SELECT pg_backup_start(%s, true)", [label])
+            else:
+                conn.execute("SELECT pg_start_backup(%s, true, false)", [label])
+            try:
+                self._copy_tree(self.datadir, Path(target))
+            finally:
+                # Without WAL archiving there is nothing to wait for (wait_for_archive false).
+                if self.version_num >= 150000:
+                    row = conn.execute("SELECT labelfile, spcmapfile FROM pg_backup_stop(false)").fetchone()
+                else:
+                    row = conn.execute("SELECT labelfile, spcmapfile FROM pg_stop_backup(false, false)").fetchone()
+        labelfile, spcmapfile = row
+        target = Path(target)
+        (target / "pg_wal" / "archive_status").mkdir(parents=True, exist_ok=True)
+        (target / "backup_label").write_text(labelfile)
+        if spcmapfile:
+            (target / "tablespace_map").write_text(spcmapfile)
+        (target / "standby.signal").write_text("")
+        # Where pg_basebackup -R writes it: postgresql.auto.conf.
+        with open(target / "postgresql.auto.conf", "a") as f:
+            f.write(f"primary_conninfo = 'host=127.0.0.1 port={self.port} user=postgres'\n")
+        if IS_ROOT:
+            for root, dirs, files in os.walk(target):
+                for entry in [root, *(os.path.join(root, n) for n in files)]:
+                    shutil.chown(entry, PG_USER, PG_USER)
+        os.chmod(target, 0o700)
+
+    @classmethod
+    def _copy_tree(cls, src, dst, top=True):
+        """Copy the data directory SRC to DST as a base backup does: what _BACKUP_EMPTY_DIRS
+        (at the top), _BACKUP_SKIP_FILES and pgsql_tmp* name is left out, and a file that
+        disappears while it is copied (the server drops and renames files as it runs) is
+        skipped."""
+        dst.mkdir(mode=0o700)
+        for entry in os.scandir(src):
+            if entry.name in cls._BACKUP_SKIP_FILES or entry.name.startswith("pgsql_tmp"):
+                continue
+            to = dst / entry.name
+            try:
+                if entry.is_symlink():
+                    raise HarnessError(f"cannot copy the symlink {entry.path} for a standby")
+                if entry.is_dir():
+                    if top and entry.name in cls._BACKUP_EMPTY_DIRS:
+                        to.mkdir(mode=0o700)
+                    else:
+                        cls._copy_tree(entry.path, to, top=False)
+                else:
+                    shutil.copy2(entry.path, to)
+            except FileNotFoundError:
+                continue
 
 
 @contextlib.contextmanager

@@ -759,10 +759,16 @@ def test_progress_view(conn, dconn):
 # -- the harness itself ------------------------------------------------------------------------
 
 
-def test_standby_replays_a_row(cluster, tmp_path):
-    standby = cluster.make_standby(tmp_path / "standby")
+@pytest.mark.parametrize("via", ["pg_basebackup", "backup_api"])
+def test_standby_replays_a_row(cluster, tmp_path, via):
+    """Both ways the harness makes a standby: pg_basebackup, and (where there is no pg_basebackup,
+    as in the npm packages of other majors) a copy between pg_backup_start and pg_backup_stop."""
+    standby = cluster.make_standby(tmp_path / "standby", via=via)
     try:
         assert standby.sql("SELECT pg_is_in_recovery()") == [(True,)]
+        # Recovery renamed the backup's label, which says who took it.
+        label = (standby.datadir / "backup_label.old").read_text()
+        assert ("LABEL: pgharness" in label) == (via == "backup_api"), label
         cluster.sql("CREATE TABLE IF NOT EXISTS harness_repl (v text)")
         cluster.sql("INSERT INTO harness_repl VALUES ('hello')")
         pgharness.wait_until(
