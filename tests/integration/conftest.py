@@ -1,6 +1,8 @@
 """Fixtures for the integration suite: one shared cluster, a fresh database per test, daemons.
 
-Run with Debian's python: `/usr/bin/python3 -m pytest tests/integration`.
+Run with Debian's python: `/usr/bin/python3 -m pytest tests/integration`. The clusters run the
+server binaries in PG_BIN (default Debian's PostgreSQL 15); tests marked `versions` are the
+subset run against every other supported major (scripts/test.sh --pg MAJOR).
 """
 
 import itertools
@@ -14,6 +16,23 @@ import pytest
 import pgharness
 
 _db_counter = itertools.count(1)
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "versions: the focused subset that scripts/test.sh --pg MAJOR (and CI, for each "
+        "supported major but 15) runs with PG_BIN set to that major's binaries; the whole suite runs on 15")
+    config.addinivalue_line(
+        "markers", "pg13: needs PostgreSQL 13's binaries in PG13_BIN (skipped without it): "
+        "backfilld refuses servers older than 14")
+
+
+def pytest_report_header(config):
+    cluster = pgharness.Cluster("/nonexistent")
+    try:
+        return f"PostgreSQL: {cluster.version_num} from {cluster.bin_dir}"
+    except Exception as e:  # the session's first cluster reports it in full
+        return f"PostgreSQL: cannot run {cluster.bin_dir}/postgres: {e}"
 
 
 @pytest.fixture(scope="session")

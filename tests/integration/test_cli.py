@@ -3,6 +3,8 @@
 import re
 import time
 
+import pytest
+
 import pgharness
 from bfhelp import make_users
 
@@ -70,6 +72,7 @@ def test_schema_sql_uses_the_configured_schema(daemon_factory):
     assert "@schema@" not in p.stdout
 
 
+@pytest.mark.versions
 def test_install_schema_is_idempotent_and_creates_other_schemas(db, daemon_factory):
     d = daemon_factory(database={"schema": "queue2"})
     d.write_config()

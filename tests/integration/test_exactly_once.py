@@ -4,6 +4,8 @@ nor repeats a row. The job's set_sql is n = n + 1: any repeat shows as n = 2, an
 import random
 import time
 
+import pytest
+
 from bfhelp import job, make_users, run_to_idle, submit, wait_state
 
 
@@ -27,6 +29,7 @@ def kill_loop(db, daemon, job_id, kills, rnd, lo=0.05, hi=0.5):
     return progress
 
 
+@pytest.mark.versions
 def test_sigkill_many_times_same_instance_name(db, daemon_factory):
     """A restarted instance with the same name takes its own jobs back at once."""
     make_users(db, 100000)
@@ -45,6 +48,7 @@ def test_sigkill_many_times_same_instance_name(db, daemon_factory):
     assert row["rows_changed"] == 100000 and row["rows_scanned"] == 100000
 
 
+@pytest.mark.versions
 def test_sigkill_then_takeover_after_the_lease_expires(db, daemon_factory):
     """Instances named host:pid: the next one waits for the dead one's lease, then takes over."""
     make_users(db, 20000)

@@ -13,6 +13,8 @@ import math
 import random
 import time
 
+import pytest
+
 import pgharness
 from bfhelp import job, run_to_idle, submit, wait_state
 
@@ -271,6 +273,7 @@ def test_statement_job_refuses_a_composite_key_at_insert(db):
 # -- verify jobs -------------------------------------------------------------------------------
 
 
+@pytest.mark.versions
 def test_verify_finds_exactly_the_seeded_rows_and_changes_nothing(db, daemon_factory):
     n = 30000
     db.sql("CREATE TABLE users (id bigint PRIMARY KEY, status text, state text)")

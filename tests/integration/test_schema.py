@@ -119,6 +119,7 @@ def role(db):
 # -- installation ------------------------------------------------------------------------------
 
 
+@pytest.mark.versions
 def test_install_twice_is_idempotent(db):
     snapshot = ("SELECT (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
                 "        WHERE n.nspname = 'backfill'),"
@@ -759,7 +760,7 @@ def test_progress_view(conn, dconn):
 # -- the harness itself ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("via", ["pg_basebackup", "backup_api"])
+@pytest.mark.parametrize("via", ["pg_basebackup", pytest.param("backup_api", marks=pytest.mark.versions)])
 def test_standby_replays_a_row(cluster, tmp_path, via):
     """Both ways the harness makes a standby: pg_basebackup, and (where there is no pg_basebackup,
     as in the npm packages of other majors) a copy between pg_backup_start and pg_backup_stop."""

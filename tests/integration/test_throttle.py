@@ -1,6 +1,8 @@
-"""Adaptive throttling against a real primary and a streaming standby (pg_basebackup -R):
-replication lag, row locks, sessions blocked by a batch, and steady application load."""
+"""Adaptive throttling against a real primary and a streaming standby (pg_basebackup -R, or a copy
+taken with the backup API where there is no pg_basebackup): replication lag, row locks, sessions
+blocked by a batch, and steady application load."""
 
+import re
 import shutil
 import statistics
 import subprocess
@@ -29,6 +31,14 @@ def wait_caught_up(cluster, timeout=60):
     pgharness.wait_until(lambda: (replay_lag_bytes(cluster) or 0) == 0, timeout=timeout, what="standby caught up")
 
 
+def sampler_trouble(daemon):
+    """The sampler's error and warning lines in the daemon's log (priority <3> or <4>, context
+    `sampler`): a sample that failed (a query an older server does not know fails every sample,
+    and lag, blocked sessions and the CPU share then go unseen) or a standby it cannot read."""
+    return re.findall(r"^<[0-4]>sampler\b.*$", daemon.log_text(), re.MULTILINE)
+
+
+@pytest.mark.versions
 def test_replay_paused_holds_the_job_then_it_finishes(cluster, standby, db, daemon_factory):
     make_users(db, 200000)
     wait_caught_up(cluster)
@@ -72,6 +82,7 @@ def test_replay_paused_holds_the_job_then_it_finishes(cluster, standby, db, daem
                   " AND throttled_reason = 'replication_lag'", [job_id]) >= 2000
     assert differing(db) == 0
     assert "running freely again" in d.log_text()
+    assert sampler_trouble(d) == []
 
 
 def test_time_lag_on_the_daemons_clock_holds_while_replay_is_paused(cluster, standby, db, daemon_factory):
@@ -146,6 +157,7 @@ def test_a_row_lock_in_range_waits_at_most_lock_timeout_and_retries_smaller(clus
     assert row["rows_scanned"] == 20000
 
 
+@pytest.mark.versions
 def test_a_long_batch_blocking_the_application_is_cancelled(cluster, standby, db, daemon_factory):
     make_users(db, 3000)
     # 8 ms a row: a batch of 400 takes over 3 s.
@@ -168,6 +180,7 @@ def test_a_long_batch_blocking_the_application_is_cancelled(cluster, standby, db
                   [job_id]) >= 1
     assert db.one("SELECT min(batch_size) FROM backfill.batches WHERE job_id = %s", [job_id]) <= 200
     assert row["rows_scanned"] == 3000
+    assert sampler_trouble(d) == []
 
 
 def test_batch_duration_settles_near_target_under_pgbench_load(cluster, standby, db, daemon_factory, tmp_path):
