@@ -1,21 +1,31 @@
 #!/usr/bin/env bash
 # The README's test command: install what is missing, build, and run the whole suite
 # (unit tests, the pytest integration suite against real PostgreSQL 15 clusters, and the
-# daemon under valgrind). CI runs `scripts/test.sh --ci` through .ci/run as root on a clean
+# daemon under valgrind); with --pg MAJOR, the integration tests marked `versions` against
+# another PostgreSQL major. CI runs `scripts/test.sh --ci` through .ci/run as root on a clean
 # Debian 12 checkout.
 set -euo pipefail
 
 usage() {
 	cat <<'USAGE'
 usage: scripts/test.sh [--sanitize | --ci] [--unit] [-- CTEST-ARGS...]
+       scripts/test.sh [--sanitize] --pg MAJOR [-- PYTEST-ARGS...]
   --sanitize  build in build-asan with AddressSanitizer + UBSan and run the suite there
               (without the valgrind test: valgrind cannot run an ASan binary)
   --unit      run only the unit tests (ctest -R '^unit\.')
+  --pg MAJOR  build, then run the integration tests marked `versions` (schema install, exactly
+              once under SIGKILL, a paused standby, blocked sessions, a verify job) against
+              PostgreSQL MAJOR (14, 16, 17, 18; 15 is Debian's), fetched once with npm by
+              scripts/pg-binaries.sh; MAJOR 13 runs the tests marked `pg13` instead (backfilld
+              refuses a server older than 14)
   --ci        CI's sequence: the format check; the plain build's unit tests and valgrind
               test (build); the whole suite, unit and integration, on the ASan + UBSan
-              build (build-asan); then scripts/fuzz.sh FUZZ_SECONDS (default 30)
+              build (build-asan); then scripts/fuzz.sh FUZZ_SECONDS (default 30); then, on
+              the plain build, --pg 14, 16, 17 and 18 and 13, a step each
   BUILD_DIR   environment: build directory (default build, or build-asan with --sanitize;
               --ci ignores it)
+  BACKFILLD_PG_CACHE  environment: where scripts/pg-binaries.sh keeps other majors'
+              binaries (default /var/cache/backfilld-pg as root)
   FUZZ_SECONDS  environment: with --ci, how long each fuzz target runs (default 30)
   CHECK_FORMAT=auto|yes|no  clang-format check: auto runs it when clang-format is installed,
               yes installs clang-format-14 if needed, no skips it
@@ -28,12 +38,21 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 sanitize=0
 unit_only=0
 ci=0
+pg_major=""
 ctest_extra=()
 while (($#)); do
 	case $1 in
 	--sanitize) sanitize=1 ;;
 	--unit) unit_only=1 ;;
 	--ci) ci=1 ;;
+	--pg)
+		[[ ${2:-} =~ ^[1-9][0-9]*$ ]] || {
+			usage >&2
+			exit 64
+		}
+		pg_major=$2
+		shift
+		;;
 	-h | --help)
 		usage
 		exit 0
@@ -51,7 +70,7 @@ while (($#)); do
 	shift
 done
 
-if ((ci && (sanitize || unit_only))); then
+if ((ci && (sanitize || unit_only))) || { [[ -n $pg_major ]] && ((ci || unit_only)); }; then
 	usage >&2
 	exit 64
 fi
@@ -88,16 +107,45 @@ sanitizer_env() {
 	export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:exitcode=86${UBSAN_OPTIONS:+:$UBSAN_OPTIONS}"
 }
 
+# build_tree BUILD ON|OFF: configure and build one build directory.
+build_tree() {
+	say "configuring $1 (BACKFILLD_SANITIZE=$2)"
+	cmake -S "$root" -B "$1" -DBACKFILLD_SANITIZE="$2" -DBACKFILLD_TESTS=ON || return
+	say "building $1 with $jobs jobs"
+	cmake --build "$1" -j"$jobs"
+}
+
 # run_suite BUILD ON|OFF [CTEST-ARGS...]: configure, build and test one build directory.
 run_suite() {
 	local build=$1 sanitize_opt=$2
 	shift 2
-	say "configuring $build (BACKFILLD_SANITIZE=$sanitize_opt)"
-	cmake -S "$root" -B "$build" -DBACKFILLD_SANITIZE="$sanitize_opt" -DBACKFILLD_TESTS=ON || return
-	say "building $build with $jobs jobs"
-	cmake --build "$build" -j"$jobs" || return
+	build_tree "$build" "$sanitize_opt" || return
 	say "running tests in $build"
 	ctest --test-dir "$build" --output-on-failure --no-tests=error -j"$jobs" "$@" "${ctest_extra[@]}"
+}
+
+# version_suite BUILD ON|OFF MAJOR [PYTEST-ARGS...]: build BUILD, then run the integration tests
+# marked `versions` with the server binaries of PostgreSQL MAJOR (PG_BIN); for 13, those marked
+# `pg13` (PG13_BIN), while the suite's own cluster stays Debian's 15. As CMake's integration
+# test runs pytest (tests/CMakeLists.txt), with a time limit so that a hang ends the step.
+version_suite() {
+	local build=$1 sanitize_opt=$2 major=$3 bin
+	local -a env=() marker=(-m versions)
+	shift 3
+	[[ $build == /* ]] || build=$root/$build
+	bin=$(pg_bindir "$major") || return
+	say "PostgreSQL $major: $bin ($(cat "$bin/../VERSION" 2>/dev/null || echo Debian))"
+	if ((major < 14)); then
+		env=(PG13_BIN="$bin")
+		marker=(-m pg13)
+	else
+		env=(PG_BIN="$bin")
+	fi
+	build_tree "$build" "$sanitize_opt" || return
+	say "running the integration tests marked ${marker[1]} against PostgreSQL $major"
+	env "${env[@]}" BACKFILLD_BIN="$build/backfilld" BACKFILLD_SOURCE_DIR="$root" \
+		timeout -k 30 900 /usr/bin/python3 -m pytest -v -p no:cacheprovider --durations=5 "${marker[@]}" \
+		--ignore="$root/tests/integration/test_valgrind.py" "$@" "$root/tests/integration"
 }
 
 # sanitized_suite BUILD [CTEST-ARGS...]: run_suite on an ASan + UBSan build, in a subshell so
@@ -106,6 +154,14 @@ sanitized_suite() {
 	(
 		sanitizer_env
 		run_suite "$1" ON "${@:2}"
+	)
+}
+
+# sanitized_version_suite BUILD MAJOR [PYTEST-ARGS...]: version_suite on an ASan + UBSan build.
+sanitized_version_suite() {
+	(
+		sanitizer_env
+		version_suite "$1" ON "${@:2}"
 	)
 }
 
@@ -126,6 +182,16 @@ if ((ci)); then
 	step plain-unit-valgrind run_suite build OFF -R '^unit\.|^integration\.valgrind$'
 	step sanitizers-full-suite sanitized_suite build-asan
 	step fuzz bash scripts/fuzz.sh "${FUZZ_SECONDS:-30}"
+	for major in 14 16 17 18; do
+		step "postgresql-$major" version_suite build OFF "$major"
+	done
+	step postgresql-13-refused version_suite build OFF 13
+elif [[ -n $pg_major ]]; then
+	if ((sanitize)); then
+		step "postgresql-$pg_major" sanitized_version_suite "${BUILD_DIR:-build-asan}" "$pg_major" "${ctest_extra[@]}"
+	else
+		step "postgresql-$pg_major" version_suite "${BUILD_DIR:-build}" OFF "$pg_major" "${ctest_extra[@]}"
+	fi
 else
 	unit_args=()
 	((unit_only)) && unit_args=(-R '^unit\.')
