@@ -659,6 +659,15 @@ static void job_begin_walk(job_t *job)
 	/* The application's writes on the target predict who will meet the batches' locks (not
 	 * measured for a parallel job's slices, which would count each other's). */
 	job->throttle.app_watch = job->kind != JOB_KIND_VERIFY && !job->dry_run && job->parallel <= 1;
+	/* Before 15, other sessions' statistics reach the reader through the collector with a delay
+	 * that makes the job's own writes look like the application's, now and then. */
+	if (job->throttle.app_watch && queue_server_version() < 150000) {
+		job->throttle.app_watch = false;
+		job_log(job, LOG_LEVEL_INFO,
+			"not measuring the application's writes: PostgreSQL %d's"
+			" statistics cannot tell them from the job's own",
+			queue_server_version() / 10000);
+	}
 	job->writes_pid = 0;
 	job->rows_at_start = job->rows_scanned;
 	job->loaded = true;

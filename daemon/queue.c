@@ -19,7 +19,6 @@
 
 #define QUEUE_CONTEXT "queue"
 #define QUEUE_LOCK_TIMEOUT_MS 2000 /* a row another session keeps locked never stalls the queue longer */
-#define MIN_SERVER_VERSION 140000
 
 /* The single control connection and what we know of it. */
 static struct {
@@ -27,6 +26,7 @@ static struct {
 	bool up;
 	struct event *recheck; /* schema missing or old: look again later */
 	bool warned_superuser;
+	int server_version; /* server_version_num, 0 until checked */
 	char reason[512];
 } queue;
 
@@ -64,7 +64,7 @@ static void queue_schema_cb(pgconn_t *conn, const pgconn_result_t *res, void *ar
 
 	if (res->broken)
 		return;
-	if (res->failed_index != 0 && pgconn_int64(res->results[0], 0, 0, 0) < MIN_SERVER_VERSION) {
+	if (res->failed_index != 0 && pgconn_int64(res->results[0], 0, 0, 0) < SCHEMA_MIN_SERVER_VERSION) {
 		snprintf(why, sizeof(why), "backfilld needs PostgreSQL 14 or later; the server is %s",
 			 pgconn_value(res->results[0], 0, 1) ?: "?");
 	} else if (!res->ok) {
@@ -85,6 +85,7 @@ static void queue_schema_cb(pgconn_t *conn, const pgconn_result_t *res, void *ar
 		evtimer_add(queue.recheck, &tv);
 		return;
 	}
+	queue.server_version = (int)pgconn_int64(res->results[0], 0, 0, 0);
 	version = pgconn_int64(res->results[1], 0, 0, 0);
 	if (version != SCHEMA_VERSION) {
 		snprintf(why, sizeof(why),
@@ -292,4 +293,9 @@ bool queue_count_states(queue_rows_cb cb, void *arg)
 bool queue_send(const pgconn_stmt_t *stmts, int n, pgconn_result_cb cb, void *arg)
 {
 	return queue.up && pgconn_send(queue.conn, stmts, n, cb, arg);
+}
+
+int queue_server_version(void)
+{
+	return queue.server_version;
 }

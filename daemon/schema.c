@@ -68,6 +68,12 @@ int schema_install(const char *conninfo, const char *schema)
 		PQfinish(conn);
 		return EXIT_DB_UNAVAILABLE;
 	}
+	if (PQserverVersion(conn) < SCHEMA_MIN_SERVER_VERSION) {
+		log_error("backfilld needs PostgreSQL 14 or later; the server is %s",
+			  PQparameterStatus(conn, "server_version") ?: "older");
+		PQfinish(conn);
+		return EXIT_BAD_CONFIG;
+	}
 	sql = schema_render(schema);
 	/* One transaction, serialised against concurrent installers. */
 	ok = schema_exec(conn, "SET client_min_messages = warning", "setting up") &&

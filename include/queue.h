@@ -25,6 +25,9 @@ void queue_close(void);
 /* Connected, schema checked, listening. */
 bool queue_is_up(void);
 
+/* The server's server_version_num, as the queue last checked it (0 before). */
+int queue_server_version(void);
+
 /* Why the queue is not up ("" when it is). */
 const char *queue_down_reason(void);
 

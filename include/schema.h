@@ -8,6 +8,9 @@
 /* Version of the schema this binary expects; schema.sql records it in <schema>.schema_version. */
 #define SCHEMA_VERSION 2
 
+/* The oldest server backfilld supports (server_version_num): PostgreSQL 14. */
+#define SCHEMA_MIN_SERVER_VERSION 140000
+
 /* daemon/schema.sql as compiled in; "@schema@" stands for the quoted schema name. */
 extern const char schema_sql[];
 

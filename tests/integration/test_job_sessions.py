@@ -104,6 +104,7 @@ def test_a_submitter_cannot_take_over_the_batch_functions(db, make_role, role_co
     _nothing_reached_bob(db, mallory, bob_job, flag)
 
 
+@pytest.mark.versions
 def test_a_session_search_path_and_shadowing_objects_hijack_nothing(db, make_role, role_conn, daemon_factory):
     """The issue's second attack, and its relatives: Mallory's SQL sets the session's
     search_path to her schema ahead of pg_catalog, where set_config, current_setting, count and
@@ -259,6 +260,7 @@ def test_a_job_whose_session_cannot_log_in_fails_clearly_and_others_go_on(db, cl
     assert db.one("SELECT sum(v) FROM ta") == 0 and db.one("SELECT sum(v) FROM tc") == 500
 
 
+@pytest.mark.versions
 def test_install_schema_upgrades_a_version_1_queue_in_place_keeping_its_jobs(db, daemon_factory):
     """Version 1 (the queue of the earlier design) with a pending job and a running one that a dead
     instance left mid-walk: --install-schema upgrades it in one transaction, and a daemon finishes
@@ -293,6 +295,7 @@ def test_install_schema_upgrades_a_version_1_queue_in_place_keeping_its_jobs(db,
         assert db.one(f"SELECT count(*) FROM {t} WHERE n <> 1") == 0, t
 
 
+@pytest.mark.versions
 def test_the_readme_peer_map_set_up(db, cluster, make_role, role_conn, daemon_factory):
     """The README's production set-up: job sessions over the local socket with peer
     authentication and a pg_ident.conf map from the daemon's OS user to the submitting roles (on

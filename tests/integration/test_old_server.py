@@ -45,9 +45,12 @@ def schema_for_13():
     """The queue schema with what PostgreSQL 13 cannot parse rewritten (CREATE OR REPLACE TRIGGER
     is 14's: a DROP TRIGGER IF EXISTS and a CREATE TRIGGER instead): a stand-in for a queue the
     daemon could claim from on 13, for the test that it does not."""
-    return re.sub(r"CREATE OR REPLACE TRIGGER (\w+) (.*?) ON (\S+)",
-                  lambda m: f"DROP TRIGGER IF EXISTS {m[1]} ON {m[3]};\nCREATE TRIGGER {m[1]} {m[2]} ON {m[3]}",
-                  pgharness.render_schema(), flags=re.DOTALL)
+    sql = re.sub(r"CREATE OR REPLACE TRIGGER (\w+) (.*?) ON (\S+)",
+                 lambda m: f"DROP TRIGGER IF EXISTS {m[1]} ON {m[3]};\nCREATE TRIGGER {m[1]} {m[2]} ON {m[3]}",
+                 pgharness.render_schema(), flags=re.DOTALL)
+    # and the schema's own refusal of servers before 14
+    return re.sub(r"IF current_setting\('server_version_num'\)::int < 140000 THEN.*?END IF;", "", sql,
+                  flags=re.DOTALL)
 
 
 def test_install_schema_refuses_postgresql_13(cluster13, tmp_path):
