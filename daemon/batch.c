@@ -371,8 +371,8 @@ char *batch_build_split(const char *queue_schema)
 		"SELECT s.slice, s.lower_key::pg_catalog.text, s.upper_key::pg_catalog.text, "
 		"NULL::pg_catalog.text,"
 		" false FROM @q@.jobs j CROSS JOIN LATERAL @q@._make_slices(j.id, $2::pg_catalog.text,"
-		" @q@._split_points(j.target, j.key_columns, j.parallel)) AS s WHERE j.id = "
-		"$1::pg_catalog.int8");
+		" @q@._split_points(j.target, j.key_columns, LEAST(j.parallel, $3::pg_catalog.int4))) AS s"
+		" WHERE j.id = $1::pg_catalog.int8");
 }
 
 char *batch_build_open(const char *queue_schema)

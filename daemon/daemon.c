@@ -206,6 +206,19 @@ static void daemon_send_status(void)
 	}
 }
 
+/* What /healthz says: the queue connection is up and answering. */
+static void daemon_report_health(void)
+{
+	char why[512];
+	bool healthy = queue_healthy(why, sizeof(why));
+	static bool was_healthy = true;
+
+	if (!healthy && was_healthy && queue_is_up())
+		log_warning("%s", why);
+	was_healthy = healthy || !queue_is_up();
+	metrics_database(healthy, why);
+}
+
 /* ---- ending ---- */
 
 static void daemon_exit_loop(int code)
@@ -328,6 +341,7 @@ void daemon_reload(void)
 	d.config = fresh;
 	log_configure(d.config->log_level, d.config->log_syslog);
 	log_notice("configuration reloaded from %s; it applies from the next batch", d.options.config_path);
+	queue_record_limits();
 	notify_ready();
 }
 
@@ -397,7 +411,7 @@ static void daemon_wake_cb(evutil_socket_t fd, short what, void *arg)
 		notify_ready(); /* after the schema check */
 		d.ready_sent = true;
 	}
-	metrics_database(queue_is_up(), queue_down_reason());
+	daemon_report_health();
 	daemon_check_stopped();
 	daemon_claim();
 	daemon_send_status();
@@ -418,7 +432,7 @@ static void daemon_poll_cb(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	(void)arg;
-	metrics_database(queue_is_up(), queue_down_reason()); /* a lost connection wakes nobody */
+	daemon_report_health(); /* a lost or stuck connection wakes nobody */
 	if (queue_is_up() && !queue_count_states(daemon_count_cb, NULL))
 		log_debug("cannot count the queue's jobs now");
 	daemon_claim();

@@ -74,6 +74,7 @@ _Static_assert(sizeof(job_step_names) / sizeof(job_step_names[0]) == STEP_COUNT,
 
 static void job_connection_event(pgconn_t *conn, pgconn_event_t event, const char *reason, void *arg);
 static void job_load(job_t *job);
+static void job_use_session(job_t *job);
 static void job_timer_cb(evutil_socket_t fd, short what, void *arg);
 
 static char *xstrdup_or_null(const char *s)
@@ -396,13 +397,15 @@ static void job_timer_cb(evutil_socket_t fd, short what, void *arg)
 	case JOB_LOADING:
 		job_load(job);
 		break;
+	case JOB_CONNECTING: /* waiting for a free connection */
+		job_use_session(job);
+		break;
 	case JOB_RELEASING:
 		if (job->dry_recording)
 			job_dry_record(job);
 		else
 			job_release(job, job->release_state, job->release_error);
 		break;
-	case JOB_CONNECTING:
 	case JOB_SPLITTING:
 	case JOB_CHECKING:
 	case JOB_BATCH:
@@ -460,7 +463,12 @@ static void job_proceed(job_t *job)
 		job_check(job); /* on every (re)connection: prepared statements live in the session */
 }
 
-/* Wait for the session (made now if it is the first time), or go on if it is up. */
+/* Job sessions open on this instance: with the queue's and the sampler's connections, never more
+ * than daemon.max_connections (a parallel job's slices wait for one). */
+static int job_sessions_open;
+
+/* Wait for the session (made now if it is the first time, and a connection is free), or go on
+ * if it is up. */
 static void job_use_session(job_t *job)
 {
 	const config_t *config = daemon_config();
@@ -474,6 +482,17 @@ static void job_use_session(job_t *job)
 	job_set_state(job, JOB_CONNECTING);
 	if (job->conn)
 		return; /* it reconnects by itself; READY comes */
+	if (job_sessions_open >= config->max_connections - 2) {
+		if (!job->waited_for_connection)
+			job_log(job, LOG_LEVEL_INFO,
+				"waiting for a free connection (%d job sessions open,"
+				" daemon.max_connections %lld)",
+				job_sessions_open, (long long)config->max_connections);
+		job->waited_for_connection = true;
+		job_retry_later(job);
+		return;
+	}
+	job_sessions_open++;
 	if (job->slice > 0)
 		snprintf(app_name, sizeof(app_name), "backfilld job %lld slice %d", (long long)job->id,
 			 job->slice);
@@ -994,8 +1013,11 @@ void job_fail(job_t *job, const char *error)
 void job_finish(job_t *job)
 {
 	evtimer_del(job->timer);
-	if (job->conn)
+	if (job->conn && !job->session_closed) {
 		pgconn_disconnect(job->conn); /* no reconnect for a job that is over */
+		job->session_closed = true;
+		job_sessions_open--;
+	}
 	if (job->loaded && !job->quiet)
 		job_report(job, false);
 	job_set_state(job, JOB_FINISHED);

@@ -245,7 +245,8 @@ static bool sqlstate_is_retryable(const char *sqlstate)
 	return false;
 }
 
-static void job_log_progress(job_t *job, bool force)
+/* The progress line, every log.progress_interval_ms; DONE: the last one, at once. */
+static void job_log_progress(job_t *job, bool done)
 {
 	struct timespec now;
 	int64_t interval = daemon_config()->log_progress_interval_ms;
@@ -254,7 +255,7 @@ static void job_log_progress(job_t *job, bool force)
 	char percent[16] = "?", eta[32] = "?";
 
 	clock_gettime(CLOCK_MONOTONIC, &now);
-	if (!force) {
+	if (!done) {
 		double since = (double)(now.tv_sec - job->last_progress.tv_sec) +
 			       (double)(now.tv_nsec - job->last_progress.tv_nsec) / 1e9;
 		if (interval <= 0 || since * 1000 < (double)interval)
@@ -263,7 +264,8 @@ static void job_log_progress(job_t *job, bool force)
 	job->last_progress = now;
 	if (job->rows_estimate > 0) {
 		double p = 100.0 * (double)job->rows_scanned / (double)job->rows_estimate;
-		snprintf(percent, sizeof(percent), "%.1f%%", p > 100 ? 100 : p);
+		/* As backfill.progress: below 100 until the job is done. */
+		snprintf(percent, sizeof(percent), "%.1f%%", done ? 100 : p > 99.9 ? 99.9 : p);
 		if (rate > 0) {
 			double left = (double)(job->rows_estimate - job->rows_scanned) / rate;
 			snprintf(eta, sizeof(eta), "%.0fs", left > 0 ? left : 0);
@@ -326,12 +328,15 @@ void job_continue(job_t *job)
 					.lag_bytes = view.lag_bytes,
 					.lag_ms = view.lag_ms,
 					.hold = view.hold,
-					.cpu_stretch = view.cpu_stretch};
+					.cpu_stretch = view.cpu_stretch,
+					.server_idle = view.known && view.others_active == 0,
+					.runners = daemon_njobs()};
 	if (!job->input.hold && s.pause_during_autovacuum && sampler_autovacuum(job->target_oid)) {
 		job->input.hold = "autovacuum";
 		snprintf(view.detail, sizeof(view.detail), "autovacuum is processing the table");
 	}
 	d = throttle_decide(&job->throttle, &s, &job->input);
+	job->max_rows = d.max_rows;
 	/* A retry's reason stays on the batch that retries; otherwise the throttle's applies. */
 	if (d.reason || job->throttle.retries == 0)
 		job->reason = d.reason;
@@ -543,6 +548,8 @@ static void job_batch_done(job_t *job, const pgconn_result_t *res)
 		if (job->throttle.app_watch && w)
 			job_count_app_writes(job, res, &s);
 		throttle_after_batch(&job->throttle, &s, scanned, duration_ms);
+		throttle_after_wal(&job->throttle, scanned,
+				   pgconn_int64(cp, 0, PQfnumber(cp, "wal_bytes"), -1));
 		throttle_after_waiters(&job->throttle, &s, scanned, duration_ms, job->batch_blocked);
 		/* (A sibling slice may have found contention already while this batch ran.) */
 		job->contended =
@@ -666,6 +673,9 @@ void job_next_batch(job_t *job)
 	job_settings(job, &s);
 	job->batch_limit =
 		job->bisect_left > 0 && job->bisect_size > 0 ? job->bisect_size : job->throttle.batch_size;
+	if (job->max_rows > 0 && job->batch_limit > job->max_rows) /* the lag headroom's WAL */
+		job->batch_limit = job->max_rows;
+	job->max_rows = 0;
 	snprintf(stmt_timeout, sizeof(stmt_timeout), "%lld", (long long)s.statement_timeout_ms);
 	snprintf(lock_timeout, sizeof(lock_timeout), "%lld", (long long)s.lock_timeout_ms);
 	snprintf(limit, sizeof(limit), "%lld", (long long)job->batch_limit);

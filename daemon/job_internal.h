@@ -72,6 +72,8 @@ struct job {
 	char context[160]; /* log prefix: "job 12 (public.users)" */
 	job_state_t state;
 	pgconn_t *conn; /* the job's session, logged in as run_as; made once run_as is known */
+	bool session_closed;	    /* conn is closed for good (the job finished) */
+	bool waited_for_connection; /* it said so once */
 	struct event *timer;
 	int queue_requests; /* requests on the queue connection whose callback has not run */
 
@@ -111,6 +113,7 @@ struct job {
 	/* The walk on this instance. */
 	throttle_state_t throttle;
 	int64_t batch_limit;	   /* the size of the batch in flight */
+	int64_t max_rows;	   /* the most keys the next batch may walk (lag headroom; 0: no limit) */
 	int64_t slept_ms;	   /* the pause that preceded it */
 	const char *reason;	   /* throttled_reason for the next checkpoint (NULL: running freely) */
 	const char *logged_reason; /* the reason last logged: a change is logged once */

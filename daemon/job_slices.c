@@ -121,10 +121,12 @@ static void job_split_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
 void job_split(job_t *job)
 {
 	char *sql = batch_build_split(daemon_config()->schema);
-	const char *params[] = {job->id_text, daemon_name()};
-	pgconn_stmt_t stmt = {sql, 2, params, NULL, NULL};
+	char max_parallel[24];
+	const char *params[] = {job->id_text, daemon_name(), max_parallel};
+	pgconn_stmt_t stmt = {sql, 3, params, NULL, NULL};
 	static const job_step_t steps[] = {STEP_SPLIT};
 
+	snprintf(max_parallel, sizeof(max_parallel), "%lld", (long long)daemon_config()->max_parallel);
 	job_set_state(job, JOB_SPLITTING);
 	if (!job_session_send(job, &stmt, steps, 1, job_split_cb))
 		job_session_lost(job);

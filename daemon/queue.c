@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <event2/event.h>
 
@@ -26,7 +27,8 @@ static struct {
 	bool up;
 	struct event *recheck; /* schema missing or old: look again later */
 	bool warned_superuser;
-	int server_version; /* server_version_num, 0 until checked */
+	int server_version;	  /* server_version_num, 0 until checked */
+	struct timespec answered; /* the last request that succeeded (CLOCK_MONOTONIC) */
 	char reason[512];
 } queue;
 
@@ -109,6 +111,8 @@ static void queue_schema_cb(pgconn_t *conn, const pgconn_result_t *res, void *ar
 	}
 	queue.up = true;
 	queue.reason[0] = '\0';
+	clock_gettime(CLOCK_MONOTONIC, &queue.answered);
+	queue_record_limits();
 	log_msg(LOG_LEVEL_INFO, QUEUE_CONTEXT,
 		"connected; schema %s version %lld; listening on backfill_jobs", daemon_config()->schema,
 		(long long)version);
@@ -205,6 +209,8 @@ static void queue_call_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
 	if (!res->ok && !res->broken)
 		log_msg(LOG_LEVEL_ERROR, QUEUE_CONTEXT, "%s failed: %s %s", call->what, res->sqlstate,
 			res->message);
+	if (res->ok)
+		clock_gettime(CLOCK_MONOTONIC, &queue.answered);
 	call->cb(res->ok ? res->results[0] : NULL, call->arg);
 	free(call);
 }
@@ -298,4 +304,49 @@ bool queue_send(const pgconn_stmt_t *stmts, int n, pgconn_result_cb cb, void *ar
 int queue_server_version(void)
 {
 	return queue.server_version;
+}
+
+static void queue_limits_cb(const PGresult *res, void *arg)
+{
+	(void)res;
+	(void)arg;
+}
+
+void queue_record_limits(void)
+{
+	char sql[160], max_parallel[24];
+	const char *params[] = {max_parallel};
+
+	snprintf(max_parallel, sizeof(max_parallel), "%lld", (long long)daemon_config()->max_parallel);
+	snprintf(sql, sizeof(sql), "SELECT %s._set_limits($1::pg_catalog.int4)", daemon_schema_quoted());
+	if (!queue_call("recording the limits", sql, 1, params, queue_limits_cb, NULL))
+		log_msg(LOG_LEVEL_DEBUG, QUEUE_CONTEXT,
+			"the queue is down: daemon.max_parallel is recorded"
+			" when it is back");
+}
+
+bool queue_healthy(char *why, size_t len)
+{
+	const config_t *config = daemon_config();
+	int64_t limit_ms = 3 * config->poll_interval_ms > config->lease_ms ? 3 * config->poll_interval_ms
+									   : config->lease_ms;
+	struct timespec now;
+	double silent_ms;
+
+	if (!queue.up) {
+		snprintf(why, len, "%s", queue.reason);
+		return false;
+	}
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	silent_ms = (double)(now.tv_sec - queue.answered.tv_sec) * 1000.0 +
+		    (double)(now.tv_nsec - queue.answered.tv_nsec) / 1e6;
+	if (silent_ms > (double)limit_ms) {
+		snprintf(why, len,
+			 "the queue connection has completed no claim, lease renewal or count for %.0f s"
+			 " (is something holding locks on the queue's tables?)",
+			 silent_ms / 1000.0);
+		return false;
+	}
+	why[0] = '\0';
+	return true;
 }

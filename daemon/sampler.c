@@ -54,6 +54,14 @@ static const char sample_blocked_sql[] =
 static const char sample_probe_sql[] =
 	"SELECT extract(epoch FROM pg_catalog.clock_timestamp() - pg_catalog.statement_timestamp()) * 1000"
 	" FROM (SELECT pg_catalog.count(*) FROM pg_catalog.generate_series(1, 20000)) AS g";
+/* Other client sessions at work: active, in a transaction, or idle for less than half a second
+ * (an application between its statements). One the daemon may not see (no pg_monitor) counts. */
+static const char sample_others_sql[] =
+	"SELECT pg_catalog.count(*) FROM pg_catalog.pg_stat_activity a"
+	" WHERE a.backend_type = 'client backend' AND a.pid <> pg_catalog.pg_backend_pid()"
+	" AND a.application_name NOT LIKE 'backfilld%'"
+	" AND (a.state IS NULL OR a.state <> 'idle'"
+	"      OR a.state_change > pg_catalog.clock_timestamp() - interval '500 milliseconds')";
 static const char sample_autovacuum_sql[] =
 	"SELECT p.relid FROM pg_catalog.pg_stat_progress_vacuum p"
 	" JOIN pg_catalog.pg_stat_activity a ON a.pid = p.pid WHERE a.backend_type = 'autovacuum worker'"
@@ -289,8 +297,9 @@ static void sampler_absorb(const pgconn_result_t *res, double at)
 		sampler.replay_rate = (double)(worst_lsn - sampler.worst_lsn) / (at - sampler.view_at_ms);
 	snprintf(sampler.worst, sizeof(sampler.worst), "%s", worst);
 	sampler.worst_lsn = worst_lsn;
-	if (res->n > 5)
-		sampler_probe_seen(pgconn_value(res->results[5], 0, 0), sampler.probe_in_batch);
+	v.others_active = (int)pgconn_int64(res->results[5], 0, 0, -1);
+	if (res->n > 6)
+		sampler_probe_seen(pgconn_value(res->results[6], 0, 0), sampler.probe_in_batch);
 	v.cpu_stretch = sampler.stretch;
 	sampler.view = v;
 	sampler.view_at_ms = at;
@@ -315,12 +324,12 @@ static void sampler_tick_cb(evutil_socket_t fd, short what, void *arg)
 {
 	char pids[1024];
 	const char *params[] = {pids};
-	pgconn_stmt_t stmts[6] = {
+	pgconn_stmt_t stmts[7] = {
 		{sample_wal_sql, 0, NULL, NULL, NULL},	      {sample_standbys_sql, 0, NULL, NULL, NULL},
 		{sample_slots_sql, 0, NULL, NULL, NULL},      {sample_blocked_sql, 1, params, NULL, NULL},
-		{sample_autovacuum_sql, 0, NULL, NULL, NULL},
+		{sample_autovacuum_sql, 0, NULL, NULL, NULL}, {sample_others_sql, 0, NULL, NULL, NULL},
 	};
-	int n = 5;
+	int n = 6;
 	double *sent_at;
 	(void)fd;
 	(void)what;

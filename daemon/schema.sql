@@ -201,6 +201,14 @@ DROP FUNCTION IF EXISTS @schema@._is_daemon();
 DROP FUNCTION IF EXISTS @schema@._make_slices(bigint, text);
 DROP FUNCTION IF EXISTS @schema@._set_bounds(bigint, text);
 
+-- What the daemons' configuration allows, for the validation at INSERT (one row; written by a
+-- daemon when it connects: daemon.max_parallel).
+CREATE TABLE IF NOT EXISTS @schema@.limits (
+    max_parallel int NOT NULL DEFAULT 8
+);
+CREATE UNIQUE INDEX IF NOT EXISTS limits_one_row ON @schema@.limits ((true));
+INSERT INTO @schema@.limits (max_parallel) SELECT 8 WHERE NOT EXISTS (SELECT FROM @schema@.limits);
+
 -- 4. Functions, triggers, views -----------------------------------------------------------------
 
 -- True inside the schema's own functions: current_user is the owner of the jobs table (a
@@ -340,7 +348,7 @@ $$;
 
 -- Refuses throttle overrides out of range or inconsistent with each other.
 CREATE OR REPLACE FUNCTION @schema@._check_sizes(j @schema@.jobs) RETURNS void
-LANGUAGE plpgsql IMMUTABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     size record;
@@ -362,6 +370,12 @@ BEGIN
             CASE size.low WHEN 0 THEN '>= 0' ELSE '> 0' END, size.val
             USING ERRCODE = 'check_violation';
     END LOOP;
+    IF j.parallel > (SELECT l.max_parallel FROM @schema@.limits l) THEN
+        RAISE EXCEPTION 'parallel (%) exceeds daemon.max_parallel (%)', j.parallel,
+            (SELECT l.max_parallel FROM @schema@.limits l)
+            USING ERRCODE = 'check_violation',
+                  HINT = 'Each slice is a connection of its own: ask for fewer, or raise daemon.max_parallel.';
+    END IF;
     IF j.min_batch_size > j.max_batch_size THEN
         RAISE EXCEPTION 'min_batch_size (%) must not exceed max_batch_size (%)',
             j.min_batch_size, j.max_batch_size USING ERRCODE = 'check_violation';
@@ -700,7 +714,8 @@ BEGIN
             lease_until = clock_timestamp() + p_lease_ms * interval '1 millisecond',
             started_at = coalesce(j.started_at, now()),
             throttled_reason = NULL, last_error = NULL, finished_at = NULL,
-            rows_estimate = coalesce(j.rows_estimate, @schema@._estimate_rows(j.target))
+            rows_estimate = greatest(coalesce(@schema@._estimate_rows(j.target), j.rows_estimate),
+                                     j.rows_scanned)
         WHERE j.id = claimed
         RETURNING j.*;
     EXCEPTION WHEN unique_violation THEN
@@ -881,6 +896,7 @@ BEGIN
         rows_scanned = j.rows_scanned + v_scanned,
         rows_changed = j.rows_changed + v_changed,
         batches = j.batches + 1,
+        rows_estimate = greatest(j.rows_estimate, j.rows_scanned + v_scanned),
         wal_bytes = j.wal_bytes + coalesce(_checkpoint.wal_bytes, 0),
         -- Extrapolated cost of the whole job, kept current once 1% is done.
         estimated_seconds = CASE WHEN j.rows_estimate > 0
@@ -993,10 +1009,10 @@ END
 $$;
 
 -- Where to cut the key range of TARGET (key columns P_KEY) into P_N slices of about equal rows:
--- up to P_N - 1 whole keys, ascending, as a jsonb array of text arrays. The cut values of the
--- first key column come from the planner's histogram (pg_stats), else, for a numeric column,
--- from its min and max, else from a TABLESAMPLE of about 200 pages; each becomes the first whole
--- key at or after it. SECURITY INVOKER: it reads the table as the job's role.
+-- up to P_N - 1 whole keys, ascending, as a jsonb array of text arrays. The cuts are quantiles of
+-- the whole keys themselves, of every row of a small table or of a sample of about 2,000 pages
+-- of a large one: an outlying key, or a first key column with few distinct values, moves no cut
+-- far from its share of rows. SECURITY INVOKER: it reads the table as the job's role.
 CREATE OR REPLACE FUNCTION @schema@._split_points(p_target regclass, p_key text[], p_n int)
 RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER
@@ -1004,56 +1020,33 @@ SET search_path = pg_catalog, pg_temp SET DateStyle = 'ISO, MDY' SET IntervalSty
 SET TimeZone = 'UTC' SET extra_float_digits = 3 SET lc_monetary = 'C' SET bytea_output = 'hex'
 AS $$
 DECLARE
-    v_rel record;
-    v_type text;
-    v_numeric boolean;
-    v_first text := format('%I', p_key[1]);
     v_cols text := (SELECT string_agg(format('%I', c), ', ' ORDER BY n)
                     FROM unnest(p_key) WITH ORDINALITY AS u(c, n));
     v_texts text := (SELECT string_agg(format('%I::pg_catalog.text', c), ', ' ORDER BY n)
                      FROM unnest(p_key) WITH ORDINALITY AS u(c, n));
-    v_q text[];
-    v_m int;
-    v_v text;
+    v_pages bigint;
+    v_sample text := '';
+    v_keys text[];
+    v_rows bigint;
     v_cut text[];
     v_prev text[];
     v_out jsonb := '[]';
 BEGIN
-    SELECT n.nspname, c.relname INTO v_rel
-    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = p_target;
-    SELECT format('%I.%I', tn.nspname, t.typname), t.typcategory = 'N' INTO v_type, v_numeric
-    FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
-    JOIN pg_namespace tn ON tn.oid = t.typnamespace
-    WHERE a.attrelid = p_target AND a.attname = p_key[1] AND NOT a.attisdropped;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'key column "%" does not exist in table %', p_key[1], p_target
-            USING ERRCODE = 'undefined_column';
+    IF p_n < 2 THEN
+        RETURN v_out;
     END IF;
-
-    SELECT s.histogram_bounds::text::text[] INTO v_q FROM pg_stats s
-    WHERE s.schemaname = v_rel.nspname AND s.tablename = v_rel.relname AND s.attname = p_key[1]
-    ORDER BY s.inherited DESC LIMIT 1;
-    v_m := coalesce(cardinality(v_q), 0);
-    IF v_m > p_n THEN  -- the planner's quantiles: buckets of equal rows
-        v_q := ARRAY(SELECT v_q[1 + (i * (v_m - 1)) / p_n] FROM generate_series(1, p_n - 1) AS i);
-    ELSIF v_numeric THEN
-        EXECUTE format('SELECT ARRAY(SELECT (r.lo + (r.hi - r.lo) * i / $1)::%s::text'
-                       ' FROM generate_series(1, $1 - 1) AS i)'
-                       ' FROM (SELECT min(%s)::numeric AS lo, max(%s)::numeric AS hi FROM %s) AS r'
-                       ' WHERE r.lo IS NOT NULL', v_type, v_first, v_first, p_target)
-            INTO v_q USING p_n;
-    ELSE  -- about 200 pages, anywhere in the table
-        EXECUTE format('SELECT (percentile_disc(ARRAY(SELECT i::float8 / $1 FROM generate_series(1, $1 - 1) AS i))'
-                       ' WITHIN GROUP (ORDER BY %s))::text[] FROM %s TABLESAMPLE SYSTEM'
-                       ' (least(100, greatest(0.01, 100.0 * 200 / greatest(1, pg_relation_size($2) / 8192))))',
-                       v_first, p_target)
-            INTO v_q USING p_n, p_target;
+    SELECT sum(pg_relation_size(t.relid)) / 8192 INTO v_pages
+    FROM pg_partition_tree(p_target) t WHERE t.isleaf;
+    IF v_pages > 2000 THEN  -- about 2,000 pages, anywhere in the table
+        v_sample := format(' TABLESAMPLE SYSTEM (%s)', round(100.0 * 2000 / v_pages, 6));
     END IF;
-    FOREACH v_v IN ARRAY coalesce(v_q, '{}') LOOP
-        EXECUTE format('SELECT ARRAY[%s] FROM %s WHERE %s >= $1::%s ORDER BY %s LIMIT 1',
-                       v_texts, p_target, v_first, v_type, v_cols)
-            INTO v_cut USING v_v;
-        IF v_cut IS NOT NULL AND v_cut IS DISTINCT FROM v_prev THEN
+    EXECUTE format('SELECT array_agg(ARRAY[%s] ORDER BY %s) FROM %s%s', v_texts, v_cols, p_target, v_sample)
+        INTO v_keys;
+    v_rows := coalesce(array_length(v_keys, 1), 0);
+    FOR i IN 1 .. p_n - 1 LOOP
+        EXIT WHEN v_rows = 0;
+        v_cut := ARRAY(SELECT unnest(v_keys[ceil(v_rows::numeric * i / p_n)::int:ceil(v_rows::numeric * i / p_n)::int]));
+        IF v_cut IS DISTINCT FROM v_prev AND v_cut <> '{}' THEN
             v_out := v_out || jsonb_build_array(to_jsonb(v_cut));
             v_prev := v_cut;
         END IF;
@@ -1187,6 +1180,11 @@ BEGIN
 END
 $$;
 
+-- Records the connecting daemon's daemon.max_parallel for the validation at INSERT.
+CREATE OR REPLACE FUNCTION @schema@._set_limits(p_max_parallel int) RETURNS void
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$ UPDATE @schema@.limits SET max_parallel = p_max_parallel WHERE max_parallel IS DISTINCT FROM p_max_parallel $$;
+
 -- Jobs that are running or could start now (--exit-when-idle stops at 0).
 CREATE OR REPLACE FUNCTION @schema@._runnable_count() RETURNS bigint
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
@@ -1204,10 +1202,11 @@ AS $$ SELECT j.state, count(*) FROM @schema@.jobs j GROUP BY j.state $$;
 -- Progress of every job the user may see (the view's own filter, as _can_see: a view runs with
 -- its owner's rights, who is not subject to row-level security; security_barrier keeps a user's
 -- own functions from seeing the other rows).
--- percent: by key position when the first key column is numeric (bounds taken at the start;
--- for a parallel job, the ranges its slices have covered), otherwise rows_scanned / rows_estimate; never above 100, 100 once done. rows_per_second: over the
--- last 20 batches. eta: while running or paused, once 1% is done, at the rate of those batches
--- measured up to now, so time held back by the throttle or a pause counts.
+-- percent: rows_scanned of rows_estimate (kept at least rows_scanned), below 100 until the job
+-- is done; by a numeric key's position only when there is no estimate. The daemon's progress log
+-- line says the same. rows_per_second: over the last 20 batches. eta: while running or paused,
+-- once 1% is done, at the rate of those batches measured up to now, so time held back by the
+-- throttle or a pause counts.
 CREATE OR REPLACE VIEW @schema@.progress WITH (security_barrier) AS
 SELECT j.id, j.name, j.target, j.state, p.percent, j.rows_changed, r.rows_per_second,
        CASE WHEN j.state IN ('running', 'paused') AND p.percent >= 1
@@ -1219,24 +1218,17 @@ SELECT j.id, j.name, j.target, j.state, p.percent, j.rows_changed, r.rows_per_se
 FROM @schema@.jobs j
 CROSS JOIN LATERAL (
     SELECT CASE WHEN j.state = 'done' THEN 100.0
-                -- a parallel job: the key range its slices have covered
-                WHEN j.parallel > 1 AND j.key_min IS NOT NULL AND j.key_max IS NOT NULL
-                     AND @schema@._to_numeric(j.key_max) > @schema@._to_numeric(j.key_min)
-                     AND EXISTS (SELECT FROM @schema@.slices s WHERE s.job_id = j.id)
-                THEN round(least(100, greatest(0, 100.0 * (
-                         SELECT sum(greatest(0,
-                                    CASE WHEN s.done THEN @schema@._to_numeric(coalesce(s.upper_key[1], j.key_max))
-                                         ELSE @schema@._to_numeric(coalesce(s.last_key[1], s.lower_key[1], j.key_min)) END
-                                    - @schema@._to_numeric(coalesce(s.lower_key[1], j.key_min))))
-                         FROM @schema@.slices s WHERE s.job_id = j.id)
-                     / (@schema@._to_numeric(j.key_max) - @schema@._to_numeric(j.key_min)))), 1)
-                WHEN j.key_min IS NOT NULL AND j.key_max IS NOT NULL
-                     AND @schema@._to_numeric(j.key_max) > @schema@._to_numeric(j.key_min)
-                THEN CASE WHEN j.last_key IS NULL THEN 0.0
-                          ELSE round(least(100, greatest(0, 100.0 * (@schema@._to_numeric(j.last_key[1]) - @schema@._to_numeric(j.key_min))
-                                                        / (@schema@._to_numeric(j.key_max) - @schema@._to_numeric(j.key_min)))), 1) END
+                -- the rows walked: a key's range is no fair measure of its rows (one outlying
+                -- key, clustered or sparse values); never 100 before the job is done
                 WHEN j.rows_estimate > 0
-                THEN round(least(100, 100.0 * j.rows_scanned / j.rows_estimate), 1)
+                THEN round(least(99.9, 100.0 * j.rows_scanned / j.rows_estimate), 1)
+                -- no row estimate (a table never analyzed): a numeric key's position
+                WHEN j.parallel = 1 AND @schema@._to_numeric(j.key_max) > @schema@._to_numeric(j.key_min)
+                THEN CASE WHEN j.last_key IS NULL THEN 0.0
+                          ELSE round(least(99.9, greatest(0, 100.0 * (@schema@._to_numeric(j.last_key[1])
+                                                                     - @schema@._to_numeric(j.key_min))
+                                                         / (@schema@._to_numeric(j.key_max)
+                                                            - @schema@._to_numeric(j.key_min)))), 1) END
            END AS percent) p
 CROSS JOIN LATERAL (
     SELECT round((sum(b.rows_scanned)
@@ -1307,7 +1299,7 @@ GRANT USAGE ON SCHEMA @schema@ TO backfill_submit, backfill_admin, backfill_daem
 GRANT SELECT, INSERT ON @schema@.jobs TO backfill_submit, backfill_admin;
 GRANT UPDATE (state) ON @schema@.jobs TO backfill_submit, backfill_admin;
 GRANT SELECT ON @schema@.progress, @schema@.batches, @schema@.failed_rows, @schema@.mismatches,
-    @schema@.slices, @schema@.schema_version TO backfill_submit, backfill_admin;
+    @schema@.slices, @schema@.schema_version, @schema@.limits TO backfill_submit, backfill_admin;
 -- What the user functions, the row-level security policies and the validation trigger call (as
 -- the user).
 GRANT EXECUTE ON FUNCTION @schema@.pause(bigint), @schema@.resume(bigint), @schema@.cancel(bigint),
@@ -1327,11 +1319,11 @@ GRANT EXECUTE ON FUNCTION
     @schema@._statement_batch(text, anyelement, anyelement), @schema@._keys_moved(bigint)
     TO backfill_submit;
 -- The daemon's queue connection.
-GRANT SELECT ON @schema@.jobs, @schema@.slices, @schema@.schema_version TO backfill_daemon;
+GRANT SELECT ON @schema@.jobs, @schema@.slices, @schema@.schema_version, @schema@.limits TO backfill_daemon;
 GRANT EXECUTE ON FUNCTION @schema@._claim(text, int, bigint[]), @schema@._renew(text, bigint[], int),
     @schema@._release(bigint, text, text, text), @schema@._set_reason(text, bigint[], text),
     @schema@._dry_run_done(bigint, text, bigint, bigint), @schema@._runnable_count(),
-    @schema@._count_states()
+    @schema@._count_states(), @schema@._set_limits(int)
     TO backfill_daemon;
 
 -- Reading other sessions' lag and lock waits needs pg_monitor; only a superuser may grant it.

@@ -37,6 +37,7 @@ void throttle_init(throttle_state_t *st, const throttle_settings_t *s)
 	st->prior = 0;
 	st->expected = 0;
 	st->capped = false;
+	st->wal_per_row = 0;
 }
 
 void throttle_after_batch(throttle_state_t *st, const throttle_settings_t *s, int64_t rows,
@@ -187,6 +188,37 @@ void throttle_after_retry(throttle_state_t *st, const throttle_settings_t *s, do
 	st->retries++;
 }
 
+void throttle_after_wal(throttle_state_t *st, int64_t rows, int64_t wal_bytes)
+{
+	double per_row;
+
+	if (rows <= 0 || wal_bytes < 0)
+		return;
+	per_row = (double)wal_bytes / (double)rows;
+	st->wal_per_row = st->wal_per_row > 0
+				  ? RATE_SMOOTHING * per_row + (1 - RATE_SMOOTHING) * st->wal_per_row
+				  : per_row;
+	if (per_row > st->wal_per_row)
+		st->wal_per_row = per_row;
+}
+
+/* The most keys a batch may walk so that its WAL fits in this runner's share of the lag headroom
+ * (0: no limit). */
+static int64_t throttle_wal_rows(const throttle_state_t *st, const throttle_settings_t *s,
+				 const throttle_input_t *in)
+{
+	double headroom, rows;
+
+	if (!in->lag_known || s->max_replication_lag_bytes <= 0 || !(st->wal_per_row > 0))
+		return 0;
+	headroom =
+		(double)(s->max_replication_lag_bytes - in->lag_bytes) / (in->runners > 1 ? in->runners : 1);
+	rows = headroom / (st->wal_per_row * THROTTLE_WAL_MARGIN);
+	return rows < (double)s->min_batch_size ? s->min_batch_size
+	       : rows >= (double)st->batch_size ? 0
+						: (int64_t)rows;
+}
+
 double throttle_pressure(const throttle_settings_t *s, const throttle_input_t *in)
 {
 	double pb, pt;
@@ -202,7 +234,7 @@ double throttle_pressure(const throttle_settings_t *s, const throttle_input_t *i
 throttle_decision_t throttle_decide(throttle_state_t *st, const throttle_settings_t *s,
 				    const throttle_input_t *in)
 {
-	throttle_decision_t d = {false, clamp64(st->sleep_ms, 0, s->max_sleep_ms), NULL};
+	throttle_decision_t d = {false, clamp64(st->sleep_ms, 0, s->max_sleep_ms), 0, NULL};
 	double p = throttle_pressure(s, in);
 
 	if (in->hold) {
@@ -226,6 +258,9 @@ throttle_decision_t throttle_decide(throttle_state_t *st, const throttle_setting
 		d.sleep_ms = clamp64((int64_t)(base + (extra > 0 ? extra : 0)), 0, s->max_sleep_ms);
 		d.reason = "replication_lag";
 	}
+	d.max_rows = throttle_wal_rows(st, s, in);
+	if (d.max_rows > 0)
+		d.reason = "replication_lag";
 	if (!d.reason && st->capped)
 		d.reason = "application_writes";
 	/* A duty cycle after contention: idle `idle` times as long as busy. */
@@ -236,7 +271,7 @@ throttle_decision_t throttle_decide(throttle_state_t *st, const throttle_setting
 	/* A job that measures starts gently: busy at most THROTTLE_START_DUTY of the time until it
 	 * knows, unless the CPU probes already show CPU to spare (its size still waits for the
 	 * write counters). */
-	if (st->app_watch && st->app_seen_ms < THROTTLE_APP_WARMUP_MS &&
+	if (st->app_watch && st->app_seen_ms < THROTTLE_APP_WARMUP_MS && !in->server_idle &&
 	    !(in->cpu_stretch > 0 && in->cpu_stretch <= THROTTLE_CPU_STRETCH)) {
 		int64_t gentle = (int64_t)(st->last_ms * (1 / THROTTLE_START_DUTY - 1));
 		if (gentle > d.sleep_ms)

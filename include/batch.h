@@ -74,7 +74,8 @@ char *batch_build_bounds(const batch_spec_t *spec) __attribute__((warn_unused_re
 
 /*
  * A parallel job's slices: <schema>._split_points cuts the key range as the job's role, and
- * <schema>._make_slices records the cuts ($1 job id, $2 owner). Rows (slice, lower_key text,
+ * <schema>._make_slices records the cuts ($1 job id, $2 owner, $3 daemon.max_parallel: never
+ * more slices than that, whatever the job asked). Rows (slice, lower_key text,
  * upper_key text, last_key text, done). Caller frees.
  */
 char *batch_build_split(const char *queue_schema) __attribute__((warn_unused_result));

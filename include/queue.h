@@ -7,6 +7,7 @@
 #define BACKFILLD_QUEUE_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include <libpq-fe.h>
@@ -25,8 +26,19 @@ void queue_close(void);
 /* Connected, schema checked, listening. */
 bool queue_is_up(void);
 
+/* Record what the validation at INSERT must know of the configuration (daemon.max_parallel):
+ * when the queue comes up, and after a reload. */
+void queue_record_limits(void);
+
 /* The server's server_version_num, as the queue last checked it (0 before). */
 int queue_server_version(void);
+
+/*
+ * Up, and answering: a claim, a lease renewal or a count has succeeded within the last
+ * max(3 x daemon.poll_interval_ms, daemon.lease_ms). Otherwise false, with WHY (LEN bytes) saying
+ * what is wrong: for /healthz, which must not say ok while the queue is stuck.
+ */
+bool queue_healthy(char *why, size_t len);
 
 /* Why the queue is not up ("" when it is). */
 const char *queue_down_reason(void);

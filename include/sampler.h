@@ -20,6 +20,7 @@ typedef struct sampler_view {
 	int64_t lag_ms;	    /* the worst watched standby, on the daemon's clock */
 	const char *hold;   /* "standby_missing", "logical_slot", or NULL */
 	double cpu_stretch; /* how much longer the CPU probe takes while batches run (0: unknown) */
+	int others_active;  /* other client sessions at work in the latest sample (-1: unknown) */
 	char detail[160];   /* which standby or slot, for the log */
 } sampler_view_t;
 

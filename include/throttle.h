@@ -33,6 +33,7 @@ typedef struct throttle_state {
 	double prior;	    /* the k those writes predict (0: none) */
 	double expected;    /* the waits the prior predicted for the batches since, fading like waits */
 	bool capped;	    /* the last batch size was held under what the target asked by the cap */
+	double wal_per_row; /* WAL bytes a walked key writes, smoothed (0: not measured) */
 } throttle_state_t;
 
 /* What the sampler saw, for one decision. */
@@ -44,11 +45,14 @@ typedef struct throttle_input {
 			       autovacuum), or NULL */
 	double cpu_stretch; /* how much longer other sessions' CPU work takes while batches run, as
 			       the sampler's probe measures it (0: unknown) */
+	bool server_idle;   /* no other client session was at work at the latest sample */
+	int runners;	    /* the job runners of this instance, which share the lag headroom */
 } throttle_input_t;
 
 typedef struct throttle_decision {
 	bool hold;	    /* run no batch now; decide again after a sample interval */
 	int64_t sleep_ms;   /* otherwise sleep this long first */
+	int64_t max_rows;   /* and walk at most this many keys (0: batch_size) */
 	const char *reason; /* NULL when running freely */
 } throttle_decision_t;
 
@@ -125,7 +129,8 @@ void throttle_after_waiters(throttle_state_t *st, const throttle_settings_t *s, 
  * A job that measures (app_watch, set by the caller after throttle_init) does not grow past
  * its first batch_size before it has measured for THROTTLE_APP_WARMUP_MS, and meanwhile is busy
  * at most THROTTLE_START_DUTY of the time until the CPU probes show CPU to spare (cpu_stretch
- * known and at most THROTTLE_CPU_STRETCH; throttle_decide; no reason: the job says so in its
+ * known and at most THROTTLE_CPU_STRETCH), unless no other session is at work on the server
+ * (server_idle: nobody to protect; throttle_decide; no reason: the job says so in its
  * log as it starts, and its batches' sleep_ms show it): the statistics of other sessions reach the
  * counters about once a second, and a job that ran flat out meanwhile would make its biggest
  * batches, and take the most CPU, before it knew anybody was there.
@@ -157,11 +162,23 @@ void throttle_after_retry(throttle_state_t *st, const throttle_settings_t *s, do
 #define THROTTLE_APP_MIN_WRITES_S 1.0
 
 /*
+ * After a committed batch that walked ROWS keys and wrote WAL_BYTES of WAL: what a key costs in
+ * WAL, smoothed, but never under the latest batch's (a checkpoint's full-page images make it
+ * jump), for throttle_decide's lag headroom.
+ */
+#define THROTTLE_WAL_MARGIN 1.25 /* a batch may write this much more WAL a key than measured */
+void throttle_after_wal(throttle_state_t *st, int64_t rows, int64_t wal_bytes);
+
+/*
  * Before a batch. Lag pressure p is the worse of lag_bytes/max_replication_lag_bytes and
  * lag_ms/max_replication_lag_ms: below 0.5 no sleep is added; from 0.5 to 1 the sleep grows
  * linearly from sleep_ms to max_sleep_ms; at 1 the job holds until p is back under 0.5. After
  * contention the sleep is at least idle times the last batch's duration (reason
- * blocked_sessions), unless lag asks for more; and then the CPU share above.
+ * blocked_sessions), unless lag asks for more; and then the CPU share above. The batch walks at
+ * most max_rows keys: the WAL it is expected to write (wal_per_row, with a margin) fits in this
+ * runner's share of the lag headroom left (max_replication_lag_bytes - lag_bytes, shared by the
+ * instance's runners), so a paused standby's lag passes the limit by little more than what other
+ * sessions write (reason replication_lag when that cuts the batch).
  */
 throttle_decision_t throttle_decide(throttle_state_t *st, const throttle_settings_t *s,
 				    const throttle_input_t *in);

@@ -572,7 +572,7 @@ static void test_queue_schema_statements(void **state)
 		const char *call;
 		int params;
 	} statements[] = {
-		{batch_build_split, "._make_slices(j.id, $2::pg_catalog.text, ", 2},
+		{batch_build_split, "._make_slices(j.id, $2::pg_catalog.text, ", 3},
 		{batch_build_open, "._batch_open($3::pg_catalog.oid) AS w", 3},
 		{batch_build_waiters, "._waiters($1::pg_catalog.oid) AS w", 1},
 		{batch_build_mismatches, "._record_mismatches($1::pg_catalog.int8, $2::pg_catalog.text)", 2},

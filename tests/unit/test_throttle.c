@@ -1318,6 +1318,67 @@ static void test_app_warmup_ends_early_when_the_cpu_is_free(void **state)
 	assert_int_equal(st.batch_size, s.batch_size);
 }
 
+/* On a server where no other session is at work, a job that measures starts at full speed: nobody
+ * to protect; the size still waits for the counters. */
+static void test_app_warmup_skipped_on_an_idle_server(void **state)
+{
+	throttle_settings_t s = contention_settings();
+	throttle_state_t st;
+	server_t sv = {.rate = 50, .overhead = 1};
+	app_t app = {.k = 0, .writes = 0, .table_rows = 1e6};
+	throttle_input_t idle = {.lag_known = true, .server_idle = true, .cpu_stretch = 1.6};
+	throttle_input_t others = {.lag_known = true, .cpu_stretch = 1.6};
+
+	(void)state;
+	throttle_init(&st, &s);
+	st.app_watch = true;
+	run_contended_batch(&st, &s, &sv, &app);
+	assert_int_equal(throttle_decide(&st, &s, &idle).sleep_ms, s.sleep_ms);
+	assert_true(throttle_decide(&st, &s, &others).sleep_ms >=
+		    (int64_t)(st.last_ms * (1 / THROTTLE_START_DUTY - 1)));
+	throttle_after_batch(&st, &s, st.batch_size, server_batch_ms(&sv, st.batch_size));
+	assert_int_equal(st.batch_size, s.batch_size);
+}
+
+/*
+ * The WAL a key writes, measured batch by batch, sizes the next batch to the lag headroom: with
+ * the lag at 60% of the limit and 100 bytes a key, a batch walks at most 40% of the limit over
+ * 100 bytes, less the margin, and half of that when two runners share it; a jump of the WAL a key
+ * writes (full-page images) counts at once; no headroom leaves min_batch_size; no measure, or
+ * room for more than batch_size, no limit.
+ */
+static void test_wal_per_key_fits_batches_in_the_lag_headroom(void **state)
+{
+	throttle_settings_t s = make_settings(100000, 10, 1000000, 0, 30000);
+	throttle_state_t st;
+	throttle_input_t in = {.lag_known = true, .lag_bytes = LAG_BYTES * 6 / 10, .runners = 1};
+	throttle_decision_t d;
+	int64_t expect = (int64_t)(LAG_BYTES * 0.4 / (100 * THROTTLE_WAL_MARGIN));
+
+	(void)state;
+	throttle_init(&st, &s);
+	assert_int_equal(throttle_decide(&st, &s, &in).max_rows, 0); /* nothing measured yet */
+	throttle_after_wal(&st, 1000, 100000);
+	d = throttle_decide(&st, &s, &in);
+	assert_int_equal(d.max_rows, expect);
+	assert_string_equal(d.reason, "replication_lag");
+	in.runners = 2;
+	assert_int_equal(throttle_decide(&st, &s, &in).max_rows, expect / 2);
+	in.runners = 1;
+	throttle_after_wal(&st, 1000, 1000000); /* ten times as much a key: believed at once */
+	assert_int_equal(throttle_decide(&st, &s, &in).max_rows, expect / 10);
+	throttle_after_wal(&st, 1000, 100000); /* and forgotten slowly */
+	assert_true(throttle_decide(&st, &s, &in).max_rows < expect / 2);
+	in.lag_bytes = LAG_BYTES * 99 / 100;
+	assert_int_equal(throttle_decide(&st, &s, &in).max_rows, s.min_batch_size);
+	in.lag_bytes = 0;
+	st.wal_per_row = 0.001;
+	assert_int_equal(throttle_decide(&st, &s, &in).max_rows, 0);
+	in.lag_known = false;
+	st.wal_per_row = 100;
+	assert_int_equal(throttle_decide(&st, &s, &in).max_rows, 0);
+}
+
 /*
  * An application that arrives in the middle of a job running big batches: within a few seconds
  * of its first writes the size is down to what they allow (by halves), with the reason
@@ -1556,6 +1617,8 @@ int main(void)
 		cmocka_unit_test(test_app_warmup_then_free_when_nobody_writes),
 		cmocka_unit_test(test_app_warmup_ends_early_when_the_cpu_is_free),
 		cmocka_unit_test(test_app_arriving_brings_the_size_down),
+		cmocka_unit_test(test_app_warmup_skipped_on_an_idle_server),
+		cmocka_unit_test(test_wal_per_key_fits_batches_in_the_lag_headroom),
 		cmocka_unit_test(test_app_writes_elsewhere_lift_the_cap),
 		cmocka_unit_test(test_app_writes_without_a_table_size_cap_nothing),
 		cmocka_unit_test(test_cpu_share_follows_the_stretch),
