@@ -1,0 +1,193 @@
+/*
+ * Unit tests for text.c: character boundaries (every cut of 1- to 4-byte characters, invalid
+ * bytes, exact fits), the snprintf that cuts on them, and one-line escaping.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "text.h"
+
+/* "a", U+00E9, U+20AC, U+1F600, "b": characters of 1, 2, 3, 4 and 1 bytes. */
+static const char mixed[] = "a\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80"
+			    "b";
+static const size_t mixed_bounds[] = {0, 1, 3, 6, 10, 11};
+
+/* The largest of the N BOUNDS that is <= MAX. */
+static size_t bound_below(const size_t *bounds, size_t n, size_t max)
+{
+	size_t best = 0;
+
+	for (size_t i = 0; i < n; i++)
+		if (bounds[i] <= max)
+			best = bounds[i];
+	return best;
+}
+
+static void expect_prefixes(const char *s, const size_t *bounds, size_t n)
+{
+	for (size_t max = 0; max <= strlen(s) + 2; max++) {
+		size_t want = bound_below(bounds, n, max);
+		size_t got = text_utf8_prefix(s, max);
+		if (got != want)
+			fail_msg("\"%s\" at most %zu bytes: got %zu, want %zu", s, max, got, want);
+	}
+	assert_int_equal(text_utf8_prefix(s, SIZE_MAX), strlen(s));
+}
+
+static void test_prefix_valid(void **state)
+{
+	static const size_t ascii[] = {0, 1, 2, 3};
+	static const size_t edges[] = {0, 3, 6, 9, 13};
+	(void)state;
+
+	expect_prefixes(mixed, mixed_bounds, sizeof(mixed_bounds) / sizeof(mixed_bounds[0]));
+	expect_prefixes("abc", ascii, 4);
+	/* U+D7FF, U+E000, U+FFFF, U+10FFFF: the last characters before and after each gap. */
+	expect_prefixes("\xed\x9f\xbf\xee\x80\x80\xef\xbf\xbf\xf4\x8f\xbf\xbf", edges, 5);
+	assert_int_equal(text_utf8_prefix("", 0), 0);
+	assert_int_equal(text_utf8_prefix("", 10), 0);
+	assert_int_equal(text_utf8_prefix("\xc3\xa9", 2), 2); /* exact fit */
+	assert_int_equal(text_utf8_prefix("\xc3\xa9", 1), 0);
+	assert_int_equal(text_utf8_prefix("\xf0\x9f\x98\x80", 3), 0);
+	assert_int_equal(text_utf8_prefix("\xf0\x9f\x98\x80", 4), 4);
+}
+
+/* Bytes that are not valid UTF-8 are characters of their own: never a reason to stop early. */
+static void test_prefix_invalid(void **state)
+{
+	static const size_t singles4[] = {0, 1, 2, 3, 4};
+	static const size_t singles3[] = {0, 1, 2, 3};
+	static const size_t stray[] = {0, 1, 2, 3};
+	static const size_t cut_then_ascii[] = {0, 1, 2, 3, 4};
+	static const size_t ends_inside[] = {0, 1, 2, 3, 4};
+	(void)state;
+
+	expect_prefixes("\xf4\x90\x80\x80", singles4, 5); /* past U+10FFFF */
+	expect_prefixes("\xf8\x88\x80\x80", singles4, 5); /* 5-byte form */
+	expect_prefixes("\xed\xa0\x80", singles3, 4);	  /* a surrogate */
+	expect_prefixes("\xe0\x80\xaf", singles3, 4);	  /* overlong */
+	expect_prefixes("a\x80"
+			"b",
+			stray, 4);
+	expect_prefixes("\xe2\x82"
+			"ab",
+			cut_then_ascii, 5);
+	expect_prefixes("ab\xe2\x82", ends_inside, 5); /* the string ends inside a sequence */
+	assert_int_equal(text_utf8_prefix("\xc0\xaf", 1), 1);
+	assert_int_equal(text_utf8_prefix("\xff", 1), 1);
+}
+
+static void test_snprintf_every_length(void **state)
+{
+	(void)state;
+
+	for (size_t len = 0; len <= sizeof(mixed) + 2; len++) {
+		char buf[32];
+		memset(buf, '#', sizeof(buf));
+		int n = text_snprintf(buf, len, "%s", mixed);
+		assert_int_equal(n, (int)strlen(mixed));
+		if (len == 0) {
+			assert_int_equal(buf[0], '#');
+			continue;
+		}
+		size_t want = text_utf8_prefix(mixed, len - 1);
+		assert_int_equal(strlen(buf), want);
+		assert_memory_equal(buf, mixed, want);
+		assert_int_equal(buf[len], '#'); /* nothing past LEN written */
+	}
+}
+
+static void test_snprintf_formats_and_bad_bytes(void **state)
+{
+	char buf[16];
+	(void)state;
+
+	assert_int_equal(text_snprintf(buf, sizeof(buf), "%d-%s", 42, "x"), 4);
+	assert_string_equal(buf, "42-x");
+	/* Exactly fits. */
+	assert_int_equal(text_snprintf(buf, 3, "%s", "\xc3\xa9"), 2);
+	assert_string_equal(buf, "\xc3\xa9");
+	/* Invalid bytes that fit are kept; a complete text is never changed. */
+	assert_int_equal(text_snprintf(buf, 4, "%s", "a\xe2\x82"), 3);
+	assert_string_equal(buf, "a\xe2\x82");
+	assert_int_equal(text_snprintf(buf, 3, "%s",
+				       "a\xff"
+				       "b"),
+			 3);
+	assert_string_equal(buf, "a\xff");
+	/* A cut that might split a character drops what it cannot tell apart. */
+	assert_int_equal(text_snprintf(buf, 4, "%s", "a\xe2\x82x"), 4);
+	assert_string_equal(buf, "a");
+	/* An error text cut inside its last character (PostgreSQL would refuse it: 22021). */
+	assert_int_equal(text_snprintf(buf, 6, "%s: %s", "e", "\xe2\x82\xac"), 6);
+	assert_string_equal(buf, "e: ");
+}
+
+static void expect_escape(const char *in, const char *want)
+{
+	char out[256];
+
+	assert_true(text_escape_line(out, sizeof(out), in));
+	assert_string_equal(out, want);
+}
+
+static void test_escape_line(void **state)
+{
+	(void)state;
+
+	expect_escape("plain text, \"quoted\" <ok>", "plain text, \"quoted\" <ok>");
+	expect_escape("", "");
+	expect_escape("a\nb\rc\td\\e", "a\\nb\\rc\\td\\\\e");
+	expect_escape("x\n<0>forged", "x\\n<0>forged");
+	expect_escape("\x1b[31mred\x1b[0m", "\\x1b[31mred\\x1b[0m");
+	expect_escape("\x01\x1f\x7f", "\\x01\\x1f\\x7f");
+	expect_escape(mixed, mixed);
+	expect_escape("\xc2\x9b"
+		      "2J\xc2\x85",
+		      "\\xc2\\x9b2J\\xc2\\x85");		 /* C1 controls */
+	expect_escape("\xc2\xa0|\xc2\xbf", "\xc2\xa0|\xc2\xbf"); /* not C1 */
+	expect_escape("\xff\xc0\xaf", "\\xff\\xc0\\xaf");
+	expect_escape("\xed\xa0\x80", "\\xed\\xa0\\x80");
+	expect_escape("ab\xe2\x82", "ab\\xe2\\x82");
+}
+
+/* A short buffer ends at a whole character or escape, never inside one. */
+static void test_escape_line_bounded(void **state)
+{
+	const char *in = "\xc3\xa9\x1b\xe2\x82\xac";
+	const char *full = "\xc3\xa9\\x1b\xe2\x82\xac";
+	static const size_t bounds[] = {0, 2, 6, 9};
+	(void)state;
+
+	for (size_t outlen = 1; outlen <= 12; outlen++) {
+		char out[16];
+		bool all = text_escape_line(out, outlen, in);
+		size_t want = bound_below(bounds, 4, outlen - 1);
+		assert_int_equal(strlen(out), want);
+		assert_memory_equal(out, full, want);
+		assert_int_equal(all, want == strlen(full));
+	}
+	assert_false(text_escape_line(NULL, 0, "x"));
+	assert_true(text_escape_line(NULL, 0, ""));
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_prefix_valid),
+		cmocka_unit_test(test_prefix_invalid),
+		cmocka_unit_test(test_snprintf_every_length),
+		cmocka_unit_test(test_snprintf_formats_and_bad_bytes),
+		cmocka_unit_test(test_escape_line),
+		cmocka_unit_test(test_escape_line_bounded),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
