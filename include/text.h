@@ -1,6 +1,7 @@
 /*
  * Text that leaves the daemon: cut on UTF-8 character boundaries (PostgreSQL refuses a cut
- * character), and escaped onto one printable line (logs). Pure functions.
+ * character), escaped onto one printable line (logs), and with passwords masked (connection
+ * strings, and messages that quote them). Pure functions, apart from the registry of secrets.
  */
 #ifndef BACKFILLD_TEXT_H
 #define BACKFILLD_TEXT_H
@@ -8,6 +9,9 @@
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
+
+/* What a masked password reads as; the same whatever its length. */
+#define TEXT_MASK "********"
 
 /*
  * The length of the longest prefix of S (NUL-terminated) that has at most MAX_BYTES bytes and
@@ -36,5 +40,45 @@ int text_vsnprintf(char *buf, size_t len, const char *fmt, va_list ap) __attribu
  * that does not fit whole and returns false.
  */
 bool text_escape_line(char *out, size_t outlen, const char *in);
+
+/*
+ * A copy of the libpq connection string CONNINFO with every password replaced by TEXT_MASK:
+ * keyword=value strings ("password = 'a b\'c'", any keyword ending in "password", in any case,
+ * quoted or not, e.g. sslpassword), and URIs (scheme://user:PASSWORD@host, query parameters
+ * ?password=... also when percent-encoded, malformed URIs too: the user information ends at the
+ * last '@'), also a URI given as dbname. Registered secrets (below) are masked too. Leaves the
+ * rest as it is. NULL when memory runs out; caller frees.
+ */
+char *text_mask_conninfo(const char *conninfo) __attribute__((warn_unused_result));
+
+/*
+ * TEXT (any message, e.g. a libpq error quoting a connection string) with password-looking
+ * fragments replaced by TEXT_MASK: the passwords of URIs (a URI ends at whitespace, or at the
+ * line's last '"' when a '"' opens it, as libpq quotes them), "...password = VALUE" (a VALUE ends
+ * at unquoted whitespace), and every occurrence of a registered secret. Errs toward masking more
+ * than the password when a fragment is malformed. text_mask allocates (NULL when memory runs
+ * out; caller frees).
+ */
+char *text_mask(const char *text) __attribute__((warn_unused_result));
+
+/*
+ * text_mask into OUT (OUTLEN bytes with the NUL), cut on a character boundary; returns the
+ * length of the whole result, like snprintf. TEXT_CUT: TEXT is only the start of a longer text,
+ * so a URI or a registered secret that runs into its end may have lost what shows where its
+ * password ends: such a URI is masked from its first ':' to the end, such a secret's start too.
+ */
+size_t text_mask_into(char *out, size_t outlen, const char *text, bool text_cut);
+
+/*
+ * Remember the passwords in CONNINFO (as written, and unquoted or percent-decoded) so that
+ * text_mask* masks them wherever they appear, however the message around them looks: libpq
+ * quotes a bad fragment alone ("invalid percent-encoded token: "pa%zz"").
+ * Passwords shorter than 4 bytes are not remembered (masking every "abc" would garble logs).
+ * Returns false when memory runs out or the registry (16 secrets) is full.
+ */
+bool text_secrets_add_conninfo(const char *conninfo) __attribute__((warn_unused_result));
+
+/* Forget every registered secret (shutdown, tests). */
+void text_secrets_clear(void);
 
 #endif

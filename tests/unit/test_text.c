@@ -1,6 +1,7 @@
 /*
  * Unit tests for text.c: character boundaries (every cut of 1- to 4-byte characters, invalid
- * bytes, exact fits), the snprintf that cuts on them, and one-line escaping.
+ * bytes, exact fits), the snprintf that cuts on them, one-line escaping, and password masking
+ * in connection strings and in messages, with and without registered secrets.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -14,6 +15,8 @@
 #include <cmocka.h>
 
 #include "text.h"
+
+#define M TEXT_MASK
 
 /* "a", U+00E9, U+20AC, U+1F600, "b": characters of 1, 2, 3, 4 and 1 bytes. */
 static const char mixed[] = "a\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80"
@@ -179,6 +182,192 @@ static void test_escape_line_bounded(void **state)
 	assert_true(text_escape_line(NULL, 0, ""));
 }
 
+static void expect_conninfo(const char *in, const char *want)
+{
+	char *got = text_mask_conninfo(in);
+
+	assert_non_null(got);
+	if (strcmp(got, want) != 0)
+		fail_msg("masking <<%s>>: got <<%s>>, want <<%s>>", in, got, want);
+	free(got);
+}
+
+static void test_mask_keyword_conninfo(void **state)
+{
+	(void)state;
+
+	expect_conninfo("host=127.0.0.1 password=s3cret dbname=x", "host=127.0.0.1 password=" M " dbname=x");
+	expect_conninfo("password=s3cret", "password=" M);
+	expect_conninfo("  password  =  's3 cr\\'et'  host=h", "  password  =  " M "  host=h");
+	expect_conninfo("password='q\"uo\\\\te'\ttab", "password=" M "\ttab");
+	expect_conninfo("password=a\\ b host=h", "password=" M " host=h");
+	expect_conninfo("host=h PASSWORD=s3cret", "host=h PASSWORD=" M);
+	expect_conninfo("sslpassword=keypw host=h", "sslpassword=" M " host=h");
+	expect_conninfo("host=h password='unterminated dbname=x", "host=h password=" M);
+	expect_conninfo("host=h password s3cret", "host=h password " M); /* libpq refuses it */
+	expect_conninfo("password= host=h", "password= " M);		 /* libpq's value is "host=h" */
+	expect_conninfo("password=", "password=");
+	expect_conninfo("password=''", "password=" M);
+	expect_conninfo("passfile=/x/y dbname=passwords", "passfile=/x/y dbname=passwords");
+	expect_conninfo("dbname=postgresql://u:s3cret@h/x host=y", "dbname=postgresql://u:" M "@h/x host=y");
+	expect_conninfo("", "");
+}
+
+static void test_mask_uri_conninfo(void **state)
+{
+	(void)state;
+
+	expect_conninfo("postgresql://u:s3cret@127.0.0.1/x", "postgresql://u:" M "@127.0.0.1/x");
+	expect_conninfo("postgres://u:s3cret@h:5432/x?sslmode=require",
+			"postgres://u:" M "@h:5432/x?sslmode=require");
+	expect_conninfo("postgresql://u:s3cret@h1:5432,h2:5433/x", "postgresql://u:" M "@h1:5432,h2:5433/x");
+	expect_conninfo("postgresql://u@h/x?password=s3cret&sslmode=require",
+			"postgresql://u@h/x?password=" M "&sslmode=require");
+	expect_conninfo("postgresql://h/x?sslmode=require&sslpassword=k#frag",
+			"postgresql://h/x?sslmode=require&sslpassword=" M "#frag");
+	expect_conninfo("postgresql://h/x?pass%77ord=s3cret", "postgresql://h/x?pass%77ord=" M);
+	/* Malformed: an open bracket, unencoded '@', '/', ' ' and '?' in the password. */
+	expect_conninfo("postgresql://u:s3cret@[::1/x", "postgresql://u:" M "@[::1/x");
+	expect_conninfo("postgresql://u:p@ss/w rd?@h/x", "postgresql://u:" M "@h/x");
+	expect_conninfo("  postgresql://u:s3 cret@h/x", "  postgresql://u:" M "@h/x");
+	expect_conninfo("postgresql://u:s3%zzcret@h/x", "postgresql://u:" M "@h/x");
+	/* Nothing to hide. */
+	expect_conninfo("postgresql://[::1]:5432/x", "postgresql://[::1]:5432/x");
+	expect_conninfo("postgresql://u@h:5432/x", "postgresql://u@h:5432/x");
+	expect_conninfo("postgresql://u:@h/x", "postgresql://u:@h/x");
+	expect_conninfo("postgresql://", "postgresql://");
+}
+
+static void expect_masked(const char *in, const char *want)
+{
+	char *got = text_mask(in);
+
+	assert_non_null(got);
+	if (strcmp(got, want) != 0)
+		fail_msg("masking <<%s>>: got <<%s>>, want <<%s>>", in, got, want);
+	free(got);
+}
+
+/* libpq's own messages (and some of ours) around connection strings. */
+static void test_mask_messages(void **state)
+{
+	(void)state;
+
+	expect_masked("end of string reached when looking for matching \"]\" in IPv6 host address in URI: "
+		      "\"postgresql://u:s3cret@[::1/x\"\n",
+		      "end of string reached when looking for matching \"]\" in IPv6 host address in URI: "
+		      "\"postgresql://u:" M "@[::1/x\"\n");
+	expect_masked("missing \"=\" after \"postgresql://u:my secret@h\" in connection info string",
+		      "missing \"=\" after \"postgresql://u:" M "@h\" in connection info string");
+	expect_masked("unexpected character \"x\" at position 30 in URI (expected \":\" or \"/\"): "
+		      "\"postgresql://u:p\"w@h:5x/db\"; reconnecting in 250 ms",
+		      "unexpected character \"x\" at position 30 in URI (expected \":\" or \"/\"): "
+		      "\"postgresql://u:" M "@h:5x/db\"; reconnecting in 250 ms");
+	expect_masked("see http://admin:hunter22@example.com/x and postgres://v:w@h",
+		      "see http://admin:" M "@example.com/x and postgres://v:" M "@h");
+	expect_masked("conninfo host=h password=s3cret\tdbname=x",
+		      "conninfo host=h password=" M "\tdbname=x");
+	expect_masked("invalid URI query parameter: \"bogus\"", "invalid URI query parameter: \"bogus\"");
+	expect_masked("connection to server at \"127.0.0.1\", port 1 failed: Connection refused",
+		      "connection to server at \"127.0.0.1\", port 1 failed: Connection refused");
+	expect_masked("password authentication failed for user \"u\"",
+		      "password authentication failed for user \"u\"");
+	expect_masked("job 1 (public.passwords): batch 3", "job 1 (public.passwords): batch 3");
+	expect_masked("listening on postgresql://h:5432/x", "listening on postgresql://h:5432/x");
+	expect_masked("", "");
+}
+
+static void test_mask_into_bounded_and_cut(void **state)
+{
+	const char *in = "x postgresql://u:s3cret@h \xe2\x82\xac";
+	char out[64];
+	(void)state;
+
+	/* The whole length comes back; the output stops at a character boundary. */
+	size_t want = strlen("x postgresql://u:" M "@h \xe2\x82\xac");
+	assert_int_equal(text_mask_into(out, sizeof(out), in, false), want);
+	assert_string_equal(out, "x postgresql://u:" M "@h \xe2\x82\xac");
+	assert_int_equal(text_mask_into(out, want, in, false), want);
+	assert_string_equal(out, "x postgresql://u:" M "@h ");
+	assert_int_equal(text_mask_into(out, 12, in, false), want);
+	assert_string_equal(out, "x postgresq");
+	assert_int_equal(text_mask_into(NULL, 0, in, false), want);
+
+	/* A text cut inside a URI, before its '@': the rest may be a password. */
+	text_mask_into(out, sizeof(out), "x \"postgresql://u:s3cr", true);
+	assert_string_equal(out, "x \"postgresql://u:" M);
+	text_mask_into(out, sizeof(out), "x postgresql://u:p@ss", true);
+	assert_string_equal(out, "x postgresql://u:" M);
+	text_mask_into(out, sizeof(out), "x postgresql://u:s3cr", false);
+	assert_string_equal(out, "x postgresql://u:s3cr");
+	text_mask_into(out, sizeof(out), "x postgresql://u:s3cret@h and more", true);
+	assert_string_equal(out, "x postgresql://u:" M "@h and more");
+}
+
+/* More fragments than the span table holds: everything from the first one left over is masked. */
+static void test_mask_many(void **state)
+{
+	char in[1024] = "", *out;
+	(void)state;
+
+	for (int i = 0; i < 40; i++)
+		strcat(in, "password=x ");
+	out = text_mask(in);
+	assert_non_null(out);
+	assert_null(strstr(out, "=x"));
+	assert_non_null(strstr(out, "password=" M));
+	free(out);
+}
+
+static void test_registered_secrets(void **state)
+{
+	char out[128];
+	(void)state;
+
+	assert_true(text_secrets_add_conninfo("postgresql://u:s3cret%zz@127.0.0.1/x"));
+	expect_masked("invalid percent-encoded token: \"s3cret%zz\"",
+		      "invalid percent-encoded token: \"" M "\"");
+	/* The start of one that a cut text ends with. */
+	text_mask_into(out, sizeof(out), "token: \"s3cr", true);
+	assert_string_equal(out, "token: \"" M);
+	text_mask_into(out, sizeof(out), "token: \"s3cr", false);
+	assert_string_equal(out, "token: \"s3cr");
+
+	assert_true(text_secrets_add_conninfo("host=h password='s3 cr\\'et' dbname=x"));
+	expect_masked("got s3 cr'et here", "got " M " here");
+	assert_true(text_secrets_add_conninfo("postgresql://u:p%40ssword1@h/x"));
+	expect_masked("p@ssword1 and p%40ssword1", M " and " M);
+	expect_conninfo("host=h user=s3cret%zz", "host=h user=" M);
+
+	/* Too short to mask everywhere. */
+	assert_true(text_secrets_add_conninfo("password=abc"));
+	expect_masked("abc", "abc");
+
+	text_secrets_clear();
+	expect_masked("token: \"s3cret%zz\"", "token: \"s3cret%zz\"");
+}
+
+static void test_registry_full(void **state)
+{
+	bool ok = true;
+	int added = 0;
+	(void)state;
+
+	for (int i = 0; i < 100 && ok; i++) {
+		char conninfo[64];
+		snprintf(conninfo, sizeof(conninfo), "password=secret%03d", i);
+		ok = text_secrets_add_conninfo(conninfo);
+		added += ok;
+	}
+	assert_false(ok);
+	assert_true(added >= 16);
+	expect_masked("secret000", M);
+	/* Known ones are no new entries. */
+	assert_true(text_secrets_add_conninfo("password=secret000"));
+	text_secrets_clear();
+	expect_masked("secret000", "secret000");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -188,6 +377,13 @@ int main(void)
 		cmocka_unit_test(test_snprintf_formats_and_bad_bytes),
 		cmocka_unit_test(test_escape_line),
 		cmocka_unit_test(test_escape_line_bounded),
+		cmocka_unit_test(test_mask_keyword_conninfo),
+		cmocka_unit_test(test_mask_uri_conninfo),
+		cmocka_unit_test(test_mask_messages),
+		cmocka_unit_test(test_mask_into_bounded_and_cut),
+		cmocka_unit_test(test_mask_many),
+		cmocka_unit_test(test_registered_secrets),
+		cmocka_unit_test(test_registry_full),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
