@@ -28,6 +28,11 @@ bool log_enabled(log_level_t level);
  * Write one line at LEVEL. CONTEXT (may be NULL) prefixes it, e.g. "job 12".
  * errno is preserved. Lines on stderr carry "<N>" priority prefixes for journald
  * unless stderr is a terminal, where they carry a timestamp and the level instead.
+ * Messages quote table names and server text, so one call is always exactly one line:
+ * trailing newlines are dropped, passwords masked (text_mask), control characters and
+ * invalid UTF-8 escaped (text_escape_line), and a message past 2048 bytes formatted
+ * (4096 escaped) is cut on a character boundary and ends " [truncated]". The same
+ * text goes to syslog.
  */
 void log_msg(log_level_t level, const char *context, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
