@@ -16,6 +16,7 @@
 #undef config_t
 
 #include "config.h"
+#include "text.h"
 
 typedef enum key_type {
 	KEY_INT,       /* int64_t, within [min, max] */
@@ -52,7 +53,8 @@ static bool check_listen(const char *value, char *problem, size_t len);
 #define STRING_KEY(p, f, d, chk, rel) {p, KEY_STRING, OFF(f), 0, 0, d, 0, 0, chk, rel}
 /* clang-format on */
 
-/* Every key the file may hold, grouped and ordered as config_print writes them. */
+/* Every key the file may hold, grouped and ordered as config_print writes them. A string key
+ * whose name ends in "conninfo" is a libpq connection string: its passwords never get printed. */
 static const config_key_t config_keys[] = {
 	STRING_KEY("database.conninfo", conninfo, "", check_not_empty, false),
 	STRING_KEY("database.job_conninfo", job_conninfo, "", NULL, false),
@@ -111,6 +113,13 @@ typedef struct load_ctx {
 static void *key_slot(const config_t *config, const config_key_t *key)
 {
 	return (char *)config + key->offset;
+}
+
+static bool key_is_conninfo(const config_key_t *key)
+{
+	size_t len = strlen(key->path);
+
+	return key->type == KEY_STRING && len >= 8 && strcmp(key->path + len - 8, "conninfo") == 0;
 }
 
 static const config_key_t *key_find(const char *path)
@@ -680,6 +689,20 @@ static void print_string(FILE *out, const char *text)
 	fputc('"', out);
 }
 
+/* A string value; a connection string with its passwords masked (all of it without memory). */
+static void print_string_key(FILE *out, const config_key_t *key, const char *value)
+{
+	char *masked;
+
+	if (!key_is_conninfo(key)) {
+		print_string(out, value);
+		return;
+	}
+	masked = text_mask_conninfo(value);
+	print_string(out, masked ? masked : TEXT_MASK);
+	free(masked);
+}
+
 void config_print(const config_t *config, FILE *out)
 {
 	size_t group_len = 0; /* length of the current group's name, 0 before the first */
@@ -714,7 +737,7 @@ void config_print(const config_t *config, FILE *out)
 			print_string(out, log_level_name(*(const log_level_t *)slot));
 			break;
 		case KEY_STRING:
-			print_string(out, *(char *const *)slot);
+			print_string_key(out, key, *(char *const *)slot);
 			break;
 		case KEY_STRINGS: {
 			char *const *list = *(char **const *)slot;
@@ -730,6 +753,17 @@ void config_print(const config_t *config, FILE *out)
 		fputs(";\n", out);
 	}
 	fputs("};\n", out);
+}
+
+bool config_register_secrets(const config_t *config)
+{
+	bool ok = true;
+
+	for (size_t i = 0; i < N_KEYS; i++)
+		if (key_is_conninfo(&config_keys[i]))
+			ok = text_secrets_add_conninfo(*(char *const *)key_slot(config, &config_keys[i])) &&
+			     ok;
+	return ok;
 }
 
 static bool key_equal(const config_t *a, const config_t *b, const config_key_t *key)

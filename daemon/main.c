@@ -15,6 +15,7 @@
 #include "log.h"
 #include "schema.h"
 #include "signals.h"
+#include "text.h"
 
 static void usage(FILE *out)
 {
@@ -67,6 +68,7 @@ int main(int argc, char **argv)
 	int c, modes;
 
 	signals_block();
+	atexit(text_secrets_clear);
 
 	while ((c = getopt_long(argc, argv, "c:Vh", options, NULL)) != -1) {
 		switch (c) {
@@ -127,6 +129,13 @@ int main(int argc, char **argv)
 			fprintf(stderr, "backfilld: invalid configuration: %s\n", err);
 			return EXIT_BAD_CONFIG;
 		}
+	}
+	if (!config_register_secrets(config)) {
+		fprintf(stderr,
+			"backfilld: cannot keep the connection strings' passwords for masking: out of "
+			"memory, or too many of them\n");
+		config_free(config);
+		return EXIT_RUNTIME;
 	}
 	if (dopt.log_level_override)
 		config->log_level = dopt.log_level;

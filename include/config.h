@@ -72,8 +72,13 @@ config_t *config_defaults(void) __attribute__((warn_unused_result));
 
 void config_free(config_t *config);
 
-/* Print every effective setting in libconfig syntax (--check-config). */
+/* Print every effective setting in libconfig syntax (--check-config). Passwords in connection
+ * strings are masked (text_mask_conninfo), so they read TEXT_MASK if the output is loaded again. */
 void config_print(const config_t *config, FILE *out);
+
+/* Register the passwords of every connection string in CONFIG with text_secrets_add_conninfo,
+ * so that logs and /healthz mask them wherever they show up. False when that fails. */
+bool config_register_secrets(const config_t *config) __attribute__((warn_unused_result));
 
 /*
  * Before a reload: for each key that differs between OLD and NEW but only takes effect

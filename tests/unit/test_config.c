@@ -1,7 +1,8 @@
 /*
  * Unit tests for config.c: the example file, defaults, one exact "FILE:LINE: KEY: problem"
  * line for each kind of mistake, 64-bit integers, the standbys list, the print -> load round
- * trip, and which changes config_diff_restart_only reports.
+ * trip (passwords masked), registering the passwords for masking, and which changes
+ * config_diff_restart_only reports.
  */
 #include <errno.h>
 #include <limits.h>
@@ -17,6 +18,7 @@
 #include <cmocka.h>
 
 #include "config.h"
+#include "text.h"
 
 #define CONNINFO_LINE "database: { conninfo = \"dbname=x\"; };\n"
 
@@ -390,7 +392,7 @@ static void test_print_load_round_trip(void **state)
 
 	text1 = print_to_string(first);
 	second = load_text(text1);
-	assert_string_equal(second->conninfo, first->conninfo);
+	assert_string_equal(second->conninfo, "host='a b' password=" TEXT_MASK "\ttab");
 	assert_string_equal(second->schema, "bf");
 	assert_string_equal(second->name, "n1");
 	assert_int_equal(second->workers, 7);
@@ -453,6 +455,47 @@ static void expect_restart_only(const char *old_text, const char *new_text, cons
 	config_free(new_config);
 }
 
+/* --check-config never shows a password, in either form of connection string. */
+static void test_print_masks_passwords(void **state)
+{
+	static const struct {
+		const char *file_value, *printed;
+	} cases[] = {
+		{"host=127.0.0.1 password=s3cret dbname=x", "host=127.0.0.1 password=" TEXT_MASK " dbname=x"},
+		{"postgresql://u:s3cret@127.0.0.1/x", "postgresql://u:" TEXT_MASK "@127.0.0.1/x"},
+		{"postgresql://u:s3cret@[::1/x", "postgresql://u:" TEXT_MASK "@[::1/x"},
+		{"dbname=x", "dbname=x"},
+	};
+	(void)state;
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char file[256], want[256];
+		snprintf(file, sizeof(file), "database: { conninfo = \"%s\"; };\n", cases[i].file_value);
+		config_t *config = load_text(file);
+		char *text = print_to_string(config);
+		snprintf(want, sizeof(want), "\n  conninfo = \"%s\";\n", cases[i].printed);
+		if (!strstr(text, want) || strstr(text, "s3cret"))
+			fail_msg("case %zu: wanted <<%s>> in:\n%s", i, want, text);
+		free(text);
+		config_free(config);
+	}
+}
+
+/* The configured passwords are masked anywhere, also where libpq quotes one alone. */
+static void test_register_secrets(void **state)
+{
+	config_t *config = load_text("database: { conninfo = \"postgresql://u:s3cret%zz@h/x\"; };\n");
+	char *masked;
+	(void)state;
+
+	assert_true(config_register_secrets(config));
+	masked = text_mask("invalid percent-encoded token: \"s3cret%zz\"");
+	assert_string_equal(masked, "invalid percent-encoded token: \"" TEXT_MASK "\"");
+	free(masked);
+	text_secrets_clear();
+	config_free(config);
+}
+
 static void test_diff_restart_only(void **state)
 {
 	(void)state;
@@ -485,6 +528,8 @@ int main(void)
 		cmocka_unit_test(test_int64),
 		cmocka_unit_test(test_standbys),
 		cmocka_unit_test(test_print_load_round_trip),
+		cmocka_unit_test(test_print_masks_passwords),
+		cmocka_unit_test(test_register_secrets),
 		cmocka_unit_test(test_diff_restart_only),
 	};
 
