@@ -4,6 +4,7 @@
  * as Prometheus text format 0.0.4. No I/O besides writing to the FILE it is given.
  */
 #include "metrics.h"
+#include "text.h"
 
 #include <inttypes.h>
 #include <stddef.h>
@@ -375,8 +376,11 @@ void metrics_database(bool up, const char *reason)
 		m.db_reason = NULL;
 		return;
 	}
+	/* /healthz answers anyone: a libpq message may quote the connection string. */
+	clean = text_mask(reason && *reason ? reason : "not connected");
+	if (!clean)
+		abort();
 	/* libpq messages span lines ("...failed: Connection refused\n\tIs the server running"). */
-	clean = xstrdup(reason && *reason ? reason : "not connected");
 	out = clean;
 	for (const char *p = clean; *p; p++) {
 		bool space = *p == '\n' || *p == '\r' || *p == '\t' || *p == ' ';

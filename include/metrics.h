@@ -43,7 +43,8 @@ void metrics_queue_round(void);
 
 void metrics_paused(bool paused);
 
-/* The queue connection is up (schema checked), or why not. */
+/* The queue connection is up (schema checked), or why not: REASON is kept with its passwords
+ * masked (text_mask) and its whitespace folded onto one line. */
 void metrics_database(bool up, const char *reason);
 bool metrics_database_up(const char **reason);
 

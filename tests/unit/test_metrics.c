@@ -1,8 +1,9 @@
 /*
  * Unit tests for metrics.c: what each report turns into in the Prometheus text format
  * (labels and their escaping, the throttle-reason enum, the histogram, rounds that forget
- * standbys and queue states, the bound on finished jobs), the STATUS summary, and, when
- * promtool is installed, that promtool accepts a fully populated page.
+ * standbys and queue states, the bound on finished jobs), the /healthz reason (one line, its
+ * passwords masked), the STATUS summary, and, when promtool is installed, that promtool
+ * accepts a fully populated page.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -17,6 +18,7 @@
 #include <cmocka.h>
 
 #include "metrics.h"
+#include "text.h"
 
 /* The rendered page. Caller frees. */
 static char *render(void)
@@ -275,6 +277,21 @@ static void test_database_and_pause(void **state)
 	free(page);
 }
 
+/* /healthz answers anyone: a libpq error that quotes the connection string loses its password. */
+static void test_database_reason_masked(void **state)
+{
+	const char *reason = NULL;
+	(void)state;
+
+	metrics_database(false,
+			 "cannot connect: end of string reached when looking for matching \"]\" in IPv6 "
+			 "host address in URI: \"postgresql://u:s3cret@[::1/x\"\n");
+	assert_false(metrics_database_up(&reason));
+	assert_string_equal(reason,
+			    "cannot connect: end of string reached when looking for matching \"]\" in "
+			    "IPv6 host address in URI: \"postgresql://u:" TEXT_MASK "@[::1/x\"");
+}
+
 static double fake_now;
 
 static double fake_clock(void)
@@ -355,6 +372,7 @@ int main(void)
 		cmocka_unit_test_teardown(test_standby_rounds, teardown),
 		cmocka_unit_test_teardown(test_queue_states, teardown),
 		cmocka_unit_test_teardown(test_database_and_pause, teardown),
+		cmocka_unit_test_teardown(test_database_reason_masked, teardown),
 		cmocka_unit_test_teardown(test_summary, teardown),
 		cmocka_unit_test_teardown(test_promtool_accepts_the_page, teardown),
 	};
