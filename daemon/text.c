@@ -205,10 +205,18 @@ static bool ends_with_password(const char *s, size_t n)
 	return n >= 8 && strncasecmp(s + n - 8, "password", 8) == 0;
 }
 
+/* Does the word that ends at T + I stand where a keyword does: after whitespace, or first? */
+static bool at_keyword_start(const char *t, size_t i)
+{
+	while (i > 0 && (isalnum((unsigned char)t[i - 1]) || t[i - 1] == '_'))
+		i--;
+	return i == 0 || is_space(t[i - 1]);
+}
+
 /*
  * If T + I starts "password", then '=' (whitespace around it allowed), returns where the value
- * starts, else 0. LENIENT (a whole connection string) also takes whitespace for the '=': libpq
- * refuses such a string, but its value is still the password.
+ * starts, else 0. LENIENT (a whole connection string) also takes whitespace for the '=' after a
+ * keyword ("password s3cret"): libpq refuses such a string, but the word after is a password.
  */
 static size_t keyword_value(const char *t, size_t len, size_t i, bool lenient)
 {
@@ -220,7 +228,7 @@ static size_t keyword_value(const char *t, size_t len, size_t i, bool lenient)
 		j++;
 	if (j < len && t[j] == '=')
 		j++;
-	else if (!lenient || j == i + 8)
+	else if (!lenient || j == i + 8 || !at_keyword_start(t, i))
 		return 0;
 	while (j < len && is_space(t[j]))
 		j++;

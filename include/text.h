@@ -74,7 +74,7 @@ size_t text_mask_into(char *out, size_t outlen, const char *text, bool text_cut)
  * text_mask* masks them wherever they appear, however the message around them looks: libpq
  * quotes a bad fragment alone ("invalid percent-encoded token: "pa%zz"").
  * Passwords shorter than 4 bytes are not remembered (masking every "abc" would garble logs).
- * Returns false when memory runs out or the registry (16 secrets) is full.
+ * Returns false when memory runs out or the registry (32 secrets) is full.
  */
 bool text_secrets_add_conninfo(const char *conninfo) __attribute__((warn_unused_result));
 

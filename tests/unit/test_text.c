@@ -205,7 +205,9 @@ static void test_mask_keyword_conninfo(void **state)
 	expect_conninfo("sslpassword=keypw host=h", "sslpassword=" M " host=h");
 	expect_conninfo("host=h password='unterminated dbname=x", "host=h password=" M);
 	expect_conninfo("host=h password s3cret", "host=h password " M); /* libpq refuses it */
-	expect_conninfo("password= host=h", "password= " M);		 /* libpq's value is "host=h" */
+	expect_conninfo("host=h sslpassword s3cret", "host=h sslpassword " M);
+	expect_conninfo("dbname=mypassword host=h", "dbname=mypassword host=h");
+	expect_conninfo("password= host=h", "password= " M); /* libpq's value is "host=h" */
 	expect_conninfo("password=", "password=");
 	expect_conninfo("password=''", "password=" M);
 	expect_conninfo("passfile=/x/y dbname=passwords", "passfile=/x/y dbname=passwords");
