@@ -23,6 +23,7 @@
 #include "metrics.h"
 #include "pgconn.h"
 #include "queue.h"
+#include "text.h"
 #include "throttle.h"
 
 #define JOB_RETRY_MS 1000 /* a request the queue connection could not take is sent again after this */
@@ -539,14 +540,15 @@ static void job_connection_event(pgconn_t *conn, pgconn_event_t event, const cha
 	case JOB_CONNECTING:
 		if (!job->loaded || !job_login_refused(reason))
 			break;
-		snprintf(err, sizeof(err),
-			 "28000: the job's session cannot log in as role %s: %s (backfilld runs a job's "
-			 "batches in"
-			 " a session logged in as the role that submitted it: let the daemon log in as that "
-			 "role,"
-			 " through database.job_conninfo and a pg_ident.conf map for peer or certificate"
-			 " authentication, or a password file; see README, Roles)",
-			 job->run_as, reason);
+		text_snprintf(
+			err, sizeof(err),
+			"28000: the job's session cannot log in as role %s: %s (backfilld runs a job's "
+			"batches in"
+			" a session logged in as the role that submitted it: let the daemon log in as that "
+			"role,"
+			" through database.job_conninfo and a pg_ident.conf map for peer or certificate"
+			" authentication, or a password file; see README, Roles)",
+			job->run_as, reason);
 		job_fail(job, err);
 		break;
 	case JOB_SPLITTING:
@@ -584,11 +586,11 @@ static bool job_build(job_t *job, const PGresult *row, const PGresult *keys, cha
 
 	job_clear_definition(job);
 	if (!job_kind_parse(job_column(row, "kind"), &job->kind)) {
-		snprintf(err, errlen, "unknown kind \"%s\"", job_column(row, "kind") ?: "");
+		text_snprintf(err, errlen, "unknown kind \"%s\"", job_column(row, "kind") ?: "");
 		return false;
 	}
 	if (!job_column(row, "nspname")) {
-		snprintf(err, errlen, "the target table no longer exists");
+		text_snprintf(err, errlen, "the target table no longer exists");
 		return false;
 	}
 	job->dry_run = strcmp(job_column(row, "dry_run") ?: "f", "t") == 0;
@@ -604,15 +606,15 @@ static bool job_build(job_t *job, const PGresult *row, const PGresult *keys, cha
 	if (!job->run_as || (job->kind == JOB_KIND_UPDATE && !job->set_sql) ||
 	    (job->kind == JOB_KIND_STATEMENT && !job->batch_sql) ||
 	    (job->kind == JOB_KIND_VERIFY && !job->mismatch_sql)) {
-		snprintf(err, errlen,
-			 "a %s job needs its SQL (set_sql, batch_sql or mismatch_sql) and run_as",
-			 job_kind_name(job->kind));
+		text_snprintf(err, errlen,
+			      "a %s job needs its SQL (set_sql, batch_sql or mismatch_sql) and run_as",
+			      job_kind_name(job->kind));
 		return false;
 	}
 
 	job->nkeys = PQntuples(keys);
 	if (job->nkeys == 0) {
-		snprintf(err, errlen, "the job has no key columns");
+		text_snprintf(err, errlen, "the job has no key columns");
 		return false;
 	}
 	job->key_names = calloc((size_t)job->nkeys, sizeof(char *));
@@ -626,8 +628,8 @@ static bool job_build(job_t *job, const PGresult *row, const PGresult *keys, cha
 		job->key_types[i] = xstrdup_or_null(pgconn_value(keys, i, PQfnumber(keys, "carrier")));
 		job->key_oids[i] = (Oid)pgconn_int64(keys, i, PQfnumber(keys, "type_oid"), 0);
 		if (!job->key_types[i]) {
-			snprintf(err, errlen, "key column \"%s\" no longer exists in %s.%s",
-				 job->key_names[i], job->target_schema, job->target_table);
+			text_snprintf(err, errlen, "key column \"%s\" no longer exists in %s.%s",
+				      job->key_names[i], job->target_schema, job->target_table);
 			return false;
 		}
 		/* One schema for the row comparison of a composite key: the first column's, unless
@@ -643,12 +645,12 @@ static bool job_build(job_t *job, const PGresult *row, const PGresult *keys, cha
 
 	keys_clear(&job->last_key);
 	if (last_key && !keys_decode(last_key, &job->last_key)) {
-		snprintf(err, errlen, "the checkpoint last_key %s cannot be decoded", last_key);
+		text_snprintf(err, errlen, "the checkpoint last_key %s cannot be decoded", last_key);
 		return false;
 	}
 	if (job->last_key.n != 0 && job->last_key.n != job->nkeys) {
-		snprintf(err, errlen, "the checkpoint has %d values but the key has %d columns",
-			 job->last_key.n, job->nkeys);
+		text_snprintf(err, errlen, "the checkpoint has %d values but the key has %d columns",
+			      job->last_key.n, job->nkeys);
 		return false;
 	}
 
@@ -716,7 +718,7 @@ static void job_load_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
 		return;
 	}
 	if (!res->ok) {
-		snprintf(err, sizeof(err), "%s: cannot read the job: %s", res->sqlstate, res->message);
+		text_snprintf(err, sizeof(err), "%s: cannot read the job: %s", res->sqlstate, res->message);
 		job_fail(job, err);
 		return;
 	}
@@ -1003,11 +1005,15 @@ void job_release(job_t *job, const char *state, const char *error)
 	}
 }
 
-/* The job cannot go on: say why once, and give it back as failed with that last_error. */
+/* The job cannot go on: say why once, and give it back as failed with that last_error (which
+ * its submitter reads: no password of a connection string in it). */
 void job_fail(job_t *job, const char *error)
 {
-	job_log(job, LOG_LEVEL_ERROR, "failed: %s", error);
-	job_release(job, "failed", error);
+	char masked[2048];
+
+	text_mask_into(masked, sizeof(masked), error, false);
+	job_log(job, LOG_LEVEL_ERROR, "failed: %s", masked);
+	job_release(job, "failed", masked);
 }
 
 void job_finish(job_t *job)

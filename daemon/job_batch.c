@@ -21,6 +21,7 @@
 #include "metrics.h"
 #include "pgconn.h"
 #include "sampler.h"
+#include "text.h"
 #include "throttle.h"
 
 /* ---- rows that fail on their own ---- */
@@ -54,7 +55,8 @@ static void job_skip_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
 			job_finish(job);
 			return;
 		}
-		snprintf(err, sizeof(err), "%s: %s (skipping a failing row)", res->sqlstate, res->message);
+		text_snprintf(err, sizeof(err), "%s: %s (skipping a failing row)", res->sqlstate,
+			      res->message);
 		job_fail(job, err);
 		return;
 	}
@@ -93,7 +95,7 @@ static void job_skip_row(job_t *job, const char *sqlstate, const char *message)
 
 	job_settings(job, &s);
 	snprintf(job->skip_sqlstate, sizeof(job->skip_sqlstate), "%s", sqlstate);
-	snprintf(job->skip_message, sizeof(job->skip_message), "%s", message);
+	text_snprintf(job->skip_message, sizeof(job->skip_message), "%s", message);
 	snprintf(stmt_timeout, sizeof(stmt_timeout), "%lld", (long long)s.statement_timeout_ms);
 	snprintf(lock_timeout, sizeof(lock_timeout), "%lld", (long long)s.lock_timeout_ms);
 	snprintf(oid, sizeof(oid), "%u", job->target_oid);
@@ -143,11 +145,12 @@ static bool job_bisect(job_t *job, const pgconn_result_t *res)
 		return true;
 	}
 	if (job->failed_rows + 1 > s.max_failed_rows) {
-		snprintf(err, sizeof(err),
-			 "%s: %s (a row failed on its own, and %lld already did: max_failed_rows is %lld;"
-			 " see the failed_rows table)",
-			 res->sqlstate, res->message, (long long)job->failed_rows,
-			 (long long)s.max_failed_rows);
+		text_snprintf(
+			err, sizeof(err),
+			"%s: %s (a row failed on its own, and %lld already did: max_failed_rows is %lld;"
+			" see the failed_rows table)",
+			res->sqlstate, res->message, (long long)job->failed_rows,
+			(long long)s.max_failed_rows);
 		job_fail(job, err);
 		return true;
 	}
@@ -171,19 +174,20 @@ static void job_check_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
 		return;
 	}
 	if (!res->ok) {
-		snprintf(err, sizeof(err), "%s: %s (%s as role %s, before touching any row)", res->sqlstate,
-			 res->message, job_failed_step(job, res), job->run_as);
+		text_snprintf(err, sizeof(err), "%s: %s (%s as role %s, before touching any row)",
+			      res->sqlstate, res->message, job_failed_step(job, res), job->run_as);
 		job_fail(job, err);
 		return;
 	}
 	privileges = job_result(job, res, STEP_PRIVILEGES);
 	if (strcmp(pgconn_value(privileges, 0, 0) ?: "f", "t") != 0 ||
 	    strcmp(pgconn_value(privileges, 0, 1) ?: "f", "t") != 0) {
-		snprintf(err, sizeof(err),
-			 "42501: permission denied: role %s may not %s table %s.%s (checked before touching "
-			 "any row)",
-			 job->run_as, job->kind == JOB_KIND_UPDATE ? "read and update" : "read",
-			 job->target_schema, job->target_table);
+		text_snprintf(
+			err, sizeof(err),
+			"42501: permission denied: role %s may not %s table %s.%s (checked before touching "
+			"any row)",
+			job->run_as, job->kind == JOB_KIND_UPDATE ? "read and update" : "read",
+			job->target_schema, job->target_table);
 		job_fail(job, err);
 		return;
 	}
@@ -599,9 +603,9 @@ void job_batch_failed(job_t *job, const pgconn_result_t *res)
 	}
 	job_settings(job, &s);
 	if (sqlstate_is_retryable(res->sqlstate) && job->throttle.retries >= s.max_retries) {
-		snprintf(err, sizeof(err),
-			 "%s: %s (%s; the batch failed so %lld times in a row: max_retries)", res->sqlstate,
-			 res->message, stage, (long long)job->throttle.retries + 1);
+		text_snprintf(err, sizeof(err),
+			      "%s: %s (%s; the batch failed so %lld times in a row: max_retries)",
+			      res->sqlstate, res->message, stage, (long long)job->throttle.retries + 1);
 		job_fail(job, err);
 		return;
 	}
@@ -619,7 +623,7 @@ void job_batch_failed(job_t *job, const pgconn_result_t *res)
 			job_sleep(job, job->throttle.sleep_ms);
 		return;
 	}
-	snprintf(err, sizeof(err), "%s: %s (%s)", res->sqlstate, res->message, stage);
+	text_snprintf(err, sizeof(err), "%s: %s (%s)", res->sqlstate, res->message, stage);
 	job_fail(job, err);
 }
 

@@ -14,6 +14,7 @@
 #include "keys.h"
 #include "log.h"
 #include "pgconn.h"
+#include "text.h"
 
 /* A text[] literal (NULL: none) into KEY, which must have the job's number of key columns. */
 static bool job_decode_key(const job_t *job, const char *text, jobkey_t *key, char *err, size_t errlen)
@@ -22,8 +23,8 @@ static bool job_decode_key(const job_t *job, const char *text, jobkey_t *key, ch
 	if (!text)
 		return true;
 	if (!keys_decode(text, key) || key->n != job->nkeys) {
-		snprintf(err, errlen, "slice %d: the key %s does not fit the job's %d key column(s)",
-			 job->slice, text, job->nkeys);
+		text_snprintf(err, errlen, "slice %d: the key %s does not fit the job's %d key column(s)",
+			      job->slice, text, job->nkeys);
 		return false;
 	}
 	return true;
@@ -103,8 +104,8 @@ static void job_split_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
 			job_finish(job);
 			return;
 		}
-		snprintf(err, sizeof(err), "%s: %s (cutting the key range into %lld slices as role %s)",
-			 res->sqlstate, res->message, (long long)job->parallel, job->run_as);
+		text_snprintf(err, sizeof(err), "%s: %s (cutting the key range into %lld slices as role %s)",
+			      res->sqlstate, res->message, (long long)job->parallel, job->run_as);
 		job_fail(job, err);
 		return;
 	}

@@ -227,7 +227,7 @@ static void sampler_absorb(const pgconn_result_t *res, double at)
 		bytes = current > lsn ? (int64_t)(current - lsn) : 0;
 		ms = lagclock_lag_ms(&sampler.clock, at, lsn);
 		metrics_standby_lag(name ? name : "?", bytes, ms / 1000.0);
-		if (bytes > v.lag_bytes || (int64_t)ms > v.lag_ms)
+		if (bytes > v.lag_bytes || (int64_t)ms > v.lag_ms || !v.detail[0])
 			snprintf(v.detail, sizeof(v.detail), "standby %s: %lld bytes, %.0f ms behind",
 				 name ? name : "?", (long long)bytes, ms);
 		if (bytes > v.lag_bytes || !worst[0]) {

@@ -52,7 +52,7 @@ def test_lag_passes_the_limit_by_little_with_a_paused_standby(cluster, db, daemo
         base = pgharness.standby_lag_bytes(cluster, "lagsb")
         job_id = submit(db, "wide", set_sql="v = v + 1", where_sql=None)
         d = daemon_factory(throttle={"max_replication_lag_bytes": limit, "max_replication_lag_ms": 3600000,
-                                     "sample_interval_ms": 100, "standbys": ["lagsb"]})
+                                     "sample_interval_ms": 100, "standbys": ["lagsb"], "max_sleep_ms": 200})
         d.start()
         peak, held = 0, None
         deadline = time.monotonic() + 60
@@ -73,17 +73,20 @@ def test_lag_passes_the_limit_by_little_with_a_paused_standby(cluster, db, daemo
     assert db.one("SELECT count(*) FROM wide WHERE v <> 1") == 0
 
 
-def _progress_samples(db, job_id, daemon, until="done", timeout=60):
-    samples = []
+def _progress_samples(db, job_ids, daemon, timeout=90):
+    """Sample backfill.progress (with the jobs' counters) until every job of JOB_IDS is done:
+    {job id: [(state, percent, rows_scanned, rows_estimate), ...]}."""
+    samples = {j: [] for j in job_ids}
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        row = db.sql("SELECT p.state, p.percent, j.rows_scanned, j.rows_estimate FROM backfill.progress p"
-                     " JOIN backfill.jobs j USING (id) WHERE p.id = %s", [job_id])[0]
-        samples.append(row)
-        if row[0] == until:
+        rows = db.sql("SELECT p.id, p.state, p.percent, j.rows_scanned, j.rows_estimate FROM backfill.progress p"
+                      " JOIN backfill.jobs j USING (id) WHERE p.id = ANY (%s)", [list(job_ids)])
+        for job_id, *row in rows:
+            samples[job_id].append(tuple(row))
+        if all(r[1] == "done" for r in rows):
             return samples
         time.sleep(0.05)
-    raise AssertionError(f"job {job_id} not {until}: {samples[-3:]}\n{daemon.log_tail()}")
+    raise AssertionError(f"jobs {job_ids} not done: {[v[-3:] for v in samples.values()]}\n{daemon.log_tail()}")
 
 
 def test_progress_follows_the_rows_on_skewed_keys(db, daemon_factory):
@@ -100,8 +103,7 @@ def test_progress_follows_the_rows_on_skewed_keys(db, daemon_factory):
     d = daemon_factory(daemon={"workers": 2}, log={"progress_interval_ms": 200})
     jobs = [submit(db, t, set_sql="v = 1", where_sql=None, fixed=1000, sleep_ms=20) for t in ("skew", "nans")]
     d.start()
-    for job_id in jobs:
-        samples = _progress_samples(db, job_id, d)
+    for job_id, samples in _progress_samples(db, jobs, d).items():
         running = [s for s in samples if s[0] == "running" and s[2] > 0]
         assert len(running) >= 5, samples
         for state, percent, scanned, estimate in running:
@@ -148,3 +150,32 @@ def test_a_job_on_an_idle_server_runs_at_full_speed_at_once(db, daemon_factory):
     total = sum(s for b, s in slept if b > 1)
     print(f"sleep over {len(slept)} batches: {total} ms")
     assert total < 300, slept[:10]
+
+
+def test_error_texts_are_cut_on_character_boundaries(db, daemon_factory):
+    """Error messages of many multi-byte characters, longer than the daemon keeps: a row failing
+    on its own is still recorded and skipped, and a job failing on such an error is given back as
+    failed with its message cut on a character boundary (cut inside one, the server refused the
+    text: 22021, the job stayed running and was claimed again every lease)."""
+    db.sql("CREATE TABLE accents (id bigint PRIMARY KEY, v int)")
+    db.sql("INSERT INTO accents SELECT g, 0 FROM generate_series(1, 3000) g")
+    db.sql("""CREATE FUNCTION raise_long(id bigint, code text) RETURNS int LANGUAGE plpgsql AS $$
+              BEGIN
+                IF id % 1000 = 7 THEN
+                  RAISE EXCEPTION USING ERRCODE = code, MESSAGE = 'x' || repeat('é€😀', 400);
+                END IF;
+                RETURN 1;
+              END $$""")
+    skipped = submit(db, "accents", set_sql="v = raise_long(id, '22023')", where_sql=None, fixed=500)
+    d = daemon_factory(daemon={"lease_ms": 2000})
+    assert run_to_idle(d) == 0
+    row = job(db, skipped)
+    assert row["state"] == "done" and row["failed_rows"] == 3, row
+    messages = [r[0] for r in db.sql("SELECT message FROM backfill.failed_rows WHERE job_id = %s", [skipped])]
+    assert all(m.startswith("xé€😀") and len(m) > 100 for m in messages), messages
+    db.sql("UPDATE accents SET v = 0")
+    failing = submit(db, "accents", set_sql="v = raise_long(id, 'BF999')", where_sql=None, fixed=500)
+    assert run_to_idle(daemon_factory(daemon={"lease_ms": 2000}), timeout=60) == 0
+    row = job(db, failing)
+    assert row["state"] == "failed", row
+    assert row["last_error"].startswith("BF999: xé€😀"), row["last_error"][:40]
