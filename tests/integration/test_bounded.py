@@ -179,3 +179,34 @@ def test_error_texts_are_cut_on_character_boundaries(db, daemon_factory):
     row = job(db, failing)
     assert row["state"] == "failed", row
     assert row["last_error"].startswith("BF999: xé€😀"), row["last_error"][:40]
+
+
+def test_a_batch_that_moves_keys_past_its_last_one_fails_instead_of_walking_them_again(db, daemon_factory):
+    """set_sql may not assign the key (refused at INSERT), but a trigger can: a batch whose rows'
+    keys end up after its last key fails with BFK01 and rolls back, instead of walking them again
+    (or forever) while the log says 100%."""
+    db.sql("CREATE TABLE moving (id bigint PRIMARY KEY, v int)")
+    db.sql("INSERT INTO moving SELECT g, 0 FROM generate_series(1, 2000) g")
+    db.sql("""CREATE FUNCTION move_on() RETURNS trigger LANGUAGE plpgsql AS $$
+              BEGIN NEW.id := NEW.id + 10000000; RETURN NEW; END $$""")
+    db.sql("CREATE TRIGGER moves BEFORE UPDATE ON moving FOR EACH ROW EXECUTE FUNCTION move_on()")
+    job_id = submit(db, "moving", set_sql="v = 1", where_sql=None, fixed=500)
+    assert run_to_idle(daemon_factory()) == 0
+    row = job(db, job_id)
+    assert row["state"] == "failed", row
+    assert row["last_error"].startswith("BFK01: 500 row(s) of this batch now have a key after"), row["last_error"]
+    assert row["batches"] == 0
+    assert db.one("SELECT count(*) FROM moving WHERE id > 10000000 OR v <> 0") == 0
+
+
+def test_a_jobs_own_bounds_win_over_configured_ones(db, daemon_factory):
+    """A job's max_batch_size below the configuration's min_batch_size: the job's bound holds
+    (it was silently raised to the configured minimum)."""
+    db.sql("CREATE TABLE small (id bigint PRIMARY KEY, v int)")
+    db.sql("INSERT INTO small SELECT g, 0 FROM generate_series(1, 3000) g")
+    job_id = submit(db, "small", set_sql="v = 1", where_sql=None, batch_size=20, max_batch_size=20)
+    d = daemon_factory(throttle={"min_batch_size": 100, "batch_size": 500})
+    assert run_to_idle(d) == 0
+    assert job(db, job_id)["state"] == "done"
+    assert db.one("SELECT max(rows_scanned) FROM backfill.batches WHERE job_id = %s", [job_id]) == 20
+    assert db.one("SELECT count(*) FROM small WHERE v <> 1") == 0
