@@ -17,6 +17,7 @@
 
 #include "config.h"
 #include "text.h"
+#include "util.h"
 
 typedef enum key_type {
 	KEY_INT,       /* int64_t, within [min, max] */
@@ -177,30 +178,21 @@ static bool check_schema(const char *value, char *problem, size_t len)
 /* "" (HTTP off), or HOST:PORT with a non-empty host, IPv6 in brackets, port 1..65535. */
 static bool check_listen(const char *value, char *problem, size_t len)
 {
-	const char *colon = NULL;
+	char host[256], port[16];
 	bool ok = false;
 
 	if (*value == '\0')
 		return true;
-	if (value[0] == '[') {
-		const char *close = strchr(value, ']');
-		if (close && close > value + 1 && close[1] == ':')
-			colon = close + 1;
-	} else {
-		colon = strrchr(value, ':');
-		if (colon && (colon == value || memchr(value, ':', (size_t)(colon - value))))
-			colon = NULL; /* no host, or an unbracketed IPv6 address */
-	}
-	for (const char *p = value; colon && p < colon; p++)
-		if (!isgraph((unsigned char)*p))
-			colon = NULL;
-	if (colon) {
-		const char *port = colon + 1;
+	/* (an unbracketed IPv6 address has more than one colon: no host of its own) */
+	if (util_split_host_port(value, host, sizeof(host), port, sizeof(port)) &&
+	    (value[0] == '[' || !strchr(host, ':'))) {
 		size_t digits = strspn(port, "0123456789");
 		if (digits > 0 && digits <= 5 && port[digits] == '\0') {
 			long n = strtol(port, NULL, 10);
 			ok = n >= 1 && n <= 65535;
 		}
+		for (const char *p = host; ok && *p; p++)
+			ok = isgraph((unsigned char)*p);
 	}
 	if (!ok)
 		snprintf(problem, len,
@@ -796,4 +788,16 @@ void config_diff_restart_only(const config_t *old_config, const config_t *new_co
 	for (size_t i = 0; i < N_KEYS; i++)
 		if (!config_keys[i].reloadable && !key_equal(old_config, new_config, &config_keys[i]))
 			warn(config_keys[i].path);
+}
+
+static const config_t *current;
+
+const config_t *config_current(void)
+{
+	return current;
+}
+
+void config_set_current(const config_t *config)
+{
+	current = config;
 }

@@ -12,17 +12,18 @@
 
 #include <event2/event.h>
 
-#include "batch.h"
+#include "batchsql.h"
 #include "exitcodes.h"
 #include "http.h"
 #include "job.h"
 #include "log.h"
 #include "metrics.h"
-#include "notify.h"
+#include "sdnotify.h"
 #include "pgconn.h"
 #include "queue.h"
 #include "sampler.h"
 #include "signals.h"
+#include "util.h"
 
 #define MAX_JOBS 1024
 #define STOP_HARD_LIMIT_MS 5000 /* after the grace: cancelled batches get this long to roll back */
@@ -88,15 +89,9 @@ bool daemon_stopping(void)
 	return d.mode != DAEMON_RUNNING;
 }
 
-static struct timeval ms_to_tv(int64_t ms)
-{
-	struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000)};
-	return tv;
-}
-
 static void daemon_arm(struct event *ev, int64_t ms)
 {
-	struct timeval tv = ms_to_tv(ms);
+	struct timeval tv = util_ms_to_tv(ms);
 	evtimer_add(ev, &tv);
 }
 
@@ -339,6 +334,7 @@ void daemon_reload(void)
 		fresh->log_level = d.options.log_level;
 	config_free(d.config);
 	d.config = fresh;
+	config_set_current(fresh);
 	log_configure(d.config->log_level, d.config->log_syslog);
 	log_notice("configuration reloaded from %s; it applies from the next batch", d.options.config_path);
 	queue_record_limits();
@@ -486,6 +482,7 @@ int daemon_run(config_t *config, const daemon_options_t *options)
 
 	memset(&d, 0, sizeof(d));
 	d.config = config;
+	config_set_current(config);
 	d.options = *options;
 	d.schema_quoted = sql_quote_ident(config->schema);
 	srandom((unsigned)time(NULL) ^ (unsigned)getpid());
@@ -500,7 +497,9 @@ int daemon_run(config_t *config, const daemon_options_t *options)
 	d.renew = evtimer_new(d.base, daemon_renew_cb, NULL);
 	d.grace = evtimer_new(d.base, daemon_grace_cb, NULL);
 	d.hard_stop = evtimer_new(d.base, daemon_hard_stop_cb, NULL);
-	if (!d.wake || !d.poll || !d.renew || !d.grace || !d.hard_stop || !signals_install(d.base)) {
+	if (!d.wake || !d.poll || !d.renew || !d.grace || !d.hard_stop ||
+	    !signals_install(d.base,
+			     &(signals_hooks_t){daemon_set_paused, daemon_reload, daemon_request_stop})) {
 		log_error("cannot set up the event loop");
 		return EXIT_RUNTIME;
 	}
@@ -512,8 +511,8 @@ int daemon_run(config_t *config, const daemon_options_t *options)
 		goto out;
 	}
 	notify_start(d.base);
-	queue_open();
-	sampler_open();
+	queue_open(d.base, daemon_wake);
+	sampler_open(d.base, &(sampler_hooks_t){daemon_batch_pids, daemon_njobs, daemon_on_blocked});
 	daemon_arm(d.poll, d.config->poll_interval_ms);
 	daemon_arm(d.renew, d.config->lease_ms / 3);
 

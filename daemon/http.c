@@ -28,6 +28,7 @@
 
 #include "log.h"
 #include "metrics.h"
+#include "util.h"
 
 #define HTTP_CONTEXT "http"
 #define HTTP_MAX_HEADERS_SIZE 8192 /* a scrape's headers are far smaller */
@@ -83,48 +84,15 @@ static http_accept_state_t http_accept_state;
 static int64_t http_episode_since; /* ms, CLOCK_MONOTONIC */
 static unsigned long http_episode_failures;
 
-/* Split "HOST:PORT" or "[V6]:PORT" into HOST (brackets dropped) and PORT. */
-static bool http_split(const char *address, char *host, size_t hostlen, char *port, size_t portlen)
-{
-	const char *colon, *host_start = address, *host_end;
-
-	if (address[0] == '[') {
-		host_end = strchr(address, ']');
-		if (!host_end || host_end[1] != ':')
-			return false;
-		host_start = address + 1;
-		colon = host_end + 1;
-	} else {
-		colon = strrchr(address, ':');
-		if (!colon)
-			return false;
-		host_end = colon;
-	}
-	if (host_end <= host_start || (size_t)(host_end - host_start) >= hostlen ||
-	    strlen(colon + 1) >= portlen || colon[1] == '\0')
-		return false;
-	memcpy(host, host_start, (size_t)(host_end - host_start));
-	host[host_end - host_start] = '\0';
-	snprintf(port, portlen, "%s", colon + 1);
-	return true;
-}
-
 static int64_t http_now_ms(void)
 {
-	struct timespec now;
-
-	clock_gettime(CLOCK_MONOTONIC, &now);
-	return (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
+	return (int64_t)util_now_ms();
 }
 
 static void http_timer_arm(struct event *timer, int64_t ms)
 {
-	struct timeval tv;
+	struct timeval tv = util_ms_to_tv(ms);
 
-	if (ms < 0)
-		ms = 0;
-	tv.tv_sec = (time_t)(ms / 1000);
-	tv.tv_usec = (suseconds_t)(ms % 1000) * 1000;
 	evtimer_add(timer, &tv);
 }
 
@@ -545,7 +513,7 @@ bool http_start(struct event_base *base, const char *address)
 		log_msg(LOG_LEVEL_INFO, HTTP_CONTEXT, "http.listen is empty: no /metrics or /healthz");
 		return true;
 	}
-	if (!http_split(address, host, sizeof(host), port, sizeof(port))) {
+	if (!util_split_host_port(address, host, sizeof(host), port, sizeof(port))) {
 		log_error("cannot listen on HTTP address %s: not HOST:PORT", address);
 		return false;
 	}

@@ -14,7 +14,7 @@
 
 #include <event2/event.h>
 
-#include "batch.h"
+#include "batchsql.h"
 #include "config.h"
 #include "daemon.h"
 #include "job_internal.h"
@@ -25,6 +25,7 @@
 #include "queue.h"
 #include "text.h"
 #include "throttle.h"
+#include "util.h"
 
 #define JOB_RETRY_MS 1000 /* a request the queue connection could not take is sent again after this */
 
@@ -78,17 +79,6 @@ static void job_load(job_t *job);
 static void job_use_session(job_t *job);
 static void job_timer_cb(evutil_socket_t fd, short what, void *arg);
 
-static char *xstrdup_or_null(const char *s)
-{
-	char *d;
-	if (!s)
-		return NULL;
-	d = strdup(s);
-	if (!d)
-		abort();
-	return d;
-}
-
 const char *job_state_name(job_state_t state)
 {
 	return (unsigned)state < sizeof(job_state_names) / sizeof(job_state_names[0]) ? job_state_names[state]
@@ -105,13 +95,6 @@ void job_set_state(job_t *job, job_state_t state)
 	}
 	job_log(job, LOG_LEVEL_DEBUG, "%s -> %s", job_state_name(job->state), job_state_name(state));
 	job->state = state;
-}
-
-double job_elapsed_s(const struct timespec *since)
-{
-	struct timespec now;
-	clock_gettime(CLOCK_MONOTONIC, &now);
-	return (double)(now.tv_sec - since->tv_sec) + (double)(now.tv_nsec - since->tv_nsec) / 1e9;
 }
 
 /* Whether the job overrides the setting at OFFSET. */
@@ -419,7 +402,7 @@ static void job_timer_cb(evutil_socket_t fd, short what, void *arg)
 
 void job_sleep(job_t *job, int64_t ms)
 {
-	struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000)};
+	struct timeval tv = util_ms_to_tv(ms);
 
 	job_set_state(job, JOB_SLEEPING);
 	job->slept_ms = ms;
@@ -596,13 +579,13 @@ static bool job_build(job_t *job, const PGresult *row, const PGresult *keys, cha
 	job->dry_run = strcmp(job_column(row, "dry_run") ?: "f", "t") == 0;
 	job->parallel = job_column_int64(row, "parallel", 1);
 	job->target_oid = (uint32_t)job_column_int64(row, "target_oid", 0);
-	job->target_schema = xstrdup_or_null(job_column(row, "nspname"));
-	job->target_table = xstrdup_or_null(job_column(row, "relname"));
-	job->set_sql = xstrdup_or_null(job_column(row, "set_sql"));
-	job->where_sql = xstrdup_or_null(job_column(row, "where_sql"));
-	job->run_as = xstrdup_or_null(job_column(row, "run_as"));
-	job->batch_sql = xstrdup_or_null(job_column(row, "batch_sql"));
-	job->mismatch_sql = xstrdup_or_null(job_column(row, "mismatch_sql"));
+	job->target_schema = util_strdup(job_column(row, "nspname"));
+	job->target_table = util_strdup(job_column(row, "relname"));
+	job->set_sql = util_strdup(job_column(row, "set_sql"));
+	job->where_sql = util_strdup(job_column(row, "where_sql"));
+	job->run_as = util_strdup(job_column(row, "run_as"));
+	job->batch_sql = util_strdup(job_column(row, "batch_sql"));
+	job->mismatch_sql = util_strdup(job_column(row, "mismatch_sql"));
 	if (!job->run_as || (job->kind == JOB_KIND_UPDATE && !job->set_sql) ||
 	    (job->kind == JOB_KIND_STATEMENT && !job->batch_sql) ||
 	    (job->kind == JOB_KIND_VERIFY && !job->mismatch_sql)) {
@@ -624,8 +607,8 @@ static bool job_build(job_t *job, const PGresult *row, const PGresult *keys, cha
 		abort();
 	for (int i = 0; i < job->nkeys; i++) {
 		const char *op_schema = pgconn_value(keys, i, PQfnumber(keys, "op_schema"));
-		job->key_names[i] = xstrdup_or_null(pgconn_value(keys, i, PQfnumber(keys, "name")));
-		job->key_types[i] = xstrdup_or_null(pgconn_value(keys, i, PQfnumber(keys, "carrier")));
+		job->key_names[i] = util_strdup(pgconn_value(keys, i, PQfnumber(keys, "name")));
+		job->key_types[i] = util_strdup(pgconn_value(keys, i, PQfnumber(keys, "carrier")));
 		job->key_oids[i] = (Oid)pgconn_int64(keys, i, PQfnumber(keys, "type_oid"), 0);
 		if (!job->key_types[i]) {
 			text_snprintf(err, errlen, "key column \"%s\" no longer exists in %s.%s",
@@ -635,10 +618,10 @@ static bool job_build(job_t *job, const PGresult *row, const PGresult *keys, cha
 		/* One schema for the row comparison of a composite key: the first column's, unless
 		 * the columns disagree (then pg_catalog's, where the built-in types' operators are). */
 		if (i == 0)
-			job->key_op_schema = xstrdup_or_null(op_schema ?: "pg_catalog");
+			job->key_op_schema = util_strdup(op_schema ?: "pg_catalog");
 		else if (strcmp(job->key_op_schema, op_schema ?: "pg_catalog") != 0) {
 			free(job->key_op_schema);
-			job->key_op_schema = xstrdup_or_null("pg_catalog");
+			job->key_op_schema = util_strdup("pg_catalog");
 		}
 	}
 	job->key_numeric = strcmp(pgconn_value(keys, 0, PQfnumber(keys, "numeric")) ?: "f", "t") == 0;
@@ -983,7 +966,7 @@ void job_release(job_t *job, const char *state, const char *error)
 	job->release_state = state;
 	if (error != job->release_error) {
 		free(job->release_error);
-		job->release_error = xstrdup_or_null(error);
+		job->release_error = util_strdup(error);
 	}
 	params[0] = job->id_text;
 	params[1] = daemon_name();
@@ -1037,7 +1020,7 @@ static void job_stop_as(job_t *job, const char *state, const char *error)
 	if (!job->stop_state || (strcmp(state, "failed") == 0 && strcmp(job->stop_state, "failed") != 0)) {
 		job->stop_state = state;
 		free(job->stop_error);
-		job->stop_error = xstrdup_or_null(error);
+		job->stop_error = util_strdup(error);
 	}
 	job->stopping = true;
 	switch (job->state) {

@@ -13,7 +13,7 @@
 
 #include <event2/event.h>
 
-#include "batch.h"
+#include "batchsql.h"
 #include "config.h"
 #include "daemon.h"
 #include "keys.h"
@@ -23,6 +23,7 @@
 #include "sampler.h"
 #include "text.h"
 #include "throttle.h"
+#include "util.h"
 
 /* ---- rows that fail on their own ---- */
 
@@ -254,7 +255,7 @@ static void job_log_progress(job_t *job, bool done)
 {
 	struct timespec now;
 	int64_t interval = daemon_config()->log_progress_interval_ms;
-	double secs = job_elapsed_s(&job->started);
+	double secs = util_elapsed_s(&job->started);
 	double rate = secs > 0 ? (double)(job->rows_scanned - job->rows_at_start) / secs : 0;
 	char percent[16] = "?", eta[32] = "?";
 
@@ -365,8 +366,7 @@ void job_continue(job_t *job)
 	if (job->wait_reason)
 		job->reason = job->wait_reason;
 	if (d.hold) {
-		struct timeval tv = {(time_t)(s.sample_interval_ms / 1000),
-				     (suseconds_t)((s.sample_interval_ms % 1000) * 1000)};
+		struct timeval tv = util_ms_to_tv(s.sample_interval_ms);
 		if (!held) {
 			job_log(job, LOG_LEVEL_NOTICE, "held: %s%s%s%s", d.reason, view.detail[0] ? " (" : "",
 				view.detail, view.detail[0] ? ")" : "");
@@ -384,7 +384,7 @@ void job_continue(job_t *job)
 			clock_gettime(CLOCK_MONOTONIC, &job->sleep_started);
 			job->sleep_decided = true;
 		}
-		so_far = (int64_t)(job_elapsed_s(&job->sleep_started) * 1000.0);
+		so_far = (int64_t)(util_elapsed_s(&job->sleep_started) * 1000.0);
 		if (so_far < d.sleep_ms) {
 			int64_t step = d.sleep_ms - so_far;
 			job_sleep(job, step < s.sample_interval_ms ? step : s.sample_interval_ms);
@@ -394,7 +394,7 @@ void job_continue(job_t *job)
 		job->slept_ms = so_far;
 	} else {
 		job->slept_ms =
-			job->sleep_decided ? (int64_t)(job_elapsed_s(&job->sleep_started) * 1000.0) : 0;
+			job->sleep_decided ? (int64_t)(util_elapsed_s(&job->sleep_started) * 1000.0) : 0;
 	}
 	job->sleep_decided = false;
 	job_next_batch(job);
@@ -472,7 +472,7 @@ static void job_batch_done(job_t *job, const pgconn_result_t *res)
 	const char *last_key = pgconn_value(b, 0, 3);
 	const char *state = pgconn_value(cp, 0, 0);
 	int64_t scanned = pgconn_int64(b, 0, 0, 0), changed = pgconn_int64(b, 0, 1, 0);
-	double duration_ms = job_elapsed_s(&job->batch_started) * 1000.0;
+	double duration_ms = util_elapsed_s(&job->batch_started) * 1000.0;
 	throttle_settings_t s;
 
 	sampler_wal_position(pgconn_value(cp, 0, 7));
@@ -522,7 +522,7 @@ static void job_batch_done(job_t *job, const pgconn_result_t *res)
 		}
 	} else if (!state || strcmp(state, "running") != 0) {
 		if (state && strcmp(state, "done") == 0) {
-			double secs = job_elapsed_s(&job->started);
+			double secs = util_elapsed_s(&job->started);
 			job_log_progress(job, true);
 			job_log(job, LOG_LEVEL_INFO,
 				"done: %lld rows scanned, %lld changed in %lld batches; %.1f s on this "
@@ -588,7 +588,7 @@ void job_batch_failed(job_t *job, const pgconn_result_t *res)
 		job_settings(job, &s);
 		/* The sessions it blocked waited all the same: they count against its size. */
 		throttle_after_waiters(&job->throttle, &s, job->throttle.batch_size,
-				       job_elapsed_s(&job->batch_started) * 1000.0, job->batch_blocked);
+				       util_elapsed_s(&job->batch_started) * 1000.0, job->batch_blocked);
 		throttle_after_retry(&job->throttle, &s, (double)(random() % 1000) / 1000.0);
 		job->reason = job->cancel_reason;
 		job_note_reason(job, job->reason, "a batch blocked other sessions too long");
@@ -673,7 +673,7 @@ void job_next_batch(job_t *job)
 	/* What the history records as this batch's sleep: all the time since the previous one
 	 * ended, sleeps and holds alike. */
 	if (job->batch_ended.tv_sec)
-		job->slept_ms = (int64_t)(job_elapsed_s(&job->batch_ended) * 1000.0);
+		job->slept_ms = (int64_t)(util_elapsed_s(&job->batch_ended) * 1000.0);
 	job_settings(job, &s);
 	job->batch_limit =
 		job->bisect_left > 0 && job->bisect_size > 0 ? job->bisect_size : job->throttle.batch_size;

@@ -14,6 +14,7 @@
 #include "log.h"
 #include "pgconn.h"
 #include "throttle.h"
+#include "util.h"
 
 #define DRY_RUN_MAX_S 60.0    /* at most a minute of measuring */
 #define DRY_RUN_MIN_BATCHES 5 /* and, past 1% of the keys, enough batches (or seconds) that the */
@@ -69,7 +70,7 @@ void job_dry_record(job_t *job)
 static void job_dry_finish(job_t *job, bool reached_end)
 {
 	char *seconds = job->dry_seconds, *wal = job->dry_wal_bytes;
-	double elapsed = job_elapsed_s(&job->dry_started);
+	double elapsed = util_elapsed_s(&job->dry_started);
 	int64_t rows =
 		reached_end ? job->dry_scanned
 			    : (job->rows_estimate > job->dry_scanned ? job->rows_estimate : job->dry_scanned);
@@ -105,7 +106,7 @@ void job_dry_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
 		return;
 	}
 	scanned = pgconn_int64(b, 0, 0, 0);
-	duration_ms = job_elapsed_s(&job->batch_started) * 1000.0;
+	duration_ms = util_elapsed_s(&job->batch_started) * 1000.0;
 	job->dry_scanned += scanned;
 	job->dry_batches++;
 	job->dry_wal += pgconn_int64(job_result(job, res, STEP_DRY_WAL), 0, 0, 0);
@@ -120,10 +121,10 @@ void job_dry_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
 	throttle_after_batch(&job->throttle, &s, scanned, duration_ms);
 	if (scanned < job->batch_limit)
 		job_dry_finish(job, true);
-	else if (job_elapsed_s(&job->dry_started) >= DRY_RUN_MAX_S ||
+	else if (util_elapsed_s(&job->dry_started) >= DRY_RUN_MAX_S ||
 		 (job->rows_estimate > 0 && job->dry_scanned * 100 >= job->rows_estimate &&
 		  (job->dry_batches >= DRY_RUN_MIN_BATCHES ||
-		   job_elapsed_s(&job->dry_started) >= DRY_RUN_MIN_S)))
+		   util_elapsed_s(&job->dry_started) >= DRY_RUN_MIN_S)))
 		job_dry_finish(job, false);
 	else
 		job_continue(job);

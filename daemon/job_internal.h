@@ -12,7 +12,7 @@
 
 #include <libpq-fe.h>
 
-#include "batch.h"
+#include "batchsql.h"
 #include "job.h"
 #include "keys.h"
 #include "log.h"
@@ -161,7 +161,6 @@ struct job {
 /* job.c: the job's life */
 void job_set_state(job_t *job, job_state_t state);
 const char *job_state_name(job_state_t state);
-double job_elapsed_s(const struct timespec *since);
 void job_settings(const job_t *job, throttle_settings_t *s);
 void job_report(const job_t *job, bool running);
 void job_sleep(job_t *job, int64_t ms);

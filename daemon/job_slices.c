@@ -8,13 +8,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "batch.h"
+#include "batchsql.h"
 #include "config.h"
 #include "daemon.h"
 #include "keys.h"
 #include "log.h"
 #include "pgconn.h"
 #include "text.h"
+#include "util.h"
 
 /* A text[] literal (NULL: none) into KEY, which must have the job's number of key columns. */
 static bool job_decode_key(const job_t *job, const char *text, jobkey_t *key, char *err, size_t errlen)

@@ -5,6 +5,7 @@
  */
 #include "metrics.h"
 #include "text.h"
+#include "util.h"
 
 #include <inttypes.h>
 #include <stddef.h>
@@ -92,24 +93,15 @@ static void *xrealloc(void *p, size_t size)
 	return q;
 }
 
+/* A copy of S, "" for NULL. */
 static char *xstrdup(const char *s)
 {
-	char *d = strdup(s ? s : "");
-	if (!d)
-		abort();
-	return d;
-}
-
-static double monotonic_seconds(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+	return util_strdup(s ? s : "");
 }
 
 static double metrics_now(void)
 {
-	return m.clock ? m.clock() : monotonic_seconds();
+	return m.clock ? m.clock() : util_now_ms() / 1000.0;
 }
 
 void metrics_set_clock(double (*now)(void))

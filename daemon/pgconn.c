@@ -14,6 +14,7 @@
 #include <event2/event.h>
 
 #include "log.h"
+#include "util.h"
 
 #define CONNECT_TIMEOUT_MS 10000
 #define BACKOFF_MIN_MS 100
@@ -74,20 +75,10 @@ static void pgconn_process_input(pgconn_t *c);
 static bool pgconn_enqueue(pgconn_t *c, const pgconn_stmt_t *stmts, int n, pgconn_result_cb cb, void *arg,
 			   bool internal, bool at_head);
 
+/* A copy of S, "" for NULL. */
 static char *xstrdup(const char *s)
 {
-	char *d = strdup(s ? s : "");
-	if (!d)
-		abort();
-	return d;
-}
-
-static void *xcalloc(size_t n, size_t size)
-{
-	void *p = calloc(n ? n : 1, size);
-	if (!p)
-		abort();
-	return p;
+	return util_strdup(s ? s : "");
 }
 
 static void request_free(request_t *r)
@@ -182,7 +173,7 @@ static void pgconn_notice_cb(void *arg, const PGresult *res)
 
 pgconn_t *pgconn_new(struct event_base *base, const pgconn_options_t *options)
 {
-	pgconn_t *c = xcalloc(1, sizeof(*c));
+	pgconn_t *c = util_calloc(1, sizeof(*c));
 	c->base = base;
 	c->opt = *options;
 	c->opt.conninfo = xstrdup(options->conninfo);
@@ -588,16 +579,16 @@ static void pgconn_read_cb(evutil_socket_t fd, short what, void *arg)
 static bool pgconn_enqueue(pgconn_t *c, const pgconn_stmt_t *stmts, int n, pgconn_result_cb cb, void *arg,
 			   bool internal, bool at_head)
 {
-	request_t *r = xcalloc(1, sizeof(*r));
+	request_t *r = util_calloc(1, sizeof(*r));
 
 	r->n = n;
-	r->sql = xcalloc((size_t)n, sizeof(char *));
-	r->prepare = xcalloc((size_t)n, sizeof(char *));
-	r->types = xcalloc((size_t)n, sizeof(Oid *));
-	r->ntypes = xcalloc((size_t)n, sizeof(int));
-	r->nparams = xcalloc((size_t)n, sizeof(int));
-	r->params = xcalloc((size_t)n, sizeof(char **));
-	r->results = xcalloc((size_t)n, sizeof(PGresult *));
+	r->sql = util_calloc((size_t)n, sizeof(char *));
+	r->prepare = util_calloc((size_t)n, sizeof(char *));
+	r->types = util_calloc((size_t)n, sizeof(Oid *));
+	r->ntypes = util_calloc((size_t)n, sizeof(int));
+	r->nparams = util_calloc((size_t)n, sizeof(int));
+	r->params = util_calloc((size_t)n, sizeof(char **));
+	r->results = util_calloc((size_t)n, sizeof(PGresult *));
 	for (int i = 0; i < n; i++) {
 		bool prepare = stmts[i].prepare != NULL, run_prepared = prepare && !stmts[i].sql;
 		r->sql[i] = stmts[i].sql ? xstrdup(stmts[i].sql) : NULL;
@@ -605,14 +596,14 @@ static bool pgconn_enqueue(pgconn_t *c, const pgconn_stmt_t *stmts, int n, pgcon
 		if (prepare && !run_prepared) { /* PREPARE: types, not values */
 			if (stmts[i].types) {
 				r->ntypes[i] = stmts[i].nparams;
-				r->types[i] = xcalloc((size_t)stmts[i].nparams, sizeof(Oid));
+				r->types[i] = util_calloc((size_t)stmts[i].nparams, sizeof(Oid));
 				memcpy(r->types[i], stmts[i].types, sizeof(Oid) * (size_t)stmts[i].nparams);
 			}
-			r->params[i] = xcalloc(0, sizeof(char *));
+			r->params[i] = util_calloc(0, sizeof(char *));
 			continue;
 		}
 		r->nparams[i] = stmts[i].nparams;
-		r->params[i] = xcalloc((size_t)stmts[i].nparams, sizeof(char *));
+		r->params[i] = util_calloc((size_t)stmts[i].nparams, sizeof(char *));
 		for (int j = 0; j < stmts[i].nparams; j++)
 			r->params[i][j] = stmts[i].params[j] ? xstrdup(stmts[i].params[j]) : NULL;
 	}
@@ -697,7 +688,7 @@ bool pgconn_cancel(pgconn_t *c)
 
 	if (c->dead || !c->pg || c->state != PGCONN_READY)
 		return false;
-	req = xcalloc(1, sizeof(*req));
+	req = util_calloc(1, sizeof(*req));
 	req->cancel = PQgetCancel(c->pg);
 	snprintf(req->context, sizeof(req->context), "%s", c->opt.log_context);
 	if (!req->cancel) {

@@ -13,16 +13,19 @@
 #include <event2/event.h>
 
 #include "config.h"
-#include "daemon.h"
+#include "batchsql.h"
 #include "log.h"
 #include "pgconn.h"
 #include "schema.h"
+#include "util.h"
 
 #define QUEUE_CONTEXT "queue"
 #define QUEUE_LOCK_TIMEOUT_MS 2000 /* a row another session keeps locked never stalls the queue longer */
 
 /* The single control connection and what we know of it. */
 static struct {
+	void (*wake)(void); /* something may be claimable, or the connection's state changed */
+	char *schema;	    /* the queue schema, quoted */
 	pgconn_t *conn;
 	bool up;
 	struct event *recheck; /* schema missing or old: look again later */
@@ -58,8 +61,8 @@ static void queue_recheck_cb(evutil_socket_t fd, short what, void *arg)
 static void queue_schema_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
 {
 	int64_t version;
-	int64_t ms = daemon_config()->poll_interval_ms;
-	struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000)};
+	int64_t ms = config_current()->poll_interval_ms;
+	struct timeval tv = util_ms_to_tv(ms);
 	char why[512];
 	(void)conn;
 	(void)arg;
@@ -74,7 +77,7 @@ static void queue_schema_cb(pgconn_t *conn, const pgconn_result_t *res, void *ar
 			snprintf(why, sizeof(why),
 				 "the queue schema %s is not installed in this database: run backfilld "
 				 "--install-schema",
-				 daemon_config()->schema);
+				 config_current()->schema);
 		else
 			snprintf(why, sizeof(why), "cannot check the queue schema: %s %s", res->sqlstate,
 				 res->message);
@@ -95,7 +98,7 @@ static void queue_schema_cb(pgconn_t *conn, const pgconn_result_t *res, void *ar
 						    "needs %d: run backfilld --install-schema to upgrade it"
 						  : "the queue schema %s is at version %lld, newer than this "
 						    "backfilld knows (%d): upgrade backfilld",
-			 daemon_config()->schema, (long long)version, SCHEMA_VERSION);
+			 config_current()->schema, (long long)version, SCHEMA_VERSION);
 		log_msg(LOG_LEVEL_ERROR, QUEUE_CONTEXT, "%s; checking again in %lld ms", why, (long long)ms);
 		queue_set_down(why);
 		evtimer_add(queue.recheck, &tv);
@@ -114,9 +117,9 @@ static void queue_schema_cb(pgconn_t *conn, const pgconn_result_t *res, void *ar
 	clock_gettime(CLOCK_MONOTONIC, &queue.answered);
 	queue_record_limits();
 	log_msg(LOG_LEVEL_INFO, QUEUE_CONTEXT,
-		"connected; schema %s version %lld; listening on backfill_jobs", daemon_config()->schema,
+		"connected; schema %s version %lld; listening on backfill_jobs", config_current()->schema,
 		(long long)version);
-	daemon_wake();
+	queue.wake();
 }
 
 static void queue_check_schema(void)
@@ -128,8 +131,7 @@ static void queue_check_schema(void)
 	stmts[0] = (pgconn_stmt_t){"SELECT pg_catalog.current_setting('server_version_num')::pg_catalog.int4,"
 				   " pg_catalog.current_setting('server_version')",
 				   0, NULL, NULL, NULL};
-	snprintf(sql, sizeof(sql), "SELECT pg_catalog.max(version) FROM %s.schema_version",
-		 daemon_schema_quoted());
+	snprintf(sql, sizeof(sql), "SELECT pg_catalog.max(version) FROM %s.schema_version", queue.schema);
 	stmts[1] = (pgconn_stmt_t){sql, 0, NULL, NULL, NULL};
 	stmts[2] = (pgconn_stmt_t){"SELECT r.rolsuper, r.rolname FROM pg_catalog.pg_roles r"
 				   " WHERE r.rolname = pg_catalog.current_user()",
@@ -149,7 +151,7 @@ static void queue_event_cb(pgconn_t *conn, pgconn_event_t event, const char *rea
 		break;
 	case PGCONN_EVENT_LOST:
 		queue_set_down(reason);
-		daemon_wake(); /* /healthz and STATUS= see it now */
+		queue.wake(); /* /healthz and STATUS= see it now */
 		break;
 	}
 }
@@ -159,21 +161,23 @@ static void queue_notify_cb(pgconn_t *conn, const char *channel, const char *pay
 	(void)conn;
 	(void)arg;
 	log_msg(LOG_LEVEL_DEBUG, QUEUE_CONTEXT, "notification on %s: %s", channel, payload);
-	daemon_wake();
+	queue.wake();
 }
 
-void queue_open(void)
+void queue_open(struct event_base *base, void (*wake)(void))
 {
-	pgconn_options_t opt = {.conninfo = daemon_config()->conninfo,
+	pgconn_options_t opt = {.conninfo = config_current()->conninfo,
 				.application_name = "backfilld queue",
 				.log_context = QUEUE_CONTEXT,
-				.idle_in_transaction_ms = daemon_config()->lease_ms,
+				.idle_in_transaction_ms = config_current()->lease_ms,
 				.lock_timeout_ms = QUEUE_LOCK_TIMEOUT_MS,
 				.on_event = queue_event_cb,
 				.on_notify = queue_notify_cb};
 
-	queue.conn = pgconn_new(daemon_base(), &opt);
-	queue.recheck = evtimer_new(daemon_base(), queue_recheck_cb, NULL);
+	queue.wake = wake;
+	queue.schema = sql_quote_ident(config_current()->schema);
+	queue.conn = pgconn_new(base, &opt);
+	queue.recheck = evtimer_new(base, queue_recheck_cb, NULL);
 	if (!queue.recheck)
 		abort();
 	queue_set_down("connecting");
@@ -188,6 +192,8 @@ void queue_close(void)
 		event_free(queue.recheck);
 	queue.conn = NULL;
 	queue.recheck = NULL;
+	free(queue.schema);
+	queue.schema = NULL;
 	queue_set_down("closed");
 }
 
@@ -254,12 +260,11 @@ bool queue_claim(const int64_t *exclude, int n, queue_rows_cb cb, void *arg)
 {
 	char sql[256], lease[24];
 	char *ids = queue_id_array(exclude, n);
-	const char *params[] = {daemon_name(), lease, ids};
+	const char *params[] = {config_current()->name, lease, ids};
 	bool ok;
 
-	snprintf(lease, sizeof(lease), "%lld", (long long)daemon_config()->lease_ms);
-	snprintf(sql, sizeof(sql), "SELECT * FROM %s._claim($1, $2::int, $3::bigint[])",
-		 daemon_schema_quoted());
+	snprintf(lease, sizeof(lease), "%lld", (long long)config_current()->lease_ms);
+	snprintf(sql, sizeof(sql), "SELECT * FROM %s._claim($1, $2::int, $3::bigint[])", queue.schema);
 	ok = queue_call("claim", sql, 3, params, cb, arg);
 	free(ids);
 	return ok;
@@ -269,12 +274,12 @@ bool queue_renew(const int64_t *ids, int n, queue_rows_cb cb, void *arg)
 {
 	char sql[256], lease[24];
 	char *array = queue_id_array(ids, n);
-	const char *params[] = {daemon_name(), array, lease};
+	const char *params[] = {config_current()->name, array, lease};
 	bool ok;
 
-	snprintf(lease, sizeof(lease), "%lld", (long long)daemon_config()->lease_ms);
+	snprintf(lease, sizeof(lease), "%lld", (long long)config_current()->lease_ms);
 	snprintf(sql, sizeof(sql), "SELECT id, state, owner FROM %s._renew($1, $2::bigint[], $3::int)",
-		 daemon_schema_quoted());
+		 queue.schema);
 	ok = queue_call("lease renewal", sql, 3, params, cb, arg);
 	free(array);
 	return ok;
@@ -284,7 +289,7 @@ bool queue_runnable(queue_rows_cb cb, void *arg)
 {
 	char sql[128];
 
-	snprintf(sql, sizeof(sql), "SELECT %s._runnable_count()", daemon_schema_quoted());
+	snprintf(sql, sizeof(sql), "SELECT %s._runnable_count()", queue.schema);
 	return queue_call("idle check", sql, 0, NULL, cb, arg);
 }
 
@@ -292,7 +297,7 @@ bool queue_count_states(queue_rows_cb cb, void *arg)
 {
 	char sql[160];
 
-	snprintf(sql, sizeof(sql), "SELECT state, jobs FROM %s._count_states()", daemon_schema_quoted());
+	snprintf(sql, sizeof(sql), "SELECT state, jobs FROM %s._count_states()", queue.schema);
 	return queue_call("counting jobs", sql, 0, NULL, cb, arg);
 }
 
@@ -317,8 +322,8 @@ void queue_record_limits(void)
 	char sql[160], max_parallel[24];
 	const char *params[] = {max_parallel};
 
-	snprintf(max_parallel, sizeof(max_parallel), "%lld", (long long)daemon_config()->max_parallel);
-	snprintf(sql, sizeof(sql), "SELECT %s._set_limits($1::pg_catalog.int4)", daemon_schema_quoted());
+	snprintf(max_parallel, sizeof(max_parallel), "%lld", (long long)config_current()->max_parallel);
+	snprintf(sql, sizeof(sql), "SELECT %s._set_limits($1::pg_catalog.int4)", queue.schema);
 	if (!queue_call("recording the limits", sql, 1, params, queue_limits_cb, NULL))
 		log_msg(LOG_LEVEL_DEBUG, QUEUE_CONTEXT,
 			"the queue is down: daemon.max_parallel is recorded"
@@ -327,7 +332,7 @@ void queue_record_limits(void)
 
 bool queue_healthy(char *why, size_t len)
 {
-	const config_t *config = daemon_config();
+	const config_t *config = config_current();
 	int64_t limit_ms = 3 * config->poll_interval_ms > config->lease_ms ? 3 * config->poll_interval_ms
 									   : config->lease_ms;
 	struct timespec now;

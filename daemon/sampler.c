@@ -15,12 +15,12 @@
 #include <event2/event.h>
 
 #include "config.h"
-#include "daemon.h"
 #include "lagclock.h"
 #include "log.h"
 #include "metrics.h"
 
 #include "pgconn.h"
+#include "util.h"
 
 #define SAMPLER_CONTEXT "sampler"
 #define MAX_AUTOVACUUM 64
@@ -70,6 +70,7 @@ static const char sample_autovacuum_sql[] =
 
 /* The sampler's connection, timer and latest view. */
 static struct {
+	sampler_hooks_t hooks;
 	pgconn_t *conn;
 	struct event *tick;
 	bool in_flight;	      /* a sample */
@@ -97,23 +98,16 @@ static struct {
 	double stretch;			 /* sampler_stretch() after the latest probe */
 } sampler;
 
-static double now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec * 1000.0 + (double)ts.tv_nsec / 1e6;
-}
-
 static void sampler_arm(void)
 {
-	int64_t ms = daemon_config()->throttle.sample_interval_ms;
-	struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000)};
+	int64_t ms = config_current()->throttle.sample_interval_ms;
+	struct timeval tv = util_ms_to_tv(ms);
 	evtimer_add(sampler.tick, &tv);
 }
 
 static bool sampler_watches(const char *name)
 {
-	const throttle_settings_t *s = &daemon_config()->throttle;
+	const throttle_settings_t *s = &config_current()->throttle;
 	if (s->nstandbys == 0)
 		return true;
 	for (int i = 0; i < s->nstandbys; i++)
@@ -155,7 +149,7 @@ static void sampler_probe_seen(const char *time, bool sent_in_batch)
 
 	if (!(ms > 0))
 		return;
-	daemon_batch_pids(pids, sizeof(pids));
+	sampler.hooks.batch_pids(pids, sizeof(pids));
 	in_batch = sent_in_batch && strcmp(pids, "{}") != 0;
 	sampler.probes[sampler.nprobes++ % PROBE_WINDOW] = ms;
 	if (in_batch)
@@ -180,7 +174,7 @@ static void sampler_probe_cb(pgconn_t *conn, const pgconn_result_t *res, void *a
 void sampler_batch_started(void)
 {
 	pgconn_stmt_t probe = {sample_probe_sql, 0, NULL, NULL, NULL};
-	double now = now_ms();
+	double now = util_now_ms();
 
 	/* Only on an idle connection: a sample is never kept waiting for more than the probe
 	 * (queued behind it), and a probe never waits behind a sample. */
@@ -195,7 +189,7 @@ void sampler_batch_started(void)
 /* Fold one round of results into the view. */
 static void sampler_absorb(const pgconn_result_t *res, double at)
 {
-	const throttle_settings_t *s = &daemon_config()->throttle;
+	const throttle_settings_t *s = &config_current()->throttle;
 	const PGresult *standbys = res->results[1], *slots = res->results[2], *blocked = res->results[3],
 		       *vacuum = res->results[4];
 	sampler_view_t v = {.known = true};
@@ -284,8 +278,8 @@ static void sampler_absorb(const pgconn_result_t *res, double at)
 		metrics_blocked_sessions(total);
 	}
 	for (int r = 0; r < PQntuples(blocked); r++)
-		daemon_on_blocked((int)pgconn_int64(blocked, r, 0, 0), pgconn_int64(blocked, r, 1, 0),
-				  pgconn_int64(blocked, r, 2, 0));
+		sampler.hooks.on_blocked((int)pgconn_int64(blocked, r, 0, 0), pgconn_int64(blocked, r, 1, 0),
+					 pgconn_int64(blocked, r, 2, 0));
 	sampler.nautovacuum = 0;
 	for (int r = 0; r < PQntuples(vacuum) && sampler.nautovacuum < MAX_AUTOVACUUM; r++)
 		sampler.autovacuum[sampler.nautovacuum++] = (uint32_t)pgconn_int64(vacuum, r, 0, 0);
@@ -338,13 +332,13 @@ static void sampler_tick_cb(evutil_socket_t fd, short what, void *arg)
 	sampler_arm();
 	if (sampler.in_flight || !pgconn_is_ready(sampler.conn))
 		return;
-	daemon_batch_pids(pids, sizeof(pids));
+	sampler.hooks.batch_pids(pids, sizeof(pids));
 	sent_at = malloc(sizeof(*sent_at));
 	if (!sent_at)
 		abort();
-	*sent_at = now_ms();
+	*sent_at = util_now_ms();
 	/* The CPU probe, twice a second at most while jobs run. */
-	if (daemon_njobs() > 0 && *sent_at >= sampler.probe_due_ms) {
+	if (sampler.hooks.njobs() > 0 && *sent_at >= sampler.probe_due_ms) {
 		sampler.probe_due_ms = *sent_at + PROBE_EVERY_MS;
 		sampler.probe_in_batch = strcmp(pids, "{}") != 0;
 		stmts[n++] = (pgconn_stmt_t){sample_probe_sql, 0, NULL, NULL, NULL};
@@ -369,20 +363,21 @@ static void sampler_event_cb(pgconn_t *conn, pgconn_event_t event, const char *r
 	}
 }
 
-void sampler_open(void)
+void sampler_open(struct event_base *base, const sampler_hooks_t *hooks)
 {
-	pgconn_options_t opt = {.conninfo = daemon_config()->conninfo,
+	pgconn_options_t opt = {.conninfo = config_current()->conninfo,
 				.application_name = "backfilld sampler",
 				.log_context = SAMPLER_CONTEXT,
-				.idle_in_transaction_ms = daemon_config()->lease_ms,
+				.idle_in_transaction_ms = config_current()->lease_ms,
 				.on_event = sampler_event_cb};
 
 	memset(&sampler, 0, sizeof(sampler));
-	sampler.conn = pgconn_new(daemon_base(), &opt);
-	sampler.tick = evtimer_new(daemon_base(), sampler_tick_cb, NULL);
+	sampler.hooks = *hooks;
+	sampler.conn = pgconn_new(base, &opt);
+	sampler.tick = evtimer_new(base, sampler_tick_cb, NULL);
 	if (!sampler.tick)
 		abort();
-	sampler.opened_at_ms = now_ms();
+	sampler.opened_at_ms = util_now_ms();
 	pgconn_connect(sampler.conn);
 	sampler_arm();
 }
@@ -399,14 +394,14 @@ void sampler_close(void)
 
 void sampler_view(sampler_view_t *out)
 {
-	double age = now_ms() - sampler.view_at_ms;
-	double stale = (double)daemon_config()->throttle.sample_interval_ms * STALE_SAMPLES;
+	double age = util_now_ms() - sampler.view_at_ms;
+	double stale = (double)config_current()->throttle.sample_interval_ms * STALE_SAMPLES;
 
 	*out = sampler.view;
 	if (sampler.view_at_ms == 0 || age > (stale > 5000 ? stale : 5000)) {
 		out->known = false;
 		out->hold = NULL;
-		out->warming = sampler.view_at_ms == 0 && now_ms() - sampler.opened_at_ms < WARMUP_MS;
+		out->warming = sampler.view_at_ms == 0 && util_now_ms() - sampler.opened_at_ms < WARMUP_MS;
 		return;
 	}
 	/* Since the sample: the WAL our batches saw written, less what the worst standby or slot

@@ -10,7 +10,7 @@
 
 #include <libpq-fe.h>
 
-#include "batch.h"
+#include "batchsql.h"
 #include "exitcodes.h"
 #include "log.h"
 

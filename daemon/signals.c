@@ -1,6 +1,6 @@
 /*
  * Signal handling. libevent delivers signals as ordinary callbacks on the loop, so these
- * run at a safe point; they only log and hand the request to the daemon.
+ * run at a safe point; they only log and hand the request to what the daemon registered.
  */
 #include "signals.h"
 
@@ -9,13 +9,13 @@
 
 #include <event2/event.h>
 
-#include "daemon.h"
 #include "log.h"
 
 static const int handled[] = {SIGUSR1, SIGUSR2, SIGHUP, SIGTERM, SIGINT};
 #define NHANDLED ((int)(sizeof(handled) / sizeof(handled[0])))
 
 static struct event *signal_events[NHANDLED];
+static signals_hooks_t hooks;
 
 static void signals_cb(evutil_socket_t signo, short what, void *arg)
 {
@@ -24,17 +24,17 @@ static void signals_cb(evutil_socket_t signo, short what, void *arg)
 	log_notice("received %s", strsignal((int)signo));
 	switch (signo) {
 	case SIGUSR1:
-		daemon_set_paused(true);
+		hooks.pause(true);
 		break;
 	case SIGUSR2:
-		daemon_set_paused(false);
+		hooks.pause(false);
 		break;
 	case SIGHUP:
-		daemon_reload();
+		hooks.reload();
 		break;
 	case SIGTERM:
 	case SIGINT:
-		daemon_request_stop((int)signo);
+		hooks.stop((int)signo);
 		break;
 	default:
 		log_warning("unexpected signal %d ignored", (int)signo);
@@ -57,8 +57,9 @@ void signals_block(void)
 	signals_mask(SIG_BLOCK);
 }
 
-bool signals_install(struct event_base *base)
+bool signals_install(struct event_base *base, const signals_hooks_t *h)
 {
+	hooks = *h;
 	signal(SIGPIPE, SIG_IGN);
 	for (int i = 0; i < NHANDLED; i++) {
 		signal_events[i] = evsignal_new(base, handled[i], signals_cb, NULL);

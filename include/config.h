@@ -72,6 +72,11 @@ config_t *config_defaults(void) __attribute__((warn_unused_result));
 
 void config_free(config_t *config);
 
+/* The configuration in force: the daemon sets it at start and after each reload, and every
+ * module of the loop reads it from here (never a copy: a reload frees the old one). */
+const config_t *config_current(void);
+void config_set_current(const config_t *config);
+
 /* Print every effective setting in libconfig syntax (--check-config). Passwords in connection
  * strings are masked (text_mask_conninfo), so they read TEXT_MASK if the output is loaded again. */
 void config_print(const config_t *config, FILE *out);

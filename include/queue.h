@@ -17,8 +17,11 @@
 /* RES is NULL when the request failed (already logged). */
 typedef void (*queue_rows_cb)(const PGresult *res, void *arg);
 
-/* Create the connection and start connecting. */
-void queue_open(void);
+struct event_base;
+
+/* Create the connection and start connecting on BASE. WAKE is called when something may be
+ * claimable (a NOTIFY, the connection came up) or the connection broke. */
+void queue_open(struct event_base *base, void (*wake)(void));
 
 /* Close and free (shutdown). */
 void queue_close(void);

@@ -11,6 +11,7 @@
 #define BACKFILLD_SAMPLER_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 typedef struct sampler_view {
@@ -24,7 +25,16 @@ typedef struct sampler_view {
 	char detail[160];   /* which standby or slot, for the log */
 } sampler_view_t;
 
-void sampler_open(void);
+/* What the sampler asks of the daemon, and tells it. */
+typedef struct sampler_hooks {
+	void (*batch_pids)(char *buf, size_t len); /* the backends of the batches in flight, "{12,34}" */
+	int (*njobs)(void);			   /* job runners of this instance */
+	void (*on_blocked)(int pid, int64_t sessions, int64_t waited_ms); /* SESSIONS wait on PID's locks */
+} sampler_hooks_t;
+
+struct event_base;
+
+void sampler_open(struct event_base *base, const sampler_hooks_t *hooks);
 void sampler_close(void);
 
 /* The latest sample, as the throttle sees it. */

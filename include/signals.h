@@ -1,4 +1,4 @@
-/* Signals through libevent only: each handler logs the signal and flips a daemon mode. */
+/* Signals through libevent only: each handler logs the signal and calls what the daemon registered. */
 #ifndef BACKFILLD_SIGNALS_H
 #define BACKFILLD_SIGNALS_H
 
@@ -12,9 +12,17 @@ struct event_base;
  */
 void signals_block(void);
 
-/* SIGUSR1 pause, SIGUSR2 resume, SIGHUP reload, SIGTERM/SIGINT stop; SIGPIPE ignored. Delivers
- * what signals_block() held back. */
-bool signals_install(struct event_base *base) __attribute__((warn_unused_result));
+/* What each signal asks for. */
+typedef struct signals_hooks {
+	void (*pause)(bool paused); /* SIGUSR1 true, SIGUSR2 false */
+	void (*reload)(void);	    /* SIGHUP */
+	void (*stop)(int signo);    /* SIGTERM, SIGINT */
+} signals_hooks_t;
+
+/* Handle SIGUSR1, SIGUSR2, SIGHUP, SIGTERM and SIGINT with HOOKS; ignore SIGPIPE. Delivers what
+ * signals_block() held back. */
+bool signals_install(struct event_base *base, const signals_hooks_t *hooks)
+	__attribute__((warn_unused_result));
 
 void signals_remove(void);
 

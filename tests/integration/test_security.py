@@ -10,7 +10,7 @@ import pytest
 from bfhelp import job, make_users, run_to_idle, submit, wait_state
 
 # The functions of the daemon's queue connection: a submitter may not call them.
-QUEUE_FUNCTIONS = ["_claim", "_renew", "_release", "_set_reason", "_dry_run_done", "_runnable_count",
+QUEUE_FUNCTIONS = ["_claim", "_renew", "_release", "_set_reason", "_dry_run_done", "_runnable_count", "_set_limits",
                    "_count_states"]
 # The functions a job's session calls (as the job's role): SECURITY DEFINER where they write.
 JOB_SESSION_DEFINERS = ["_checkpoint", "_skip_row", "_record_mismatches", "_set_bounds", "_make_slices",

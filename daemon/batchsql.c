@@ -3,7 +3,7 @@
  * works on the range [first, last] of those keys: bounds that reach the executor as values,
  * so the target is read by a bounded index scan whatever the planner estimates.
  */
-#include "batch.h"
+#include "batchsql.h"
 
 #include <stdarg.h>
 #include <stdio.h>

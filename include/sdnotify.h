@@ -2,8 +2,8 @@
  * systemd notification (sd_notify): READY, STATUS, RELOADING, STOPPING and the watchdog.
  * Every call is a no-op outside systemd or when built without libsystemd.
  */
-#ifndef BACKFILLD_NOTIFY_H
-#define BACKFILLD_NOTIFY_H
+#ifndef BACKFILLD_SDNOTIFY_H
+#define BACKFILLD_SDNOTIFY_H
 
 struct event_base;
 

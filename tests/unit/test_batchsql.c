@@ -1,5 +1,5 @@
 /*
- * Unit tests for batch.c: identifier quoting, job kinds, and the exact text of the keyset
+ * Unit tests for batchsql.c: identifier quoting, job kinds, and the exact text of the keyset
  * statements of a job's session (quoting, qualified names, parameter numbering, where the
  * user's fragments go).
  */
@@ -14,7 +14,7 @@
 
 #include <cmocka.h>
 
-#include "batch.h"
+#include "batchsql.h"
 
 #define MAX_PARAMS 64
 

@@ -6,8 +6,8 @@
  * text written and read under fixed settings (<schema>._key_out and _key_in). Identifiers are
  * always quoted; the user's SQL fragments are placed on lines of their own inside parentheses.
  */
-#ifndef BACKFILLD_BATCH_H
-#define BACKFILLD_BATCH_H
+#ifndef BACKFILLD_BATCHSQL_H
+#define BACKFILLD_BATCHSQL_H
 
 #include <stdbool.h>
 

@@ -2,7 +2,7 @@
  * sd_notify glue. The watchdog is pinged from a loop timer, so a stuck loop stops the
  * pings and systemd restarts the daemon.
  */
-#include "notify.h"
+#include "sdnotify.h"
 
 #include <stdbool.h>
 #include <stdint.h>
