@@ -41,28 +41,6 @@ static void sbuf_printf(sbuf_t *b, const char *fmt, ...)
 	}
 }
 
-static const char *const kind_names[] = {
-	[JOB_KIND_UPDATE] = "update",
-	[JOB_KIND_STATEMENT] = "statement",
-	[JOB_KIND_VERIFY] = "verify",
-};
-
-bool job_kind_parse(const char *text, job_kind_t *out)
-{
-	for (size_t i = 0; i < sizeof(kind_names) / sizeof(kind_names[0]); i++) {
-		if (text && strcmp(text, kind_names[i]) == 0) {
-			*out = (job_kind_t)i;
-			return true;
-		}
-	}
-	return false;
-}
-
-const char *job_kind_name(job_kind_t kind)
-{
-	return (unsigned)kind < sizeof(kind_names) / sizeof(kind_names[0]) ? kind_names[kind] : "?";
-}
-
 char *sql_quote_ident(const char *name)
 {
 	size_t len = strlen(name);
@@ -198,112 +176,141 @@ static void sbuf_walk_conditions(sbuf_t *b, const batch_spec_t *spec, bool first
 	}
 }
 
-int batch_nparams(const batch_spec_t *spec, bool first)
+/* The keys of a batch: at most $LIMIT after the checkpoint (unless FIRST), in index order, and
+ * the first and the last of them (__bf_keys, __bf_first, __bf_last). Returns the limit's
+ * parameter number. */
+static int sbuf_walk(sbuf_t *b, const batch_spec_t *spec, bool first, const char *schema, const char *table)
 {
-	return (first ? 0 : spec->nkeys) + 1 + (spec->kind == JOB_KIND_STATEMENT ? 1 : 0);
-}
-
-char *batch_build_batch(const batch_spec_t *spec, bool first)
-{
-	sbuf_t b = {0};
-	char *schema = sql_quote_ident(spec->target_schema);
-	char *table = sql_quote_ident(spec->target_table);
-	char *queue = sql_quote_ident(spec->queue_schema);
 	int limit_param = first ? 1 : spec->nkeys + 1;
 
-	/* The keys of this batch, in index order. */
-	sbuf_printf(&b, "WITH __bf_keys AS MATERIALIZED (\n  SELECT ");
+	sbuf_printf(b, "WITH __bf_keys AS MATERIALIZED (\n  SELECT ");
 	for (int i = 0; i < spec->nkeys; i++) {
 		char *q = sql_quote_ident(spec->key_names[i]);
-		sbuf_printf(&b, "%s%s AS __bf_k%d", i ? ", " : "", q, i + 1);
+		sbuf_printf(b, "%s%s AS __bf_k%d", i ? ", " : "", q, i + 1);
 		free(q);
 	}
-	sbuf_printf(&b, "\n  FROM %s.%s\n", schema, table);
-	sbuf_walk_conditions(&b, spec, first, "  ");
-	sbuf_printf(&b, "  ORDER BY ");
-	sbuf_keys(&b, spec, false, "");
-	sbuf_printf(&b, "\n  LIMIT $%d\n), __bf_first AS MATERIALIZED (\n  SELECT * FROM __bf_keys ORDER BY ",
+	sbuf_printf(b, "\n  FROM %s.%s\n", schema, table);
+	sbuf_walk_conditions(b, spec, first, "  ");
+	sbuf_printf(b, "  ORDER BY ");
+	sbuf_keys(b, spec, false, "");
+	sbuf_printf(b, "\n  LIMIT $%d\n), __bf_first AS MATERIALIZED (\n  SELECT * FROM __bf_keys ORDER BY ",
 		    limit_param);
-	sbuf_keys(&b, spec, true, "");
-	sbuf_printf(&b, " LIMIT 1\n), __bf_last AS MATERIALIZED (\n  SELECT * FROM __bf_keys ORDER BY ");
-	sbuf_keys(&b, spec, true, " DESC");
-	sbuf_printf(&b, " LIMIT 1\n)");
+	sbuf_keys(b, spec, true, "");
+	sbuf_printf(b, " LIMIT 1\n), __bf_last AS MATERIALIZED (\n  SELECT * FROM __bf_keys ORDER BY ");
+	sbuf_keys(b, spec, true, " DESC");
+	sbuf_printf(b, " LIMIT 1\n)");
+	return limit_param;
+}
 
-	if (spec->kind == JOB_KIND_STATEMENT) {
-		/* The job's SQL once, as its role, with the first and last key typed as the key. */
-		sbuf_printf(&b,
-			    ", __bf_changed AS MATERIALIZED (\n  SELECT "
-			    "%s._statement_batch($%d::pg_catalog.text, "
-			    "__bf_first.__bf_k1, __bf_last.__bf_k1) AS __bf_rows\n  FROM __bf_first, "
-			    "__bf_last\n)\n",
-			    queue, limit_param + 1);
-	} else {
-		if (spec->kind == JOB_KIND_VERIFY) {
-			sbuf_printf(&b, ", __bf_changed AS MATERIALIZED (\n  SELECT ");
-			sbuf_key_out(&b, spec, false);
-			sbuf_printf(&b, " AS key\n  FROM %s.%s\n  WHERE ", schema, table);
-		} else {
-			sbuf_printf(&b, ", __bf_changed AS (\n  UPDATE %s.%s SET\n%s\n  WHERE ", schema,
-				    table, spec->set_sql);
-		}
-		/* The range [first, last]; for a composite key the leading column's range too, which
-		 * keeps the planner's estimate small (row comparisons are estimated poorly). */
-		sbuf_key_cmp_cte(&b, spec, ">=", "__bf_first");
-		sbuf_printf(&b, "\n    AND ");
-		sbuf_key_cmp_cte(&b, spec, "<=", "__bf_last");
-		sbuf_printf(&b, "\n");
-		if (spec->nkeys > 1) {
-			char *k1 = sql_quote_ident(spec->key_names[0]);
-			sbuf_printf(&b, "    AND %s", k1);
-			sbuf_op(&b, spec, ">=");
-			sbuf_printf(&b, "(SELECT __bf_k1 FROM __bf_first) AND %s", k1);
-			sbuf_op(&b, spec, "<=");
-			sbuf_printf(&b, "(SELECT __bf_k1 FROM __bf_last)\n");
-			free(k1);
-		}
-		if (spec->kind == JOB_KIND_VERIFY) {
-			sbuf_printf(&b, "    AND (\n%s\n    )\n)\n", spec->mismatch_sql);
-		} else {
-			if (spec->where_sql && spec->where_sql[0])
-				sbuf_printf(&b, "    AND (\n%s\n    )\n", spec->where_sql);
-			/* A row whose key the update moved past the batch's last key would be walked
-			 * again: such a batch fails (_keys_moved) instead of committing. */
-			sbuf_printf(&b, "  RETURNING ");
-			sbuf_key_cmp_cte(&b, spec, ">", "__bf_last");
-			sbuf_printf(&b, " AS __bf_moved\n)\n");
-		}
+/* The rows of the table in the batch's range [first, last]: for a composite key the leading
+ * column's range too, which keeps the planner's estimate small (row comparisons are estimated
+ * poorly). Each condition on a line of its own. */
+static void sbuf_range(sbuf_t *b, const batch_spec_t *spec)
+{
+	sbuf_key_cmp_cte(b, spec, ">=", "__bf_first");
+	sbuf_printf(b, "\n    AND ");
+	sbuf_key_cmp_cte(b, spec, "<=", "__bf_last");
+	sbuf_printf(b, "\n");
+	if (spec->nkeys > 1) {
+		char *k1 = sql_quote_ident(spec->key_names[0]);
+		sbuf_printf(b, "    AND %s", k1);
+		sbuf_op(b, spec, ">=");
+		sbuf_printf(b, "(SELECT __bf_k1 FROM __bf_first) AND %s", k1);
+		sbuf_op(b, spec, "<=");
+		sbuf_printf(b, "(SELECT __bf_k1 FROM __bf_last)\n");
+		free(k1);
 	}
+}
 
-	/* One row for the daemon, and the same values for the checkpoint function. */
+/* One row for the daemon, and the same values, transaction-local, for the checkpoint: EXTRA
+ * select-list items (each starting with ",\n") and EXTRA_COLUMNS of the inner row (each ending
+ * with ",\n"), then what CHANGED counts. */
+static void sbuf_result(sbuf_t *b, const batch_spec_t *spec, const char *extra, const char *extra_columns,
+			const char *changed)
+{
 	sbuf_printf(
-		&b,
+		b,
 		"SELECT s.scanned, s.changed, s.first_key, s.last_key,\n"
 		"  pg_catalog.set_config('backfilld.scanned', s.scanned::pg_catalog.text, true),\n"
 		"  pg_catalog.set_config('backfilld.changed', s.changed::pg_catalog.text, true),\n"
 		"  pg_catalog.set_config('backfilld.first_key', coalesce(s.first_key::pg_catalog.text, ''), "
 		"true),\n"
 		"  pg_catalog.set_config('backfilld.last_key', coalesce(s.last_key::pg_catalog.text, ''), "
-		"true)");
-	if (spec->kind == JOB_KIND_VERIFY)
-		sbuf_printf(&b, ",\n  pg_catalog.set_config('backfilld.mismatches', coalesce((SELECT "
-				"pg_catalog.jsonb_agg(key) FROM __bf_changed)::pg_catalog.text, ''), true)");
-	if (spec->kind == JOB_KIND_UPDATE)
-		sbuf_printf(&b, ",\n  CASE WHEN s.moved > 0 THEN %s._keys_moved(s.moved) END", queue);
-	sbuf_printf(&b, "\nFROM (SELECT (SELECT pg_catalog.count(*) FROM __bf_keys) AS scanned,\n");
-	if (spec->kind == JOB_KIND_UPDATE)
-		sbuf_printf(&b, "             (SELECT pg_catalog.count(*) FROM __bf_changed WHERE __bf_moved)"
-				" AS moved,\n");
-	if (spec->kind == JOB_KIND_STATEMENT)
-		sbuf_printf(&b,
-			    "             coalesce((SELECT __bf_rows FROM __bf_changed), 0) AS changed,\n");
-	else
-		sbuf_printf(&b, "             (SELECT pg_catalog.count(*) FROM __bf_changed) AS changed,\n");
-	sbuf_printf(&b, "             (SELECT ");
-	sbuf_key_out(&b, spec, true);
-	sbuf_printf(&b, " FROM __bf_first) AS first_key,\n             (SELECT ");
-	sbuf_key_out(&b, spec, true);
-	sbuf_printf(&b, " FROM __bf_last) AS last_key) AS s");
+		"true)%s\n"
+		"FROM (SELECT (SELECT pg_catalog.count(*) FROM __bf_keys) AS scanned,\n%s"
+		"             %s AS changed,\n             (SELECT ",
+		extra, extra_columns, changed);
+	sbuf_key_out(b, spec, true);
+	sbuf_printf(b, " FROM __bf_first) AS first_key,\n             (SELECT ");
+	sbuf_key_out(b, spec, true);
+	sbuf_printf(b, " FROM __bf_last) AS last_key) AS s");
+}
 
+char *batch_build_update(const batch_spec_t *spec, bool first)
+{
+	sbuf_t b = {0}, moved = {0};
+	char *schema = sql_quote_ident(spec->target_schema);
+	char *table = sql_quote_ident(spec->target_table);
+	char *queue = sql_quote_ident(spec->queue_schema);
+
+	sbuf_walk(&b, spec, first, schema, table);
+	sbuf_printf(&b, ", __bf_changed AS (\n  UPDATE %s.%s SET\n%s\n  WHERE ", schema, table,
+		    spec->set_sql);
+	sbuf_range(&b, spec);
+	if (spec->where_sql && spec->where_sql[0])
+		sbuf_printf(&b, "    AND (\n%s\n    )\n", spec->where_sql);
+	/* A row whose key the update moved past the batch's last key would be walked again: such a
+	 * batch fails (_keys_moved) instead of committing. */
+	sbuf_printf(&b, "  RETURNING ");
+	sbuf_key_cmp_cte(&b, spec, ">", "__bf_last");
+	sbuf_printf(&b, " AS __bf_moved\n)\n");
+	sbuf_printf(&moved, ",\n  CASE WHEN s.moved > 0 THEN %s._keys_moved(s.moved) END", queue);
+	sbuf_result(
+		&b, spec, moved.data,
+		"             (SELECT pg_catalog.count(*) FROM __bf_changed WHERE __bf_moved) AS moved,\n",
+		"(SELECT pg_catalog.count(*) FROM __bf_changed)");
+	free(moved.data);
+	free(schema);
+	free(table);
+	free(queue);
+	return b.data;
+}
+
+char *batch_build_verify(const batch_spec_t *spec, bool first)
+{
+	sbuf_t b = {0};
+	char *schema = sql_quote_ident(spec->target_schema);
+	char *table = sql_quote_ident(spec->target_table);
+
+	sbuf_walk(&b, spec, first, schema, table);
+	sbuf_printf(&b, ", __bf_changed AS MATERIALIZED (\n  SELECT ");
+	sbuf_key_out(&b, spec, false);
+	sbuf_printf(&b, " AS key\n  FROM %s.%s\n  WHERE ", schema, table);
+	sbuf_range(&b, spec);
+	sbuf_printf(&b, "    AND (\n%s\n    )\n)\n", spec->mismatch_sql);
+	sbuf_result(&b, spec,
+		    ",\n  pg_catalog.set_config('backfilld.mismatches', coalesce((SELECT "
+		    "pg_catalog.jsonb_agg(key) FROM __bf_changed)::pg_catalog.text, ''), true)",
+		    "", "(SELECT pg_catalog.count(*) FROM __bf_changed)");
+	free(schema);
+	free(table);
+	return b.data;
+}
+
+char *batch_build_statement(const batch_spec_t *spec, bool first)
+{
+	sbuf_t b = {0};
+	char *schema = sql_quote_ident(spec->target_schema);
+	char *table = sql_quote_ident(spec->target_table);
+	char *queue = sql_quote_ident(spec->queue_schema);
+	int limit_param = sbuf_walk(&b, spec, first, schema, table);
+
+	/* The job's SQL once, as its role, with the first and last key typed as the key. */
+	sbuf_printf(&b,
+		    ", __bf_changed AS MATERIALIZED (\n  SELECT %s._statement_batch($%d::pg_catalog.text, "
+		    "__bf_first.__bf_k1, __bf_last.__bf_k1) AS __bf_rows\n  FROM __bf_first, __bf_last\n)\n",
+		    queue, limit_param + 1);
+	sbuf_result(&b, spec, "", "", "coalesce((SELECT __bf_rows FROM __bf_changed), 0)");
 	free(schema);
 	free(table);
 	free(queue);
@@ -348,80 +355,9 @@ char *batch_build_bounds(const batch_spec_t *spec)
 	return b.data;
 }
 
-/* FMT with every @q@ replaced by the quoted queue schema. Caller frees. */
-static char *build_with_schema(const char *queue_schema, const char *fmt)
+const char *batch_privileges_sql(bool writes)
 {
-	sbuf_t b = {0};
-	char *q = sql_quote_ident(queue_schema);
-	const char *p = fmt, *at;
-
-	while ((at = strstr(p, "@q@")) != NULL) {
-		sbuf_printf(&b, "%.*s%s", (int)(at - p), p, q);
-		p = at + 3;
-	}
-	sbuf_printf(&b, "%s", p);
-	free(q);
-	return b.data;
-}
-
-char *batch_build_split(const char *queue_schema)
-{
-	return build_with_schema(
-		queue_schema,
-		"SELECT s.slice, s.lower_key::pg_catalog.text, s.upper_key::pg_catalog.text, "
-		"NULL::pg_catalog.text,"
-		" false FROM @q@.jobs j CROSS JOIN LATERAL @q@._make_slices(j.id, $2::pg_catalog.text,"
-		" @q@._split_points(j.target, j.key_columns, LEAST(j.parallel, $3::pg_catalog.int4))) AS s"
-		" WHERE j.id = $1::pg_catalog.int8");
-}
-
-char *batch_build_open(const char *queue_schema)
-{
-	return build_with_schema(
-		queue_schema, "SELECT pg_catalog.set_config('statement_timeout', $1::pg_catalog.text, true),"
-			      " pg_catalog.set_config('lock_timeout', $2::pg_catalog.text, true),"
-			      " w.writes, w.own, w.table_rows FROM @q@._batch_open($3::pg_catalog.oid) AS w");
-}
-
-char *batch_build_waiters(const char *queue_schema)
-{
-	return build_with_schema(queue_schema, "SELECT w.waiters, w.longest_ms, w.own"
-					       " FROM @q@._waiters($1::pg_catalog.oid) AS w");
-}
-
-char *batch_build_mismatches(const char *queue_schema)
-{
-	return build_with_schema(queue_schema,
-				 "SELECT @q@._record_mismatches($1::pg_catalog.int8, $2::pg_catalog.text)");
-}
-
-const char batch_dry_wal_sql[] =
-	"SELECT pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_insert_lsn(),"
-	" pg_catalog.current_setting('backfilld.lsn0')::pg_catalog.pg_lsn)::pg_catalog.int8";
-
-char *batch_build_checkpoint(const char *queue_schema)
-{
-	return build_with_schema(
-		queue_schema,
-		"SELECT c.state, c.rows_scanned, c.rows_changed, c.batches, c.rows_estimate, c.wal_bytes,"
-		" c.slice_done, c.wal_lsn FROM @q@._checkpoint($1::pg_catalog.int8, $2::pg_catalog.text,"
-		" $3::pg_catalog.int4, $4::pg_catalog.int4, $5::pg_catalog.int4, $6::pg_catalog.int4,"
-		" $7::pg_catalog.int4, $8::pg_catalog.int8, $9::pg_catalog.int8, $10::pg_catalog.int4,"
-		" $11::pg_catalog.text, $12::pg_catalog.int4) AS c");
-}
-
-char *batch_build_skip(const char *queue_schema)
-{
-	return build_with_schema(
-		queue_schema,
-		"SELECT @q@._skip_row($1::pg_catalog.int8, $2::pg_catalog.text, $3::pg_catalog.int4,"
-		" $4::pg_catalog.text, $5::pg_catalog.text, $6::pg_catalog.int4)");
-}
-
-const char *batch_privileges_sql(job_kind_t kind)
-{
-	return kind == JOB_KIND_UPDATE
-		       ? "SELECT pg_catalog.has_table_privilege($1::pg_catalog.oid, 'SELECT'),"
-			 " pg_catalog.has_any_column_privilege($1::pg_catalog.oid, 'UPDATE')"
-		       : "SELECT pg_catalog.has_table_privilege($1::pg_catalog.oid, 'SELECT'), true";
+	return writes ? "SELECT pg_catalog.has_table_privilege($1::pg_catalog.oid, 'SELECT'),"
+			" pg_catalog.has_any_column_privilege($1::pg_catalog.oid, 'UPDATE')"
+		      : "SELECT pg_catalog.has_table_privilege($1::pg_catalog.oid, 'SELECT'), true";
 }

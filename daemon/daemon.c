@@ -12,7 +12,6 @@
 
 #include <event2/event.h>
 
-#include "batchsql.h"
 #include "exitcodes.h"
 #include "http.h"
 #include "job.h"
@@ -38,7 +37,6 @@ static struct {
 	struct event_base *base;
 	config_t *config;
 	daemon_options_t options;
-	char *schema_quoted;
 	daemon_mode_t mode;
 	bool paused;
 	int exit_code;
@@ -72,11 +70,6 @@ const config_t *daemon_config(void)
 const char *daemon_name(void)
 {
 	return d.config->name;
-}
-
-const char *daemon_schema_quoted(void)
-{
-	return d.schema_quoted;
 }
 
 bool daemon_paused(void)
@@ -484,7 +477,6 @@ int daemon_run(config_t *config, const daemon_options_t *options)
 	d.config = config;
 	config_set_current(config);
 	d.options = *options;
-	d.schema_quoted = sql_quote_ident(config->schema);
 	srandom((unsigned)time(NULL) ^ (unsigned)getpid());
 
 	d.base = event_base_new();
@@ -539,7 +531,6 @@ out:
 	http_stop();
 	metrics_reset();
 	event_base_free(d.base);
-	free(d.schema_quoted);
 	config_free(d.config);
 	return d.exit_code;
 }

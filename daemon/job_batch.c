@@ -1,11 +1,10 @@
 /*
- * A job's batches: the pre-flight check of its SQL, the throttle's decision before each batch,
- * the batch pipeline and its outcome (retries, cancellations), and the rows that fail on their
- * own (bisected, recorded and skipped).
+ * A job's batches: the pre-flight check of its SQL, the pacing decision before each batch, the
+ * batch pipeline and its outcome (progress, retries, cancellations). Rows that fail on their own
+ * are in job_rows.c.
  */
 #include "job_internal.h"
 
-#include <assert.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,145 +18,16 @@
 #include "keys.h"
 #include "log.h"
 #include "metrics.h"
+#include "pace.h"
 #include "pgconn.h"
+#include "queuesql.h"
+#include "reason.h"
 #include "sampler.h"
 #include "text.h"
 #include "throttle.h"
 #include "util.h"
 
-/* ---- rows that fail on their own ---- */
-
-/* Errors one row's data can cause (as opposed to the job's SQL or the server's state). */
-static bool sqlstate_is_row_error(const char *sqlstate)
-{
-	static const char *const classes[] = {"22", "23", "P0", "2F", "38", "39", "44", "54"};
-	for (size_t i = 0; i < sizeof(classes) / sizeof(classes[0]); i++)
-		if (strncmp(sqlstate, classes[i], 2) == 0)
-			return true;
-	return false;
-}
-
-static void job_skip_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
-{
-	job_t *job = arg;
-	char err[1024];
-	(void)conn;
-
-	if (job->state != JOB_BATCH)
-		return;
-	if (res->broken) {
-		job_session_lost(job);
-		return;
-	}
-	if (!res->ok) {
-		if (strcmp(res->sqlstate, "BFL01") == 0) {
-			job_log(job, LOG_LEVEL_WARNING, "lease lost while skipping a row");
-			job->lease_lost = true;
-			job_finish(job);
-			return;
-		}
-		text_snprintf(err, sizeof(err), "%s: %s (skipping a failing row)", res->sqlstate,
-			      res->message);
-		job_fail(job, err);
-		return;
-	}
-	job->failed_rows = pgconn_int64(job_result(job, res, STEP_CHECKPOINT), 0, 0, job->failed_rows);
-	job->rows_scanned++;
-	keys_clear(&job->last_key);
-	if (!keys_decode(pgconn_value(job_result(job, res, STEP_BATCH), 0, 0), &job->last_key)) {
-		job_fail(job, "cannot decode the key of a skipped row");
-		return;
-	}
-	job_log(job, LOG_LEVEL_NOTICE, "skipped row %s: %s %s (%lld failed rows so far)",
-		pgconn_value(job_result(job, res, STEP_BATCH), 0, 0), job->skip_sqlstate, job->skip_message,
-		(long long)job->failed_rows);
-	job->bisect_left = 0; /* the chunk's failing row is isolated: back to the controller's size */
-	job_continue(job);
-}
-
-/* One row fails alone: record it in failed_rows and move the checkpoint past it. */
-static void job_skip_row(job_t *job, const char *sqlstate, const char *message)
-{
-	char lease[24], oid[16], stmt_timeout[24], lock_timeout[24];
-	const char *open_params[3], *skip_params[6];
-	char *open_sql = batch_build_open(daemon_config()->schema);
-	char *skip_sql = batch_build_skip(daemon_config()->schema);
-	throttle_settings_t s;
-	bool first = job->last_key.n == 0;
-	pgconn_stmt_t stmts[] = {
-		{"BEGIN", 0, NULL, NULL, NULL},
-		{open_sql, 3, open_params, NULL, NULL},
-		{NULL, first ? 0 : job->nkeys, (const char *const *)job->last_key.values,
-		 first ? JOB_PREPARED_PEEK_FIRST : JOB_PREPARED_PEEK_NEXT, NULL},
-		{skip_sql, 6, skip_params, NULL, NULL},
-		{"COMMIT", 0, NULL, NULL, NULL},
-	};
-	static const job_step_t steps[] = {STEP_BEGIN, STEP_OPEN, STEP_BATCH, STEP_CHECKPOINT, STEP_END};
-
-	job_settings(job, &s);
-	snprintf(job->skip_sqlstate, sizeof(job->skip_sqlstate), "%s", sqlstate);
-	text_snprintf(job->skip_message, sizeof(job->skip_message), "%s", message);
-	snprintf(stmt_timeout, sizeof(stmt_timeout), "%lld", (long long)s.statement_timeout_ms);
-	snprintf(lock_timeout, sizeof(lock_timeout), "%lld", (long long)s.lock_timeout_ms);
-	snprintf(oid, sizeof(oid), "%u", job->target_oid);
-	snprintf(lease, sizeof(lease), "%lld", (long long)daemon_config()->lease_ms);
-	open_params[0] = stmt_timeout;
-	open_params[1] = lock_timeout;
-	open_params[2] = oid;
-	skip_params[0] = job->id_text;
-	skip_params[1] = daemon_name();
-	skip_params[2] = lease;
-	skip_params[3] = job->skip_sqlstate;
-	skip_params[4] = job->skip_message;
-	skip_params[5] = job->slice > 0 ? job->slice_text : NULL;
-	job_set_state(job, JOB_BATCH);
-	if (!job_session_send(job, stmts, steps, 5, job_skip_cb))
-		job_session_lost(job);
-	free(open_sql);
-	free(skip_sql);
-}
-
-/*
- * The batch failed on its data: bisect it. The chunk known to hold a failing row (bisect_left
- * keys from the checkpoint) is tried by halves: a half that fails becomes the chunk, a half that
- * commits leaves the rest as the chunk. A single failing row is recorded and skipped (up to
- * max_failed_rows) and the walk goes back to the controller's size, so a bad row costs about
- * twice log2(batch size) small transactions, however many good rows surround it.
- * Returns false when the error is not one a row can cause.
- */
-static bool job_bisect(job_t *job, const pgconn_result_t *res)
-{
-	throttle_settings_t s;
-	char err[1024];
-
-	if (res->failed_index < 0 || res->failed_index >= job->steps.n ||
-	    job->steps.of[res->failed_index] != STEP_BATCH || !sqlstate_is_row_error(res->sqlstate) ||
-	    job->dry_run)
-		return false;
-	job_settings(job, &s);
-	if (job->batch_limit > 1) {
-		if (job->bisect_left <= 0)
-			job_log(job, LOG_LEVEL_NOTICE,
-				"a batch of %lld rows failed on its data (%s %s): bisecting",
-				(long long)job->batch_limit, res->sqlstate, res->message);
-		job->bisect_left = job->batch_limit;
-		job->bisect_size = job->batch_limit / 2;
-		job_next_batch(job);
-		return true;
-	}
-	if (job->failed_rows + 1 > s.max_failed_rows) {
-		text_snprintf(
-			err, sizeof(err),
-			"%s: %s (a row failed on its own, and %lld already did: max_failed_rows is %lld;"
-			" see the failed_rows table)",
-			res->sqlstate, res->message, (long long)job->failed_rows,
-			(long long)s.max_failed_rows);
-		job_fail(job, err);
-		return true;
-	}
-	job_skip_row(job, res->sqlstate, res->message);
-	return true;
-}
+#define JOB_SAMPLER_WAIT_MS 50 /* before its first look, the sampler is asked again this soon */
 
 /* ---- checking the job's SQL before any data is touched ---- */
 
@@ -168,12 +38,8 @@ static void job_check_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
 	char err[1024];
 	(void)conn;
 
-	if (job->state != JOB_CHECKING)
+	if (!job_session_result_ok(job, res, JOB_CHECKING))
 		return;
-	if (res->broken) {
-		job_session_lost(job);
-		return;
-	}
 	if (!res->ok) {
 		text_snprintf(err, sizeof(err), "%s: %s (%s as role %s, before touching any row)",
 			      res->sqlstate, res->message, job_failed_step(job, res), job->run_as);
@@ -187,8 +53,8 @@ static void job_check_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
 			err, sizeof(err),
 			"42501: permission denied: role %s may not %s table %s.%s (checked before touching "
 			"any row)",
-			job->run_as, job->kind == JOB_KIND_UPDATE ? "read and update" : "read",
-			job->target_schema, job->target_table);
+			job->run_as, job->how->writes ? "read and update" : "read", job->target_schema,
+			job->target_table);
 		job_fail(job, err);
 		return;
 	}
@@ -205,7 +71,7 @@ void job_check(job_t *job)
 	char oid[16];
 	const char *check_params[] = {oid}, *bounds_params[] = {job->id_text, daemon_name()};
 	batch_spec_t spec = job_spec(job);
-	char *sql[5] = {batch_build_batch(&spec, true), batch_build_batch(&spec, false),
+	char *sql[5] = {job->how->build(&spec, true), job->how->build(&spec, false),
 			batch_build_peek(&spec, true), batch_build_peek(&spec, false), NULL};
 	static const char *const names[] = {JOB_PREPARED_FIRST, JOB_PREPARED_NEXT, JOB_PREPARED_PEEK_FIRST,
 					    JOB_PREPARED_PEEK_NEXT};
@@ -220,13 +86,13 @@ void job_check(job_t *job)
 		steps[n] = STEP_PREPARE;
 		stmts[n++] = (pgconn_stmt_t){sql[i], 0, NULL, names[i], NULL};
 	}
-	if (job->kind == JOB_KIND_STATEMENT) { /* its own SQL, with $1 and $2 typed as the key */
+	if (job->how->sql_param) { /* its own SQL, with $1 and $2 typed as the key */
 		steps[n] = STEP_PREPARE;
-		stmts[n++] = (pgconn_stmt_t){job->batch_sql, 2, NULL, JOB_PREPARED_USER, user_types};
+		stmts[n++] = (pgconn_stmt_t){job->kind_sql, 2, NULL, JOB_PREPARED_USER, user_types};
 	}
 	snprintf(oid, sizeof(oid), "%u", job->target_oid);
 	steps[n] = STEP_PRIVILEGES;
-	stmts[n++] = (pgconn_stmt_t){batch_privileges_sql(job->kind), 1, check_params, NULL, NULL};
+	stmts[n++] = (pgconn_stmt_t){batch_privileges_sql(job->how->writes), 1, check_params, NULL, NULL};
 	if (job->key_numeric) {
 		sql[4] = batch_build_bounds(&spec);
 		steps[n] = STEP_BOUNDS;
@@ -239,16 +105,7 @@ void job_check(job_t *job)
 		free(sql[i]);
 }
 
-/* ---- batches ---- */
-
-static bool sqlstate_is_retryable(const char *sqlstate)
-{
-	static const char *const retryable[] = {"55P03", "40P01", "40001", "57014"};
-	for (size_t i = 0; i < sizeof(retryable) / sizeof(retryable[0]); i++)
-		if (strcmp(sqlstate, retryable[i]) == 0)
-			return true;
-	return false;
-}
+/* ---- the decision before each batch ---- */
 
 /* The progress line, every log.progress_interval_ms; DONE: the last one, at once. */
 static void job_log_progress(job_t *job, bool done)
@@ -280,30 +137,45 @@ static void job_log_progress(job_t *job, bool done)
 		"%s  %lld rows scanned, %lld changed, %.0f rows/s, batch %lld, sleep %lld ms, ETA %s%s%s",
 		percent, (long long)job->rows_scanned, (long long)job->rows_changed, rate,
 		(long long)job->throttle.batch_size, (long long)job->slept_ms, eta,
-		job->reason ? ", throttled: " : "", job->reason ? job->reason : "");
+		job->pace.reason ? ", throttled: " : "",
+		job->pace.reason ? reason_name(job->pace.reason) : "");
 }
 
 /* Log a change of throttle reason once, not once per batch. */
-static void job_note_reason(job_t *job, const char *reason, const char *detail)
+void job_note_reason(job_t *job, reason_t reason, const char *detail)
 {
-	if (reason == job->logged_reason ||
-	    (reason && job->logged_reason && strcmp(reason, job->logged_reason) == 0))
+	bool with = detail && detail[0];
+
+	if (reason == job->logged_reason)
 		return;
-	if (reason)
-		job_log(job, LOG_LEVEL_NOTICE, "throttled: %s%s%s%s", reason, detail && detail[0] ? " (" : "",
-			detail && detail[0] ? detail : "", detail && detail[0] ? ")" : "");
+	if (reason != REASON_NONE)
+		job_log(job, LOG_LEVEL_NOTICE, "throttled: %s%s%s%s", reason_name(reason), with ? " (" : "",
+			with ? detail : "", with ? ")" : "");
 	else
-		job_log(job, LOG_LEVEL_NOTICE, "running freely again (was %s)", job->logged_reason);
+		job_log(job, LOG_LEVEL_NOTICE, "running freely again (was %s)",
+			reason_name(job->logged_reason));
 	job->logged_reason = reason;
 }
 
-/* After a committed batch, or while held by the throttle: ask it what comes next. */
+/* What the pacing policy sees now: the sampler's view, autovacuum on the table. */
+static void job_pace_input(job_t *job, const throttle_settings_t *s, const sampler_view_t *view,
+			   pace_input_t *in)
+{
+	*in = (pace_input_t){.view = *view,
+			     .runners = daemon_njobs(),
+			     .autovacuum = view->hold == REASON_NONE && s->pause_during_autovacuum &&
+					   sampler_autovacuum(job->target_oid),
+			     .now_ms = util_now_ms()};
+	job->input = pace_seen(in);
+}
+
+/* After a committed batch, or after a step of a sleep or a hold: decide what comes next. */
 void job_continue(job_t *job)
 {
 	throttle_settings_t s;
 	sampler_view_t view;
-	throttle_decision_t d;
-	bool held;
+	pace_input_t in;
+	pace_decision_t d;
 
 	if (job->lease_lost) { /* seen while a batch was in flight that had no fence (a dry run) */
 		job_finish(job);
@@ -319,86 +191,42 @@ void job_continue(job_t *job)
 	}
 	job_settings(job, &s);
 	sampler_view(&view);
-	if (view.warming) { /* the sampler has not looked yet: wait a moment for it */
-		struct timeval tv = {0, 50 * 1000};
-		job_set_state(job, JOB_THROTTLED);
-		job->awaiting_sampler = true;
-		evtimer_add(job->timer, &tv);
+	if (view.warming) { /* the sampler has not looked yet: it will soon */
+		job_sleep(job, JOB_WAITING_SAMPLER, JOB_SAMPLER_WAIT_MS);
 		return;
 	}
-	/* Already in a hold (announced and written to the row), not just waiting for the sampler. */
-	held = job->state == JOB_THROTTLED && !job->awaiting_sampler;
-	job->awaiting_sampler = false;
-	job->input = (throttle_input_t){.lag_known = view.known,
-					.lag_bytes = view.lag_bytes,
-					.lag_ms = view.lag_ms,
-					.hold = view.hold,
-					.cpu_stretch = view.cpu_stretch,
-					.server_idle = view.known && view.others_active == 0,
-					.runners = daemon_njobs()};
-	if (!job->input.hold && s.pause_during_autovacuum && sampler_autovacuum(job->target_oid)) {
-		job->input.hold = "autovacuum";
+	job_pace_input(job, &s, &view, &in);
+	d = pace_decide(&job->pace, &job->throttle, &s, &in);
+	if (in.autovacuum)
 		snprintf(view.detail, sizeof(view.detail), "autovacuum is processing the table");
-	}
-	d = throttle_decide(&job->throttle, &s, &job->input);
-	job->max_rows = d.max_rows;
-	/* A retry's reason stays on the batch that retries; otherwise the throttle's applies. */
-	if (d.reason || job->throttle.retries == 0)
-		job->reason = d.reason;
-	if (job->contended && (!job->reason || strcmp(job->reason, "application_writes") == 0))
-		job->reason = "blocked_sessions"; /* the size was halved for it */
-	job->contended = false;
-	if (job->reason && strcmp(job->reason, "cpu_contention") == 0)
+	else if (d.current == REASON_CPU_CONTENTION)
 		snprintf(view.detail, sizeof(view.detail),
 			 "other sessions' CPU work takes %.2fx as long while batches run: sleeping %lld ms "
 			 "after a %.0f ms batch",
 			 job->input.cpu_stretch, (long long)d.sleep_ms, job->throttle.last_ms);
-	job_note_reason(job, job->reason, view.detail);
+	job_note_reason(job, d.current, view.detail);
 	job_report(job, true);
-	/* The batch after a hold or a throttle sleep says why it waited, also when the lag that
-	 * caused it cleared before the sleep was over, or when another sleep (a duty cycle's)
-	 * follows. */
-	if (d.hold || (d.reason && d.sleep_ms > 0)) {
-		/* A duty cycle's blocked_sessions does not hide a lag wait it follows. */
-		if (!job->wait_reason || strcmp(job->wait_reason, "blocked_sessions") == 0)
-			job->wait_reason = d.reason;
-	}
-	if (job->wait_reason)
-		job->reason = job->wait_reason;
-	if (d.hold) {
-		struct timeval tv = util_ms_to_tv(s.sample_interval_ms);
-		if (!held) {
-			job_log(job, LOG_LEVEL_NOTICE, "held: %s%s%s%s", d.reason, view.detail[0] ? " (" : "",
-				view.detail, view.detail[0] ? ")" : "");
-			job_write_reason(job, d.reason);
+	switch (d.action) {
+	case PACE_HOLD:
+		if (d.hold_begins) {
+			job_log(job, LOG_LEVEL_NOTICE, "held: %s%s%s%s", reason_name(d.hold_reason),
+				view.detail[0] ? " (" : "", view.detail, view.detail[0] ? ")" : "");
+			job_write_reason(job, d.hold_reason);
 		}
-		job_set_state(job, JOB_THROTTLED);
-		evtimer_add(job->timer, &tv);
+		job_sleep(job, JOB_THROTTLED, d.wait_ms);
+		return;
+	case PACE_SLEEP:
+		job_sleep(job, JOB_PACING, d.wait_ms);
+		return;
+	case PACE_RUN:
+		job->slept_ms = d.slept_ms;
+		job->max_rows = d.max_rows;
+		job_next_batch(job);
 		return;
 	}
-	/* The throttle's sleep is taken in steps of a sample interval, deciding again after each,
-	 * so a sleep chosen for lag ends soon after the lag does. */
-	if (d.sleep_ms > 0) {
-		int64_t so_far;
-		if (!job->sleep_decided) {
-			clock_gettime(CLOCK_MONOTONIC, &job->sleep_started);
-			job->sleep_decided = true;
-		}
-		so_far = (int64_t)(util_elapsed_s(&job->sleep_started) * 1000.0);
-		if (so_far < d.sleep_ms) {
-			int64_t step = d.sleep_ms - so_far;
-			job_sleep(job, step < s.sample_interval_ms ? step : s.sample_interval_ms);
-			job->slept_ms = so_far + (step < s.sample_interval_ms ? step : s.sample_interval_ms);
-			return;
-		}
-		job->slept_ms = so_far;
-	} else {
-		job->slept_ms =
-			job->sleep_decided ? (int64_t)(util_elapsed_s(&job->sleep_started) * 1000.0) : 0;
-	}
-	job->sleep_decided = false;
-	job_next_batch(job);
 }
+
+/* ---- while a batch runs ---- */
 
 void job_on_blocked(job_t *job, int64_t sessions, int64_t waited_ms)
 {
@@ -412,14 +240,16 @@ void job_on_blocked(job_t *job, int64_t sessions, int64_t waited_ms)
 	if (waited_ms > job->batch_waited_ms)
 		job->batch_waited_ms = waited_ms;
 	job_settings(job, &s);
-	if (waited_ms < s.max_blocked_ms || job->cancel_reason)
+	if (waited_ms < s.max_blocked_ms || job->cancel_reason != REASON_NONE)
 		return;
 	job_log(job, LOG_LEVEL_NOTICE, "%lld session(s) waited %lld ms on the batch's locks: cancelling it",
 		(long long)sessions, (long long)waited_ms);
-	job->cancel_reason = "blocked_sessions";
+	job->cancel_reason = REASON_BLOCKED_SESSIONS;
 	if (!job_cancel_batch(job))
 		job_log(job, LOG_LEVEL_WARNING, "cannot cancel the batch");
 }
+
+/* ---- a batch's outcome ---- */
 
 static void job_sibling_contended(job_t *sibling, void *waited_ms)
 {
@@ -427,7 +257,7 @@ static void job_sibling_contended(job_t *sibling, void *waited_ms)
 
 	job_settings(sibling, &s);
 	if (throttle_after_contention(&sibling->throttle, &s, *(int64_t *)waited_ms))
-		sibling->contended = true;
+		sibling->pace.contended = true;
 }
 
 /*
@@ -465,26 +295,89 @@ static void job_count_app_writes(job_t *job, const pgconn_result_t *res, const t
 	job->writes_at = job->batch_started;
 }
 
+/* What the throttle learns from a committed batch of SCANNED keys that took DURATION_MS. */
+static void job_learn(job_t *job, const pgconn_result_t *res, int64_t scanned, double duration_ms)
+{
+	const PGresult *cp = job_result(job, res, STEP_CHECKPOINT), *w = job_result(job, res, STEP_WAITERS);
+	throttle_settings_t s;
+
+	job_settings(job, &s);
+	if (job->throttle.app_watch && w)
+		job_count_app_writes(job, res, &s);
+	throttle_after_batch(&job->throttle, &s, scanned, duration_ms);
+	throttle_after_wal(&job->throttle, scanned, pgconn_int64(cp, 0, QSQL_CHECKPOINT_WAL_BYTES, -1));
+	throttle_after_waiters(&job->throttle, &s, scanned, duration_ms, job->batch_blocked);
+	/* (A sibling slice may have found contention already while this batch ran.) */
+	job->pace.contended =
+		throttle_after_contention(&job->throttle, &s, job->batch_waited_ms) || job->pace.contended;
+	/* One throttle for a job's slices: a wait on one slice's locks shrinks them all. */
+	if (job->pace.contended && job->slice > 0)
+		daemon_each_sibling(job, job_sibling_contended, &job->batch_waited_ms);
+}
+
+/* The job's state as the checkpoint returned it. True when the walk goes on here. */
+static bool job_goes_on(job_t *job, const PGresult *cp)
+{
+	const char *state = pgconn_value(cp, 0, QSQL_CHECKPOINT_STATE);
+	double secs;
+
+	if (job->slice > 0 && state && strcmp(state, "done") != 0) {
+		/* A slice: the job goes on, or its other slices must stop too before it is given back. */
+		if (strcmp(state, "running") != 0) {
+			job_log(job, LOG_LEVEL_INFO, "%s by a user after batch %lld", state,
+				(long long)job->batches);
+			job_release(job, state, NULL);
+			return false;
+		}
+		if (strcmp(pgconn_value(cp, 0, QSQL_CHECKPOINT_SLICE_DONE) ?: "f", "t") != 0)
+			return true;
+		job_log(job, LOG_LEVEL_INFO, "slice done; the job's other slices go on");
+		if (job->stopping) {
+			job_release(job, job->stop_state, job->stop_error);
+			return false;
+		}
+		job->quiet = true;
+		job_finish(job);
+		return false;
+	}
+	if (state && strcmp(state, "running") == 0)
+		return true;
+	if (state && strcmp(state, "done") == 0) {
+		secs = util_elapsed_s(&job->started);
+		job_log_progress(job, true);
+		job_log(job, LOG_LEVEL_INFO,
+			"done: %lld rows scanned, %lld changed in %lld batches; %.1f s on this instance "
+			"(%.0f "
+			"rows/s)",
+			(long long)job->rows_scanned, (long long)job->rows_changed, (long long)job->batches,
+			secs, secs > 0 ? (double)(job->rows_scanned - job->rows_at_start) / secs : 0.0);
+	} else {
+		job_log(job, LOG_LEVEL_INFO, "%s by a user after batch %lld", state ? state : "changed",
+			(long long)job->batches);
+	}
+	job_finish(job); /* the checkpoint already gave the job back */
+	return false;
+}
+
 static void job_batch_done(job_t *job, const pgconn_result_t *res)
 {
 	const PGresult *b = job_result(job, res, STEP_BATCH), *cp = job_result(job, res, STEP_CHECKPOINT);
 	const PGresult *w = job_result(job, res, STEP_WAITERS);
-	const char *last_key = pgconn_value(b, 0, 3);
-	const char *state = pgconn_value(cp, 0, 0);
-	int64_t scanned = pgconn_int64(b, 0, 0, 0), changed = pgconn_int64(b, 0, 1, 0);
+	const char *last_key = pgconn_value(b, 0, BATCH_LAST_KEY);
+	int64_t scanned = pgconn_int64(b, 0, BATCH_SCANNED, 0),
+		changed = pgconn_int64(b, 0, BATCH_CHANGED, 0);
 	double duration_ms = util_elapsed_s(&job->batch_started) * 1000.0;
-	throttle_settings_t s;
 
-	sampler_wal_position(pgconn_value(cp, 0, 7));
+	sampler_wal_position(pgconn_value(cp, 0, QSQL_CHECKPOINT_WAL_LSN));
 	clock_gettime(CLOCK_MONOTONIC, &job->batch_ended);
 	if (w) { /* who waited on it till the end, beside what the sampler saw */
-		int64_t sessions = pgconn_int64(w, 0, 0, 0), waited_ms = pgconn_int64(w, 0, 1, 0);
+		int64_t sessions = pgconn_int64(w, 0, PQfnumber(w, "waiters"), 0);
+		int64_t waited_ms = pgconn_int64(w, 0, PQfnumber(w, "longest_ms"), 0);
 		if (sessions > job->batch_blocked)
 			job->batch_blocked = sessions;
 		if (waited_ms > job->batch_waited_ms)
 			job->batch_waited_ms = waited_ms;
 	}
-
 	if (last_key) {
 		keys_clear(&job->last_key);
 		if (!keys_decode(last_key, &job->last_key)) {
@@ -494,136 +387,100 @@ static void job_batch_done(job_t *job, const pgconn_result_t *res)
 			return;
 		}
 	}
-	job->rows_scanned = pgconn_int64(cp, 0, 1, job->rows_scanned);
-	job->rows_changed = pgconn_int64(cp, 0, 2, job->rows_changed);
-	job->batches = pgconn_int64(cp, 0, 3, job->batches);
-	job->rows_estimate = pgconn_int64(cp, 0, 4, job->rows_estimate);
+	job->rows_scanned = pgconn_int64(cp, 0, QSQL_CHECKPOINT_ROWS_SCANNED, job->rows_scanned);
+	job->rows_changed = pgconn_int64(cp, 0, QSQL_CHECKPOINT_ROWS_CHANGED, job->rows_changed);
+	job->batches = pgconn_int64(cp, 0, QSQL_CHECKPOINT_BATCHES, job->batches);
+	job->rows_estimate = pgconn_int64(cp, 0, QSQL_CHECKPOINT_ROWS_ESTIMATE, job->rows_estimate);
 	job_log(job, LOG_LEVEL_DEBUG, "batch %lld: %lld rows scanned, %lld changed in %.1f ms, up to %s",
 		(long long)job->batches, (long long)scanned, (long long)changed, duration_ms,
 		last_key ? last_key : "(end)");
-
-	if (job->slice > 0 && state && strcmp(state, "done") != 0) {
-		/* A slice: the job goes on, or its other slices must stop too before it is given back. */
-		if (strcmp(state, "running") != 0) {
-			job_log(job, LOG_LEVEL_INFO, "%s by a user after batch %lld", state,
-				(long long)job->batches);
-			job_release(job, state, NULL);
-			return;
-		}
-		if (strcmp(pgconn_value(cp, 0, 6) ?: "f", "t") == 0) {
-			job_log(job, LOG_LEVEL_INFO, "slice done; the job's other slices go on");
-			if (job->stopping) {
-				job_release(job, job->stop_state, job->stop_error);
-				return;
-			}
-			job->quiet = true;
-			job_finish(job);
-			return;
-		}
-	} else if (!state || strcmp(state, "running") != 0) {
-		if (state && strcmp(state, "done") == 0) {
-			double secs = util_elapsed_s(&job->started);
-			job_log_progress(job, true);
-			job_log(job, LOG_LEVEL_INFO,
-				"done: %lld rows scanned, %lld changed in %lld batches; %.1f s on this "
-				"instance (%.0f rows/s)",
-				(long long)job->rows_scanned, (long long)job->rows_changed,
-				(long long)job->batches, secs,
-				secs > 0 ? (double)(job->rows_scanned - job->rows_at_start) / secs : 0.0);
-		} else {
-			job_log(job, LOG_LEVEL_INFO, "%s by a user after batch %lld",
-				state ? state : "changed", (long long)job->batches);
-		}
-		job_finish(job); /* the checkpoint already gave the job back */
+	if (!job_goes_on(job, cp))
 		return;
-	}
-	job_settings(job, &s);
-	if (job->bisect_left > 0) {
-		/* The keys walked were good: the failing row is in the rest of the chunk; try half of
-		 * it. (It is gone when the rest walks clean: the controller takes over again.) */
-		job->bisect_left -= scanned;
-		job->bisect_size = (job->bisect_left + 1) / 2;
-		if (job->bisect_left <= 0 || scanned < job->batch_limit) {
-			job->bisect_left = 0;
-			job_log(job, LOG_LEVEL_NOTICE, "bisecting done: %lld failed rows so far",
-				(long long)job->failed_rows);
-		}
-	} else {
-		if (job->throttle.app_watch && w)
-			job_count_app_writes(job, res, &s);
-		throttle_after_batch(&job->throttle, &s, scanned, duration_ms);
-		throttle_after_wal(&job->throttle, scanned,
-				   pgconn_int64(cp, 0, PQfnumber(cp, "wal_bytes"), -1));
-		throttle_after_waiters(&job->throttle, &s, scanned, duration_ms, job->batch_blocked);
-		/* (A sibling slice may have found contention already while this batch ran.) */
-		job->contended =
-			throttle_after_contention(&job->throttle, &s, job->batch_waited_ms) || job->contended;
-		/* One throttle for a job's slices: a wait on one slice's locks shrinks them all. */
-		if (job->contended && job->slice > 0)
-			daemon_each_sibling(job, job_sibling_contended, &job->batch_waited_ms);
-	}
+	if (job->bisect_left > 0)
+		job_bisect_after_batch(job, scanned);
+	else
+		job_learn(job, res, scanned, duration_ms);
 	metrics_batch_duration(duration_ms / 1000.0);
 	job_log_progress(job, false);
 	job_continue(job);
 }
 
-void job_batch_failed(job_t *job, const pgconn_result_t *res)
+static bool sqlstate_is_retryable(const char *sqlstate)
 {
-	const char *stage = job_failed_step(job, res);
-	char err[1024];
+	static const char *const retryable[] = {"55P03", "40P01", "40001", "57014"};
+	for (size_t i = 0; i < sizeof(retryable) / sizeof(retryable[0]); i++)
+		if (strcmp(sqlstate, retryable[i]) == 0)
+			return true;
+	return false;
+}
+
+/* A batch we cancelled because it blocked other sessions too long: back off and try again. */
+static void job_blocked_backoff(job_t *job)
+{
 	throttle_settings_t s;
 
-	job->writes_pid = 0; /* its own writes, rolled back, are counted all the same: unknown */
-	if (strcmp(res->sqlstate, "BFL01") == 0) {
-		job_log(job, LOG_LEVEL_WARNING,
-			"lease lost (%s): batch rolled back, the job is another instance's now",
-			res->message);
-		job->lease_lost = true;
-		job_finish(job);
+	job_settings(job, &s);
+	/* The sessions it blocked waited all the same: they count against its size. */
+	throttle_after_waiters(&job->throttle, &s, job->throttle.batch_size,
+			       util_elapsed_s(&job->batch_started) * 1000.0, job->batch_blocked);
+	throttle_after_retry(&job->throttle, &s, (double)(random() % 1000) / 1000.0);
+	job->pace.reason = job->cancel_reason;
+	job_note_reason(job, job->pace.reason, "a batch blocked other sessions too long");
+	job->cancel_reason = REASON_NONE;
+	job_sleep(job, JOB_BACKOFF, job->throttle.sleep_ms);
+}
+
+/* A lock timeout, deadlock, serialization failure or cancellation: retry, up to max_retries. */
+static void job_retry(job_t *job, const pgconn_result_t *res)
+{
+	throttle_settings_t s;
+	char err[1024];
+
+	job_settings(job, &s);
+	if (job->throttle.retries >= s.max_retries) {
+		text_snprintf(err, sizeof(err),
+			      "%s: %s (%s; the batch failed so %lld times in a row: max_retries)",
+			      res->sqlstate, res->message, job_failed_step(job, res),
+			      (long long)job->throttle.retries + 1);
+		job_fail(job, err);
 		return;
 	}
+	throttle_after_retry(&job->throttle, &s, (double)(random() % 1000) / 1000.0);
+	job->pace.reason = REASON_LOCK_TIMEOUT;
+	job_note_reason(job, job->pace.reason, res->message);
+	log_msg(job->throttle.retries == 1 ? LOG_LEVEL_NOTICE : LOG_LEVEL_DEBUG, job->context,
+		"batch rolled back (%s %s); retry %d in %lld ms with %lld rows", res->sqlstate, res->message,
+		job->throttle.retries, (long long)job->throttle.sleep_ms,
+		(long long)job->throttle.batch_size);
+	if (job->stopping)
+		job_release(job, job->stop_state, job->stop_error);
+	else
+		job_sleep(job, JOB_BACKOFF, job->throttle.sleep_ms);
+}
+
+void job_batch_failed(job_t *job, const pgconn_result_t *res)
+{
+	char err[1024];
+	bool cancelled = strcmp(res->sqlstate, "57014") == 0;
+
+	job->writes_pid = 0; /* its own writes, rolled back, are counted all the same: unknown */
 	if (!job->stopping && job_bisect(job, res))
 		return;
-	if (job->cancel_reason && !job->stopping && strcmp(res->sqlstate, "57014") == 0) {
-		job_settings(job, &s);
-		/* The sessions it blocked waited all the same: they count against its size. */
-		throttle_after_waiters(&job->throttle, &s, job->throttle.batch_size,
-				       util_elapsed_s(&job->batch_started) * 1000.0, job->batch_blocked);
-		throttle_after_retry(&job->throttle, &s, (double)(random() % 1000) / 1000.0);
-		job->reason = job->cancel_reason;
-		job_note_reason(job, job->reason, "a batch blocked other sessions too long");
-		job->cancel_reason = NULL;
-		job_sleep(job, job->throttle.sleep_ms);
+	if (job->cancel_reason != REASON_NONE && !job->stopping && cancelled) {
+		job_blocked_backoff(job);
 		return;
 	}
-	if (job->stopping && strcmp(res->sqlstate, "57014") == 0) {
+	if (job->stopping && cancelled) {
 		job_log(job, LOG_LEVEL_NOTICE, "batch cancelled for shutdown and rolled back");
 		job_release(job, job->stop_state, job->stop_error);
 		return;
 	}
-	job_settings(job, &s);
-	if (sqlstate_is_retryable(res->sqlstate) && job->throttle.retries >= s.max_retries) {
-		text_snprintf(err, sizeof(err),
-			      "%s: %s (%s; the batch failed so %lld times in a row: max_retries)",
-			      res->sqlstate, res->message, stage, (long long)job->throttle.retries + 1);
-		job_fail(job, err);
-		return;
-	}
 	if (sqlstate_is_retryable(res->sqlstate)) {
-		throttle_after_retry(&job->throttle, &s, (double)(random() % 1000) / 1000.0);
-		job->reason = "lock_timeout";
-		job_note_reason(job, job->reason, res->message);
-		log_msg(job->throttle.retries == 1 ? LOG_LEVEL_NOTICE : LOG_LEVEL_DEBUG, job->context,
-			"batch rolled back (%s %s); retry %d in %lld ms with %lld rows", res->sqlstate,
-			res->message, job->throttle.retries, (long long)job->throttle.sleep_ms,
-			(long long)job->throttle.batch_size);
-		if (job->stopping)
-			job_release(job, job->stop_state, job->stop_error);
-		else
-			job_sleep(job, job->throttle.sleep_ms);
+		job_retry(job, res);
 		return;
 	}
-	text_snprintf(err, sizeof(err), "%s: %s (%s)", res->sqlstate, res->message, stage);
+	text_snprintf(err, sizeof(err), "%s: %s (%s)", res->sqlstate, res->message,
+		      job_failed_step(job, res));
 	job_fail(job, err);
 }
 
@@ -632,43 +489,139 @@ static void job_batch_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
 	job_t *job = arg;
 	(void)conn;
 
-	if (job->state != JOB_BATCH)
+	if (!job_session_result_ok(job, res, JOB_BATCH))
 		return;
-	if (res->broken) {
-		job_log(job, LOG_LEVEL_WARNING,
-			"connection lost during batch %lld: its outcome is read back once reconnected",
-			(long long)job->batches + 1);
-		job_session_lost(job);
-		return;
-	}
 	if (res->ok)
 		job_batch_done(job, res);
 	else
 		job_batch_failed(job, res);
 }
 
+/* ---- sending a batch ---- */
+
+/* The texts of a batch pipeline's parameters: they live until it is sent (libpq copies them). */
+typedef struct batch_texts {
+	char stmt_timeout[24], lock_timeout[24], limit[24], lease[24], slept[24], size_now[24];
+	char sleep_now[24], lag_bytes[24], lag_ms[24], blocked[24], oid[16];
+	const char *open[3], *checkpoint[12], *record[2], *waiters[1];
+	const char **batch; /* the last key done, the size, and the kind's own SQL */
+	int nbatch;
+	char *open_sql, *mismatches_sql, *waiters_sql, *checkpoint_sql, *wal_sql;
+} batch_texts_t;
+
+static void job_batch_texts(job_t *job, const throttle_settings_t *s, batch_texts_t *t)
+{
+	const char *schema = daemon_config()->schema;
+	bool first = job->last_key.n == 0;
+
+	t->open_sql = queuesql(QSQL_BATCH_OPEN, schema);
+	t->mismatches_sql = queuesql(QSQL_MISMATCHES, schema);
+	t->waiters_sql = queuesql(QSQL_WAITERS, schema);
+	t->checkpoint_sql = queuesql(QSQL_CHECKPOINT, schema);
+	t->wal_sql = queuesql(QSQL_BATCH_WAL, schema);
+	snprintf(t->stmt_timeout, sizeof(t->stmt_timeout), "%lld", (long long)s->statement_timeout_ms);
+	snprintf(t->lock_timeout, sizeof(t->lock_timeout), "%lld", (long long)s->lock_timeout_ms);
+	snprintf(t->limit, sizeof(t->limit), "%lld", (long long)job->batch_limit);
+	snprintf(t->lease, sizeof(t->lease), "%lld", (long long)daemon_config()->lease_ms);
+	snprintf(t->slept, sizeof(t->slept), "%lld", (long long)job->slept_ms);
+	snprintf(t->size_now, sizeof(t->size_now), "%lld", (long long)job->throttle.batch_size);
+	snprintf(t->sleep_now, sizeof(t->sleep_now), "%lld", (long long)job->throttle.sleep_ms);
+	snprintf(t->oid, sizeof(t->oid), "%u", job->target_oid);
+	snprintf(t->lag_bytes, sizeof(t->lag_bytes), "%lld", (long long)job->input.lag_bytes);
+	snprintf(t->lag_ms, sizeof(t->lag_ms), "%lld", (long long)job->input.lag_ms);
+	/* Sessions that waited on the previous attempt, committed or cancelled: this batch's row
+	 * records them (its own waits are seen only while it runs). */
+	snprintf(t->blocked, sizeof(t->blocked), "%lld", (long long)job->batch_blocked);
+
+	t->nbatch = (first ? 0 : job->nkeys) + 1 + (job->how->sql_param ? 1 : 0);
+	t->batch = util_calloc((size_t)t->nbatch, sizeof(char *));
+	for (int i = 0; i < job->last_key.n; i++)
+		t->batch[i] = job->last_key.values[i];
+	t->batch[first ? 0 : job->nkeys] = t->limit;
+	if (job->how->sql_param)
+		t->batch[t->nbatch - 1] = job->kind_sql;
+
+	t->open[0] = t->stmt_timeout;
+	t->open[1] = t->lock_timeout;
+	t->open[2] = t->oid;
+	t->waiters[0] = t->oid;
+	t->record[0] = job->id_text;
+	t->record[1] = daemon_name();
+	t->checkpoint[0] = job->id_text;
+	t->checkpoint[1] = daemon_name();
+	t->checkpoint[2] = t->lease;
+	t->checkpoint[3] = t->limit;
+	t->checkpoint[4] = t->slept;
+	t->checkpoint[5] = t->size_now;
+	t->checkpoint[6] = t->sleep_now;
+	t->checkpoint[7] = job->input.lag_known ? t->lag_bytes : NULL;
+	t->checkpoint[8] = job->input.lag_known ? t->lag_ms : NULL;
+	t->checkpoint[9] = t->blocked;
+	t->checkpoint[10] = job->pace.reason != REASON_NONE ? reason_name(job->pace.reason) : NULL;
+	t->checkpoint[11] = job->slice > 0 ? job->slice_text : NULL;
+}
+
+static void job_batch_texts_free(batch_texts_t *t)
+{
+	free(t->batch);
+	free(t->open_sql);
+	free(t->mismatches_sql);
+	free(t->waiters_sql);
+	free(t->checkpoint_sql);
+	free(t->wal_sql);
+}
+
+/* The pipeline of one batch: its transaction, the batch, what it records, the checkpoint. */
+static int job_batch_pipeline(const job_t *job, const batch_texts_t *t, pgconn_stmt_t *stmts,
+			      job_step_t *steps)
+{
+	int n = 0;
+
+	steps[n] = STEP_BEGIN;
+	stmts[n++] = (pgconn_stmt_t){"BEGIN", 0, NULL, NULL, NULL};
+	steps[n] = STEP_OPEN;
+	stmts[n++] = (pgconn_stmt_t){t->open_sql, 3, t->open, NULL, NULL};
+	steps[n] = STEP_BATCH;
+	stmts[n++] = (pgconn_stmt_t){NULL, t->nbatch, t->batch,
+				     job->last_key.n == 0 ? JOB_PREPARED_FIRST : JOB_PREPARED_NEXT, NULL};
+	if (job->dry_run) {
+		/* WAL is written even by a transaction that rolls back: measure it first. */
+		steps[n] = STEP_DRY_WAL;
+		stmts[n++] = (pgconn_stmt_t){t->wal_sql, 0, NULL, NULL, NULL};
+		steps[n] = STEP_END;
+		stmts[n++] = (pgconn_stmt_t){"ROLLBACK", 0, NULL, NULL, NULL};
+		return n;
+	}
+	if (job->how->records_mismatches) {
+		steps[n] = STEP_MISMATCHES;
+		stmts[n++] = (pgconn_stmt_t){t->mismatches_sql, 2, t->record, NULL, NULL};
+	}
+	if (job->how->writes) { /* (a batch that writes nothing locks no rows) */
+		steps[n] = STEP_WAITERS;
+		stmts[n++] = (pgconn_stmt_t){t->waiters_sql, 1, t->waiters, NULL, NULL};
+	}
+	steps[n] = STEP_CHECKPOINT;
+	stmts[n++] = (pgconn_stmt_t){t->checkpoint_sql, 12, t->checkpoint, NULL, NULL};
+	steps[n] = STEP_END;
+	stmts[n++] = (pgconn_stmt_t){"COMMIT", 0, NULL, NULL, NULL};
+	return n;
+}
+
 void job_next_batch(job_t *job)
 {
 	throttle_settings_t s;
-	char stmt_timeout[24], lock_timeout[24], limit[24], lease[24], slept[24], size_now[24], sleep_now[24];
-	char lag_bytes[24], lag_ms[24], blocked[24], oid[16];
-	const char *open_params[3], *checkpoint_params[12], *record_params[2], *waiters_params[1];
-	const char **batch_params;
-	const char *schema = daemon_config()->schema;
-	char *open_sql = batch_build_open(schema), *mismatches_sql = batch_build_mismatches(schema);
-	char *waiters_sql = batch_build_waiters(schema), *checkpoint_sql = batch_build_checkpoint(schema);
+	batch_texts_t t;
 	pgconn_stmt_t stmts[8];
 	job_step_t steps[8];
-	int n = 0, nbatch;
-	bool first = job->last_key.n == 0;
+	int n;
 
 	if (job->stopping) {
 		job_release(job, job->stop_state, job->stop_error);
-		goto out;
+		return;
 	}
 	if (daemon_paused()) {
 		job_hold(job);
-		goto out;
+		return;
 	}
 	/* What the history records as this batch's sleep: all the time since the previous one
 	 * ended, sleeps and holds alike. */
@@ -680,83 +633,14 @@ void job_next_batch(job_t *job)
 	if (job->max_rows > 0 && job->batch_limit > job->max_rows) /* the lag headroom's WAL */
 		job->batch_limit = job->max_rows;
 	job->max_rows = 0;
-	snprintf(stmt_timeout, sizeof(stmt_timeout), "%lld", (long long)s.statement_timeout_ms);
-	snprintf(lock_timeout, sizeof(lock_timeout), "%lld", (long long)s.lock_timeout_ms);
-	snprintf(limit, sizeof(limit), "%lld", (long long)job->batch_limit);
-	snprintf(lease, sizeof(lease), "%lld", (long long)daemon_config()->lease_ms);
-	snprintf(slept, sizeof(slept), "%lld", (long long)job->slept_ms);
-	snprintf(size_now, sizeof(size_now), "%lld", (long long)job->throttle.batch_size);
-	snprintf(sleep_now, sizeof(sleep_now), "%lld", (long long)job->throttle.sleep_ms);
-	snprintf(oid, sizeof(oid), "%u", job->target_oid);
-
-	open_params[0] = stmt_timeout;
-	open_params[1] = lock_timeout;
-	open_params[2] = oid;
-	waiters_params[0] = oid;
-	record_params[0] = job->id_text;
-	record_params[1] = daemon_name();
-
-	/* The last key done, the size, and a statement job's own SQL. */
-	nbatch = (first ? 0 : job->nkeys) + 1 + (job->kind == JOB_KIND_STATEMENT ? 1 : 0);
-	batch_params = calloc((size_t)nbatch, sizeof(char *));
-	if (!batch_params)
-		abort();
-	for (int i = 0; i < job->last_key.n; i++)
-		batch_params[i] = job->last_key.values[i];
-	batch_params[first ? 0 : job->nkeys] = limit;
-	if (job->kind == JOB_KIND_STATEMENT)
-		batch_params[nbatch - 1] = job->batch_sql;
-
-	checkpoint_params[0] = job->id_text;
-	checkpoint_params[1] = daemon_name();
-	checkpoint_params[2] = lease;
-	checkpoint_params[3] = limit;
-	checkpoint_params[4] = slept;
-	checkpoint_params[5] = size_now;
-	checkpoint_params[6] = sleep_now;
-	snprintf(lag_bytes, sizeof(lag_bytes), "%lld", (long long)job->input.lag_bytes);
-	snprintf(lag_ms, sizeof(lag_ms), "%lld", (long long)job->input.lag_ms);
-	/* Sessions that waited on the previous attempt, committed or cancelled: this batch's row
-	 * records them (its own waits are seen only while it runs). */
-	snprintf(blocked, sizeof(blocked), "%lld", (long long)job->batch_blocked);
+	job_batch_texts(job, &s, &t);
+	n = job_batch_pipeline(job, &t, stmts, steps);
 	job->batch_blocked = 0;
 	job->batch_waited_ms = 0;
-	checkpoint_params[7] = job->input.lag_known ? lag_bytes : NULL;
-	checkpoint_params[8] = job->input.lag_known ? lag_ms : NULL;
-	checkpoint_params[9] = blocked;
-	checkpoint_params[10] = job->reason;
-	checkpoint_params[11] = job->slice > 0 ? job->slice_text : NULL;
-
-	steps[n] = STEP_BEGIN;
-	stmts[n++] = (pgconn_stmt_t){"BEGIN", 0, NULL, NULL, NULL};
-	steps[n] = STEP_OPEN;
-	stmts[n++] = (pgconn_stmt_t){open_sql, 3, open_params, NULL, NULL};
-	steps[n] = STEP_BATCH;
-	stmts[n++] = (pgconn_stmt_t){NULL, nbatch, batch_params,
-				     first ? JOB_PREPARED_FIRST : JOB_PREPARED_NEXT, NULL};
-	if (job->dry_run) {
-		/* WAL is written even by a transaction that rolls back: measure it first. */
-		steps[n] = STEP_DRY_WAL;
-		stmts[n++] = (pgconn_stmt_t){batch_dry_wal_sql, 0, NULL, NULL, NULL};
-		steps[n] = STEP_END;
-		stmts[n++] = (pgconn_stmt_t){"ROLLBACK", 0, NULL, NULL, NULL};
-	} else {
-		if (job->kind == JOB_KIND_VERIFY) { /* (a verify job's batch locks no rows) */
-			steps[n] = STEP_MISMATCHES;
-			stmts[n++] = (pgconn_stmt_t){mismatches_sql, 2, record_params, NULL, NULL};
-		} else {
-			steps[n] = STEP_WAITERS;
-			stmts[n++] = (pgconn_stmt_t){waiters_sql, 1, waiters_params, NULL, NULL};
-		}
-		steps[n] = STEP_CHECKPOINT;
-		stmts[n++] = (pgconn_stmt_t){checkpoint_sql, 12, checkpoint_params, NULL, NULL};
-		steps[n] = STEP_END;
-		stmts[n++] = (pgconn_stmt_t){"COMMIT", 0, NULL, NULL, NULL};
-	}
 
 	job_set_state(job, JOB_BATCH);
-	job->cancel_reason = NULL;
-	job->wait_reason = NULL; /* this batch records it */
+	job->cancel_reason = REASON_NONE;
+	pace_batch_sent(&job->pace); /* this batch records the wait */
 	clock_gettime(CLOCK_MONOTONIC, &job->batch_started);
 	if (job->dry_run && job->dry_started.tv_sec == 0)
 		job->dry_started = job->batch_started;
@@ -764,10 +648,5 @@ void job_next_batch(job_t *job)
 		job_session_lost(job); /* the loss is being handled; the reload resumes it */
 	else
 		sampler_batch_started();
-	free(batch_params);
-out:
-	free(open_sql);
-	free(mismatches_sql);
-	free(waiters_sql);
-	free(checkpoint_sql);
+	job_batch_texts_free(&t);
 }

@@ -5,14 +5,14 @@
 #include "job_internal.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
-
-#include <event2/event.h>
 
 #include "daemon.h"
 #include "keys.h"
 #include "log.h"
 #include "pgconn.h"
+#include "queuesql.h"
 #include "throttle.h"
 #include "util.h"
 
@@ -25,16 +25,15 @@ static void job_dry_done_cb(pgconn_t *conn, const pgconn_result_t *res, void *ar
 	job_t *job = arg;
 	(void)conn;
 
-	if (job->state != JOB_RELEASING)
+	if (job->state != JOB_RECORDING)
 		return;
 	if (res->broken || (!res->ok && strcmp(res->sqlstate, "55P03") == 0 && !daemon_stopping())) {
 		/* The queue broke, or another session keeps the job's row locked: sent again. */
-		struct timeval tv = {1, 0};
 		if (!res->broken)
 			job_log(job, LOG_LEVEL_NOTICE,
 				"the job's row is locked by another session: writing the"
 				" estimates again in 1 s");
-		evtimer_add(job->timer, &tv);
+		job_retry_later(job);
 		return;
 	}
 	if (!res->ok)
@@ -48,22 +47,16 @@ static void job_dry_done_cb(pgconn_t *conn, const pgconn_result_t *res, void *ar
 
 void job_dry_record(job_t *job)
 {
-	char sql[256];
+	char *sql = queuesql(QSQL_DRY_RUN_DONE, daemon_config()->schema);
 	const char *params[] = {job->id_text, daemon_name(), job->dry_seconds, job->dry_wal_bytes};
 	pgconn_stmt_t stmt = {sql, 4, params, NULL, NULL};
 
-	snprintf(sql, sizeof(sql),
-		 "SELECT %s._dry_run_done($1::pg_catalog.int8, $2::pg_catalog.text, $3::pg_catalog.int8,"
-		 " $4::pg_catalog.int8)",
-		 daemon_schema_quoted());
-	job_set_state(job, JOB_RELEASING);
-	job->release_state = "done";
-	job->dry_recording = true;
+	job_set_state(job, JOB_RECORDING);
 	if (!job_queue_send(job, &stmt, 1, job_dry_done_cb)) {
-		struct timeval tv = {1, 0};
 		job_log(job, LOG_LEVEL_DEBUG, "the queue is down: the estimates are written once it is back");
-		evtimer_add(job->timer, &tv);
+		job_retry_later(job);
 	}
+	free(sql);
 }
 
 /* The dry run measured enough: extrapolate to the whole table and end the job. */
@@ -95,24 +88,20 @@ void job_dry_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
 	throttle_settings_t s;
 	(void)conn;
 
-	if (job->state != JOB_BATCH)
+	if (!job_session_result_ok(job, res, JOB_BATCH))
 		return;
-	if (res->broken) {
-		job_session_lost(job);
-		return;
-	}
 	if (!res->ok) {
 		job_batch_failed(job, res);
 		return;
 	}
-	scanned = pgconn_int64(b, 0, 0, 0);
+	scanned = pgconn_int64(b, 0, BATCH_SCANNED, 0);
 	duration_ms = util_elapsed_s(&job->batch_started) * 1000.0;
 	job->dry_scanned += scanned;
 	job->dry_batches++;
 	job->dry_wal += pgconn_int64(job_result(job, res, STEP_DRY_WAL), 0, 0, 0);
-	if (pgconn_value(b, 0, 3)) {
+	if (pgconn_value(b, 0, BATCH_LAST_KEY)) {
 		keys_clear(&job->last_key);
-		if (!keys_decode(pgconn_value(b, 0, 3), &job->last_key)) {
+		if (!keys_decode(pgconn_value(b, 0, BATCH_LAST_KEY), &job->last_key)) {
 			job_fail(job, "cannot decode a key (dry run; nothing was changed)");
 			return;
 		}

@@ -1,6 +1,8 @@
 /*
- * The parts of a job shared by job.c (its life), job_batch.c (batches and their failures),
- * job_dry.c (dry runs) and job_slices.c (parallel slices). Private: include/job.h is the interface.
+ * The parts of a job shared by its files: job.c (its life and its one state setter),
+ * job_session.c (its definition and its session), job_batch.c (the check and the batches),
+ * job_rows.c (rows that fail on their own), job_dry.c (dry runs) and job_slices.c (parallel
+ * slices). Private: include/job.h is the interface.
  */
 #ifndef BACKFILLD_JOB_INTERNAL_H
 #define BACKFILLD_JOB_INTERNAL_H
@@ -14,25 +16,37 @@
 
 #include "batchsql.h"
 #include "job.h"
+#include "jobkind.h"
 #include "keys.h"
 #include "log.h"
+#include "pace.h"
 #include "pgconn.h"
+#include "reason.h"
 #include "throttle.h"
 
-typedef enum job_state {
-	JOB_LOADING,	/* reading its row and key metadata over the queue connection */
-	JOB_CONNECTING, /* waiting for its session, logged in as its run_as role (first, or after a loss) */
-	JOB_SPLITTING,	/* a parallel job's first runner cuts the key range into slices */
-	JOB_CHECKING,	/* preparing its statements as its role, before touching any row */
-	JOB_BATCH,	/* a batch pipeline in flight */
-	JOB_SLEEPING,	/* between batches, or backing off before a retry */
-	JOB_THROTTLED,	/* held by the throttle (lag, a missing standby, autovacuum): decide again soon */
-	JOB_HELD,	/* paused by signal */
-	JOB_RELEASING,	/* giving the job back over the queue connection */
-	JOB_FINISHED,	/* nothing more to do; the daemon frees it */
-} job_state_t;
+/* The states of a job runner; job_set_state() is the only way between them. */
+#define JOB_STATES(X)                                                                                  \
+	X(LOADING, "loading")	      /* reading its row and key metadata over the queue connection */ \
+	X(CONNECTING, "connecting")   /* waiting for its session (first, or after a loss) */           \
+	X(SPLITTING, "splitting")     /* a parallel job's first runner cuts the key range */           \
+	X(CHECKING, "checking")	      /* preparing its statements as its role, before any row */       \
+	X(WAITING_SAMPLER, "waiting") /* the sampler has not looked yet: its first look comes soon */  \
+	X(BATCH, "batch")	      /* a batch (or a failing row's skip) in flight */                \
+	X(PACING, "pacing")	      /* a step of the throttle's sleep: decide again after it */      \
+	X(BACKOFF, "backoff")	      /* backing off before a retried batch */                         \
+	X(THROTTLED, "throttled")     /* held by the throttle: decide again after a sample interval */ \
+	X(HELD, "held")		      /* paused by signal */                                           \
+	X(RELEASING, "releasing")     /* giving the job back over the queue connection */              \
+	X(RECORDING, "recording")     /* writing a dry run's estimates, then done */                   \
+	X(FINISHED, "finished")	      /* nothing more to do; the daemon frees it */
 
-/* The named steps of a pipeline on the job's session; a request holds each at most once. */
+#define JOB_STATE_ENUM(id, name) JOB_##id,
+typedef enum job_state {
+	JOB_STATES(JOB_STATE_ENUM) JOB_STATE_COUNT
+} job_state_t;
+#undef JOB_STATE_ENUM
+
+/* The named steps of a pipeline on the job's session. */
 typedef enum job_step {
 	STEP_BEGIN,
 	STEP_OPEN,	 /* timeouts, WAL position, the target's write counters */
@@ -51,14 +65,22 @@ typedef enum job_step {
 
 #define JOB_PIPELINE_MAX 16
 
-/* Where each step stands in the request in flight. */
+/* The request in flight on the session: each statement's step, and where each step stands (the
+ * last statement of that step). */
 typedef struct job_steps {
-	int at[STEP_COUNT];		/* the statement's index, -1 when the step is not there */
-	job_step_t of[JOB_PIPELINE_MAX]; /* the step of each statement */
+	int at[STEP_COUNT];
+	job_step_t of[JOB_PIPELINE_MAX];
 	int n;
 } job_steps_t;
 
-#define JOB_NOVERRIDES 12 /* the job's throttle overrides: job_overrides in job.c */
+#define JOB_NOVERRIDES 12 /* the job's throttle overrides: job_overrides in job_session.c */
+
+/* The names of the statements prepared in a job's session. */
+#define JOB_PREPARED_FIRST "backfilld_first"
+#define JOB_PREPARED_NEXT "backfilld_next"
+#define JOB_PREPARED_PEEK_FIRST "backfilld_peek_first"
+#define JOB_PREPARED_PEEK_NEXT "backfilld_peek_next"
+#define JOB_PREPARED_USER "backfilld_user" /* a statement job's own SQL, checked by preparing it */
 
 struct job {
 	int64_t id;
@@ -71,7 +93,7 @@ struct job {
 	jobkey_t upper;	   /* a slice's last key; n == 0: to the end */
 	char context[160]; /* log prefix: "job 12 (public.users)" */
 	job_state_t state;
-	pgconn_t *conn; /* the job's session, logged in as run_as; made once run_as is known */
+	pgconn_t *conn;		    /* its session, logged in as run_as; made once run_as is known */
 	bool session_closed;	    /* conn is closed for good (the job finished) */
 	bool waited_for_connection; /* it said so once */
 	struct event *timer;
@@ -81,14 +103,16 @@ struct job {
 	bool loaded; /* loaded once: the walk on this instance has begun */
 	bool fresh;  /* loaded since the session was last lost: the checkpoint is current */
 	job_kind_t kind;
+	const job_kind_info_t *how; /* its kind's row */
 	char *target_schema, *target_table;
 	char *set_sql, *where_sql, *batch_sql, *mismatch_sql, *run_as;
-	bool dry_run; /* measure in transactions that roll back, estimate, change nothing */
+	const char *kind_sql; /* its kind's own SQL: one of the three above (how->sql_column) */
+	bool dry_run;	      /* measure in transactions that roll back, estimate, change nothing */
 	uint32_t target_oid;
 	int nkeys;
 	char **key_names, **key_types; /* key_types: each column's type as qualified SQL */
 	Oid *key_oids;
-	bool key_numeric;    /* the first key column is a number: percent can be told by position */
+	bool key_numeric;    /* the first key column is a number: its bounds are recorded */
 	char *key_op_schema; /* where the key types' comparison operators live */
 	bool has_override[JOB_NOVERRIDES];
 	int64_t override[JOB_NOVERRIDES];
@@ -97,9 +121,9 @@ struct job {
 	jobkey_t last_key; /* n == 0 before the first batch */
 	int64_t rows_scanned, rows_changed, batches, rows_estimate, failed_rows;
 
-	/* Bisecting a batch that failed on its data. */
-	int64_t bisect_left; /* keys still to walk in small steps; 0 when not bisecting */
-	int64_t bisect_size; /* the size of the next step */
+	/* Bisecting a batch that failed on its data (job_rows.c). */
+	int64_t bisect_left; /* keys of the chunk known to hold a failing row; 0: not bisecting */
+	int64_t bisect_size; /* the size of the next try */
 	char skip_sqlstate[8];
 	char skip_message[512];
 	job_steps_t steps; /* of the request in flight on the session */
@@ -107,27 +131,21 @@ struct job {
 	/* A dry run, measured in memory: nothing of it is committed. */
 	struct timespec dry_started;
 	int64_t dry_scanned, dry_wal, dry_batches;
-	bool dry_recording; /* its estimates are being written */
 	char dry_seconds[24], dry_wal_bytes[24]; /* the estimates */
 
 	/* The walk on this instance. */
 	throttle_state_t throttle;
-	int64_t batch_limit;	   /* the size of the batch in flight */
-	int64_t max_rows;	   /* the most keys the next batch may walk (lag headroom; 0: no limit) */
-	int64_t slept_ms;	   /* the pause that preceded it */
-	const char *reason;	   /* throttled_reason for the next checkpoint (NULL: running freely) */
-	const char *logged_reason; /* the reason last logged: a change is logged once */
-	const char *cancel_reason; /* why we asked the server to cancel the batch in flight */
+	pace_state_t pace;	/* its reason, and how it has waited since its last batch */
+	int64_t batch_limit;	/* the size of the batch in flight */
+	int64_t max_rows;	/* the most keys the next batch may walk (lag headroom; 0: no limit) */
+	int64_t slept_ms;	/* the pause that preceded it */
+	reason_t logged_reason; /* the reason last logged: a change is logged once */
+	reason_t cancel_reason; /* why we asked the server to cancel the batch in flight */
 	struct timespec batch_started;
-	struct timespec sleep_started; /* when the throttle's current sleep began */
-	bool sleep_decided;	       /* sleeping because the throttle said so (not a retry backoff) */
-	bool awaiting_sampler;	       /* JOB_THROTTLED only until the sampler's first look, not held */
-	const char *wait_reason;       /* why it was held or slept since the last batch; NULL: it was not */
-	struct timespec batch_ended;   /* when the last batch committed: its successor records the wait */
-	int64_t batch_blocked;	       /* most sessions seen blocked by the batch in flight */
-	int64_t batch_waited_ms;       /* the longest wait on its locks the sampler saw */
-	bool contended;		       /* the last batch made others wait: its successor says so */
-	throttle_input_t input;	       /* what the throttle saw before the batch in flight */
+	struct timespec batch_ended; /* when the last batch committed: its successor records the wait */
+	int64_t batch_blocked;	     /* most sessions seen blocked by the batch in flight */
+	int64_t batch_waited_ms;     /* the longest wait on its locks the sampler saw */
+	throttle_input_t input;	     /* what the throttle saw before the batch in flight */
 	/* The application's writes to the target, between the starts of two batches
 	 * (<schema>._batch_open; throttle_after_app). */
 	int writes_pid;		   /* the backend of the last reading; 0: none to count from */
@@ -151,26 +169,18 @@ struct job {
 
 #define job_log(job, level, ...) log_msg(level, (job)->context, __VA_ARGS__)
 
-/* The names of the statements prepared in a job's session. */
-#define JOB_PREPARED_FIRST "backfilld_first"
-#define JOB_PREPARED_NEXT "backfilld_next"
-#define JOB_PREPARED_PEEK_FIRST "backfilld_peek_first"
-#define JOB_PREPARED_PEEK_NEXT "backfilld_peek_next"
-#define JOB_PREPARED_USER "backfilld_user" /* a statement job's own SQL, checked by preparing it */
-
 /* job.c: the job's life */
 void job_set_state(job_t *job, job_state_t state);
 const char *job_state_name(job_state_t state);
 void job_settings(const job_t *job, throttle_settings_t *s);
 void job_report(const job_t *job, bool running);
-void job_sleep(job_t *job, int64_t ms);
-batch_spec_t job_spec(const job_t *job);
-void job_write_reason(job_t *job, const char *reason);
+void job_sleep(job_t *job, job_state_t state, int64_t ms);
+void job_retry_later(job_t *job);
+void job_write_reason(job_t *job, reason_t reason);
 void job_hold(job_t *job);
 void job_release(job_t *job, const char *state, const char *error);
 void job_fail(job_t *job, const char *error);
 void job_finish(job_t *job);
-void job_session_lost(job_t *job);
 /* Send STMTS on the queue connection for JOB; false (CB not called) while the queue is down. */
 bool job_queue_send(job_t *job, const pgconn_stmt_t *stmts, int n, pgconn_result_cb cb);
 /* Send the pipeline STMTS (with their STEPS) on the job's session, as the request in flight. */
@@ -180,16 +190,31 @@ bool job_session_send(job_t *job, const pgconn_stmt_t *stmts, const job_step_t *
 const PGresult *job_result(const job_t *job, const pgconn_result_t *res, job_step_t step);
 /* What the failed statement of RES was doing, for an error message. */
 const char *job_failed_step(const job_t *job, const pgconn_result_t *res);
+/* The shared checks a session result opens with: false when it is stale (the job has left
+ * EXPECTED) or the session broke (then the job waits for it again). */
+bool job_session_result_ok(job_t *job, const pgconn_result_t *res, job_state_t expected);
 
-/* job_batch.c: the pre-flight check, the walk from batch to batch, and its failures */
+/* job_session.c: the definition and the session */
+void job_load(job_t *job);
+void job_use_session(job_t *job);
+void job_session_lost(job_t *job);
+void job_close_session(job_t *job);
+batch_spec_t job_spec(const job_t *job);
+void job_clear_definition(job_t *job);
+
+/* job_batch.c: the check, the walk from batch to batch, its failures */
 void job_check(job_t *job);
 void job_continue(job_t *job);
 void job_next_batch(job_t *job);
 void job_batch_failed(job_t *job, const pgconn_result_t *res);
+void job_note_reason(job_t *job, reason_t reason, const char *detail);
 
-/* job_dry.c: the callback of a dry run's batch */
+/* job_rows.c: rows that fail on their own */
+bool job_bisect(job_t *job, const pgconn_result_t *res);
+void job_bisect_after_batch(job_t *job, int64_t scanned);
+
+/* job_dry.c: a dry run's batch, and its estimates */
 void job_dry_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg);
-/* job_dry.c: write a finished dry run's estimates and end the job */
 void job_dry_record(job_t *job);
 
 /* job_slices.c: a parallel job's slices */

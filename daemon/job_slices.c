@@ -14,6 +14,7 @@
 #include "keys.h"
 #include "log.h"
 #include "pgconn.h"
+#include "queuesql.h"
 #include "text.h"
 #include "util.h"
 
@@ -42,17 +43,20 @@ bool job_load_slice(job_t *job, const PGresult *slices, char *err, size_t errlen
 	if (job->slice == 0)
 		return true;
 	for (int r = 0; r < PQntuples(slices); r++) {
-		if (pgconn_int64(slices, r, 0, -1) != job->slice)
+		if (pgconn_int64(slices, r, QSQL_SLICE_NUMBER, -1) != job->slice)
 			continue;
-		if (strcmp(pgconn_value(slices, r, 4) ?: "f", "t") == 0) {
+		if (strcmp(pgconn_value(slices, r, QSQL_SLICE_DONE) ?: "f", "t") == 0) {
 			job_log(job, LOG_LEVEL_INFO, "slice already done");
 			job->quiet = true;
 			job_finish(job);
 			return true;
 		}
-		if (!job_decode_key(job, pgconn_value(slices, r, 3) ?: pgconn_value(slices, r, 1),
+		if (!job_decode_key(job,
+				    pgconn_value(slices, r, QSQL_SLICE_LAST_KEY)
+					    ?: pgconn_value(slices, r, QSQL_SLICE_LOWER_KEY),
 				    &job->last_key, err, errlen) ||
-		    !job_decode_key(job, pgconn_value(slices, r, 2), &job->upper, err, errlen))
+		    !job_decode_key(job, pgconn_value(slices, r, QSQL_SLICE_UPPER_KEY), &job->upper, err,
+				    errlen))
 			return false;
 		return true;
 	}
@@ -70,9 +74,10 @@ void job_start_slices(job_t *job, const PGresult *slices)
 
 	snprintf(target, sizeof(target), "%s.%s", job->target_schema, job->target_table);
 	for (int r = 0; r < total; r++) {
-		if (strcmp(pgconn_value(slices, r, 4) ?: "f", "t") == 0)
+		if (strcmp(pgconn_value(slices, r, QSQL_SLICE_DONE) ?: "f", "t") == 0)
 			continue;
-		daemon_add_job(job_start_slice(job->id, target, (int)pgconn_int64(slices, r, 0, 0)));
+		daemon_add_job(
+			job_start_slice(job->id, target, (int)pgconn_int64(slices, r, QSQL_SLICE_NUMBER, 0)));
 		started++;
 	}
 	if (started == 0) {
@@ -92,19 +97,9 @@ static void job_split_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
 	char err[1024];
 	(void)conn;
 
-	if (job->state != JOB_SPLITTING)
+	if (!job_session_result_ok(job, res, JOB_SPLITTING))
 		return;
-	if (res->broken) {
-		job_session_lost(job);
-		return;
-	}
 	if (!res->ok) {
-		if (strcmp(res->sqlstate, "BFL01") == 0) {
-			job_log(job, LOG_LEVEL_WARNING, "lease lost while cutting the job into slices");
-			job->lease_lost = true;
-			job_finish(job);
-			return;
-		}
 		text_snprintf(err, sizeof(err), "%s: %s (cutting the key range into %lld slices as role %s)",
 			      res->sqlstate, res->message, (long long)job->parallel, job->run_as);
 		job_fail(job, err);
@@ -122,7 +117,7 @@ static void job_split_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
 /* Cut the key range at quantiles, as the job's role (it reads the table), then record the slices. */
 void job_split(job_t *job)
 {
-	char *sql = batch_build_split(daemon_config()->schema);
+	char *sql = queuesql(QSQL_SPLIT, daemon_config()->schema);
 	char max_parallel[24];
 	const char *params[] = {job->id_text, daemon_name(), max_parallel};
 	pgconn_stmt_t stmt = {sql, 3, params, NULL, NULL};

@@ -4,6 +4,7 @@
  * as Prometheus text format 0.0.4. No I/O besides writing to the FILE it is given.
  */
 #include "metrics.h"
+#include "reason.h"
 #include "text.h"
 #include "util.h"
 
@@ -25,10 +26,8 @@ static const double duration_buckets[] = {0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 
 
 /* The throttle's reasons (the contract's and the sampler's holds): each running job exports all
  * of them, 1 on its current one, so a series never vanishes when a job starts running freely. */
-static const char *const known_reasons[] = {"replication_lag",	"blocked_sessions", "application_writes",
-					    "cpu_contention",	"lock_timeout",	    "autovacuum",
-					    "paused_by_signal", "standby_missing",  "logical_slot"};
-#define NKNOWN_REASONS ((int)(sizeof(known_reasons) / sizeof(known_reasons[0])))
+#define known_reasons(r) reason_name((reason_t)((r) + 1))
+#define NKNOWN_REASONS (REASON_COUNT - 1)
 
 /* The job states backfilld_jobs always shows once the queue has been counted. */
 static const char *const known_states[] = {"pending", "running", "paused", "done", "failed", "cancelled"};
@@ -165,7 +164,7 @@ static void metrics_evict_finished(void)
 static void metrics_note_reason(const char *reason)
 {
 	for (int i = 0; i < NKNOWN_REASONS; i++)
-		if (strcmp(known_reasons[i], reason) == 0)
+		if (strcmp(known_reasons(i), reason) == 0)
 			return;
 	for (int i = 0; i < m.nreasons; i++)
 		if (strcmp(m.reasons[i], reason) == 0)
@@ -514,14 +513,14 @@ static void render_jobs(FILE *out)
 		if (!job->running)
 			continue;
 		for (int r = 0; r < NKNOWN_REASONS; r++)
-			put_throttled(out, job, known_reasons[r]);
+			put_throttled(out, job, known_reasons(r));
 		for (int r = 0; r < m.nreasons; r++)
 			put_throttled(out, job, m.reasons[r]);
 		/* A reason past METRICS_MAX_REASONS still shows while current. */
 		if (job->reason) {
 			bool listed = false;
 			for (int r = 0; r < NKNOWN_REASONS && !listed; r++)
-				listed = strcmp(known_reasons[r], job->reason) == 0;
+				listed = strcmp(known_reasons(r), job->reason) == 0;
 			for (int r = 0; r < m.nreasons && !listed; r++)
 				listed = strcmp(m.reasons[r], job->reason) == 0;
 			if (!listed)

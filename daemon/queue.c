@@ -13,9 +13,9 @@
 #include <event2/event.h>
 
 #include "config.h"
-#include "batchsql.h"
 #include "log.h"
 #include "pgconn.h"
+#include "queuesql.h"
 #include "schema.h"
 #include "util.h"
 
@@ -25,7 +25,7 @@
 /* The single control connection and what we know of it. */
 static struct {
 	void (*wake)(void); /* something may be claimable, or the connection's state changed */
-	char *schema;	    /* the queue schema, quoted */
+	char *schema;	    /* the queue schema, as configured */
 	pgconn_t *conn;
 	bool up;
 	struct event *recheck; /* schema missing or old: look again later */
@@ -42,6 +42,15 @@ typedef struct queue_call {
 } queue_call_t;
 
 static void queue_check_schema(void);
+
+/* The statements of the check on each connection, in its pipeline's order. */
+enum {
+	CHECK_SERVER,
+	CHECK_VERSION,
+	CHECK_ROLE,
+	CHECK_LISTEN,
+	CHECK_COUNT
+};
 
 static void queue_set_down(const char *why)
 {
@@ -69,9 +78,10 @@ static void queue_schema_cb(pgconn_t *conn, const pgconn_result_t *res, void *ar
 
 	if (res->broken)
 		return;
-	if (res->failed_index != 0 && pgconn_int64(res->results[0], 0, 0, 0) < SCHEMA_MIN_SERVER_VERSION) {
+	if (res->failed_index != CHECK_SERVER &&
+	    pgconn_int64(res->results[CHECK_SERVER], 0, 0, 0) < SCHEMA_MIN_SERVER_VERSION) {
 		snprintf(why, sizeof(why), "backfilld needs PostgreSQL 14 or later; the server is %s",
-			 pgconn_value(res->results[0], 0, 1) ?: "?");
+			 pgconn_value(res->results[CHECK_SERVER], 0, 1) ?: "?");
 	} else if (!res->ok) {
 		if (strcmp(res->sqlstate, "42P01") == 0 || strcmp(res->sqlstate, "3F000") == 0)
 			snprintf(why, sizeof(why),
@@ -90,8 +100,8 @@ static void queue_schema_cb(pgconn_t *conn, const pgconn_result_t *res, void *ar
 		evtimer_add(queue.recheck, &tv);
 		return;
 	}
-	queue.server_version = (int)pgconn_int64(res->results[0], 0, 0, 0);
-	version = pgconn_int64(res->results[1], 0, 0, 0);
+	queue.server_version = (int)pgconn_int64(res->results[CHECK_SERVER], 0, 0, 0);
+	version = pgconn_int64(res->results[CHECK_VERSION], 0, 0, 0);
 	if (version != SCHEMA_VERSION) {
 		snprintf(why, sizeof(why),
 			 version < SCHEMA_VERSION ? "the queue schema %s is at version %lld, this backfilld "
@@ -104,12 +114,13 @@ static void queue_schema_cb(pgconn_t *conn, const pgconn_result_t *res, void *ar
 		evtimer_add(queue.recheck, &tv);
 		return;
 	}
-	if (!queue.warned_superuser && strcmp(pgconn_value(res->results[2], 0, 0) ?: "f", "t") == 0) {
+	if (!queue.warned_superuser &&
+	    strcmp(pgconn_value(res->results[CHECK_ROLE], 0, 0) ?: "f", "t") == 0) {
 		log_msg(LOG_LEVEL_WARNING, QUEUE_CONTEXT,
 			"the daemon's database role %s is a superuser: give it a role of its own, member of"
 			" backfill_daemon and pg_monitor (jobs run in sessions of their submitters' roles"
 			" whatever role the daemon has)",
-			pgconn_value(res->results[2], 0, 1) ?: "?");
+			pgconn_value(res->results[CHECK_ROLE], 0, 1) ?: "?");
 		queue.warned_superuser = true;
 	}
 	queue.up = true;
@@ -124,21 +135,22 @@ static void queue_schema_cb(pgconn_t *conn, const pgconn_result_t *res, void *ar
 
 static void queue_check_schema(void)
 {
-	char sql[256];
-	pgconn_stmt_t stmts[4];
+	char *sql = queuesql(QSQL_SCHEMA_VERSION, queue.schema);
+	pgconn_stmt_t stmts[CHECK_COUNT];
 
 	/* The server's version first: an older server's catalogs may fail the other queries. */
-	stmts[0] = (pgconn_stmt_t){"SELECT pg_catalog.current_setting('server_version_num')::pg_catalog.int4,"
-				   " pg_catalog.current_setting('server_version')",
-				   0, NULL, NULL, NULL};
-	snprintf(sql, sizeof(sql), "SELECT pg_catalog.max(version) FROM %s.schema_version", queue.schema);
-	stmts[1] = (pgconn_stmt_t){sql, 0, NULL, NULL, NULL};
-	stmts[2] = (pgconn_stmt_t){"SELECT r.rolsuper, r.rolname FROM pg_catalog.pg_roles r"
-				   " WHERE r.rolname = pg_catalog.current_user()",
-				   0, NULL, NULL, NULL};
-	stmts[3] = (pgconn_stmt_t){"LISTEN backfill_jobs", 0, NULL, NULL, NULL};
-	if (!pgconn_send(queue.conn, stmts, 4, queue_schema_cb, NULL))
+	stmts[CHECK_SERVER] =
+		(pgconn_stmt_t){"SELECT pg_catalog.current_setting('server_version_num')::pg_catalog.int4,"
+				" pg_catalog.current_setting('server_version')",
+				0, NULL, NULL, NULL};
+	stmts[CHECK_VERSION] = (pgconn_stmt_t){sql, 0, NULL, NULL, NULL};
+	stmts[CHECK_ROLE] = (pgconn_stmt_t){"SELECT r.rolsuper, r.rolname FROM pg_catalog.pg_roles r"
+					    " WHERE r.rolname = pg_catalog.current_user()",
+					    0, NULL, NULL, NULL};
+	stmts[CHECK_LISTEN] = (pgconn_stmt_t){"LISTEN backfill_jobs", 0, NULL, NULL, NULL};
+	if (!pgconn_send(queue.conn, stmts, CHECK_COUNT, queue_schema_cb, NULL))
 		queue_set_down("not connected");
+	free(sql);
 }
 
 static void queue_event_cb(pgconn_t *conn, pgconn_event_t event, const char *reason, void *arg)
@@ -175,7 +187,7 @@ void queue_open(struct event_base *base, void (*wake)(void))
 				.on_notify = queue_notify_cb};
 
 	queue.wake = wake;
-	queue.schema = sql_quote_ident(config_current()->schema);
+	queue.schema = util_strdup(config_current()->schema);
 	queue.conn = pgconn_new(base, &opt);
 	queue.recheck = evtimer_new(base, queue_recheck_cb, NULL);
 	if (!queue.recheck)
@@ -221,23 +233,23 @@ static void queue_call_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
 	free(call);
 }
 
-static bool queue_call(const char *what, const char *sql, int nparams, const char *const *params,
+static bool queue_call(const char *what, queuesql_t which, int nparams, const char *const *params,
 		       queue_rows_cb cb, void *arg)
 {
-	pgconn_stmt_t stmt = {sql, nparams, params, NULL, NULL};
+	pgconn_stmt_t stmt = {NULL, nparams, params, NULL, NULL};
 	queue_call_t *call;
+	bool sent;
 
 	if (!queue.up)
 		return false;
-	call = malloc(sizeof(*call));
-	if (!call)
-		abort();
+	call = util_calloc(1, sizeof(*call));
 	*call = (queue_call_t){cb, arg, what};
-	if (!pgconn_send(queue.conn, &stmt, 1, queue_call_cb, call)) {
+	stmt.sql = queuesql(which, queue.schema);
+	sent = pgconn_send(queue.conn, &stmt, 1, queue_call_cb, call);
+	free((char *)stmt.sql);
+	if (!sent)
 		free(call);
-		return false;
-	}
-	return true;
+	return sent;
 }
 
 /* IDS as a bigint[] literal. Caller frees. */
@@ -258,47 +270,38 @@ static char *queue_id_array(const int64_t *ids, int n)
 
 bool queue_claim(const int64_t *exclude, int n, queue_rows_cb cb, void *arg)
 {
-	char sql[256], lease[24];
+	char lease[24];
 	char *ids = queue_id_array(exclude, n);
 	const char *params[] = {config_current()->name, lease, ids};
 	bool ok;
 
 	snprintf(lease, sizeof(lease), "%lld", (long long)config_current()->lease_ms);
-	snprintf(sql, sizeof(sql), "SELECT * FROM %s._claim($1, $2::int, $3::bigint[])", queue.schema);
-	ok = queue_call("claim", sql, 3, params, cb, arg);
+	ok = queue_call("claim", QSQL_CLAIM, 3, params, cb, arg);
 	free(ids);
 	return ok;
 }
 
 bool queue_renew(const int64_t *ids, int n, queue_rows_cb cb, void *arg)
 {
-	char sql[256], lease[24];
+	char lease[24];
 	char *array = queue_id_array(ids, n);
 	const char *params[] = {config_current()->name, array, lease};
 	bool ok;
 
 	snprintf(lease, sizeof(lease), "%lld", (long long)config_current()->lease_ms);
-	snprintf(sql, sizeof(sql), "SELECT id, state, owner FROM %s._renew($1, $2::bigint[], $3::int)",
-		 queue.schema);
-	ok = queue_call("lease renewal", sql, 3, params, cb, arg);
+	ok = queue_call("lease renewal", QSQL_RENEW, 3, params, cb, arg);
 	free(array);
 	return ok;
 }
 
 bool queue_runnable(queue_rows_cb cb, void *arg)
 {
-	char sql[128];
-
-	snprintf(sql, sizeof(sql), "SELECT %s._runnable_count()", queue.schema);
-	return queue_call("idle check", sql, 0, NULL, cb, arg);
+	return queue_call("idle check", QSQL_RUNNABLE_COUNT, 0, NULL, cb, arg);
 }
 
 bool queue_count_states(queue_rows_cb cb, void *arg)
 {
-	char sql[160];
-
-	snprintf(sql, sizeof(sql), "SELECT state, jobs FROM %s._count_states()", queue.schema);
-	return queue_call("counting jobs", sql, 0, NULL, cb, arg);
+	return queue_call("counting jobs", QSQL_COUNT_STATES, 0, NULL, cb, arg);
 }
 
 bool queue_send(const pgconn_stmt_t *stmts, int n, pgconn_result_cb cb, void *arg)
@@ -319,12 +322,11 @@ static void queue_limits_cb(const PGresult *res, void *arg)
 
 void queue_record_limits(void)
 {
-	char sql[160], max_parallel[24];
+	char max_parallel[24];
 	const char *params[] = {max_parallel};
 
 	snprintf(max_parallel, sizeof(max_parallel), "%lld", (long long)config_current()->max_parallel);
-	snprintf(sql, sizeof(sql), "SELECT %s._set_limits($1::pg_catalog.int4)", queue.schema);
-	if (!queue_call("recording the limits", sql, 1, params, queue_limits_cb, NULL))
+	if (!queue_call("recording the limits", QSQL_SET_LIMITS, 1, params, queue_limits_cb, NULL))
 		log_msg(LOG_LEVEL_DEBUG, QUEUE_CONTEXT,
 			"the queue is down: daemon.max_parallel is recorded"
 			" when it is back");

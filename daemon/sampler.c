@@ -238,7 +238,7 @@ static void sampler_absorb(const pgconn_result_t *res, double at)
 		for (int r = 0; r < PQntuples(standbys) && !seen; r++)
 			seen = strcmp(pgconn_value(standbys, r, 0) ?: "", s->standbys[i]) == 0;
 		if (!seen) {
-			v.hold = "standby_missing";
+			v.hold = REASON_STANDBY_MISSING;
 			snprintf(v.detail, sizeof(v.detail), "standby %s is not connected", s->standbys[i]);
 		}
 	}
@@ -246,8 +246,8 @@ static void sampler_absorb(const pgconn_result_t *res, double at)
 		for (int r = 0; r < PQntuples(slots); r++) {
 			const char *name = pgconn_value(slots, r, 0), *status = pgconn_value(slots, r, 2);
 			int64_t bytes;
-			if (status && strcmp(status, "reserved") != 0 && !v.hold) {
-				v.hold = "logical_slot";
+			if (status && strcmp(status, "reserved") != 0 && v.hold == REASON_NONE) {
+				v.hold = REASON_LOGICAL_SLOT;
 				snprintf(v.detail, sizeof(v.detail), "logical slot %s has wal_status %s",
 					 name, status);
 			}
@@ -263,7 +263,7 @@ static void sampler_absorb(const pgconn_result_t *res, double at)
 				v.lag_bytes = bytes > v.lag_bytes ? bytes : v.lag_bytes;
 				snprintf(worst, sizeof(worst), "slot:%s", name ? name : "?");
 				worst_lsn = lsn;
-				if (!v.hold) /* a hold's detail says why it holds */
+				if (v.hold == REASON_NONE) /* a hold's detail says why it holds */
 					snprintf(v.detail, sizeof(v.detail),
 						 "logical slot %s: %lld bytes behind", name,
 						 (long long)bytes);
@@ -291,6 +291,7 @@ static void sampler_absorb(const pgconn_result_t *res, double at)
 		sampler.replay_rate = (double)(worst_lsn - sampler.worst_lsn) / (at - sampler.view_at_ms);
 	snprintf(sampler.worst, sizeof(sampler.worst), "%s", worst);
 	sampler.worst_lsn = worst_lsn;
+	v.replicating = worst[0] != '\0';
 	v.others_active = (int)pgconn_int64(res->results[5], 0, 0, -1);
 	if (res->n > 6)
 		sampler_probe_seen(pgconn_value(res->results[6], 0, 0), sampler.probe_in_batch);
@@ -400,7 +401,7 @@ void sampler_view(sampler_view_t *out)
 	*out = sampler.view;
 	if (sampler.view_at_ms == 0 || age > (stale > 5000 ? stale : 5000)) {
 		out->known = false;
-		out->hold = NULL;
+		out->hold = REASON_NONE;
 		out->warming = sampler.view_at_ms == 0 && util_now_ms() - sampler.opened_at_ms < WARMUP_MS;
 		return;
 	}
@@ -413,7 +414,7 @@ void sampler_view(sampler_view_t *out)
 		if (written > replayed) {
 			size_t len = strlen(out->detail);
 			out->lag_bytes += (int64_t)(written - replayed);
-			if (!out->hold && len + 1 < sizeof(out->detail))
+			if (out->hold == REASON_NONE && len + 1 < sizeof(out->detail))
 				snprintf(out->detail + len, sizeof(out->detail) - len,
 					 " at the last sample, about %lld more since",
 					 (long long)(written - replayed));

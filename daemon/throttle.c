@@ -209,7 +209,7 @@ static int64_t throttle_wal_rows(const throttle_state_t *st, const throttle_sett
 {
 	double headroom, rows;
 
-	if (!in->lag_known || s->max_replication_lag_bytes <= 0 || !(st->wal_per_row > 0))
+	if (!in->lag_known || !in->replicating || s->max_replication_lag_bytes <= 0 || !(st->wal_per_row > 0))
 		return 0;
 	headroom =
 		(double)(s->max_replication_lag_bytes - in->lag_bytes) / (in->runners > 1 ? in->runners : 1);
@@ -234,10 +234,10 @@ double throttle_pressure(const throttle_settings_t *s, const throttle_input_t *i
 throttle_decision_t throttle_decide(throttle_state_t *st, const throttle_settings_t *s,
 				    const throttle_input_t *in)
 {
-	throttle_decision_t d = {false, clamp64(st->sleep_ms, 0, s->max_sleep_ms), 0, NULL};
+	throttle_decision_t d = {false, clamp64(st->sleep_ms, 0, s->max_sleep_ms), 0, REASON_NONE};
 	double p = throttle_pressure(s, in);
 
-	if (in->hold) {
+	if (in->hold != REASON_NONE) {
 		d.hold = true;
 		d.reason = in->hold;
 		return d;
@@ -249,24 +249,24 @@ throttle_decision_t throttle_decide(throttle_state_t *st, const throttle_setting
 		st->lag_hold = true;
 	if (st->lag_hold) {
 		d.hold = true;
-		d.reason = "replication_lag";
+		d.reason = REASON_REPLICATION_LAG;
 		return d;
 	}
 	if (p > 0.5) {
 		double base = (double)d.sleep_ms;
 		double extra = ((double)s->max_sleep_ms - base) * (p - 0.5) / 0.5;
 		d.sleep_ms = clamp64((int64_t)(base + (extra > 0 ? extra : 0)), 0, s->max_sleep_ms);
-		d.reason = "replication_lag";
+		d.reason = REASON_REPLICATION_LAG;
 	}
 	d.max_rows = throttle_wal_rows(st, s, in);
 	if (d.max_rows > 0)
-		d.reason = "replication_lag";
-	if (!d.reason && st->capped)
-		d.reason = "application_writes";
+		d.reason = REASON_REPLICATION_LAG;
+	if (d.reason == REASON_NONE && st->capped)
+		d.reason = REASON_APPLICATION_WRITES;
 	/* A duty cycle after contention: idle `idle` times as long as busy. */
 	if (st->calm < THROTTLE_DUTY_BATCHES && (int64_t)(st->last_ms * st->idle) > d.sleep_ms) {
 		d.sleep_ms = clamp64((int64_t)(st->last_ms * st->idle), 0, s->max_sleep_ms);
-		d.reason = "blocked_sessions";
+		d.reason = REASON_BLOCKED_SESSIONS;
 	}
 	/* A job that measures starts gently: busy at most THROTTLE_START_DUTY of the time until it
 	 * knows, unless the CPU probes already show CPU to spare (its size still waits for the
@@ -286,7 +286,7 @@ throttle_decision_t throttle_decide(throttle_state_t *st, const throttle_setting
 		int64_t share = (int64_t)(st->last_ms * idle);
 		if (share >= d.sleep_ms) {
 			d.sleep_ms = clamp64(share, 0, s->max_sleep_ms);
-			d.reason = "cpu_contention";
+			d.reason = REASON_CPU_CONTENTION;
 		}
 	}
 	st->last_sleep = d.sleep_ms;

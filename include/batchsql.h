@@ -17,12 +17,7 @@ typedef enum job_kind {
 	JOB_KIND_VERIFY,
 } job_kind_t;
 
-/* "update" | "statement" | "verify". */
-bool job_kind_parse(const char *text, job_kind_t *out) __attribute__((warn_unused_result));
-const char *job_kind_name(job_kind_t kind);
-
 typedef struct batch_spec {
-	job_kind_t kind;
 	const char *queue_schema;  /* unquoted, as in the configuration */
 	const char *target_schema; /* unquoted names, as in the catalog */
 	const char *target_table;
@@ -40,24 +35,30 @@ typedef struct batch_spec {
 char *sql_quote_ident(const char *name) __attribute__((warn_unused_result));
 
 /*
- * The statement of one batch, to be prepared in the job's session. Parameters: $1..$nkeys the
- * last key already done (absent when FIRST, the job's first batch), then the batch size, then
- * (statement jobs) the job's batch_sql.
+ * The statement of one batch of each kind, to be prepared in the job's session. Parameters:
+ * $1..$nkeys the last key already done (absent when FIRST, the job's first batch), then the batch
+ * size, then (statement jobs) the job's batch_sql. Each walks at most that many keys after the
+ * last one, and returns one row (scanned bigint, changed bigint, first_key text[], last_key
+ * text[]), which it also leaves in the transaction-local settings
+ * backfilld.scanned/changed/first_key/last_key for the checkpoint. Caller frees.
  *
- * update: walks at most that many keys after the last one and updates the rows between the first
- * and the last of them that match where_sql. verify: the same walk, nothing updated: the keys
- * where mismatch_sql holds are counted as changed and left, as a jsonb array of text arrays, in
- * the transaction-local setting backfilld.mismatches. statement: the same walk, then the job's
- * SQL once, through <schema>._statement_batch, with $1, $2 the first and the last key.
- *
- * It returns one row (scanned bigint, changed bigint, first_key text[], last_key text[]), which
- * it also leaves in the transaction-local settings backfilld.scanned/changed/first_key/last_key
- * for the checkpoint. Caller frees.
+ * update: updates the rows between the first and the last key that match where_sql, and fails
+ * (<schema>._keys_moved) when the update moved a key past the last one.
+ * verify: updates nothing: the keys where mismatch_sql holds are counted as changed and left, as
+ * a jsonb array of text arrays, in the transaction-local setting backfilld.mismatches.
+ * statement: runs the job's SQL once, through <schema>._statement_batch, with $1, $2 the first
+ * and the last key.
  */
-char *batch_build_batch(const batch_spec_t *spec, bool first) __attribute__((warn_unused_result));
+enum batch_column {
+	BATCH_SCANNED,
+	BATCH_CHANGED,
+	BATCH_FIRST_KEY,
+	BATCH_LAST_KEY
+};
 
-/* How many parameters batch_build_batch's statement takes. */
-int batch_nparams(const batch_spec_t *spec, bool first);
+char *batch_build_update(const batch_spec_t *spec, bool first) __attribute__((warn_unused_result));
+char *batch_build_verify(const batch_spec_t *spec, bool first) __attribute__((warn_unused_result));
+char *batch_build_statement(const batch_spec_t *spec, bool first) __attribute__((warn_unused_result));
 
 /*
  * The key right after the checkpoint (parameters as batch_build_batch, without the size and the
@@ -72,45 +73,8 @@ char *batch_build_peek(const batch_spec_t *spec, bool first) __attribute__((warn
  */
 char *batch_build_bounds(const batch_spec_t *spec) __attribute__((warn_unused_result));
 
-/*
- * A parallel job's slices: <schema>._split_points cuts the key range as the job's role, and
- * <schema>._make_slices records the cuts ($1 job id, $2 owner, $3 daemon.max_parallel: never
- * more slices than that, whatever the job asked). Rows (slice, lower_key text,
- * upper_key text, last_key text, done). Caller frees.
- */
-char *batch_build_split(const char *queue_schema) __attribute__((warn_unused_result));
-
-/*
- * Opens every batch transaction: $1 statement_timeout (ms), $2 lock_timeout (ms), $3 the target's
- * oid. Notes the WAL position for the checkpoint's wal_bytes, and returns the target's write
- * counters (<schema>._batch_open: writes, own, table_rows) for the throttle. Caller frees.
- */
-char *batch_build_open(const char *queue_schema) __attribute__((warn_unused_result));
-
-/* Who waits on the batch ($1 the target's oid): <schema>._waiters. Caller frees. */
-char *batch_build_waiters(const char *queue_schema) __attribute__((warn_unused_result));
-
-/* A verify batch's mismatches, recorded ($1 job id, $2 owner). Caller frees. */
-char *batch_build_mismatches(const char *queue_schema) __attribute__((warn_unused_result));
-
-/* The WAL a dry run's batch wrote, read before it rolls back. */
-extern const char batch_dry_wal_sql[];
-
-/*
- * The checkpoint, right after the batch statement in the same transaction. Parameters as
- * <schema>._checkpoint: id, owner, lease_ms, batch size, sleep before it, batch_size_now,
- * sleep_ms_now, lag bytes, lag ms, blocked sessions, throttled reason, slice (NULL: the whole
- * job). Its row: state, rows_scanned, rows_changed, batches, rows_estimate, wal_bytes, slice_done,
- * wal_lsn (the server's WAL insert position then). Caller frees.
- */
-char *batch_build_checkpoint(const char *queue_schema) __attribute__((warn_unused_result));
-
-/* Skip one failing row: <schema>._skip_row($1 id, $2 owner, $3 lease_ms, $4 sqlstate, $5 message,
- * $6 slice). Caller frees. */
-char *batch_build_skip(const char *queue_schema) __attribute__((warn_unused_result));
-
-/* Whether the job's role may read (and, for an update job, update) the target: one row of two
+/* Whether the job's role may read the target (and, with WRITES, update it): one row of two
  * booleans. $1 the target's oid. */
-const char *batch_privileges_sql(job_kind_t kind);
+const char *batch_privileges_sql(bool writes);
 
 #endif

@@ -30,9 +30,6 @@ const config_t *daemon_config(void);
 /* The instance name written to jobs.owner. */
 const char *daemon_name(void);
 
-/* The queue schema's quoted name, for building SQL. */
-const char *daemon_schema_quoted(void);
-
 /* SIGUSR1/SIGUSR2: every job holds at its next batch boundary, or resumes. */
 bool daemon_paused(void);
 void daemon_set_paused(bool paused);

@@ -14,12 +14,15 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "reason.h"
+
 typedef struct sampler_view {
 	bool known;	    /* a recent sample exists */
 	bool warming;	    /* no sample yet, but one is due within seconds: wait for it */
 	int64_t lag_bytes;  /* the worst watched standby or logical slot, plus WAL written since */
 	int64_t lag_ms;	    /* the worst watched standby, on the daemon's clock */
-	const char *hold;   /* "standby_missing", "logical_slot", or NULL */
+	bool replicating;   /* a watched standby or logical slot exists: WAL can be behind */
+	reason_t hold;	    /* REASON_STANDBY_MISSING, REASON_LOGICAL_SLOT, or REASON_NONE */
 	double cpu_stretch; /* how much longer the CPU probe takes while batches run (0: unknown) */
 	int others_active;  /* other client sessions at work in the latest sample (-1: unknown) */
 	char detail[160];   /* which standby or slot, for the log */

@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 #include "config.h"
+#include "reason.h"
 
 typedef struct throttle_state {
 	int64_t batch_size; /* the size the next batch will use */
@@ -41,8 +42,9 @@ typedef struct throttle_input {
 	bool lag_known;	    /* false: no sample yet (lag is not throttled on) */
 	int64_t lag_bytes;  /* worst watched standby or slot, plus WAL written since the sample */
 	int64_t lag_ms;	    /* worst watched standby, on the daemon's own clock */
-	const char *hold;   /* a reason that holds the job outright (standby_missing, logical_slot,
-			       autovacuum), or NULL */
+	bool replicating;   /* a watched standby or slot exists: a batch's WAL adds to the lag */
+	reason_t hold;	    /* a reason that holds the job outright (standby_missing, logical_slot,
+			       autovacuum), or REASON_NONE */
 	double cpu_stretch; /* how much longer other sessions' CPU work takes while batches run, as
 			       the sampler's probe measures it (0: unknown) */
 	bool server_idle;   /* no other client session was at work at the latest sample */
@@ -50,10 +52,10 @@ typedef struct throttle_input {
 } throttle_input_t;
 
 typedef struct throttle_decision {
-	bool hold;	    /* run no batch now; decide again after a sample interval */
-	int64_t sleep_ms;   /* otherwise sleep this long first */
-	int64_t max_rows;   /* and walk at most this many keys (0: batch_size) */
-	const char *reason; /* NULL when running freely */
+	bool hold;	  /* run no batch now; decide again after a sample interval */
+	int64_t sleep_ms; /* otherwise sleep this long first */
+	int64_t max_rows; /* and walk at most this many keys (0: batch_size) */
+	reason_t reason;  /* REASON_NONE when running freely */
 } throttle_decision_t;
 
 /* Start a job: the configured size, clamped into [min, max]. */

@@ -740,7 +740,7 @@ static void test_retry_then_recover(void **state)
 
 static throttle_input_t lag_input(int64_t bytes, int64_t ms)
 {
-	throttle_input_t in = {.lag_known = true, .lag_bytes = bytes, .lag_ms = ms, .hold = NULL};
+	throttle_input_t in = {.lag_known = true, .lag_bytes = bytes, .lag_ms = ms, .hold = REASON_NONE};
 	return in;
 }
 
@@ -753,22 +753,22 @@ static throttle_input_t pressure_input(double p)
 static void expect_runs(throttle_decision_t d, int64_t sleep_ms, const char *reason)
 {
 	if (d.hold)
-		fail_msg("held (%s), expected to run after %lld ms", d.reason ? d.reason : "NULL",
+		fail_msg("held (%s), expected to run after %lld ms", reason_name(d.reason) ?: "NULL",
 			 (long long)sleep_ms);
 	assert_int_equal(d.sleep_ms, sleep_ms);
 	if (reason)
-		assert_string_equal(d.reason ? d.reason : "NULL", reason);
+		assert_string_equal(reason_name(d.reason) ?: "NULL", reason);
 	else if (d.reason)
-		fail_msg("reason %s, expected none", d.reason);
+		fail_msg("reason %s, expected none", reason_name(d.reason));
 }
 
 static void expect_holds(throttle_decision_t d, const char *reason)
 {
 	if (!d.hold)
 		fail_msg("ran after %lld ms (reason %s), expected a hold for %s", (long long)d.sleep_ms,
-			 d.reason ? d.reason : "NULL", reason);
-	assert_non_null(d.reason);
-	assert_string_equal(d.reason, reason);
+			 reason_name(d.reason) ?: "NULL", reason);
+	assert_non_null(reason_name(d.reason));
+	assert_string_equal(reason_name(d.reason), reason);
 }
 
 static void test_pressure_values(void **state)
@@ -940,13 +940,13 @@ static void test_decide_input_hold(void **state)
 	for (int i = 0; i < (int)(sizeof(lag) / sizeof(lag[0])); i++) {
 		throttle_init(&st, &s);
 		in = pressure_input(lag[i]);
-		in.hold = "autovacuum";
+		in.hold = REASON_AUTOVACUUM;
 		expect_holds(throttle_decide(&st, &s, &in), "autovacuum");
 		in.lag_known = false;
 		expect_holds(throttle_decide(&st, &s, &in), "autovacuum");
 	}
 	in = lag_input(0, 0);
-	in.hold = "standby_missing";
+	in.hold = REASON_STANDBY_MISSING;
 	expect_holds(throttle_decide(&st, &s, &in), "standby_missing");
 
 	/* Held for lag, then for autovacuum while lag eased to 0.7: once autovacuum is done the
@@ -955,9 +955,9 @@ static void test_decide_input_hold(void **state)
 	in = pressure_input(1.1);
 	expect_holds(throttle_decide(&st, &s, &in), "replication_lag");
 	in = pressure_input(0.7);
-	in.hold = "autovacuum";
+	in.hold = REASON_AUTOVACUUM;
 	expect_holds(throttle_decide(&st, &s, &in), "autovacuum");
-	in.hold = NULL;
+	in.hold = REASON_NONE;
 	expect_holds(throttle_decide(&st, &s, &in), "replication_lag");
 	in = pressure_input(0.4);
 	expect_runs(throttle_decide(&st, &s, &in), 100, NULL);
@@ -1286,7 +1286,7 @@ static void test_app_warmup_then_free_when_nobody_writes(void **state)
 		run_contended_batch(&st, &s, &sv, &app);
 	assert_true(within((double)st.batch_size, server_ideal(&sv, &s), 0.1));
 	assert_int_equal(st.cap, 0);
-	assert_null(throttle_decide(&st, &s, &calm).reason);
+	assert_int_equal(throttle_decide(&st, &s, &calm).reason, REASON_NONE);
 }
 
 /* While it measures, CPU probes that show CPU to spare (stretch known, at most
@@ -1344,14 +1344,15 @@ static void test_app_warmup_skipped_on_an_idle_server(void **state)
  * The WAL a key writes, measured batch by batch, sizes the next batch to the lag headroom: with
  * the lag at 60% of the limit and 100 bytes a key, a batch walks at most 40% of the limit over
  * 100 bytes, less the margin, and half of that when two runners share it; a jump of the WAL a key
- * writes (full-page images) counts at once; no headroom leaves min_batch_size; no measure, or
- * room for more than batch_size, no limit.
+ * writes (full-page images) counts at once; no headroom leaves min_batch_size; no measure, room
+ * for more than batch_size, or nothing replicating, no limit.
  */
 static void test_wal_per_key_fits_batches_in_the_lag_headroom(void **state)
 {
 	throttle_settings_t s = make_settings(100000, 10, 1000000, 0, 30000);
 	throttle_state_t st;
-	throttle_input_t in = {.lag_known = true, .lag_bytes = LAG_BYTES * 6 / 10, .runners = 1};
+	throttle_input_t in = {
+		.lag_known = true, .replicating = true, .lag_bytes = LAG_BYTES * 6 / 10, .runners = 1};
 	throttle_decision_t d;
 	int64_t expect = (int64_t)(LAG_BYTES * 0.4 / (100 * THROTTLE_WAL_MARGIN));
 
@@ -1361,7 +1362,7 @@ static void test_wal_per_key_fits_batches_in_the_lag_headroom(void **state)
 	throttle_after_wal(&st, 1000, 100000);
 	d = throttle_decide(&st, &s, &in);
 	assert_int_equal(d.max_rows, expect);
-	assert_string_equal(d.reason, "replication_lag");
+	assert_string_equal(reason_name(d.reason), "replication_lag");
 	in.runners = 2;
 	assert_int_equal(throttle_decide(&st, &s, &in).max_rows, expect / 2);
 	in.runners = 1;
@@ -1377,6 +1378,17 @@ static void test_wal_per_key_fits_batches_in_the_lag_headroom(void **state)
 	in.lag_known = false;
 	st.wal_per_row = 100;
 	assert_int_equal(throttle_decide(&st, &s, &in).max_rows, 0);
+	/* Nothing replicates (no standby, no slot): no WAL is behind, whatever a batch writes. */
+	in.lag_known = true;
+	in.lag_bytes = 0;
+	st.wal_per_row = 100;
+	d = throttle_decide(&st, &s, &in);
+	assert_true(d.max_rows > 0);
+	assert_int_equal(d.reason, REASON_REPLICATION_LAG);
+	in.replicating = false;
+	d = throttle_decide(&st, &s, &in);
+	assert_int_equal(d.max_rows, 0);
+	assert_int_equal(d.reason, REASON_NONE);
 }
 
 /*
@@ -1407,7 +1419,7 @@ static void test_app_arriving_brings_the_size_down(void **state)
 		fail_msg("5 s after the application came: batch %lld, the budget allows %.0f",
 			 (long long)st.batch_size, allowed);
 	assert_true(app.waits <= 5);
-	assert_string_equal(throttle_decide(&st, &s, &calm).reason, "application_writes");
+	assert_int_equal(throttle_decide(&st, &s, &calm).reason, REASON_APPLICATION_WRITES);
 }
 
 /*
@@ -1498,9 +1510,9 @@ static void test_cpu_share_follows_the_stretch(void **state)
 			fail_msg("stretch %.2f: sleep %lld ms, want %lld", cases[i].stretch,
 				 (long long)d.sleep_ms, (long long)cases[i].sleep_ms);
 		if (cases[i].reason)
-			assert_string_equal(d.reason, cases[i].reason);
+			assert_string_equal(reason_name(d.reason), cases[i].reason);
 		else
-			assert_null(d.reason);
+			assert_int_equal(d.reason, REASON_NONE);
 		assert_false(d.hold);
 	}
 }
@@ -1518,7 +1530,7 @@ static void test_cpu_share_needs_the_application(void **state)
 	throttle_after_app(&st, &s, 0, 60000, 1e6); /* a minute without writes: gone */
 	d = throttle_decide(&st, &s, &in);
 	assert_int_equal(d.sleep_ms, 0);
-	assert_null(d.reason);
+	assert_int_equal(d.reason, REASON_NONE);
 
 	st = cpu_share_state(&s, 80);
 	st.app_watch = false;
@@ -1528,7 +1540,7 @@ static void test_cpu_share_needs_the_application(void **state)
 	st = cpu_share_state(&s, 80);
 	in.lag_bytes = 900; /* pressure 0.9 of max_replication_lag_bytes 1000 */
 	d = throttle_decide(&st, &s, &in);
-	assert_string_equal(d.reason, "replication_lag");
+	assert_string_equal(reason_name(d.reason), "replication_lag");
 	assert_true(d.sleep_ms > 720);
 
 	st = cpu_share_state(&s, 80);
@@ -1536,7 +1548,7 @@ static void test_cpu_share_needs_the_application(void **state)
 	s.max_sleep_ms = 500;
 	d = throttle_decide(&st, &s, &in);
 	assert_int_equal(d.sleep_ms, 500);
-	assert_string_equal(d.reason, "cpu_contention");
+	assert_string_equal(reason_name(d.reason), "cpu_contention");
 }
 
 /* For THROTTLE_DUTY_BATCHES batches after contention the sleep is at least the last batch's
@@ -1553,14 +1565,14 @@ static void test_contention_duty_cycle(void **state)
 	throttle_after_batch(&st, &s, 1000, 120.0);
 	d = throttle_decide(&st, &s, &calm);
 	assert_int_equal(d.sleep_ms, 0); /* no contention yet: no duty cycle */
-	assert_null(d.reason);
+	assert_int_equal(d.reason, REASON_NONE);
 	assert_true(throttle_after_contention(&st, &s, 300));
 	d = throttle_decide(&st, &s, &calm);
 	assert_int_equal(d.sleep_ms, 120);
-	assert_string_equal(d.reason, "blocked_sessions");
+	assert_string_equal(reason_name(d.reason), "blocked_sessions");
 	d = throttle_decide(&st, &s, &lagging); /* p = 0.9: 0.8 of max_sleep_ms */
 	assert_int_equal(d.sleep_ms, 24000);
-	assert_string_equal(d.reason, "replication_lag");
+	assert_string_equal(reason_name(d.reason), "replication_lag");
 	for (int i = 0; i < THROTTLE_DUTY_BATCHES; i++) {
 		throttle_after_batch(&st, &s, st.batch_size, 80.0);
 		d = throttle_decide(&st, &s, &calm);
@@ -1569,7 +1581,7 @@ static void test_contention_duty_cycle(void **state)
 	}
 	d = throttle_decide(&st, &s, &calm);
 	assert_int_equal(d.sleep_ms, 0); /* calm again */
-	assert_null(d.reason);
+	assert_int_equal(d.reason, REASON_NONE);
 	/* Never past max_sleep_ms. */
 	s.max_sleep_ms = 50;
 	assert_true(throttle_after_contention(&st, &s, 300));

@@ -1,0 +1,75 @@
+/*
+ * The pacing policy, pure: before each batch, from what the sampler saw, the job's settings and
+ * the throttle's state, whether the job runs a batch now, sleeps a step, or holds, and the reason
+ * it records. The job only arms timers and logs what this decides. The throttle (throttle.h)
+ * does the arithmetic: sizes, lag pressure, duty cycles, the CPU share.
+ */
+#ifndef BACKFILLD_PACE_H
+#define BACKFILLD_PACE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "reason.h"
+#include "sampler.h"
+#include "throttle.h"
+
+/* What pacing carries from one decision to the next, for one job runner. */
+typedef struct pace_state {
+	reason_t reason;      /* throttled_reason now: the next checkpoint records it */
+	reason_t wait_reason; /* why the job waited since its last batch (REASON_NONE: it did not) */
+	bool contended;	      /* the last batch made another session wait: its size was halved */
+	bool holding;	      /* in a hold already announced (logged and written to the job row) */
+	bool sleeping;	      /* in a throttle sleep that began at sleep_began_ms */
+	double sleep_began_ms;
+} pace_state_t;
+
+typedef struct pace_input {
+	sampler_view_t view; /* what the sampler saw (its hold: standby_missing, logical_slot) */
+	int runners;	     /* the job runners of this instance, which share the lag headroom */
+	bool autovacuum;     /* pause_during_autovacuum, and autovacuum works on the table now */
+	double now_ms;	     /* the monotonic clock */
+} pace_input_t;
+
+typedef enum pace_action {
+	PACE_RUN,   /* run the next batch now */
+	PACE_SLEEP, /* sleep wait_ms, then decide again */
+	PACE_HOLD,  /* hold: decide again after wait_ms */
+} pace_action_t;
+
+typedef struct pace_decision {
+	pace_action_t action;
+	int64_t wait_ms;      /* SLEEP, HOLD: decide again after this long (at most a sample interval) */
+	int64_t sleep_ms;     /* the whole sleep the throttle chose (for the log) */
+	int64_t slept_ms;     /* RUN: how long the sleep that ends now lasted */
+	int64_t max_rows;     /* RUN: walk at most this many keys (0: the batch size) */
+	reason_t reason;      /* the reason the next batch records (pace_state_t.reason) */
+	reason_t current;     /* the throttle's reason now, before a wait's: what the log says */
+	bool hold_begins;     /* HOLD: not announced yet: log it and write it to the job row */
+	reason_t hold_reason; /* HOLD: why */
+} pace_decision_t;
+
+/* What the throttle sees of IN: the lag, a hold, the CPU, whether the server is idle. */
+throttle_input_t pace_seen(const pace_input_t *in);
+
+/* A runner starts (or its hold was interrupted by a pause: announce it again). */
+void pace_init(pace_state_t *ps);
+
+/*
+ * The decision before a batch. A sampler's hold, or autovacuum on the table, holds the job; then
+ * the throttle decides (throttle_decide). The reason recorded: a retry keeps its own
+ * (lock_timeout) until the throttle has one of its own; a batch whose size was halved because
+ * others waited says blocked_sessions unless lag or the CPU share say more; and the batch after a
+ * hold or a throttle sleep says why it waited, also when the cause cleared before the wait was
+ * over (a duty cycle's blocked_sessions does not hide a lag wait it follows). A sleep is taken in
+ * steps of at most a sample interval, deciding again after each, so a sleep chosen for lag ends
+ * soon after the lag does.
+ */
+pace_decision_t pace_decide(pace_state_t *ps, throttle_state_t *st, const throttle_settings_t *s,
+			    const pace_input_t *in);
+
+/* A batch was sent: the wait it records is over. */
+void pace_batch_sent(pace_state_t *ps);
+
+#endif
