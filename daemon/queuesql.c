@@ -29,7 +29,9 @@ static const char *const texts[QSQL_COUNT] = {
 		" j.parallel, j.batch_size, j.min_batch_size, j.max_batch_size, j.target_batch_ms, "
 		"j.sleep_ms,"
 		" j.max_sleep_ms, j.max_replication_lag_bytes, j.max_replication_lag_ms, j.max_blocked_ms,"
-		" j.lock_timeout_ms, j.statement_timeout_ms, j.max_failed_rows"
+		" j.lock_timeout_ms, j.statement_timeout_ms, j.max_failed_rows, j.run_window, "
+		"j.hold_when_sql,"
+		" j.max_wal_bytes_per_s"
 		" FROM @q@.jobs j LEFT JOIN pg_catalog.pg_class c ON c.oid = j.target"
 		" LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
 		" WHERE j.id = $1::pg_catalog.int8",

@@ -1,4 +1,4 @@
--- backfilld queue schema (version 2).
+-- backfilld queue schema (version 3).
 --
 -- Every schema name in this file is a placeholder (at-sign, "schema", at-sign) that backfilld
 -- replaces with the quoted schema name (--install-schema, --schema-sql). Never put the placeholder
@@ -57,8 +57,8 @@ DO $guard$
 DECLARE
     v int := (SELECT version FROM @schema@.schema_version);
 BEGIN
-    IF v > 2 THEN
-        RAISE EXCEPTION 'the queue schema is at version %, newer than this backfilld (version 2)', v
+    IF v > 3 THEN
+        RAISE EXCEPTION 'the queue schema is at version %, newer than this backfilld (version 3)', v
             USING ERRCODE = 'feature_not_supported',
                   HINT = 'Upgrade backfilld; never downgrade the schema.';
     END IF;
@@ -209,6 +209,11 @@ CREATE TABLE IF NOT EXISTS @schema@.limits (
 CREATE UNIQUE INDEX IF NOT EXISTS limits_one_row ON @schema@.limits ((true));
 INSERT INTO @schema@.limits (max_parallel) SELECT 8 WHERE NOT EXISTS (SELECT FROM @schema@.limits);
 
+-- Version 3: run windows, operator holds (hold_when_sql), a job's WAL budget.
+ALTER TABLE @schema@.jobs ADD COLUMN IF NOT EXISTS run_window text;
+ALTER TABLE @schema@.jobs ADD COLUMN IF NOT EXISTS hold_when_sql text;
+ALTER TABLE @schema@.jobs ADD COLUMN IF NOT EXISTS max_wal_bytes_per_s bigint;
+
 -- 4. Functions, triggers, views -----------------------------------------------------------------
 
 -- True inside the schema's own functions: current_user is the owner of the jobs table (a
@@ -258,7 +263,7 @@ AS $$ SELECT ARRAY['owner', 'lease_until', 'last_key', 'rows_scanned', 'rows_cha
 CREATE OR REPLACE FUNCTION @schema@._definition_columns() RETURNS text[]
 LANGUAGE sql IMMUTABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp
 AS $$ SELECT ARRAY['kind', 'target', 'key_columns', 'set_sql', 'where_sql', 'batch_sql',
-                   'mismatch_sql', 'parallel'] $$;
+                   'mismatch_sql', 'parallel', 'hold_when_sql'] $$;
 
 -- The first of COLUMNS whose value differs between the two rows, NULL when none does.
 CREATE OR REPLACE FUNCTION @schema@._first_changed(p_old @schema@.jobs, p_new @schema@.jobs,
@@ -363,7 +368,8 @@ BEGIN
             ('max_blocked_ms', j.max_blocked_ms, 1), ('lock_timeout_ms', j.lock_timeout_ms, 1),
             ('statement_timeout_ms', j.statement_timeout_ms, 1),
             ('sleep_ms', j.sleep_ms, 0), ('max_failed_rows', j.max_failed_rows, 0),
-            ('parallel', j.parallel, 1)) AS v(col, val, low)
+            ('parallel', j.parallel, 1), ('max_wal_bytes_per_s', j.max_wal_bytes_per_s, 1))
+            AS v(col, val, low)
         WHERE v.val < v.low
     LOOP
         RAISE EXCEPTION '% must be % (got %)', size.col,
@@ -501,9 +507,10 @@ BEGIN
         -- directly (cheap) and name the one that changed only on the way to the error. The list
         -- is _definition_columns()'s plus id, run_as and created_at (test_schema.py checks each).
         IF (NEW.id, NEW.run_as, NEW.created_at, NEW.kind, NEW.target, NEW.key_columns, NEW.set_sql,
-            NEW.where_sql, NEW.batch_sql, NEW.mismatch_sql, NEW.parallel)
+            NEW.where_sql, NEW.batch_sql, NEW.mismatch_sql, NEW.parallel, NEW.hold_when_sql)
            IS DISTINCT FROM (OLD.id, OLD.run_as, OLD.created_at, OLD.kind, OLD.target, OLD.key_columns,
-                             OLD.set_sql, OLD.where_sql, OLD.batch_sql, OLD.mismatch_sql, OLD.parallel)
+                             OLD.set_sql, OLD.where_sql, OLD.batch_sql, OLD.mismatch_sql, OLD.parallel,
+                             OLD.hold_when_sql)
         THEN
             col := @schema@._first_changed(OLD, NEW,
                        ARRAY['id', 'run_as', 'created_at'] || @schema@._definition_columns());
@@ -1339,4 +1346,4 @@ $$;
 
 -- 6. The version ---------------------------------------------------------------------------------
 
-UPDATE @schema@.schema_version SET version = 2 WHERE version IS DISTINCT FROM 2;
+UPDATE @schema@.schema_version SET version = 3 WHERE version IS DISTINCT FROM 3;

@@ -33,7 +33,10 @@ typedef struct throttle_settings {
 	int nstandbys;
 	bool logical_slots;
 	bool pause_during_autovacuum;
-	int64_t max_retries; /* retryable failures of one batch in a row before the job fails */
+	int64_t max_retries;		   /* retryable failures of one batch in a row before the job fails */
+	int64_t max_wal_bytes_per_s;	   /* the WAL budget of all this instance's jobs; 0: none */
+	int64_t max_archive_backlog_bytes; /* WAL not yet archived beyond which every job holds */
+	int64_t vacuum_after_percent;	   /* VACUUM the target after changing this % of its rows */
 } throttle_settings_t;
 
 typedef struct config {

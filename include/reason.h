@@ -15,7 +15,12 @@
 	X(CPU_CONTENTION, "cpu_contention")         \
 	X(LOCK_TIMEOUT, "lock_timeout")             \
 	X(AUTOVACUUM, "autovacuum")                 \
-	X(PAUSED_BY_SIGNAL, "paused_by_signal")
+	X(PAUSED_BY_SIGNAL, "paused_by_signal")     \
+	X(RUN_WINDOW, "run_window")                 \
+	X(HOLD_WHEN_SQL, "hold_when_sql")           \
+	X(WAL_BUDGET, "wal_budget")                 \
+	X(ARCHIVE_BACKLOG, "archive_backlog")       \
+	X(VACUUM, "vacuum")
 
 #define REASON_ENUM(id, name) REASON_##id,
 typedef enum reason {

@@ -6,7 +6,7 @@
 #include <stdio.h>
 
 /* Version of the schema this binary expects; schema.sql records it in <schema>.schema_version. */
-#define SCHEMA_VERSION 2
+#define SCHEMA_VERSION 3
 
 /* The oldest server backfilld supports (server_version_num): PostgreSQL 14. */
 #define SCHEMA_MIN_SERVER_VERSION 140000

@@ -79,7 +79,7 @@ def test_install_schema_is_idempotent_and_creates_other_schemas(db, daemon_facto
     for _ in range(2):
         p = d.run_oneshot("--install-schema")
         assert p.returncode == 0, p.stderr
-    assert db.one("SELECT version FROM queue2.schema_version") == 2
+    assert db.one("SELECT version FROM queue2.schema_version") == 3
     assert db.one("SELECT count(*) FROM pg_proc WHERE proname = '_claim' "
                   "AND pronamespace = 'queue2'::regnamespace") == 1
 

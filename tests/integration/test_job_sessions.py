@@ -286,10 +286,42 @@ def test_install_schema_upgrades_a_version_1_queue_in_place_keeping_its_jobs(db,
     d = daemon_factory()
     p = d.run_oneshot("--install-schema")
     assert p.returncode == 0, p.stderr
-    assert db.one("SELECT version FROM backfill.schema_version") == 2
+    assert db.one("SELECT version FROM backfill.schema_version") == 3
     assert db.one("SELECT count(*) FROM pg_proc WHERE proname IN ('_is_daemon', '_require_daemon')") == 0
     assert run_to_idle(d) == 0
     for j, t in ((pending, "t1"), (running, "t2")):
+        row = job(db, j)
+        assert row["state"] == "done" and row["rows_scanned"] == 3000, row
+        assert db.one(f"SELECT count(*) FROM {t} WHERE n <> 1") == 0, t
+
+
+def test_install_schema_upgrades_a_version_2_queue_keeping_its_jobs(db, daemon_factory):
+    """Version 2 (before run windows, operator holds and WAL budgets) with a pending job and a
+    paused one: --install-schema adds the version-3 columns in place, both jobs keep their rows,
+    and a daemon runs them."""
+    db.sql("DROP SCHEMA backfill CASCADE")
+    v2 = (Path(__file__).parent / "fixtures" / "schema_v2.sql").read_text().replace("@schema@", '"backfill"')
+    with db.connect() as c:
+        with c.transaction():
+            c.execute(v2)
+        c.execute("CREATE TABLE t1 (id int PRIMARY KEY, n int NOT NULL DEFAULT 0);"
+                  " CREATE TABLE t2 (id int PRIMARY KEY, n int NOT NULL DEFAULT 0)")
+        c.execute("INSERT INTO t1 (id) SELECT generate_series(1, 3000); INSERT INTO t2 (id) SELECT generate_series(1, 3000)")
+        pending = c.execute("INSERT INTO backfill.jobs (target, set_sql, batch_size) VALUES ('t1', 'n = n + 1', 400)"
+                            " RETURNING id").fetchone()[0]
+        paused = c.execute("INSERT INTO backfill.jobs (target, set_sql, state) VALUES ('t2', 'n = n + 1', 'paused')"
+                           " RETURNING id").fetchone()[0]
+    assert db.one("SELECT version FROM backfill.schema_version") == 2
+    d = daemon_factory()
+    p = d.run_oneshot("--install-schema")
+    assert p.returncode == 0, p.stderr
+    assert db.one("SELECT version FROM backfill.schema_version") == 3
+    assert db.sql("SELECT run_window, hold_when_sql, max_wal_bytes_per_s FROM backfill.jobs ORDER BY id") == \
+        [(None, None, None), (None, None, None)]
+    assert job(db, paused)["state"] == "paused"
+    db.sql("SELECT backfill.resume(%s)", [paused])
+    assert run_to_idle(d) == 0
+    for j, t in ((pending, "t1"), (paused, "t2")):
         row = job(db, j)
         assert row["state"] == "done" and row["rows_scanned"] == 3000, row
         assert db.one(f"SELECT count(*) FROM {t} WHERE n <> 1") == 0, t

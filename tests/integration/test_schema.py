@@ -133,7 +133,7 @@ def test_install_twice_is_idempotent(db):
     with db.connect() as c:
         pgharness.install_schema(c)
         pgharness.install_schema(c)
-    assert db.sql("SELECT version FROM backfill.schema_version") == [(2,)]
+    assert db.sql("SELECT version FROM backfill.schema_version") == [(3,)]
     assert db.sql(snapshot) == before
     assert before[0][1] >= 15 and before[0][2] == 3  # validate, notify on INSERT, notify on a new state
     assert db.one("SELECT count(*) FROM backfill.jobs") == 1  # data survives
@@ -160,11 +160,11 @@ def test_schema_file_has_no_transaction_control_and_quotes_the_name(db):
 
 
 def test_install_refuses_a_newer_schema(db):
-    db.sql("UPDATE backfill.schema_version SET version = 3")
+    db.sql("UPDATE backfill.schema_version SET version = 4")
     with db.connect() as c:
         err = refused(c, pgharness.render_schema())
-    assert "version 3, newer than this backfilld" in str(err)
-    assert db.sql("SELECT version FROM backfill.schema_version") == [(3,)]
+    assert "version 4, newer than this backfilld" in str(err)
+    assert db.sql("SELECT version FROM backfill.schema_version") == [(4,)]
 
 
 def test_schema_version_has_exactly_one_row(db):
@@ -421,7 +421,8 @@ def test_daemon_session_cannot_change_what_a_job_runs(conn, dconn):
     jid = insert_job(conn)["id"]
     changes = {"set_sql": "v = 0", "run_as": "nobody", "target": "items2", "kind": "verify",
                "key_columns": ["v"], "where_sql": "true", "batch_sql": "SELECT 1",
-               "mismatch_sql": "true", "parallel": 2, "created_at": "2020-01-01"}
+               "mismatch_sql": "true", "parallel": 2, "created_at": "2020-01-01",
+               "hold_when_sql": "false"}
     # Every definition column is guarded (the trigger compares them one by one for speed).
     guarded = dconn.execute("SELECT backfill._definition_columns()").fetchone()[0]
     assert set(guarded) | {"run_as", "created_at"} == set(changes), guarded

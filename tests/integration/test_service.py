@@ -33,7 +33,8 @@ UNIT_FILE = SOURCE_DIR / "systemd" / "backfilld.service"
 PLOT_JOB = SOURCE_DIR / "scripts" / "plot-job"
 RULES_FILE = SOURCE_DIR / "docs" / "backfilld-rules.yml"
 REASONS = ("replication_lag", "blocked_sessions", "lock_timeout", "autovacuum", "paused_by_signal",
-           "standby_missing", "logical_slot")
+           "standby_missing", "logical_slot", "run_window", "hold_when_sql", "wal_budget", "archive_backlog",
+           "vacuum")
 
 
 # -- helpers ---------------------------------------------------------------------------------
