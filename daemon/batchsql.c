@@ -355,6 +355,18 @@ char *batch_build_bounds(const batch_spec_t *spec)
 	return b.data;
 }
 
+char *batch_build_hold_when(const char *hold_when_sql)
+{
+	sbuf_t b = {0};
+
+	sbuf_printf(&b, "SELECT true WHERE (\n%s\n)", hold_when_sql);
+	return b.data;
+}
+
+const char batch_timeouts_sql[] =
+	"SELECT pg_catalog.set_config('statement_timeout', $1::pg_catalog.text, true),"
+	" pg_catalog.set_config('lock_timeout', $2::pg_catalog.text, true)";
+
 const char *batch_privileges_sql(bool writes)
 {
 	return writes ? "SELECT pg_catalog.has_table_privilege($1::pg_catalog.oid, 'SELECT'),"

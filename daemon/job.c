@@ -36,7 +36,7 @@ static const char *const job_state_names[JOB_STATE_COUNT] = {JOB_STATES(JOB_STAT
 
 #define TO(id) (1u << JOB_##id)
 /* Where the walk goes after a decision (job_continue). */
-#define WALK (TO(WAITING_SAMPLER) | TO(BATCH) | TO(PACING) | TO(THROTTLED) | TO(HELD))
+#define WALK (TO(WAITING_SAMPLER) | TO(HOLD_CHECK) | TO(BATCH) | TO(PACING) | TO(THROTTLED) | TO(HELD))
 /* Anywhere but FINISHED a job may lose its session, give the job back, or end. */
 #define ANY_END (TO(CONNECTING) | TO(RELEASING) | TO(FINISHED))
 /* The states each state may go to. */
@@ -46,6 +46,7 @@ static const unsigned job_transitions[JOB_STATE_COUNT] = {
 	[JOB_SPLITTING] = ANY_END,
 	[JOB_CHECKING] = WALK | ANY_END,
 	[JOB_WAITING_SAMPLER] = WALK | ANY_END,
+	[JOB_HOLD_CHECK] = WALK | ANY_END,
 	[JOB_BATCH] = WALK | TO(BACKOFF) | TO(RECORDING) | ANY_END,
 	[JOB_PACING] = WALK | ANY_END,
 	[JOB_BACKOFF] = TO(BATCH) | TO(HELD) | ANY_END,
@@ -70,6 +71,8 @@ static const char *const job_step_names[] = {
 	[STEP_PRIVILEGES] = "checking privileges",
 	[STEP_BOUNDS] = "reading the key's bounds",
 	[STEP_SPLIT] = "cutting the key range into slices",
+	[STEP_WINDOW] = "asking whether the run window is open",
+	[STEP_HOLD_WHEN] = "evaluating hold_when_sql",
 };
 _Static_assert(sizeof(job_step_names) / sizeof(job_step_names[0]) == STEP_COUNT, "a name for each step");
 
@@ -331,6 +334,7 @@ static void job_timer_cb(evutil_socket_t fd, short what, void *arg)
 		break;
 	case JOB_SPLITTING:
 	case JOB_CHECKING:
+	case JOB_HOLD_CHECK:
 	case JOB_BATCH:
 	case JOB_HELD:
 	case JOB_FINISHED:
@@ -403,6 +407,7 @@ void job_pause_changed(job_t *job)
 			job_write_reason(job, REASON_NONE);
 			job->slept_ms = 0;
 			pace_init(&job->pace); /* a hold it was in is announced again */
+			job->cond_reason = REASON_NONE;
 			job_continue(job);
 		}
 		break;
@@ -410,6 +415,7 @@ void job_pause_changed(job_t *job)
 	case JOB_CONNECTING:
 	case JOB_SPLITTING:
 	case JOB_CHECKING:
+	case JOB_HOLD_CHECK:
 	case JOB_BATCH:
 	case JOB_RELEASING:
 	case JOB_RECORDING:
@@ -568,6 +574,7 @@ static void job_stop_as(job_t *job, const char *state, const char *error)
 	case JOB_LOADING:
 	case JOB_SPLITTING:
 	case JOB_CHECKING:
+	case JOB_HOLD_CHECK:
 	case JOB_BATCH:
 	case JOB_RELEASING:
 	case JOB_RECORDING:

@@ -197,20 +197,14 @@ void job_continue(job_t *job)
 	}
 	job_pace_input(job, &s, &view, &in);
 	d = pace_decide(&job->pace, &job->throttle, &s, &in);
-	if (in.autovacuum)
-		snprintf(view.detail, sizeof(view.detail), "autovacuum is processing the table");
-	else if (d.current == REASON_CPU_CONTENTION)
-		snprintf(view.detail, sizeof(view.detail),
-			 "other sessions' CPU work takes %.2fx as long while batches run: sleeping %lld ms "
-			 "after a %.0f ms batch",
-			 job->input.cpu_stretch, (long long)d.sleep_ms, job->throttle.last_ms);
-	job_note_reason(job, d.current, view.detail);
+	/* (While its window or hold_when_sql holds it, that is the reason the log has.) */
+	job_note_reason(job, d.current != REASON_NONE ? d.current : job->cond_reason, d.detail);
 	job_report(job, true);
 	switch (d.action) {
 	case PACE_HOLD:
 		if (d.hold_begins) {
 			job_log(job, LOG_LEVEL_NOTICE, "held: %s%s%s%s", reason_name(d.hold_reason),
-				view.detail[0] ? " (" : "", view.detail, view.detail[0] ? ")" : "");
+				d.detail[0] ? " (" : "", d.detail, d.detail[0] ? ")" : "");
 			job_write_reason(job, d.hold_reason);
 		}
 		job_sleep(job, JOB_THROTTLED, d.wait_ms);
@@ -221,7 +215,10 @@ void job_continue(job_t *job)
 	case PACE_RUN:
 		job->slept_ms = d.slept_ms;
 		job->max_rows = d.max_rows;
-		job_next_batch(job);
+		if (job->run_window || job->hold_when_sql)
+			job_hold_check(job); /* then the batch, unless its window or hold says no */
+		else
+			job_next_batch(job);
 		return;
 	}
 }
@@ -396,6 +393,7 @@ static void job_batch_done(job_t *job, const pgconn_result_t *res)
 		last_key ? last_key : "(end)");
 	if (!job_goes_on(job, cp))
 		return;
+	job_window_seen(job, pgconn_value(cp, 0, QSQL_CHECKPOINT_RUN_WINDOW));
 	if (job->bisect_left > 0)
 		job_bisect_after_batch(job, scanned);
 	else

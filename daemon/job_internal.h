@@ -25,19 +25,20 @@
 #include "throttle.h"
 
 /* The states of a job runner; job_set_state() is the only way between them. */
-#define JOB_STATES(X)                                                                                  \
-	X(LOADING, "loading")	      /* reading its row and key metadata over the queue connection */ \
-	X(CONNECTING, "connecting")   /* waiting for its session (first, or after a loss) */           \
-	X(SPLITTING, "splitting")     /* a parallel job's first runner cuts the key range */           \
-	X(CHECKING, "checking")	      /* preparing its statements as its role, before any row */       \
-	X(WAITING_SAMPLER, "waiting") /* the sampler has not looked yet: its first look comes soon */  \
-	X(BATCH, "batch")	      /* a batch (or a failing row's skip) in flight */                \
-	X(PACING, "pacing")	      /* a step of the throttle's sleep: decide again after it */      \
-	X(BACKOFF, "backoff")	      /* backing off before a retried batch */                         \
-	X(THROTTLED, "throttled")     /* held by the throttle: decide again after a sample interval */ \
-	X(HELD, "held")		      /* paused by signal */                                           \
-	X(RELEASING, "releasing")     /* giving the job back over the queue connection */              \
-	X(RECORDING, "recording")     /* writing a dry run's estimates, then done */                   \
+#define JOB_STATES(X)                                                                                   \
+	X(LOADING, "loading")	      /* reading its row and key metadata over the queue connection */  \
+	X(CONNECTING, "connecting")   /* waiting for its session (first, or after a loss) */            \
+	X(SPLITTING, "splitting")     /* a parallel job's first runner cuts the key range */            \
+	X(CHECKING, "checking")	      /* preparing its statements as its role, before any row */        \
+	X(WAITING_SAMPLER, "waiting") /* the sampler has not looked yet: its first look comes soon */   \
+	X(HOLD_CHECK, "holdcheck")    /* asking its session whether its window is open, its hold off */ \
+	X(BATCH, "batch")	      /* a batch (or a failing row's skip) in flight */                 \
+	X(PACING, "pacing")	      /* a step of the throttle's sleep: decide again after it */       \
+	X(BACKOFF, "backoff")	      /* backing off before a retried batch */                          \
+	X(THROTTLED, "throttled")     /* held by the throttle: decide again after a sample interval */  \
+	X(HELD, "held")		      /* paused by signal */                                            \
+	X(RELEASING, "releasing")     /* giving the job back over the queue connection */               \
+	X(RECORDING, "recording")     /* writing a dry run's estimates, then done */                    \
 	X(FINISHED, "finished")	      /* nothing more to do; the daemon frees it */
 
 #define JOB_STATE_ENUM(id, name) JOB_##id,
@@ -60,6 +61,8 @@ typedef enum job_step {
 	STEP_PRIVILEGES, /* the check: the role's privileges on the target */
 	STEP_BOUNDS,	 /* the check: a numeric key's bounds, for percent */
 	STEP_SPLIT,	 /* cutting a parallel job into slices */
+	STEP_WINDOW,	 /* whether the run window is open */
+	STEP_HOLD_WHEN,	 /* the job's hold_when_sql */
 	STEP_COUNT,
 } job_step_t;
 
@@ -106,8 +109,10 @@ struct job {
 	const job_kind_info_t *how; /* its kind's row */
 	char *target_schema, *target_table;
 	char *set_sql, *where_sql, *batch_sql, *mismatch_sql, *run_as;
-	const char *kind_sql; /* its kind's own SQL: one of the three above (how->sql_column) */
-	bool dry_run;	      /* measure in transactions that roll back, estimate, change nothing */
+	char *kind_sql;	     /* its kind's own SQL, the column how->sql_column names */
+	char *run_window;    /* 'HH:MM-HH:MM [zone]': it runs batches only inside; NULL: always */
+	char *hold_when_sql; /* true holds it (evaluated as run_as before each batch); NULL: none */
+	bool dry_run;	     /* measure in transactions that roll back, estimate, change nothing */
 	uint32_t target_oid;
 	int nkeys;
 	char **key_names, **key_types; /* key_types: each column's type as qualified SQL */
@@ -141,6 +146,8 @@ struct job {
 	int64_t slept_ms;	/* the pause that preceded it */
 	reason_t logged_reason; /* the reason last logged: a change is logged once */
 	reason_t cancel_reason; /* why we asked the server to cancel the batch in flight */
+	reason_t cond_reason;	/* the hold of its window or hold_when_sql in force (announced) */
+	bool cond_error_set;	/* a failing hold_when_sql's error is in last_error */
 	struct timespec batch_started;
 	struct timespec batch_ended; /* when the last batch committed: its successor records the wait */
 	int64_t batch_blocked;	     /* most sessions seen blocked by the batch in flight */
@@ -208,6 +215,11 @@ void job_continue(job_t *job);
 void job_next_batch(job_t *job);
 void job_batch_failed(job_t *job, const pgconn_result_t *res);
 void job_note_reason(job_t *job, reason_t reason, const char *detail);
+
+/* job_hold.c: its run window and hold_when_sql, checked before each batch */
+void job_hold_check(job_t *job);
+/* The job's row has RUN_WINDOW now (NULL: none): the next batches follow it. */
+void job_window_seen(job_t *job, const char *run_window);
 
 /* job_rows.c: rows that fail on their own */
 bool job_bisect(job_t *job, const pgconn_result_t *res);

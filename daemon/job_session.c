@@ -99,6 +99,9 @@ void job_clear_definition(job_t *job)
 	free(job->where_sql);
 	free(job->batch_sql);
 	free(job->mismatch_sql);
+	free(job->kind_sql);
+	free(job->run_window);
+	free(job->hold_when_sql);
 	free(job->run_as);
 	for (int i = 0; i < job->nkeys; i++) {
 		free(job->key_names[i]);
@@ -110,6 +113,7 @@ void job_clear_definition(job_t *job)
 	free(job->key_op_schema);
 	job->target_schema = job->target_table = job->set_sql = job->where_sql = job->run_as = NULL;
 	job->batch_sql = job->mismatch_sql = job->key_op_schema = NULL;
+	job->run_window = job->hold_when_sql = NULL;
 	job->key_names = job->key_types = NULL;
 	job->key_oids = NULL;
 	job->kind_sql = NULL;
@@ -269,6 +273,7 @@ static void job_connection_event(pgconn_t *conn, pgconn_event_t event, const cha
 	case JOB_SPLITTING:
 	case JOB_CHECKING:
 	case JOB_WAITING_SAMPLER:
+	case JOB_HOLD_CHECK:
 	case JOB_BATCH:
 	case JOB_PACING:
 	case JOB_BACKOFF:
@@ -359,10 +364,10 @@ static bool job_build(job_t *job, const PGresult *row, const PGresult *keys, cha
 	job->run_as = util_strdup(job_column(row, "run_as"));
 	job->batch_sql = util_strdup(job_column(row, "batch_sql"));
 	job->mismatch_sql = util_strdup(job_column(row, "mismatch_sql"));
+	job->run_window = util_strdup(job_column(row, "run_window"));
+	job->hold_when_sql = util_strdup(job_column(row, "hold_when_sql"));
 	job->how = job_kind_info(job->kind);
-	job->kind_sql = strcmp(job->how->sql_column, "set_sql") == 0	 ? job->set_sql
-			: strcmp(job->how->sql_column, "batch_sql") == 0 ? job->batch_sql
-									 : job->mismatch_sql;
+	job->kind_sql = util_strdup(job_column(row, job->how->sql_column));
 	if (!job->run_as || !job->kind_sql) {
 		text_snprintf(err, errlen, "a %s job needs its %s and run_as", job->how->name,
 			      job->how->sql_column);

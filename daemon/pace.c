@@ -1,6 +1,8 @@
 /* The pacing policy: see include/pace.h. Pure: no clock, no I/O. */
 #include "pace.h"
 
+#include <stdio.h>
+
 void pace_init(pace_state_t *ps)
 {
 	ps->holding = false;
@@ -28,6 +30,21 @@ throttle_input_t pace_seen(const pace_input_t *in)
 	return seen;
 }
 
+/* The log's detail of D's reason. */
+static void pace_detail(pace_decision_t *d, const throttle_input_t *seen, const pace_input_t *in,
+			const throttle_state_t *st)
+{
+	if (seen->hold == REASON_AUTOVACUUM)
+		snprintf(d->detail, sizeof(d->detail), "autovacuum is processing the table");
+	else if (d->current == REASON_CPU_CONTENTION)
+		snprintf(d->detail, sizeof(d->detail),
+			 "other sessions' CPU work takes %.2fx as long while batches run: sleeping %lld ms "
+			 "after a %.0f ms batch",
+			 seen->cpu_stretch, (long long)d->sleep_ms, st->last_ms);
+	else
+		snprintf(d->detail, sizeof(d->detail), "%s", in->view.detail);
+}
+
 pace_decision_t pace_decide(pace_state_t *ps, throttle_state_t *st, const throttle_settings_t *s,
 			    const pace_input_t *in)
 {
@@ -45,6 +62,7 @@ pace_decision_t pace_decide(pace_state_t *ps, throttle_state_t *st, const thrott
 		ps->reason = REASON_BLOCKED_SESSIONS; /* the size was halved for it */
 	ps->contended = false;
 	d.current = ps->reason;
+	pace_detail(&d, &seen, in, st);
 	if ((t.hold || (t.reason != REASON_NONE && t.sleep_ms > 0)) &&
 	    (ps->wait_reason == REASON_NONE || ps->wait_reason == REASON_BLOCKED_SESSIONS))
 		ps->wait_reason = t.reason;

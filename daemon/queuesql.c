@@ -77,13 +77,19 @@ static const char *const texts[QSQL_COUNT] = {
 	[QSQL_MISMATCHES] = "SELECT @q@._record_mismatches($1::pg_catalog.int8, $2::pg_catalog.text)",
 	[QSQL_CHECKPOINT] =
 		"SELECT c.state, c.rows_scanned, c.rows_changed, c.batches, c.rows_estimate, c.wal_bytes,"
-		" c.slice_done, c.wal_lsn FROM @q@._checkpoint($1::pg_catalog.int8, $2::pg_catalog.text,"
+		" c.slice_done, c.wal_lsn, c.run_window FROM @q@._checkpoint($1::pg_catalog.int8, "
+		"$2::pg_catalog.text,"
 		" $3::pg_catalog.int4, $4::pg_catalog.int4, $5::pg_catalog.int4, $6::pg_catalog.int4,"
 		" $7::pg_catalog.int4, $8::pg_catalog.int8, $9::pg_catalog.int8, $10::pg_catalog.int4,"
 		" $11::pg_catalog.text, $12::pg_catalog.int4) AS c",
 	[QSQL_SKIP_ROW] =
 		"SELECT @q@._skip_row($1::pg_catalog.int8, $2::pg_catalog.text, $3::pg_catalog.int4,"
 		" $4::pg_catalog.text, $5::pg_catalog.text, $6::pg_catalog.int4)",
+	[QSQL_WINDOW] =
+		"SELECT j.run_window, j.run_window IS NULL OR @q@._in_window(j.run_window, pg_catalog.now())"
+		" FROM @q@.jobs j WHERE j.id OPERATOR(pg_catalog.=) $1::pg_catalog.int8",
+	[QSQL_SET_ERROR] =
+		"SELECT @q@._set_error($1::pg_catalog.text, $2::pg_catalog.int8, $3::pg_catalog.text)",
 };
 
 char *queuesql(queuesql_t which, const char *schema)

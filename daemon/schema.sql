@@ -213,6 +213,15 @@ INSERT INTO @schema@.limits (max_parallel) SELECT 8 WHERE NOT EXISTS (SELECT FRO
 ALTER TABLE @schema@.jobs ADD COLUMN IF NOT EXISTS run_window text;
 ALTER TABLE @schema@.jobs ADD COLUMN IF NOT EXISTS hold_when_sql text;
 ALTER TABLE @schema@.jobs ADD COLUMN IF NOT EXISTS max_wal_bytes_per_s bigint;
+DO $v3$
+BEGIN
+    IF (SELECT version FROM @schema@.schema_version) < 3 THEN
+        -- _checkpoint returns the job's run window too (a new result column).
+        DROP FUNCTION IF EXISTS @schema@._checkpoint(bigint, text, int, int, int, int, int, bigint,
+                                                     bigint, int, text, int);
+    END IF;
+END
+$v3$;
 
 -- 4. Functions, triggers, views -----------------------------------------------------------------
 
@@ -394,6 +403,145 @@ BEGIN
         RAISE EXCEPTION 'sleep_ms (%) must not exceed max_sleep_ms (%)', j.sleep_ms, j.max_sleep_ms
             USING ERRCODE = 'check_violation';
     END IF;
+    IF j.run_window IS NOT NULL THEN
+        PERFORM @schema@._window_parts(j.run_window);
+    END IF;
+END
+$$;
+
+-- Run windows: 'HH:MM-HH:MM' and an optional IANA time zone (default UTC); a window whose end
+-- is not after its start crosses midnight. The parts of WINDOW, refused with a message naming
+-- the problem. (Evaluated by the server, which knows the time zones, at INSERT as the submitter
+-- and before batches in the job's session.)
+CREATE OR REPLACE FUNCTION @schema@._window_parts(p_window text, OUT start_at time, OUT end_at time,
+                                                  OUT zone text)
+LANGUAGE plpgsql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    m text[] := regexp_match(p_window,
+                             '^\s*([0-9]{1,2}):([0-9]{2})\s*-\s*([0-9]{1,2}):([0-9]{2})(?:\s+(\S+))?\s*$');
+BEGIN
+    IF m IS NULL THEN
+        RAISE EXCEPTION 'run_window "%" is not HH:MM-HH:MM with an optional time zone', p_window
+            USING ERRCODE = 'check_violation',
+                  HINT = 'For example ''22:00-06:00 Europe/Paris'' (it may cross midnight; the zone defaults to UTC).';
+    END IF;
+    IF m[1]::int > 23 OR m[3]::int > 24 OR m[2]::int > 59 OR m[4]::int > 59
+       OR (m[3]::int = 24 AND m[4]::int > 0) THEN
+        RAISE EXCEPTION 'run_window "%" has a time out of range (00:00 to 23:59, or 24:00 as its end)',
+            p_window USING ERRCODE = 'check_violation';
+    END IF;
+    start_at := make_time(m[1]::int, m[2]::int, 0);
+    end_at := CASE WHEN m[3]::int = 24 THEN time '24:00' ELSE make_time(m[3]::int, m[4]::int, 0) END;
+    IF start_at = end_at OR (start_at = time '00:00' AND end_at = time '24:00') THEN
+        RAISE EXCEPTION 'run_window "%" is empty or the whole day', p_window
+            USING ERRCODE = 'check_violation', HINT = 'Leave run_window NULL to run at any time.';
+    END IF;
+    zone := coalesce(m[5], 'UTC');
+    IF NOT EXISTS (SELECT FROM pg_timezone_names WHERE name = zone) THEN
+        RAISE EXCEPTION 'run_window "%": unknown time zone "%"', p_window, zone
+            USING ERRCODE = 'check_violation',
+                  HINT = 'Use an IANA time zone name such as UTC, Europe/Paris or America/New_York.';
+    END IF;
+END
+$$;
+
+-- The stretches of WINDOW that overlap [p_from, p_to): one per local day, each cut to the range.
+CREATE OR REPLACE FUNCTION @schema@._window_open_stretches(p_window text, p_from timestamptz,
+                                                           p_to timestamptz)
+RETURNS TABLE(opens timestamptz, closes timestamptz)
+LANGUAGE sql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH w AS (SELECT * FROM @schema@._window_parts(p_window)),
+    days AS (
+        SELECT d::date AS day, w.* FROM w,
+            generate_series((p_from AT TIME ZONE w.zone)::date - 1, (p_to AT TIME ZONE w.zone)::date,
+                            interval '1 day') AS d
+    ),
+    stretch AS (
+        SELECT (day + start_at) AT TIME ZONE zone AS o,
+               (day + end_at + CASE WHEN end_at <= start_at THEN interval '1 day' ELSE interval '0' END)
+                   AT TIME ZONE zone AS c
+        FROM days
+    )
+    SELECT greatest(o, p_from), least(c, p_to) FROM stretch
+    WHERE o < p_to AND c > p_from ORDER BY 1
+$$;
+
+-- Whether WINDOW is open at P_AT.
+CREATE OR REPLACE FUNCTION @schema@._in_window(p_window text, p_at timestamptz) RETURNS boolean
+LANGUAGE sql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT EXISTS (SELECT FROM @schema@._window_open_stretches(p_window, p_at,
+                                                               p_at + interval '1 microsecond'))
+$$;
+
+-- Seconds of [p_from, p_to) inside WINDOW.
+CREATE OR REPLACE FUNCTION @schema@._window_seconds(p_window text, p_from timestamptz,
+                                                    p_to timestamptz) RETURNS double precision
+LANGUAGE sql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT coalesce(sum(extract(epoch FROM closes - opens)), 0)::double precision
+    FROM @schema@._window_open_stretches(p_window, p_from, p_to)
+$$;
+
+-- How long from P_FROM until P_SECONDS of work inside WINDOW are done (NULL beyond ten years).
+CREATE OR REPLACE FUNCTION @schema@._window_eta(p_window text, p_seconds double precision,
+                                                p_from timestamptz) RETURNS interval
+LANGUAGE plpgsql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    left_s double precision := greatest(p_seconds, 0);
+    s record;
+    step interval := interval '30 days';
+    t timestamptz := p_from;
+BEGIN
+    WHILE t < p_from + interval '10 years' LOOP
+        FOR s IN SELECT * FROM @schema@._window_open_stretches(p_window, t, t + step) LOOP
+            IF extract(epoch FROM s.closes - s.opens) >= left_s THEN
+                RETURN s.opens + left_s * interval '1 second' - p_from;
+            END IF;
+            left_s := left_s - extract(epoch FROM s.closes - s.opens);
+        END LOOP;
+        t := t + step;
+    END LOOP;
+    RETURN NULL;
+END
+$$;
+
+-- Refuses a hold_when_sql that is not one boolean expression the submitter can evaluate. It is
+-- parsed and planned as the submitter, not run: LIMIT 0 reads no row, so WHERE never evaluates
+-- it (a constant part may be folded while planning).
+CREATE OR REPLACE FUNCTION @schema@._check_hold_when(p_sql text) RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    cur refcursor;
+BEGIN
+    IF btrim(p_sql, E' \t\r\n') = '' THEN
+        RAISE EXCEPTION 'hold_when_sql is empty' USING ERRCODE = 'check_violation',
+            HINT = 'Leave it NULL for no hold, or give a boolean expression such as (SELECT paused FROM flags).';
+    END IF;
+    -- Names resolve as in the job's session: the role's own search_path (the session's reset
+    -- value), not this function's; the SET clause restores it on the way out.
+    PERFORM set_config('search_path', (SELECT s.reset_val FROM pg_settings s WHERE s.name = 'search_path'),
+                       true);
+    -- A cursor takes exactly one statement: text that ends the expression and adds statements
+    -- is refused before anything runs.
+    OPEN cur FOR EXECUTE format(E'SELECT 1 WHERE (\n%s\n) LIMIT 0', p_sql);
+    CLOSE cur;
+EXCEPTION
+    WHEN datatype_mismatch THEN
+        RAISE EXCEPTION 'hold_when_sql is not a boolean expression: %', SQLERRM
+            USING ERRCODE = 'check_violation';
+    WHEN check_violation THEN
+        RAISE;
+    WHEN feature_not_supported OR invalid_cursor_definition THEN
+        RAISE EXCEPTION 'hold_when_sql must be one expression, not statements (%)', SQLERRM
+            USING ERRCODE = 'check_violation';
+    WHEN OTHERS THEN
+        RAISE EXCEPTION 'hold_when_sql cannot be evaluated as role %: % (%)', current_user, SQLERRM, SQLSTATE
+            USING ERRCODE = 'check_violation';
 END
 $$;
 
@@ -440,15 +588,16 @@ BEGIN
 
     -- Each kind needs its own SQL column and refuses the others'.
     FOR sql_col IN
-        SELECT * FROM (VALUES ('set_sql', j.set_sql, 'update'), ('where_sql', j.where_sql, 'update'),
-                              ('batch_sql', j.batch_sql, 'statement'),
-                              ('mismatch_sql', j.mismatch_sql, 'verify')) AS v(col, val, kind)
+        SELECT * FROM (VALUES ('set_sql', j.set_sql, ARRAY['update']),
+                              ('where_sql', j.where_sql, ARRAY['update']),
+                              ('batch_sql', j.batch_sql, ARRAY['statement']),
+                              ('mismatch_sql', j.mismatch_sql, ARRAY['verify'])) AS v(col, val, kinds)
     LOOP
         IF sql_col.col = needed AND coalesce(btrim(sql_col.val, E' \t\r\n'), '') = '' THEN
             RAISE EXCEPTION '% is required for % jobs', needed, j.kind
                 USING ERRCODE = 'check_violation';
-        ELSIF sql_col.kind <> j.kind AND sql_col.val IS NOT NULL THEN
-            RAISE EXCEPTION '% is only used by % jobs', sql_col.col, sql_col.kind
+        ELSIF NOT j.kind = ANY (sql_col.kinds) AND sql_col.val IS NOT NULL THEN
+            RAISE EXCEPTION '% is only used by % jobs', sql_col.col, array_to_string(sql_col.kinds, ' and ')
                 USING ERRCODE = 'check_violation',
                       HINT = format('A %s job uses %s.', j.kind, needed);
         END IF;
@@ -487,6 +636,9 @@ BEGIN
             v_key USING ERRCODE = 'check_violation';
     END IF;
 
+    IF j.hold_when_sql IS NOT NULL THEN
+        PERFORM @schema@._check_hold_when(j.hold_when_sql);
+    END IF;
     PERFORM @schema@._check_sizes(j);
     RETURN v_key;
 END
@@ -861,7 +1013,8 @@ CREATE OR REPLACE FUNCTION @schema@._checkpoint(
     p_batch_size_now int, p_sleep_ms_now int, p_lag_bytes bigint, p_lag_ms bigint,
     p_blocked int, p_throttled_reason text, p_slice int)
 RETURNS TABLE(state text, rows_scanned bigint, rows_changed bigint, batches bigint,
-              rows_estimate bigint, wal_bytes bigint, slice_done boolean, wal_lsn text)
+              rows_estimate bigint, wal_bytes bigint, slice_done boolean, wal_lsn text,
+              run_window text)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET backfilld.internal = 'on'
 AS $$
 #variable_conflict use_column
@@ -930,8 +1083,8 @@ BEGIN
         finished_at = CASE WHEN v_new_state IN ('done', 'cancelled')
                            THEN coalesce(j.finished_at, now()) ELSE j.finished_at END
     WHERE j.id = p_id
-    RETURNING j.state, j.rows_scanned, j.rows_changed, j.batches, j.rows_estimate
-    INTO state, rows_scanned, rows_changed, batches, rows_estimate;
+    RETURNING j.state, j.rows_scanned, j.rows_changed, j.batches, j.rows_estimate, j.run_window
+    INTO state, rows_scanned, rows_changed, batches, rows_estimate, run_window;
 
     INSERT INTO @schema@.batches AS b (job_id, batch, first_key, last_key, rows_scanned,
         rows_changed, duration_ms, sleep_ms, lag_bytes, lag_ms, blocked_sessions, wal_bytes,
@@ -1187,6 +1340,19 @@ BEGIN
 END
 $$;
 
+-- A running job's last_error, without failing it (a hold_when_sql that fails holds the job and
+-- says why there); NULL clears it.
+CREATE OR REPLACE FUNCTION @schema@._set_error(p_owner text, p_id bigint, p_error text) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET backfilld.internal = 'on'
+AS $$
+BEGIN
+    UPDATE @schema@.jobs j SET last_error = p_error
+    WHERE j.id IN (SELECT l.id FROM @schema@.jobs l
+                   WHERE l.id = p_id AND l.owner = p_owner AND l.state = 'running'
+                     AND l.last_error IS DISTINCT FROM p_error FOR UPDATE SKIP LOCKED);
+END
+$$;
+
 -- Records the connecting daemon's daemon.max_parallel for the validation at INSERT.
 CREATE OR REPLACE FUNCTION @schema@._set_limits(p_max_parallel int) RETURNS void
 LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
@@ -1216,12 +1382,19 @@ AS $$ SELECT j.state, count(*) FROM @schema@.jobs j GROUP BY j.state $$;
 -- throttle or a pause counts.
 CREATE OR REPLACE VIEW @schema@.progress WITH (security_barrier) AS
 SELECT j.id, j.name, j.target, j.state, p.percent, j.rows_changed, r.rows_per_second,
-       CASE WHEN j.state IN ('running', 'paused') AND p.percent >= 1
-                 AND r.rows_per_second_now > 0
+       CASE WHEN j.state NOT IN ('running', 'paused') OR p.percent < 1 OR NOT r.rows_per_second_now > 0
+            THEN NULL
+            WHEN j.run_window IS NULL
             THEN make_interval(secs => (j.rows_scanned * (100 - p.percent) / p.percent
                                         / r.rows_per_second_now)::double precision)
+            -- the work left at the rate measured inside the window, laid onto the windows to come
+            ELSE @schema@._window_eta(j.run_window,
+                     (j.rows_scanned * (100 - p.percent) / p.percent
+                      / nullif(r.rows / nullif(@schema@._window_seconds(j.run_window, r.since, r.until_now), 0),
+                               0))::double precision,
+                     clock_timestamp())
        END AS eta,
-       j.throttled_reason
+       j.throttled_reason, j.run_window, j.hold_when_sql
 FROM @schema@.jobs j
 CROSS JOIN LATERAL (
     SELECT CASE WHEN j.state = 'done' THEN 100.0
@@ -1245,7 +1418,10 @@ CROSS JOIN LATERAL (
            sum(b.rows_scanned)
            / nullif(extract(epoch FROM greatest(clock_timestamp(), max(b.finished_at))
                             - min(b.finished_at - b.duration_ms * interval '1 millisecond')), 0)
-               AS rows_per_second_now
+               AS rows_per_second_now,
+           sum(b.rows_scanned) AS rows,
+           min(b.finished_at - b.duration_ms * interval '1 millisecond') AS since,
+           greatest(clock_timestamp(), max(b.finished_at)) AS until_now
     FROM (SELECT * FROM @schema@.batches b WHERE b.job_id = j.id
           ORDER BY b.batch DESC LIMIT 20) b) r
 WHERE @schema@._can_see(j.run_as);
@@ -1314,7 +1490,14 @@ GRANT EXECUTE ON FUNCTION @schema@.pause(bigint), @schema@.resume(bigint), @sche
     @schema@._to_numeric(text), @schema@._daemon_columns(), @schema@._definition_columns(),
     @schema@._first_changed(@schema@.jobs, @schema@.jobs, text[]),
     @schema@._primary_key(regclass), @schema@._check_key(regclass, text[]),
-    @schema@._check_sizes(@schema@.jobs), @schema@._check_definition(@schema@.jobs)
+    @schema@._check_sizes(@schema@.jobs), @schema@._check_definition(@schema@.jobs),
+    @schema@._window_parts(text), @schema@._check_hold_when(text)
+    TO backfill_submit, backfill_admin, backfill_daemon;
+-- Run windows, for anyone (they read nothing of the queue): a job's session asks whether its
+-- window is open; the progress view (as its owner) lays the work left onto the windows.
+GRANT EXECUTE ON FUNCTION @schema@._window_open_stretches(text, timestamptz, timestamptz),
+    @schema@._in_window(text, timestamptz), @schema@._window_seconds(text, timestamptz, timestamptz),
+    @schema@._window_eta(text, double precision, timestamptz)
     TO backfill_submit, backfill_admin, backfill_daemon;
 -- A job's session (logged in as the job's role).
 GRANT EXECUTE ON FUNCTION
@@ -1330,7 +1513,7 @@ GRANT SELECT ON @schema@.jobs, @schema@.slices, @schema@.schema_version, @schema
 GRANT EXECUTE ON FUNCTION @schema@._claim(text, int, bigint[]), @schema@._renew(text, bigint[], int),
     @schema@._release(bigint, text, text, text), @schema@._set_reason(text, bigint[], text),
     @schema@._dry_run_done(bigint, text, bigint, bigint), @schema@._runnable_count(),
-    @schema@._count_states(), @schema@._set_limits(int)
+    @schema@._count_states(), @schema@._set_limits(int), @schema@._set_error(text, bigint, text)
     TO backfill_daemon;
 
 -- Reading other sessions' lag and lock waits needs pg_monitor; only a superuser may grant it.

@@ -73,6 +73,13 @@ char *batch_build_peek(const batch_spec_t *spec, bool first) __attribute__((warn
  */
 char *batch_build_bounds(const batch_spec_t *spec) __attribute__((warn_unused_result));
 
+/* A job's hold_when_sql as a statement: one row (true) when it holds, none otherwise (false or
+ * NULL). The expression is on lines of its own inside parentheses. Caller frees. */
+char *batch_build_hold_when(const char *hold_when_sql) __attribute__((warn_unused_result));
+
+/* The daemon's two timeouts for the transaction: $1 statement_timeout, $2 lock_timeout (ms). */
+extern const char batch_timeouts_sql[];
+
 /* Whether the job's role may read the target (and, with WRITES, update it): one row of two
  * booleans. $1 the target's oid. */
 const char *batch_privileges_sql(bool writes);

@@ -25,7 +25,7 @@ typedef struct job_kind_info {
 /* The row of KIND (never NULL for a value of job_kind_t). */
 const job_kind_info_t *job_kind_info(job_kind_t kind);
 
-/* "update" | "statement" | "verify": the kind of TEXT, false when none is. */
+/* The kind named TEXT (a row's name), false when none is. */
 bool job_kind_parse(const char *text, job_kind_t *out) __attribute__((warn_unused_result));
 const char *job_kind_name(job_kind_t kind);
 

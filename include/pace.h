@@ -48,6 +48,8 @@ typedef struct pace_decision {
 	reason_t current;     /* the throttle's reason now, before a wait's: what the log says */
 	bool hold_begins;     /* HOLD: not announced yet: log it and write it to the job row */
 	reason_t hold_reason; /* HOLD: why */
+	char detail[160];     /* what the log says of the reason: the sampler's detail, or the
+				   policy's own (autovacuum, the CPU share) */
 } pace_decision_t;
 
 /* What the throttle sees of IN: the lag, a hold, the CPU, whether the server is idle. */

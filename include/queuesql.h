@@ -55,6 +55,12 @@ typedef enum queuesql {
 	/* Step over one failing row: $1 id, $2 owner, $3 lease_ms, $4 sqlstate, $5 message,
 	 * $6 slice. Its failed_rows. */
 	QSQL_SKIP_ROW,
+	/* A job's run window as its row has it now, and whether it is open, in the job's session:
+	 * $1 id. Columns: run_window (NULL: none), open. */
+	QSQL_WINDOW,
+	/* A running job's last_error without failing it (a failing hold_when_sql): $1 owner, $2 id,
+	 * $3 the error (NULL clears it). */
+	QSQL_SET_ERROR,
 	QSQL_COUNT,
 } queuesql_t;
 
@@ -68,6 +74,7 @@ enum queuesql_checkpoint_column {
 	QSQL_CHECKPOINT_WAL_BYTES,     /* the batch's WAL */
 	QSQL_CHECKPOINT_SLICE_DONE,    /* the slice reached its end */
 	QSQL_CHECKPOINT_WAL_LSN,       /* the server's WAL insert position then */
+	QSQL_CHECKPOINT_RUN_WINDOW,    /* the job's run window as its row has it now */
 };
 
 /* The columns of QSQL_LOAD_SLICES' and QSQL_SPLIT's rows. */

@@ -555,7 +555,7 @@ def test_checkpoint_counts_and_marks_done(conn, dconn):
     lsn = res.pop("wal_lsn")  # the server's insert position then: at least where the batch began
     assert conn.execute("SELECT %s::pg_lsn <= pg_current_wal_insert_lsn()", [lsn]).fetchone() == (True,)
     assert res == {"state": "running", "rows_scanned": 100, "rows_changed": 40, "batches": 1,
-                   "rows_estimate": 1000, "slice_done": None}
+                   "rows_estimate": 1000, "slice_done": None, "run_window": None}
     assert wal > 0  # the checkpoint's own writes at least
     assert conn.execute("SELECT wal_bytes FROM backfill.batches WHERE job_id = %s", [jid]).fetchone() == (wal,)
     row = job(conn, jid)

@@ -11,7 +11,7 @@ from bfhelp import job, make_users, run_to_idle, submit, wait_state
 
 # The functions of the daemon's queue connection: a submitter may not call them.
 QUEUE_FUNCTIONS = ["_claim", "_renew", "_release", "_set_reason", "_dry_run_done", "_runnable_count", "_set_limits",
-                   "_count_states"]
+                   "_count_states", "_set_error"]
 # The functions a job's session calls (as the job's role): SECURITY DEFINER where they write.
 JOB_SESSION_DEFINERS = ["_checkpoint", "_skip_row", "_record_mismatches", "_set_bounds", "_make_slices",
                         "_waiters"]

@@ -38,6 +38,8 @@ static const struct {
 	{QSQL_MISMATCHES, "._record_mismatches($1::pg_catalog.int8, $2::pg_catalog.text)", 2},
 	{QSQL_CHECKPOINT, "._checkpoint($1::pg_catalog.int8, $2::pg_catalog.text,", 12},
 	{QSQL_SKIP_ROW, "._skip_row($1::pg_catalog.int8, $2::pg_catalog.text, $3::pg_catalog.int4,", 6},
+	{QSQL_WINDOW, "._in_window(j.run_window, pg_catalog.now()) FROM ", 1},
+	{QSQL_SET_ERROR, "._set_error($1::pg_catalog.text, $2::pg_catalog.int8, $3::pg_catalog.text)", 3},
 };
 
 static void test_every_statement_is_listed(void **state)
@@ -74,9 +76,9 @@ static void test_the_schema_is_quoted_in(void **state)
 /* The statements of a job's session (where the role's search_path applies) qualify every type. */
 static void test_job_session_statements_qualify_their_types(void **state)
 {
-	static const queuesql_t in_session[] = {QSQL_SPLIT,   QSQL_BATCH_OPEN, QSQL_BATCH_WAL,
-						QSQL_WAITERS, QSQL_MISMATCHES, QSQL_CHECKPOINT,
-						QSQL_SKIP_ROW};
+	static const queuesql_t in_session[] = {QSQL_WINDOW,	 QSQL_SPLIT,   QSQL_BATCH_OPEN,
+						QSQL_BATCH_WAL,	 QSQL_WAITERS, QSQL_MISMATCHES,
+						QSQL_CHECKPOINT, QSQL_SKIP_ROW};
 
 	(void)state;
 	for (size_t i = 0; i < sizeof(in_session) / sizeof(in_session[0]); i++) {
@@ -110,7 +112,7 @@ static void test_checkpoint_columns(void **state)
 
 	(void)state;
 	expect_contains(sql, "SELECT c.state, c.rows_scanned, c.rows_changed, c.batches, c.rows_estimate,"
-			     " c.wal_bytes, c.slice_done, c.wal_lsn FROM ");
+			     " c.wal_bytes, c.slice_done, c.wal_lsn, c.run_window FROM ");
 	assert_int_equal(QSQL_CHECKPOINT_STATE, 0);
 	assert_int_equal(QSQL_CHECKPOINT_ROWS_ESTIMATE, 4);
 	assert_int_equal(QSQL_CHECKPOINT_WAL_LSN, 7);
