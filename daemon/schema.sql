@@ -1480,7 +1480,7 @@ GRANT USAGE ON SCHEMA @schema@ TO backfill_submit, backfill_admin, backfill_daem
 
 -- Submitting, watching and steering.
 GRANT SELECT, INSERT ON @schema@.jobs TO backfill_submit, backfill_admin;
-GRANT UPDATE (state) ON @schema@.jobs TO backfill_submit, backfill_admin;
+GRANT UPDATE (state, run_window) ON @schema@.jobs TO backfill_submit, backfill_admin;
 GRANT SELECT ON @schema@.progress, @schema@.batches, @schema@.failed_rows, @schema@.mismatches,
     @schema@.slices, @schema@.schema_version, @schema@.limits TO backfill_submit, backfill_admin;
 -- What the user functions, the row-level security policies and the validation trigger call (as

@@ -242,3 +242,20 @@ def test_hold_when_sql_is_evaluated_as_the_submitter(db, make_role, role_conn, d
     pgharness.wait_until(lambda: job(db, jid)["last_error"] is not None, timeout=10, what="last_error")
     assert "permission denied for table secret_flags" in job(db, jid)["last_error"]
     assert_stands_still(db, jid)
+
+
+def test_a_submitter_moves_its_own_jobs_window_and_no_one_elses(db, make_role, role_conn):
+    """run_window is the one column besides state a submitter may update, and only on its own jobs
+    (row-level security); hold_when_sql, which runs as the job's role, it may not."""
+    make_users(db, 10)
+    alice, bob = make_role("backfill_submit"), make_role("backfill_submit")
+    for role in (alice, bob):
+        db.sql(f'GRANT SELECT, UPDATE ON users TO "{role}"')
+    a, b = role_conn(alice), role_conn(bob)
+    jid = submit(db, "users", conn=a, run_window="22:00-06:00")
+    a.execute("UPDATE backfill.jobs SET run_window = '01:00-02:00 Asia/Tokyo' WHERE id = %s", [jid])
+    assert job(db, jid)["run_window"] == "01:00-02:00 Asia/Tokyo"
+    assert b.execute("UPDATE backfill.jobs SET run_window = NULL WHERE id = %s", [jid]).rowcount == 0
+    assert job(db, jid)["run_window"] == "01:00-02:00 Asia/Tokyo"
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        a.execute("UPDATE backfill.jobs SET hold_when_sql = 'false' WHERE id = %s", [jid])
