@@ -6,6 +6,7 @@ subset run against every other supported major (scripts/test.sh --pg MAJOR).
 """
 
 import itertools
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -14,6 +15,9 @@ import psycopg
 import pytest
 
 import pgharness
+
+# What AddressSanitizer, LeakSanitizer and UndefinedBehaviorSanitizer print when they find something.
+SANITIZER_REPORT = re.compile(r"ERROR: (Address|Leak)Sanitizer|runtime error: |SUMMARY: UndefinedBehaviorSanitizer")
 
 _db_counter = itertools.count(1)
 
@@ -116,8 +120,12 @@ def daemon_factory(db, tmp_path):
         return daemon
 
     yield make
+    reports = []
     for daemon in made:
         daemon.stop()
+        reports += [line for line in daemon.log_text().splitlines() if SANITIZER_REPORT.search(line)]
+    if reports:  # a sanitizer build's report fails the test that made the daemon
+        pytest.fail("sanitizer report in the daemon's log:\n" + "\n".join(reports[:20]))
 
 
 @pytest.fixture
