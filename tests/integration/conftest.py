@@ -5,11 +5,9 @@ server binaries in PG_BIN (default Debian's PostgreSQL 15); tests marked `versio
 subset run against every other supported major (scripts/test.sh --pg MAJOR).
 """
 
+import contextlib
 import itertools
 import re
-import shutil
-import tempfile
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -42,14 +40,17 @@ def pytest_report_header(config):
 @pytest.fixture(scope="session")
 def cluster():
     """One primary for the whole run, under a short /tmp dir (Unix socket paths are short)."""
-    base = Path(tempfile.mkdtemp(prefix="bfl-"))
-    primary = pgharness.Cluster(base / "primary", name="primary")
-    try:
-        primary.init().start()
+    with pgharness.temporary_cluster("primary") as primary:
         yield primary
-    finally:
-        primary.destroy()
-        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def standby(cluster):
+    """A hot standby of the shared cluster for one module, streaming when the first test gets it;
+    its name (standby.name, "standby1") is its application_name on the primary. Replay is resumed
+    and the standby destroyed after the module."""
+    with pgharness.streaming_standby(cluster, "standby1") as sb:
+        yield sb
 
 
 class Database:
@@ -92,9 +93,11 @@ class Database:
         self._conns.clear()
 
 
-@pytest.fixture
-def db(cluster):
-    name = f"t_{next(_db_counter)}"
+@contextlib.contextmanager
+def new_database(cluster, prefix="t"):
+    """A new database of CLUSTER (PREFIX_N) with the queue schema installed, as a Database;
+    dropped afterwards with its logical replication slots (which would keep it)."""
+    name = f"{prefix}_{next(_db_counter)}"
     cluster.sql(f'CREATE DATABASE "{name}"')
     database = Database(cluster, name)
     try:
@@ -103,29 +106,47 @@ def db(cluster):
         yield database
     finally:
         database.close()
+        cluster.sql("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
+                    " WHERE database = %s", [name])
         cluster.sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextlib.contextmanager
+def daemons(database, workdir):
+    """make(binary=None, **sections) -> a Daemon on DATABASE with base_config + SECTIONS, in a
+    directory of its own under WORKDIR. Every daemon made is stopped afterwards."""
+    made = []
+
+    def make(binary=None, **sections):
+        daemon = pgharness.Daemon(binary or pgharness.default_binary(), workdir / f"daemon{len(made) + 1}",
+                                  pgharness.base_config(database.conninfo, **sections))
+        made.append(daemon)
+        return daemon
+
+    try:
+        yield make
+    finally:
+        reports = []
+        for daemon in made:
+            daemon.stop()
+            reports += [line for line in daemon.log_text().splitlines() if SANITIZER_REPORT.search(line)]
+        if reports:  # a sanitizer build's report fails the test that made the daemon
+            pytest.fail("sanitizer report in the daemon's log:\n" + "\n".join(reports[:20]))
+
+
+@pytest.fixture
+def db(cluster):
+    """A new database of the shared cluster, with the queue schema, for one test."""
+    with new_database(cluster) as database:
+        yield database
 
 
 @pytest.fixture
 def daemon_factory(db, tmp_path):
-    """make(**sections) -> a Daemon on the test's database with base_config + SECTIONS.
-    Every daemon made is stopped at teardown."""
-    made = []
-
-    def make(binary=None, **sections):
-        workdir = tmp_path / f"daemon{len(made) + 1}"
-        daemon = pgharness.Daemon(binary or pgharness.default_binary(), workdir,
-                                  pgharness.base_config(db.conninfo, **sections))
-        made.append(daemon)
-        return daemon
-
-    yield make
-    reports = []
-    for daemon in made:
-        daemon.stop()
-        reports += [line for line in daemon.log_text().splitlines() if SANITIZER_REPORT.search(line)]
-    if reports:  # a sanitizer build's report fails the test that made the daemon
-        pytest.fail("sanitizer report in the daemon's log:\n" + "\n".join(reports[:20]))
+    """make(binary=None, **sections) -> a Daemon on the test's database with base_config +
+    SECTIONS. Every daemon made is stopped at teardown."""
+    with daemons(db, tmp_path) as make:
+        yield make
 
 
 @pytest.fixture

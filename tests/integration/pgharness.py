@@ -330,6 +330,21 @@ class Cluster:
 
 
 @contextlib.contextmanager
+def temporary_cluster(name, cls=None, **kwargs):
+    """A new cluster (CLS, default Cluster, with KWARGS such as bin_dir) named NAME, initialised
+    and started under a short new /tmp directory (Unix socket paths are short); destroyed with
+    the directory afterwards."""
+    base = Path(tempfile.mkdtemp(prefix="bfl-"))
+    cluster = (cls or Cluster)(base / name, name=name, **kwargs)
+    try:
+        cluster.init().start()
+        yield cluster
+    finally:
+        cluster.destroy()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@contextlib.contextmanager
 def streaming_standby(cluster, name):
     """A standby of CLUSTER named NAME (its application_name), streaming before it is yielded;
     replay is resumed and the standby destroyed afterwards."""
@@ -354,6 +369,11 @@ def standby_lag_bytes(cluster, name):
     rows = cluster.sql("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint FROM pg_stat_replication"
                        " WHERE application_name = %s", [name])
     return rows[0][0] if rows else None
+
+
+def wait_caught_up(cluster, name, timeout=60):
+    """Wait until the standby NAME has replayed everything CLUSTER has written."""
+    wait_until(lambda: standby_lag_bytes(cluster, name) == 0, timeout=timeout, what=f"standby {name} caught up")
 
 
 # -- the daemon ------------------------------------------------------------------------------
