@@ -8,7 +8,8 @@ import psycopg
 import pytest
 
 import pgharness
-from bfhelp import differing, job, make_users, run_to_idle, submit, wait_batches, wait_state
+from bfhelp import (assert_exact, assert_job, daemon_sessions, differing, job, make_users, run_to_idle, submit,
+                    wait_batches, wait_state)
 
 
 def test_rename_backfill_exact_under_concurrent_dual_writes(db, daemon_factory):
@@ -43,9 +44,8 @@ def test_rename_backfill_exact_under_concurrent_dual_writes(db, daemon_factory):
         stop.set()
         app.join()
     assert writes["updates"] > 100, writes  # the application really wrote during the walk
-    assert differing(db) == 0
+    row = assert_exact(db, "users", job_id, same=("state", "status"), daemon=d)  # let go: owner, lease, finished_at
     assert row["rows_scanned"] >= 60000
-    assert row["owner"] is None and row["lease_until"] is None and row["finished_at"] is not None
     assert row["batches"] == db.one("SELECT count(*) FROM backfill.batches WHERE job_id = %s", [job_id])
     # No batch walked more keys than its size; checkpoints are contiguous and increasing.
     assert db.one("SELECT max(rows_scanned) FROM backfill.batches WHERE job_id = %s", [job_id]) <= 1000
@@ -59,11 +59,7 @@ def test_sparse_where_scans_at_most_batch_size(db, daemon_factory):
     db.sql("UPDATE users SET state = status WHERE id % 100 <> 0")  # only 1% left to change
     job_id = submit(db, "users", fixed=500)
     assert run_to_idle(daemon_factory()) == 0
-    row = job(db, job_id)
-    assert row["state"] == "done"
-    assert row["rows_scanned"] == 20000
-    assert row["rows_changed"] == 200
-    assert differing(db) == 0
+    assert_exact(db, "users", job_id, same=("state", "status"), rows=20000, changed=200)
     sizes = db.sql("SELECT rows_scanned FROM backfill.batches WHERE job_id = %s ORDER BY batch", [job_id])
     assert max(s[0] for s in sizes) == 500 and len(sizes) in (40, 41)
 
@@ -75,11 +71,8 @@ def test_composite_key_walk(db, daemon_factory):
            " FROM generate_series(1, 37) t, generate_series(1, 271) s")
     job_id = submit(db, "events", set_sql="copy = v", where_sql=None, batch_size=333)
     assert run_to_idle(daemon_factory()) == 0
-    row = job(db, job_id)
-    assert row["state"] == "done" and row["key_columns"] == ["tenant", "seq"]
-    assert row["rows_scanned"] == 37 * 271 and row["rows_changed"] == 37 * 271
-    assert db.one("SELECT count(*) FROM events WHERE copy IS DISTINCT FROM v") == 0
-    assert row["last_key"] == ["37", "271"]
+    assert_exact(db, "events", job_id, same=("copy", "v"), rows=37 * 271, changed=37 * 271,
+                 key_columns=["tenant", "seq"], last_key=["37", "271"])
 
 
 TRICKY = ["", " ", "a,b", "{x}", 'say "hi"', "back\\slash", "NULL", "ünïcødé", "tab\tin", "z" * 300,
@@ -95,10 +88,7 @@ def test_text_key_with_tricky_values(db, daemon_factory):
             cur.executemany("INSERT INTO tags (name, label) VALUES (%s, %s)", [(v, v + "!") for v in values])
     job_id = submit(db, "tags", set_sql="copy = label", where_sql=None, fixed=7)
     assert run_to_idle(daemon_factory(log={"level": "info"}), timeout=180) == 0
-    row = job(db, job_id)
-    assert row["state"] == "done", row
-    assert row["rows_scanned"] == len(values)
-    assert db.one("SELECT count(*) FROM tags WHERE copy IS DISTINCT FROM label") == 0
+    assert_exact(db, "tags", job_id, same=("copy", "label"), rows=len(values))
 
 
 def test_timestamp_and_key_columns_given_explicitly(db, daemon_factory):
@@ -107,8 +97,7 @@ def test_timestamp_and_key_columns_given_explicitly(db, daemon_factory):
            " g / 7.0 FROM generate_series(1, 5000) g")
     job_id = submit(db, "readings", set_sql="v2 = v * 2", where_sql=None, key_columns=["at"], batch_size=400)
     assert run_to_idle(daemon_factory()) == 0
-    assert job(db, job_id)["state"] == "done"
-    assert db.one("SELECT count(*) FROM readings WHERE v2 IS DISTINCT FROM v * 2") == 0
+    assert_exact(db, "readings", job_id, same=("v2", "v * 2"))
 
 
 def test_failing_job_ends_failed_and_others_go_on(db, daemon_factory):
@@ -123,36 +112,29 @@ def test_failing_job_ends_failed_and_others_go_on(db, daemon_factory):
     assert row["state"] == "failed"
     assert row["last_error"].startswith("42703") and "no_such_column" in row["last_error"]
     assert row["owner"] is None and row["finished_at"] is not None
-    assert job(db, good)["state"] == "done"
-    assert db.one("SELECT count(*) FROM other WHERE b IS DISTINCT FROM a") == 0
+    assert_exact(db, "other", good, same=("b", "a"))
     assert differing(db) == 3000  # the failed job changed nothing
 
     # A failed job resumes from its checkpoint once fixed and set back to pending.
     db.sql("UPDATE backfill.jobs SET set_sql = 'state = status' WHERE id = %s", [bad])
     assert db.one("SELECT backfill.resume(%s)", [bad]) == "pending"
     assert run_to_idle(daemon_factory()) == 0
-    assert job(db, bad)["state"] == "done" and differing(db) == 0
+    assert_exact(db, "users", bad, same=("state", "status"))
 
 
-def test_run_as_without_privilege_fails_and_touches_nothing(db, daemon_factory):
+def test_run_as_without_privilege_fails_and_touches_nothing(db, make_role, daemon_factory):
     make_users(db, 1000)
-    role = f"{db.name}_reader"
-    db.sql(f'CREATE ROLE "{role}" LOGIN')
-    try:
-        db.sql(f'GRANT backfill_submit TO "{role}"')
-        db.sql(f'GRANT SELECT ON users TO "{role}"')
-        with db.connect() as conn:
-            conn.execute(f'SET ROLE "{role}"')
-            job_id = submit(db, "users", conn=conn)
-        assert job(db, job_id)["run_as"] == role
-        assert run_to_idle(daemon_factory()) == 0
-        row = job(db, job_id)
-        assert row["state"] == "failed"
-        assert "42501" in row["last_error"] and "permission denied" in row["last_error"]
-        assert differing(db) == 1000
-    finally:
-        db.sql(f'DROP OWNED BY "{role}"')
-        db.sql(f'DROP ROLE "{role}"')
+    role = make_role("backfill_submit")
+    db.sql(f'GRANT SELECT ON users TO "{role}"')
+    with db.connect() as conn:
+        conn.execute(f'SET ROLE "{role}"')
+        job_id = submit(db, "users", conn=conn)
+    assert job(db, job_id)["run_as"] == role
+    assert run_to_idle(daemon_factory()) == 0
+    row = job(db, job_id)
+    assert row["state"] == "failed"
+    assert "42501" in row["last_error"] and "permission denied" in row["last_error"]
+    assert differing(db) == 1000
 
 
 def test_workers_limit_and_one_running_job_per_table(db, daemon_factory):
@@ -175,10 +157,10 @@ def test_workers_limit_and_one_running_job_per_table(db, daemon_factory):
         if db.one("SELECT count(*) FROM backfill.jobs WHERE state <> 'done'") == 0:
             break
         time.sleep(0.02)
-    assert all(job(db, j)["state"] == "done" for j in (a, b, c))
+    assert_exact(db, "users", [a, b], once="n")
+    assert_job(db, c)
     assert seen_max == 2, seen_max  # both workers were used
     assert not seen_same_table
-    assert db.one("SELECT count(*) FROM users WHERE n <> 1") == 0
     # Priority then id: a ran before b (same table, same priority).
     assert job(db, a)["finished_at"] <= job(db, b)["started_at"]
 
@@ -192,8 +174,7 @@ def test_priority_and_not_before(db, daemon_factory):
     # --exit-when-idle: a job not due yet is not runnable, so the daemon exits and leaves it pending.
     assert run_to_idle(daemon_factory(daemon={"workers": 1})) == 0
     assert job(db, late)["state"] == "pending"
-    rows = {j: job(db, j) for j in (low, high)}
-    assert all(r["state"] == "done" for r in rows.values())
+    rows = {j: assert_job(db, j) for j in (low, high)}
     assert rows[high]["started_at"] < rows[low]["started_at"]  # higher priority first
     # A long-running daemon starts it once due, not before.
     d = daemon_factory(daemon={"workers": 1, "poll_interval_ms": 200})
@@ -250,9 +231,9 @@ def test_expired_lease_of_another_instance_is_taken_over(db, daemon_factory):
     d.start()
     time.sleep(1.0)
     assert job(db, job_id)["owner"] == "ghost:1"  # not before the lease expires
-    row = wait_state(db, job_id, "done", timeout=30, daemon=d)
+    wait_state(db, job_id, "done", timeout=30, daemon=d)
     # The ghost's batch, two full ones, and an empty one that finds the end (3000 is a multiple of 1000).
-    assert row["rows_scanned"] == 3000 and row["batches"] == 4
+    assert_job(db, job_id, rows_scanned=3000, batches=4)
     # It resumed from the checkpoint: rows up to 1000 were not touched.
     assert db.one("SELECT count(*) FROM users WHERE id <= 1000 AND state IS NULL") == 1000
     assert db.one("SELECT count(*) FROM users WHERE id > 1000 AND state IS DISTINCT FROM status") == 0
@@ -266,18 +247,14 @@ def test_connections_terminated_mid_job_reconnect_and_finish(db, daemon_factory)
     d.start()
     for _ in range(3):
         wait_batches(db, job_id, job(db, job_id)["batches"] + 5)
-        pids = pgharness.wait_until(lambda: len(pids_of(db)) >= 2 and pids_of(db), what="daemon sessions")
-        for pid in pids:
+        sessions = pgharness.wait_until(lambda: len(daemon_sessions(db)) >= 2 and daemon_sessions(db),
+                                        what="daemon sessions")
+        for pid, _ in sessions:
             db.sql("SELECT pg_terminate_backend(%s)", [pid])
         d.wait_for_log(r"connection lost", timeout=10)
     wait_state(db, job_id, "done", timeout=120, daemon=d)
-    assert db.one("SELECT count(*) FROM users WHERE n <> 1") == 0
+    assert_exact(db, "users", job_id, once="n")
     assert "reconnecting in" in d.log_text()
-
-
-def pids_of(db):
-    return [r[0] for r in db.sql("SELECT pid FROM pg_stat_activity WHERE datname = %s"
-                                 " AND application_name LIKE 'backfilld%%'", [db.name])]
 
 
 @pytest.mark.parametrize("bad", [
@@ -313,48 +290,35 @@ def test_dry_run_verify_and_parallel_side_by_side(db, daemon_factory):
     row = job(db, dry)
     assert row["state"] == "done" and row["estimated_seconds"] is not None and row["estimated_wal_bytes"] > 0
     assert differing(db) == 1000
-    row = job(db, verify)
-    assert row["state"] == "done" and row["rows_changed"] == 5
+    assert_job(db, verify, rows_changed=5)
     assert sorted(r[0] for r in db.sql("SELECT key[1]::int FROM backfill.mismatches WHERE job_id = %s",
                                        [verify])) == [100, 200, 300, 400, 500]
-    assert job(db, par)["state"] == "done"
-    assert db.one("SELECT count(*) FROM other WHERE b IS DISTINCT FROM a") == 0
+    assert_exact(db, "other", par, same=("b", "a"))
     assert "cut into 2 slices" in d.log_text()
 
 
-def test_daemon_as_an_unprivileged_role_with_the_readme_grants(db, daemon_factory):
+def test_daemon_as_an_unprivileged_role_with_the_readme_grants(db, make_role, daemon_factory):
     """The README's recipe: a non-superuser daemon role in backfill_daemon and pg_monitor, member
     of no submitter; the submitting role, which logs in, in backfill_submit; nothing else granted.
     The job runs in a session logged in as the submitting role (the test cluster trusts local
     logins: the authentication is the operator's, see test_job_sessions.py)."""
     make_users(db, 5000)
-    daemon_role, owner = f"{db.name}_daemon", f"{db.name}_owner"
-    db.sql(f'CREATE ROLE "{daemon_role}" LOGIN')
-    db.sql(f'CREATE ROLE "{owner}" LOGIN')
-    try:
-        db.sql(f'ALTER TABLE users OWNER TO "{owner}"')
-        db.sql(f'GRANT backfill_submit TO "{owner}"')
-        db.sql(f'GRANT backfill_daemon, pg_monitor TO "{daemon_role}"')
-        assert not db.one("SELECT pg_has_role(%s, %s, 'MEMBER')", [daemon_role, owner])
-        with db.connect() as conn:
-            conn.execute(f'SET ROLE "{owner}"')
-            job_id = submit(db, "users", conn=conn, batch_size=700)
-            assert conn.execute("SELECT count(*) FROM backfill.progress").fetchone()[0] == 1
-        conninfo = db.conninfo.replace("user=postgres", f"user={daemon_role}")
-        assert conninfo != db.conninfo
-        d = daemon_factory(database={"conninfo": conninfo})
-        assert run_to_idle(d) == 0
-        row = job(db, job_id)
-        assert row["state"] == "done", (row, d.log_tail())
-        assert row["run_as"] == owner and differing(db) == 0
-        with db.connect() as conn:  # the owner can pause its own jobs through the function
-            conn.execute(f'SET ROLE "{owner}"')
-            again = submit(db, "users", conn=conn, set_sql="n = 1", where_sql=None)
-            assert conn.execute("SELECT backfill.pause(%s)", [again]).fetchone()[0] == "paused"
-    finally:
-        db.sql(f'DROP OWNED BY "{daemon_role}", "{owner}" CASCADE')
-        db.sql(f'DROP ROLE "{daemon_role}"')
-        db.sql(f'DROP ROLE "{owner}"')
+    daemon_role, owner = make_role("backfill_daemon", "pg_monitor"), make_role("backfill_submit")
+    db.sql(f'ALTER TABLE users OWNER TO "{owner}"')
+    assert not db.one("SELECT pg_has_role(%s, %s, 'MEMBER')", [daemon_role, owner])
+    with db.connect() as conn:
+        conn.execute(f'SET ROLE "{owner}"')
+        job_id = submit(db, "users", conn=conn, batch_size=700)
+        assert conn.execute("SELECT count(*) FROM backfill.progress").fetchone()[0] == 1
+    conninfo = db.conninfo.replace("user=postgres", f"user={daemon_role}")
+    assert conninfo != db.conninfo
+    d = daemon_factory(database={"conninfo": conninfo})
+    assert run_to_idle(d) == 0
+    assert_exact(db, "users", job_id, same=("state", "status"), run_as=owner, daemon=d)
+    with db.connect() as conn:  # the owner can pause its own jobs through the function
+        conn.execute(f'SET ROLE "{owner}"')
+        again = submit(db, "users", conn=conn, set_sql="n = 1", where_sql=None)
+        assert conn.execute("SELECT backfill.pause(%s)", [again]).fetchone()[0] == "paused"
 
 
 def test_progress_percent_by_rows_walked_on_a_sparse_key_and_eta(db, daemon_factory):
@@ -387,6 +351,7 @@ def test_progress_percent_by_rows_walked_on_a_sparse_key_and_eta(db, daemon_fact
     assert eta2 > eta1  # time held back counts
     d.signal(__import__("signal").SIGUSR2)
     wait_state(db, job_id, "done", timeout=120, daemon=d)
+    assert_exact(db, "sparse", job_id, same=("b", "a"))
     assert db.one("SELECT percent FROM backfill.progress WHERE id = %s", [job_id]) == 100
     assert db.one("SELECT eta FROM backfill.progress WHERE id = %s", [job_id]) is None
 

@@ -5,10 +5,9 @@ character boundaries."""
 
 import time
 
-import pytest
 
 import pgharness
-from bfhelp import job, run_to_idle, submit, wait_batches, wait_state
+from bfhelp import assert_exact, assert_job, job, run_to_idle, submit, wait_state
 
 
 def test_bad_rows_are_bisected_in_few_transactions(db, daemon_factory):
@@ -22,9 +21,8 @@ def test_bad_rows_are_bisected_in_few_transactions(db, daemon_factory):
     t0 = time.monotonic()
     assert run_to_idle(daemon_factory(), timeout=300) == 0
     elapsed = time.monotonic() - t0
-    row = job(db, job_id)
-    assert row["state"] == "done", row
-    assert row["failed_rows"] == 36 == db.one("SELECT count(*) FROM backfill.failed_rows WHERE job_id = %s", [job_id])
+    row = assert_job(db, job_id, failed_rows=36)
+    assert row["failed_rows"] == db.one("SELECT count(*) FROM backfill.failed_rows WHERE job_id = %s", [job_id])
     assert db.one("SELECT count(*) FROM vals WHERE v IS NULL") == 36
     assert db.one("SELECT count(*) FROM vals WHERE v IS NOT NULL AND v <> id") == 0
     batches = row["batches"]
@@ -44,8 +42,7 @@ def test_lag_passes_the_limit_by_little_with_a_paused_standby(cluster, db, daemo
     db.sql("INSERT INTO wide SELECT g, repeat(md5(g::text), 4), 0 FROM generate_series(1, 200000) g")
     db.sql("ANALYZE wide")
     with pgharness.streaming_standby(cluster, "lagsb") as sb:
-        pgharness.wait_until(lambda: pgharness.standby_lag_bytes(cluster, "lagsb") == 0, timeout=60,
-                             what="standby caught up")
+        pgharness.wait_caught_up(cluster, "lagsb")
         sb.sql("SELECT pg_wal_replay_pause()")
         pgharness.wait_until(lambda: sb.sql("SELECT pg_get_wal_replay_pause_state()")[0][0] == "paused",
                              timeout=30, what="replay paused")
@@ -70,7 +67,7 @@ def test_lag_passes_the_limit_by_little_with_a_paused_standby(cluster, db, daemo
         assert peak <= 1.25 * limit, (peak, limit)
         sb.sql("SELECT pg_wal_replay_resume()")
         wait_state(db, job_id, "done", timeout=180, daemon=d)
-    assert db.one("SELECT count(*) FROM wide WHERE v <> 1") == 0
+    assert_exact(db, "wide", job_id, once="v")
 
 
 def _progress_samples(db, job_ids, daemon, timeout=90):
@@ -127,13 +124,12 @@ def test_slices_are_even_on_skewed_keys(db, daemon_factory):
     db.sql("ANALYZE parts")
     job_id = submit(db, "parts", set_sql="v = 1", where_sql=None, parallel=4)
     assert run_to_idle(daemon_factory(daemon={"workers": 1})) == 0
-    assert job(db, job_id)["state"] == "done"
+    assert_exact(db, "parts", job_id, once="v")
     counts = [r[0] for r in db.sql("SELECT rows_scanned FROM backfill.slices WHERE job_id = %s ORDER BY slice",
                                    [job_id])]
     assert len(counts) == 4, counts
     assert sum(counts) == 120001
     assert max(counts) <= 2 * 120001 / 4, counts
-    assert db.one("SELECT count(*) FROM parts WHERE v <> 1") == 0
 
 
 def test_a_job_on_an_idle_server_runs_at_full_speed_at_once(db, daemon_factory):
@@ -145,7 +141,7 @@ def test_a_job_on_an_idle_server_runs_at_full_speed_at_once(db, daemon_factory):
     job_id = submit(db, "calm", set_sql="v = 1", where_sql=None, fixed=1000)
     time.sleep(1)  # the session that submitted it is gone and its last statement long past
     assert run_to_idle(daemon_factory()) == 0
-    assert job(db, job_id)["state"] == "done"
+    assert_exact(db, "calm", job_id, once="v")
     slept = db.sql("SELECT batch, sleep_ms FROM backfill.batches WHERE job_id = %s ORDER BY batch", [job_id])
     total = sum(s for b, s in slept if b > 1)
     print(f"sleep over {len(slept)} batches: {total} ms")
@@ -169,8 +165,7 @@ def test_error_texts_are_cut_on_character_boundaries(db, daemon_factory):
     skipped = submit(db, "accents", set_sql="v = raise_long(id, '22023')", where_sql=None, fixed=500)
     d = daemon_factory(daemon={"lease_ms": 2000})
     assert run_to_idle(d) == 0
-    row = job(db, skipped)
-    assert row["state"] == "done" and row["failed_rows"] == 3, row
+    assert_job(db, skipped, failed_rows=3)
     messages = [r[0] for r in db.sql("SELECT message FROM backfill.failed_rows WHERE job_id = %s", [skipped])]
     assert all(m.startswith("xé€😀") and len(m) > 100 for m in messages), messages
     db.sql("UPDATE accents SET v = 0")
@@ -207,6 +202,5 @@ def test_a_jobs_own_bounds_win_over_configured_ones(db, daemon_factory):
     job_id = submit(db, "small", set_sql="v = 1", where_sql=None, batch_size=20, max_batch_size=20)
     d = daemon_factory(throttle={"min_batch_size": 100, "batch_size": 500})
     assert run_to_idle(d) == 0
-    assert job(db, job_id)["state"] == "done"
+    assert_exact(db, "small", job_id, once="v")
     assert db.one("SELECT max(rows_scanned) FROM backfill.batches WHERE job_id = %s", [job_id]) == 20
-    assert db.one("SELECT count(*) FROM small WHERE v <> 1") == 0

@@ -2,31 +2,10 @@
 nor repeats a row. The job's set_sql is n = n + 1: any repeat shows as n = 2, any loss as n = 0."""
 
 import random
-import time
 
 import pytest
 
-from bfhelp import job, make_users, run_to_idle, submit, wait_state
-
-
-def kill_loop(db, daemon, job_id, kills, rnd, lo=0.05, hi=0.5):
-    """Start the daemon, wait until it has committed something new (so every kill lands on a
-    job in motion, however busy the machine), let it run a random while more, SIGKILL it."""
-    progress = []
-    for _ in range(kills):
-        before = job(db, job_id)["batches"]
-        daemon.start()
-        deadline = time.monotonic() + 30
-        while job(db, job_id)["batches"] == before and job(db, job_id)["state"] != "done":
-            assert time.monotonic() < deadline, daemon.log_tail()
-            time.sleep(0.01)
-        time.sleep(rnd.uniform(lo, hi))
-        daemon.kill()
-        row = job(db, job_id)
-        progress.append(row["batches"])
-        if row["state"] == "done":
-            break
-    return progress
+from bfhelp import assert_exact, job, kill_loop, make_users, run_to_idle, submit, wait_state
 
 
 @pytest.mark.versions
@@ -41,11 +20,7 @@ def test_sigkill_many_times_same_instance_name(db, daemon_factory):
     assert len(progress) == 15 and len(set(progress)) >= 8, progress
     assert job(db, job_id)["state"] == "running"
     assert run_to_idle(d) == 0
-    row = job(db, job_id)
-    assert row["state"] == "done"
-    assert db.one("SELECT count(*) FROM users WHERE n <> 1") == 0
-    assert db.one("SELECT min(n) FROM users") == 1
-    assert row["rows_changed"] == 100000 and row["rows_scanned"] == 100000
+    assert_exact(db, "users", job_id, once="n", rows=100000, changed=100000)  # n = 1 on every row
 
 
 @pytest.mark.versions
@@ -59,6 +34,4 @@ def test_sigkill_then_takeover_after_the_lease_expires(db, daemon_factory):
     assert len(set(progress)) >= 3, progress
     d.start()
     wait_state(db, job_id, "done", timeout=60, daemon=d)
-    assert db.one("SELECT count(*) FROM users WHERE n <> 1") == 0
-    owners = db.one("SELECT count(DISTINCT owner) FROM backfill.jobs WHERE id = %s", [job_id])
-    assert owners == 0  # released when done
+    assert_exact(db, "users", job_id, once="n")  # done: released, owner NULL

@@ -9,15 +9,12 @@ a job whose session cannot log in fails clearly; and the README's production set
 import getpass
 import os
 import random
-import shutil
 from pathlib import Path
 
-import psycopg
 import pytest
 
 import pgharness
-from bfhelp import job, run_to_idle, submit, wait_state
-from test_exactly_once import kill_loop
+from bfhelp import assert_exact, assert_job, job, kill_loop, run_to_idle, submit
 
 
 def _daemon_os_user():
@@ -97,8 +94,7 @@ def test_a_submitter_cannot_take_over_the_batch_functions(db, make_role, role_co
         END $$""")
     job_id = submit(db, "mine", conn=m, set_sql="n = n + public.evil()", where_sql=None, fixed=200)
     assert run_to_idle(daemon_factory()) == 0
-    assert job(db, job_id)["state"] == "done", job(db, job_id)
-    assert db.one("SELECT count(*) FROM mine WHERE n <> 1") == 0
+    assert_exact(db, "mine", job_id, once="n")
     # The attempts were made in every batch (10), as Mallory, and all failed.
     assert db.one("SELECT count(*) FROM attempts WHERE what = 'grant'") == 10
     _nothing_reached_bob(db, mallory, bob_job, flag)
@@ -150,10 +146,8 @@ def test_a_session_search_path_and_shadowing_objects_hijack_nothing(db, make_rol
     job_id = submit(db, "mine", conn=m, set_sql="n = n OPERATOR(pg_catalog.+) public.arm()", where_sql=None,
                     fixed=150)
     assert run_to_idle(daemon_factory()) == 0
-    row = job(db, job_id)
-    assert row["state"] == "done", row
-    assert row["rows_scanned"] == 2000 and row["batches"] >= 14
-    assert db.one("SELECT count(*) FROM mine WHERE n <> 1") == 0
+    row = assert_exact(db, "mine", job_id, once="n", rows=2000)
+    assert row["batches"] >= 14
     _nothing_reached_bob(db, mallory, bob_job)
     assert db.sql("SELECT what, who FROM attempts") == [], "a twin of Mallory's was called"
 
@@ -183,7 +177,7 @@ def test_the_job_sees_its_submitters_settings_and_gets_what_its_own_update_gets(
                " i = (created_at - date '2026-03-08')::text, m = amount::text")
     job_id = submit(db, "alice_s.events", conn=a, set_sql=set_sql, where_sql=None, batch_size=250)
     assert run_to_idle(daemon_factory()) == 0
-    assert job(db, job_id)["state"] == "done"
+    assert_job(db, job_id)
     fresh = role_conn(alice)
     fresh.execute(f"UPDATE events_copy SET {set_sql}")
     assert fresh.execute("SELECT count(*) FROM (TABLE events EXCEPT TABLE events_copy) x").fetchone()[0] == 0
@@ -221,8 +215,7 @@ def test_keys_round_trip_exactly_under_any_settings_across_sigkills(db, make_rol
     assert len(set(progress)) >= 3, progress
     assert run_to_idle(d) == 0
     for job_id, name in zip(jobs, KEY_TABLES):
-        assert job(db, job_id)["state"] == "done", (name, job(db, job_id))
-        assert db.one(f"SELECT count(*) FROM {name} WHERE n <> 1") == 0, name
+        assert_exact(db, name, job_id, once="n")
     # The checkpoints are the same text whatever the role's settings.
     assert db.one("SELECT last_key[1] FROM backfill.jobs WHERE id = %s", [jobs[1]]) == "2034-03-20"
 
@@ -256,7 +249,7 @@ def test_a_job_whose_session_cannot_log_in_fails_clearly_and_others_go_on(db, cl
         assert row["state"] == "failed", row
         assert "cannot log in as role" in row["last_error"] and why in row["last_error"], row["last_error"]
         assert "job_conninfo" in row["last_error"] and "README" in row["last_error"]
-    assert job(db, jc)["state"] == "done"
+    assert_exact(db, "tc", jc, once="v")
     assert db.one("SELECT sum(v) FROM ta") == 0 and db.one("SELECT sum(v) FROM tc") == 500
 
 
@@ -290,9 +283,7 @@ def test_install_schema_upgrades_a_version_1_queue_in_place_keeping_its_jobs(db,
     assert db.one("SELECT count(*) FROM pg_proc WHERE proname IN ('_is_daemon', '_require_daemon')") == 0
     assert run_to_idle(d) == 0
     for j, t in ((pending, "t1"), (running, "t2")):
-        row = job(db, j)
-        assert row["state"] == "done" and row["rows_scanned"] == 3000, row
-        assert db.one(f"SELECT count(*) FROM {t} WHERE n <> 1") == 0, t
+        assert_exact(db, t, j, once="n", rows=3000)
 
 
 def test_install_schema_upgrades_a_version_2_queue_keeping_its_jobs(db, daemon_factory):
@@ -362,7 +353,7 @@ def test_the_readme_peer_map_set_up(db, cluster, make_role, role_conn, daemon_fa
         hba.write_text(hba_was)
         ident.write_text(ident_was)
         cluster.sql("SELECT pg_reload_conf()")
-    assert job(db, mine)["state"] == "done", (job(db, mine), d.log_tail())
+    assert_exact(db, f'"{alice}_t"', mine, once="v", daemon=d)
     assert db.one(f"SELECT sum(v) FROM \"{alice}_t\"") == 1000
     row = job(db, theirs)
     assert row["state"] == "failed" and "Peer authentication failed" in row["last_error"], row["last_error"]

@@ -15,21 +15,9 @@ import time
 
 import pytest
 
-import pgharness
-from bfhelp import job, run_to_idle, submit, wait_state
+from bfhelp import assert_exact, assert_job, job, kill_loop, run_to_idle, submit, wait_state
 
 # -- helpers -----------------------------------------------------------------------------------
-
-
-def statement_job(db, target, batch_sql, **columns):
-    """A `statement` job (set_sql and where_sql left NULL, as the trigger requires)."""
-    return submit(db, target, set_sql=None, where_sql=None, kind="statement", batch_sql=batch_sql,
-                  **columns)
-
-
-def verify_job(db, target, mismatch_sql, **columns):
-    return submit(db, target, set_sql=None, where_sql=None, kind="verify", mismatch_sql=mismatch_sql,
-                  **columns)
 
 
 def table_fingerprint(db, table, key="id"):
@@ -37,13 +25,6 @@ def table_fingerprint(db, table, key="id"):
     even to the same value, changes it."""
     return db.one(f"SELECT md5(string_agg(t::text || '@' || t.ctid::text || '/' || t.xmin::text, ','"
                   f" ORDER BY {key})) || ':' || count(*) FROM {table} t")
-
-
-def assert_done(db, job_id, daemon=None):
-    row = job(db, job_id)
-    assert row["state"] == "done", (row, daemon.log_tail(40) if daemon else "")
-    assert row["last_error"] is None and row["finished_at"] is not None
-    return row
 
 
 def mismatch_keys(db, job_id):
@@ -115,10 +96,10 @@ def test_statement_splits_jsonb_items_into_child_table_twice_without_duplicates(
     assert expected > ORDERS  # the model case really has several items per order
     orders_before = table_fingerprint(db, "orders")
 
-    first = statement_job(db, "orders", SPLIT_SQL, fixed=700, name="split items")
+    first = submit(db, "orders", kind="statement", batch_sql=SPLIT_SQL, fixed=700, name="split items")
     d = daemon_factory()
     assert run_to_idle(d) == 0
-    row = assert_done(db, first, d)
+    row = assert_job(db, first, d, last_error=None)
     assert items_differing(db) == 0
     assert db.one("SELECT count(*) FROM order_items") == expected
     assert db.one("SELECT qty FROM order_items WHERE order_id = 5 AND sku = 'dup'") == 1
@@ -133,9 +114,9 @@ def test_statement_splits_jsonb_items_into_child_table_twice_without_duplicates(
     assert table_fingerprint(db, "orders") == orders_before  # the target itself is untouched
 
     # Run it again on the same table (a second job, after the first is done): nothing doubles.
-    second = statement_job(db, "orders", SPLIT_SQL, fixed=700, name="split items again")
+    second = submit(db, "orders", kind="statement", batch_sql=SPLIT_SQL, fixed=700, name="split items again")
     assert run_to_idle(daemon_factory()) == 0
-    row2 = assert_done(db, second)
+    row2 = assert_job(db, second, last_error=None)
     assert row2["rows_scanned"] == ORDERS and row2["rows_changed"] == 0
     assert items_differing(db) == 0
     assert db.one("SELECT count(*) FROM order_items") == expected
@@ -143,9 +124,9 @@ def test_statement_splits_jsonb_items_into_child_table_twice_without_duplicates(
     # And once more after the application added orders in the meantime: only those are split.
     db.sql(f"""INSERT INTO orders (id, items) SELECT g, jsonb_build_array(jsonb_build_object('sku', 'new', 'qty', g))
               FROM generate_series({ORDERS + 1}, {ORDERS + 50}) g""")
-    third = statement_job(db, "orders", SPLIT_SQL, fixed=700)
+    third = submit(db, "orders", kind="statement", batch_sql=SPLIT_SQL, fixed=700)
     assert run_to_idle(daemon_factory()) == 0
-    row3 = assert_done(db, third)
+    row3 = assert_job(db, third, last_error=None)
     assert row3["rows_changed"] == 50
     assert expect_items(db) == expected + 50
     assert items_differing(db) == 0
@@ -159,13 +140,13 @@ def test_statement_binds_first_and_last_key_of_each_batch_typed_as_bigint(db, da
     db.sql("INSERT INTO big SELECT 3000000000 + g * 7, g FROM generate_series(1, %s) g", [n])
     db.sql("CREATE TABLE calls (lo bigint, hi bigint, lo_type text, hi_type text, keys bigint, at_xid xid8)")
     before = table_fingerprint(db, "big")
-    job_id = statement_job(db, "big", """
+    job_id = submit(db, "big", kind="statement", batch_sql="""
         INSERT INTO calls (lo, hi, lo_type, hi_type, keys, at_xid)
         SELECT $1 + 0, $2 + 0, pg_typeof($1)::text, pg_typeof($2)::text, count(*), pg_current_xact_id()
         FROM big WHERE id BETWEEN $1 AND $2""", fixed=size)
     d = daemon_factory()
     assert run_to_idle(d) == 0
-    row = assert_done(db, job_id, d)
+    row = assert_job(db, job_id, d, last_error=None)
     assert db.sql("SELECT DISTINCT lo_type, hi_type FROM calls") == [("bigint", "bigint")]
     # Once per batch: one call per committed batch, with that batch's first and last key.
     nbatches = db.one("SELECT count(*) FROM backfill.batches WHERE job_id = %s", [job_id])
@@ -199,13 +180,13 @@ def test_statement_with_a_text_key(db, daemon_factory):
         with conn.cursor() as cur:
             cur.executemany("INSERT INTO tags VALUES (%s, %s)", [(v, v + "!") for v in values])
     db.sql("CREATE TABLE tag_copy (name text, label text, lo text, lo_type text)")
-    job_id = statement_job(db, "tags", """
+    job_id = submit(db, "tags", kind="statement", batch_sql="""
         INSERT INTO tag_copy (name, label, lo, lo_type)
         SELECT name, label, $1 || '', pg_typeof($2)::text FROM tags WHERE name BETWEEN $1 AND $2""",
-                           fixed=97)
+                    fixed=97)
     d = daemon_factory()
     assert run_to_idle(d) == 0
-    row = assert_done(db, job_id, d)
+    row = assert_job(db, job_id, d, last_error=None)
     assert db.sql("SELECT DISTINCT lo_type FROM tag_copy") == [("text",)]
     assert row["rows_scanned"] == len(values) and row["rows_changed"] == len(values)
     assert db.one("SELECT count(*) FROM tag_copy") == len(values)
@@ -225,32 +206,17 @@ def test_statement_is_exactly_once_under_sigkill(db, daemon_factory):
     db.sql("CREATE TABLE src (id bigint PRIMARY KEY, v text)")
     db.sql("INSERT INTO src SELECT g, md5(g::text) FROM generate_series(1, %s) g", [n])
     db.sql("CREATE TABLE copies (id bigint, v text)")  # no constraint: a repeat would show
-    job_id = statement_job(db, "src", "INSERT INTO copies SELECT id, v FROM src WHERE id BETWEEN $1 AND $2",
-                           fixed=150, sleep_ms=10)
+    job_id = submit(db, "src", kind="statement",
+                    batch_sql="INSERT INTO copies SELECT id, v FROM src WHERE id BETWEEN $1 AND $2",
+                    fixed=150, sleep_ms=10)
     d = daemon_factory(daemon={"name": "kinds-fixed", "lease_ms": 60000})
-    rnd = random.Random(5)
-    progress = []
-    for _ in range(6):
-        before = job(db, job_id)["batches"]
-        d.start()
-        deadline = time.monotonic() + 30
-        while (row := job(db, job_id))["batches"] == before and row["state"] != "done":
-            assert row["state"] in ("pending", "running"), (row, d.log_tail())
-            assert time.monotonic() < deadline, d.log_tail()
-            time.sleep(0.01)
-        time.sleep(rnd.uniform(0.0, 0.3))
-        d.kill()
-        row = job(db, job_id)
-        progress.append(row["batches"])
-        if row["state"] == "done":
-            break
+    progress = kill_loop(db, d, job_id, kills=6, rnd=random.Random(5), lo=0.0, hi=0.3)
     assert len(set(progress)) >= 4, progress  # the kills landed mid-job
     assert run_to_idle(d) == 0
-    row = assert_done(db, job_id, d)
+    assert_job(db, job_id, d, last_error=None, rows_changed=n, rows_scanned=n)
     assert db.one("SELECT count(*) FROM copies") == n
     assert db.one("SELECT count(DISTINCT id) FROM copies") == n
     assert db.one("SELECT count(*) FROM (SELECT * FROM copies EXCEPT SELECT * FROM src) x") == 0
-    assert row["rows_changed"] == n and row["rows_scanned"] == n
 
 
 def test_statement_job_refuses_a_composite_key_at_insert(db):
@@ -259,7 +225,7 @@ def test_statement_job_refuses_a_composite_key_at_insert(db):
     for target, cols in (("events", None), ("single", ["a", "b"])):
         extra = {"key_columns": cols} if cols else {}
         try:
-            statement_job(db, target, "SELECT $1, $2", **extra)
+            submit(db, target, kind="statement", batch_sql="SELECT $1, $2", **extra)
         except Exception as e:  # psycopg.errors.CheckViolation or similar
             msg = str(e)
         else:
@@ -267,7 +233,7 @@ def test_statement_job_refuses_a_composite_key_at_insert(db):
         assert "single-column key" in msg or "composite" in msg, msg
     assert db.one("SELECT count(*) FROM backfill.jobs") == 0
     # A verify job may walk a composite key.
-    assert verify_job(db, "events", "v IS NULL") > 0
+    assert submit(db, "events", kind="verify", mismatch_sql="v IS NULL") > 0
 
 
 # -- verify jobs -------------------------------------------------------------------------------
@@ -289,10 +255,10 @@ def test_verify_finds_exactly_the_seeded_rows_and_changes_nothing(db, daemon_fac
     db.sql("UPDATE users SET status = NULL, state = NULL WHERE id = 500")  # both NULL: not distinct
     db.sql("VACUUM ANALYZE users")
     before = table_fingerprint(db, "users")
-    job_id = verify_job(db, "users", "state IS DISTINCT FROM status", fixed=1000)
+    job_id = submit(db, "users", kind="verify", mismatch_sql="state IS DISTINCT FROM status", fixed=1000)
     d = daemon_factory()
     assert run_to_idle(d) == 0
-    row = assert_done(db, job_id, d)
+    row = assert_job(db, job_id, d, last_error=None)
     keys = mismatch_keys(db, job_id)
     assert all(isinstance(k, list) and len(k) == 1 for k in keys), keys[:5]
     assert sorted(int(k[0]) for k in keys) == wrong  # exactly those, each once
@@ -303,9 +269,9 @@ def test_verify_finds_exactly_the_seeded_rows_and_changes_nothing(db, daemon_fac
 
     # After the fix, a second verify finds nothing.
     db.sql("UPDATE users SET state = status WHERE state IS DISTINCT FROM status")
-    again = verify_job(db, "users", "state IS DISTINCT FROM status", fixed=1000)
+    again = submit(db, "users", kind="verify", mismatch_sql="state IS DISTINCT FROM status", fixed=1000)
     assert run_to_idle(daemon_factory()) == 0
-    row = assert_done(db, again)
+    row = assert_job(db, again, last_error=None)
     assert row["rows_changed"] == 0 and mismatch_keys(db, again) == []
     assert len(mismatch_keys(db, job_id)) == len(wrong)  # the first job's findings are kept
 
@@ -319,9 +285,9 @@ def test_verify_with_a_composite_key_records_every_key_column(db, daemon_factory
     for t, s in wrong:
         db.sql("UPDATE events SET copy = -1 WHERE tenant = %s AND seq = %s", [t, s])
     before = table_fingerprint(db, "events", key="tenant, seq")
-    job_id = verify_job(db, "events", "copy IS DISTINCT FROM v", fixed=250)
+    job_id = submit(db, "events", kind="verify", mismatch_sql="copy IS DISTINCT FROM v", fixed=250)
     assert run_to_idle(daemon_factory()) == 0
-    row = assert_done(db, job_id)
+    row = assert_job(db, job_id, last_error=None)
     assert row["key_columns"] == ["tenant", "seq"]
     assert sorted(mismatch_keys(db, job_id)) == sorted([[str(t), str(s)] for t, s in wrong])
     assert row["rows_changed"] == len(wrong) and row["rows_scanned"] == 6000
@@ -344,7 +310,7 @@ def test_dry_run_changes_nothing_and_estimates_the_real_run_within_2x(db, daemon
     dry = submit(db, "users", dry_run=True, **pinned)
     d = daemon_factory()
     assert run_to_idle(d) == 0
-    drow = assert_done(db, dry, d)
+    drow = assert_job(db, dry, d, last_error=None)
     assert table_fingerprint(db, "users") == before  # nothing changed, not even rolled forward
     assert db.one("SELECT count(*) FROM users WHERE state IS NOT NULL") == 0
     est_s, est_wal = drow["estimated_seconds"], drow["estimated_wal_bytes"]
@@ -355,10 +321,8 @@ def test_dry_run_changes_nothing_and_estimates_the_real_run_within_2x(db, daemon
     real = submit(db, "users", **pinned)
     lsn0 = db.one("SELECT pg_current_wal_lsn()")
     assert run_to_idle(daemon_factory()) == 0
-    rrow = assert_done(db, real)
     real_wal = db.one("SELECT pg_current_wal_lsn() - %s::pg_lsn", [lsn0])
-    assert db.one("SELECT count(*) FROM users WHERE state IS DISTINCT FROM status") == 0
-    assert rrow["rows_changed"] == DRY_ROWS
+    rrow = assert_exact(db, "users", real, same=("state", "status"), changed=DRY_ROWS, last_error=None)
     real_s = seconds(rrow["finished_at"] - rrow["started_at"])
     assert real_s >= 1.0, f"the real run took {real_s:.2f}s: too short to judge an estimate"
     # Within 2x either way (estimated_seconds is whole seconds: allow its rounding).
@@ -372,10 +336,10 @@ def test_dry_run_changes_nothing_and_estimates_the_real_run_within_2x(db, daemon
 def test_dry_run_of_a_statement_job_writes_nothing(db, daemon_factory):
     make_orders(db)
     before = table_fingerprint(db, "orders")
-    job_id = statement_job(db, "orders", SPLIT_SQL, fixed=200, dry_run=True)
+    job_id = submit(db, "orders", kind="statement", batch_sql=SPLIT_SQL, fixed=200, dry_run=True)
     d = daemon_factory()
     assert run_to_idle(d) == 0
-    row = assert_done(db, job_id, d)
+    row = assert_job(db, job_id, d, last_error=None)
     assert db.one("SELECT count(*) FROM order_items") == 0
     assert table_fingerprint(db, "orders") == before
     assert row["estimated_seconds"] is not None and row["estimated_seconds"] >= 0, row
@@ -450,7 +414,7 @@ def test_progress_percent_rate_and_eta_while_running(db, daemon_factory):
     d.start()
     samples, final = sample_progress(db, job_id)
     assert final["state"] == "done", (final, d.log_tail())
-    assert db.one("SELECT count(*) FROM users WHERE state IS DISTINCT FROM status") == 0
+    assert_exact(db, "users", job_id, same=("state", "status"))
 
     running = [s for s in samples if s["state"] == "running"]
     assert len(running) > 50, len(running)
@@ -498,7 +462,7 @@ def test_progress_never_above_100_with_a_stale_row_estimate(db, daemon_factory):
     assert all(s["percent"] is None or 0 <= s["percent"] <= 100 for s in running), \
         max((s["percent"] for s in running if s["percent"] is not None), default=None)
     assert final["percent"] == 100
-    assert db.one("SELECT count(*) FROM tags WHERE copy IS DISTINCT FROM label") == 0
+    assert_exact(db, "tags", job_id, same=("copy", "label"))
 
 
 # -- the playbook's data shapes (update jobs) --------------------------------------------------
@@ -520,7 +484,7 @@ def test_shape_rename_status_to_state(db, daemon_factory):
     job_id = submit(db, "users", set_sql="state = status", where_sql="state IS DISTINCT FROM status",
                     batch_size=1000)
     assert run_to_idle(daemon_factory()) == 0
-    row = assert_done(db, job_id)
+    row = assert_job(db, job_id, last_error=None)
     assert db.one("""SELECT count(*) FROM users u FULL JOIN expected e USING (id)
                      WHERE u.id IS NULL OR e.id IS NULL OR u.state IS DISTINCT FROM e.state
                         OR u.status IS DISTINCT FROM e.status OR u.email IS DISTINCT FROM e.email""") == 0
@@ -544,7 +508,7 @@ def test_shape_is_active_to_three_state_status_with_check(db, daemon_factory):
                             " ELSE 'unknown' END",
                     where_sql="status IS NULL", batch_size=1500)
     assert run_to_idle(daemon_factory()) == 0
-    row = assert_done(db, job_id)
+    row = assert_job(db, job_id, last_error=None)
     assert row["rows_changed"] == 20000
     assert db.one("""SELECT count(*) FROM accounts a FULL JOIN expected e USING (id)
                      WHERE a.id IS NULL OR e.id IS NULL OR a.status IS DISTINCT FROM e.status""") == 0
@@ -603,7 +567,7 @@ def test_shape_full_name_split_with_odd_names(db, daemon_factory):
     job_id = submit(db, "people", set_sql=f"first_name = {FIRST_SQL}, last_name = {LAST_SQL}",
                     where_sql=None, batch_size=700)
     assert run_to_idle(daemon_factory()) == 0
-    row = assert_done(db, job_id)
+    row = assert_job(db, job_id, last_error=None)
     assert row["rows_changed"] == len(names)
     got = {r[0]: (r[1], r[2], r[3]) for r in db.sql("SELECT id, full_name, first_name, last_name FROM people")}
     assert len(got) == len(names)
@@ -634,7 +598,7 @@ def test_shape_int_id_copied_into_bigint(db, daemon_factory):
     job_id = submit(db, "legacy", set_sql="id_big = id", where_sql="id_big IS DISTINCT FROM id",
                     batch_size=1000)
     assert run_to_idle(daemon_factory()) == 0
-    row = assert_done(db, job_id)
+    row = assert_job(db, job_id, last_error=None)
     assert row["rows_scanned"] == total and row["rows_changed"] == todo
     assert db.one("""SELECT count(*) FROM legacy l FULL JOIN expected e ON e.id_big = l.id::bigint
                      WHERE l.id IS NULL OR e.id_big IS NULL OR l.id_big IS DISTINCT FROM e.id_big

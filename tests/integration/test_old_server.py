@@ -5,10 +5,7 @@ Skipped without PG13_BIN; the rest of the suite runs on PG_BIN (Debian's 15)."""
 
 import os
 import re
-import shutil
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 
@@ -24,15 +21,9 @@ NEEDS_14 = re.compile(r"(?im)^.*PostgreSQL 14 or later.*$")
 
 @pytest.fixture(scope="module")
 def cluster13():
-    base = Path(tempfile.mkdtemp(prefix="bfl-13-"))
-    c = pgharness.Cluster(base / "pg13", name="pg13", bin_dir=PG13_BIN)
-    try:
-        c.init().start()
+    with pgharness.temporary_cluster("pg13", bin_dir=PG13_BIN) as c:
         assert c.major == 13, c.version_num
         yield c
-    finally:
-        c.destroy()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def names_the_version(line, cluster):

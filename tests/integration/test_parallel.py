@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from bfhelp import job, make_users, run_to_idle, submit, wait_batches, wait_state
-from test_exactly_once import kill_loop
+from bfhelp import assert_exact, assert_job, job, kill_loop, make_users, run_to_idle, submit, wait_batches, wait_for, \
+    wait_job, wait_state
 
 
 def slices(db, job_id):
@@ -55,11 +55,8 @@ def test_parallel_job_walks_slices_at_once_exactly_once(db, daemon_factory):
     finally:
         stop.set()
         sampler.join()
-    row = job(db, job_id)
-    assert row["state"] == "done", d.log_tail()
-    assert row["rows_scanned"] == 40000 and row["rows_changed"] == 40000 and row["owner"] is None
-    assert db.one("SELECT count(*) FROM users WHERE n <> 1") == 0
-    assert db.one("SELECT count(*) FROM users WHERE state IS DISTINCT FROM status") == 0
+    row = assert_exact(db, "users", job_id, once="n", same=("state", "status"), rows=40000, changed=40000,
+                       owner=None, daemon=d)
     rows, counts = check_slices_tile(db, job_id, "users", 4)
     assert all(r[4] for r in rows), rows
     # Cut at quantiles (the planner's histogram after ANALYZE): slices of about equal rows.
@@ -85,10 +82,7 @@ def test_parallel_job_sigkill_exactly_once(db, daemon_factory):
     part_way = [r for r in slices(db, job_id) if r[3] is not None and not r[4]]
     assert part_way, slices(db, job_id)
     assert run_to_idle(d) == 0
-    row = job(db, job_id)
-    assert row["state"] == "done", d.log_tail()
-    assert db.one("SELECT count(*) FROM users WHERE n <> 1") == 0
-    assert row["rows_scanned"] == 60000 and row["rows_changed"] == 60000
+    assert_exact(db, "users", job_id, once="n", rows=60000, changed=60000, daemon=d)
     check_slices_tile(db, job_id, "users", 3)
     # Cut once: the restarts took the slices' own checkpoints back.
     assert d.log_text().count("cut into 3 slices") == 1
@@ -104,7 +98,7 @@ def test_parallel_job_pause_and_graceful_stop(db, daemon_factory):
     wait_batches(db, job_id, 6)
     assert db.one("SELECT backfill.pause(%s)", [job_id]) == "paused"
     row = wait_state(db, job_id, "paused", daemon=d)
-    pgharness_wait(lambda: job(db, job_id)["owner"] is None, d)
+    wait_job(db, job_id, lambda r: r["owner"] is None, daemon=d)
     assert db.one("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE "
                   "'backfilld job % slice %'") == 0
     scanned = job(db, job_id)["rows_scanned"]
@@ -121,15 +115,7 @@ def test_parallel_job_pause_and_graceful_stop(db, daemon_factory):
     assert row["state"] == "pending" and row["owner"] is None, row
     assert "lease lost" not in d.log_text(), d.log_tail()
     assert run_to_idle(d) == 0
-    assert job(db, job_id)["state"] == "done"
-    assert db.one("SELECT count(*) FROM users WHERE n <> 1") == 0
-
-
-def pgharness_wait(cond, daemon, timeout=30):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, daemon.log_tail()
-        time.sleep(0.05)
+    assert_exact(db, "users", job_id, once="n")
 
 
 def test_parallel_text_key_without_statistics_and_statement_job(db, daemon_factory):
@@ -148,9 +134,8 @@ def test_parallel_text_key_without_statistics_and_statement_job(db, daemon_facto
                   " WHERE o.id BETWEEN $1 AND $2$$, 2, 100, 100, 100) RETURNING id")
     d = daemon_factory(daemon={"workers": 2})
     assert run_to_idle(d) == 0
-    assert job(db, upd)["state"] == "done" and job(db, stmt)["state"] == "done", d.log_tail()
-    assert db.one("SELECT count(*) FROM codes WHERE w IS DISTINCT FROM v") == 0
-    assert job(db, upd)["rows_scanned"] == 5000
+    assert_exact(db, "codes", upd, same=("w", "v"), rows=5000, daemon=d)
+    assert_job(db, stmt, daemon=d)
     rows = slices(db, upd)
     assert len(rows) == 3 and rows[0][2] < rows[1][2], rows
     assert db.one("SELECT count(*) FROM order_items") == 6000  # no duplicate: the key would refuse it
@@ -198,12 +183,13 @@ def test_a_wait_on_one_slice_shrinks_every_slice(db, daemon_factory):
                     statement_timeout_ms=120000, parallel=2)
     d = daemon_factory(throttle={"sample_interval_ms": 100})
     d.start()
-    pgharness_wait(lambda: db.one("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE "
-                                  "'backfilld job % slice %' AND state = 'active'") == 2, d)
+    wait_for(lambda: db.one("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE "
+                            "'backfilld job % slice %' AND state = 'active'") == 2, what="both slices active", daemon=d)
     time.sleep(0.3)  # the first rows of slice 1's first batch are locked by now
     with db.cluster.connect(db.name) as app:
         app.execute("UPDATE users SET status = 'app', state = 'app' WHERE id = 2")  # waits for the batch
     wait_state(db, job_id, "done", timeout=120, daemon=d)
+    assert_exact(db, "users", job_id, once="n")
     cut = int(slices(db, job_id)[0][2][0])
     two = db.sql("SELECT batch_size, throttled_reason, blocked_sessions FROM backfill.batches"
                  " WHERE job_id = %s AND first_key[1]::int > %s ORDER BY batch", [job_id, cut])
@@ -211,4 +197,3 @@ def test_a_wait_on_one_slice_shrinks_every_slice(db, daemon_factory):
     # Yet a batch of slice 2 was cut for it (the next one to start after slice 1's wait was
     # seen), where the rate alone grows each batch up to x1.5.
     assert two[0][0] == 400 and any(b[1] == "blocked_sessions" and b[0] < a[0] for a, b in zip(two, two[1:])), two
-    assert db.one("SELECT count(*) FROM users WHERE n <> 1") == 0

@@ -3,7 +3,6 @@ daemon's functions and the progress view. No daemon binary needed. The last sect
 harness itself (standby, libconfig rendering, the Daemon wrapper)."""
 
 import datetime as dt
-import itertools
 import re
 import signal
 import sys
@@ -16,26 +15,20 @@ import pytest
 from psycopg import sql
 from psycopg.rows import dict_row
 
+import bfhelp
 import pgharness
+from bfhelp import job
 
 # -- helpers ------------------------------------------------------------------------------------
 
 
 def insert_job(conn, **cols):
-    """INSERT a job with COLS; the new row as a dict."""
+    """bfhelp.insert_job on CONN, on items with set_sql v = v + 1 unless COLS say otherwise; the
+    new row as a dict."""
     cols.setdefault("target", "items")
     if cols.get("kind", "update") == "update" and "set_sql" not in cols:
         cols["set_sql"] = "v = v + 1"
-    query = sql.SQL("INSERT INTO backfill.jobs ({}) VALUES ({}) RETURNING *").format(
-        sql.SQL(", ").join(map(sql.Identifier, cols)),
-        sql.SQL(", ").join(sql.Placeholder() * len(cols)))
-    with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(query, list(cols.values())).fetchone()
-
-
-def job(conn, job_id):
-    with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute("SELECT * FROM backfill.jobs WHERE id = %s", [job_id]).fetchone()
+    return bfhelp.insert_job(conn, **cols)
 
 
 def refused(conn, statement, params=None):
@@ -101,19 +94,13 @@ def dconn(db):
     return db.connect(daemon=True)
 
 
-_role_counter = itertools.count(1)
-
-
 @pytest.fixture
-def role(db):
-    """A fresh login role, allowed to submit jobs in the test database; dropped afterwards."""
-    name = f"bfl_role_{next(_role_counter)}_{int(time.time() * 1000) % 100000}"
-    db.sql(f"CREATE ROLE {name} LOGIN")
-    db.sql(f"GRANT backfill_submit TO {name}")
-    db.sql(f"GRANT UPDATE ON backfill.jobs TO {name}")  # beyond backfill_submit: definitions too
-    yield name
-    db.sql(f"DROP OWNED BY {name}")
-    db.cluster.sql(f"DROP ROLE {name}")
+def role(db, make_role):
+    """A login role allowed to submit jobs (make_role), and to UPDATE backfill.jobs beyond
+    backfill_submit (definitions too)."""
+    name = make_role("backfill_submit")
+    db.sql(f'GRANT UPDATE ON backfill.jobs TO "{name}"')
+    return name
 
 
 # -- installation ------------------------------------------------------------------------------

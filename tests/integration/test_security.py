@@ -7,7 +7,7 @@ import os
 import psycopg
 import pytest
 
-from bfhelp import job, make_users, run_to_idle, submit, wait_state
+from bfhelp import assert_job, job, make_users, run_to_idle, submit
 
 # The functions of the daemon's queue connection: a submitter may not call them.
 QUEUE_FUNCTIONS = ["_claim", "_renew", "_release", "_set_reason", "_dry_run_done", "_runnable_count", "_set_limits",
@@ -82,7 +82,7 @@ def test_submitters_see_and_steer_only_their_own_jobs_and_admins_all(db, make_ro
     sliced = submit(db, "secrets", conn=a, set_sql="v = 1", where_sql=None, parallel=2, name="alice-sliced")
     assert run_to_idle(daemon_factory()) == 0
     for j in (failing, verify, sliced):
-        assert job(db, j)["state"] == "done", job(db, j)
+        assert_job(db, j)
     assert db.one("SELECT count(*) FROM backfill.failed_rows WHERE message LIKE %s", ['%"x50"%']) == 1
     b = role_conn(bob)
     mine = submit(db, "users", conn=b, name="bob-job")
@@ -137,7 +137,7 @@ def test_only_the_schemas_own_functions_write_daemon_columns(db, make_role, role
                           ("batches", 99), ("throttled_reason", "x"), ("finished_at", "now")):
         with pytest.raises(psycopg.Error):
             m.execute(f"UPDATE backfill.jobs SET {column} = %s WHERE id = %s", [value, own])
-        assert m.execute(f"UPDATE backfill.jobs SET state = 'cancelled' WHERE id = %s", [victim]).rowcount == 0
+        assert m.execute("UPDATE backfill.jobs SET state = 'cancelled' WHERE id = %s", [victim]).rowcount == 0
     calls = [
         ("SELECT * FROM backfill._checkpoint(%s, 'host:1', 1000, 1, 0, 1, 0, 0, 0, 0, NULL, NULL)", "42501"),
         ("SELECT backfill._skip_row(%s, 'host:1', 1000, '22P02', 'x', NULL)", "42501"),
@@ -261,7 +261,7 @@ def test_batches_run_in_a_session_of_run_as(db, make_role, role_conn, daemon_fac
     job_id = submit(db, "users", conn=role_conn(alice), where_sql=None,
                     set_sql="state = session_user || '/' || current_user || '/' || current_setting('is_superuser')")
     assert run_to_idle(daemon_factory()) == 0  # the daemon logs in as postgres, a superuser
-    assert job(db, job_id)["state"] == "done"
+    assert_job(db, job_id)
     assert db.sql("SELECT DISTINCT state FROM users") == [(f"{alice}/{alice}/off",)]
 
 

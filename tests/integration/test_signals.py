@@ -3,7 +3,7 @@
 import signal
 import time
 
-from bfhelp import differing, job, make_users, submit, wait_batches, wait_state
+from bfhelp import assert_exact, differing, job, make_users, submit, wait_batches, wait_job, wait_state
 
 
 def test_sigusr1_holds_within_one_batch_and_sigusr2_resumes(db, daemon_factory):
@@ -16,7 +16,7 @@ def test_sigusr1_holds_within_one_batch_and_sigusr2_resumes(db, daemon_factory):
     d.signal(signal.SIGUSR1)
     d.wait_for_log(r"received User defined signal 1", since=mark)
     before = job(db, job_id)["batches"]
-    wait_state_reason(db, job_id, "paused_by_signal")
+    wait_job(db, job_id, lambda r: r["throttled_reason"] == "paused_by_signal", timeout=10)
     time.sleep(2.0)  # longer than the lease: it must be kept renewed
     row = job(db, job_id)
     assert row["batches"] <= before + 1  # at most the batch in flight committed
@@ -32,15 +32,8 @@ def test_sigusr1_holds_within_one_batch_and_sigusr2_resumes(db, daemon_factory):
     wait_batches(db, job_id, held + 2)
     assert job(db, job_id)["throttled_reason"] is None
     wait_state(db, job_id, "done", timeout=60, daemon=d)
-    assert differing(db) == 0
+    assert_exact(db, "users", job_id, same=("state", "status"))
     assert d.running()
-
-
-def wait_state_reason(db, job_id, reason, timeout=10):
-    deadline = time.monotonic() + timeout
-    while job(db, job_id)["throttled_reason"] != reason:
-        assert time.monotonic() < deadline, job(db, job_id)
-        time.sleep(0.05)
 
 
 def test_sigusr1_stops_claiming_new_jobs(db, daemon_factory):
@@ -55,6 +48,7 @@ def test_sigusr1_stops_claiming_new_jobs(db, daemon_factory):
     assert job(db, job_id)["state"] == "pending"
     d.signal(signal.SIGUSR2)
     wait_state(db, job_id, "done", daemon=d)
+    assert_exact(db, "users", job_id, same=("state", "status"))
 
 
 def test_sigterm_commits_the_batch_in_flight_and_releases_the_lease(db, daemon_factory):
@@ -150,4 +144,4 @@ def test_sighup_applies_a_good_file_and_keeps_running_on_a_broken_one(db, daemon
     d.signal(signal.SIGHUP)
     d.wait_for_log(r"database.schema changed, but it only takes effect at restart", since=mark)
     wait_state(db, job_id, "done", timeout=120, daemon=d)
-    assert differing(db) == 0
+    assert_exact(db, "users", job_id, same=("state", "status"))

@@ -9,13 +9,12 @@ import os
 import re
 import shutil
 import signal
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 import pgharness
-from bfhelp import differing, job, make_users, submit, wait_batches
+from bfhelp import assert_exact, http, job, make_users, submit, wait_batches
 
 VALGRIND = shutil.which("valgrind")
 # Under valgrind everything runs 20-50 times slower: every wait here is generous.
@@ -61,11 +60,6 @@ def assert_clean(daemon, log, code):
     assert "definitely lost: 0 bytes" in report or "All heap blocks were freed" in report, report[-20000:]
 
 
-def get(url, timeout=30):
-    with urllib.request.urlopen(url, timeout=timeout) as resp:
-        return resp.status, resp.read().decode()
-
-
 def test_valgrind_whole_run_exit_when_idle(db, daemon_factory, vg_binary):
     """Two jobs to the end, one of them failing on a bad column: every path frees what it took."""
     make_users(db, 3000)
@@ -77,8 +71,7 @@ def test_valgrind_whole_run_exit_when_idle(db, daemon_factory, vg_binary):
     d.start("--exit-when-idle", wrapper=valgrind_args(log))
     code = d.wait(SLOW * 2)
     assert_clean(d, log, code)
-    assert job(db, good)["state"] == "done"
-    assert differing(db) == 0
+    assert_exact(db, "users", good, same=("state", "status"))
     row = job(db, bad)
     assert row["state"] == "failed" and "no_such_column" in (row["last_error"] or ""), row
 
@@ -94,9 +87,9 @@ def test_valgrind_sigterm_mid_job_then_resume(db, daemon_factory, vg_binary):
     first = d.workdir / "valgrind-1.log"
     d.start(wrapper=valgrind_args(first))
     wait_batches(db, job_id, 3, timeout=SLOW)
-    status, body = get(f"http://127.0.0.1:{port}/metrics")
+    status, _, body = http(f"http://127.0.0.1:{port}/metrics", timeout=30)
     assert status == 200 and body, body
-    assert get(f"http://127.0.0.1:{port}/healthz")[0] == 200
+    assert http(f"http://127.0.0.1:{port}/healthz", timeout=30)[0] == 200
     d.signal(signal.SIGTERM)
     assert_clean(d, first, d.wait(SLOW))
     row = job(db, job_id)
@@ -106,9 +99,7 @@ def test_valgrind_sigterm_mid_job_then_resume(db, daemon_factory, vg_binary):
     second = d.workdir / "valgrind-2.log"
     d.start("--exit-when-idle", wrapper=valgrind_args(second))
     assert_clean(d, second, d.wait(SLOW * 2))
-    row = job(db, job_id)
-    assert row["state"] == "done" and row["rows_scanned"] == 8000, row
-    assert differing(db) == 0
+    assert_exact(db, "users", job_id, same=("state", "status"), rows=8000)
 
 
 def test_valgrind_sigterm_with_requests_in_flight(db, daemon_factory, vg_binary):
