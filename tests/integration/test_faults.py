@@ -13,13 +13,12 @@ import re
 import signal
 import threading
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 
 import pgharness
-from bfhelp import job, submit, wait_batches, wait_state
+from bfhelp import (assert_exact, daemon_sessions, healthz, job, submit, wait_batches, wait_http, wait_job,
+                    wait_state)
 
 LEASE_MS = 2000
 FAST = {"lease_ms": LEASE_MS, "poll_interval_ms": 200, "shutdown_grace_ms": 3000}
@@ -36,10 +35,6 @@ def counter_table(db, name, rows, counters=("n",)):
     db.sql(f"CREATE TABLE {name} (id bigint PRIMARY KEY, {cols})")
     db.sql(f"INSERT INTO {name} (id) SELECT g FROM generate_series(1, {int(rows)}) g")
     db.sql(f"ANALYZE {name}")
-
-
-def submit_counter(db, table, counter="n", **columns):
-    return submit(db, table, set_sql=f"{counter} = {counter} + 1", where_sql=None, **columns)
 
 
 def install_owner_audit(db):
@@ -91,18 +86,6 @@ def assert_batches_contiguous(db, job_id, rows):
         (job_id, scanned, row["rows_scanned"], row["rows_changed"], rows)
 
 
-def assert_exact(db, tables, job_ids):
-    """TABLES: {table: [counter, ...]}. Every counter is 1 on every row, every job is done."""
-    for table, counters in tables.items():
-        for c in counters:
-            bad = db.one(f"SELECT count(*) FROM {table} WHERE {c} <> 1")
-            assert bad == 0, f"{table}.{c}: {bad} rows changed other than exactly once " \
-                             f"{db.sql(f'SELECT {c}, count(*) FROM {table} GROUP BY 1 ORDER BY 1')}"
-    states = db.sql("SELECT id, state, last_error FROM backfill.jobs WHERE id = ANY(%s)"
-                    " AND state <> 'done'", [list(job_ids)])
-    assert not states, f"jobs not done: {states}"
-
-
 def wait_all_done(db, job_ids, timeout, daemons=()):
     def done():
         return db.one("SELECT count(*) FROM backfill.jobs WHERE id = ANY(%s) AND state <> 'done'",
@@ -119,28 +102,6 @@ def wait_all_done(db, job_ids, timeout, daemons=()):
 def logged_batches(daemon):
     """(job, batch) pairs the daemon logged as committed."""
     return [(int(j), int(b)) for j, b in BATCH_LINE.findall(daemon.log_text())]
-
-
-def daemon_sessions(db):
-    return db.sql("SELECT pid, application_name FROM pg_stat_activity WHERE datname = %s"
-                  " AND application_name LIKE 'backfilld%%'", [db.name])
-
-
-def healthz(port, timeout=2.0):
-    """(status, body) of GET /healthz; status None when nothing answered."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=timeout) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        with e:
-            return e.code, e.read().decode()
-    except (urllib.error.URLError, OSError) as e:
-        return None, str(e)
-
-
-def wait_healthz(port, status, timeout):
-    return pgharness.wait_until(lambda: healthz(port)[0] == status, timeout=timeout, interval=0.1,
-                                what=f"/healthz {status}")
 
 
 class HealthPoller:
@@ -231,7 +192,7 @@ def test_three_instances_eight_jobs_and_a_sigkill(db, daemon_factory):
     for table in tables:
         counter_table(db, table, rows)
     install_owner_audit(db)
-    job_ids = [submit_counter(db, t, fixed=50, sleep_ms=40) for t in tables]
+    job_ids = [submit(db, t, set_sql="n = n + 1", where_sql=None, fixed=50, sleep_ms=40) for t in tables]
     names = ["fault-a", "fault-b", "fault-c"]
     # 3 workers each: a and b take three jobs, c the last two and keeps a worker free.
     daemons = {name: daemon_factory(daemon=dict(FAST, name=name, workers=3)) for name in names}
@@ -298,20 +259,14 @@ def start_fault_scenario(db, daemon_factory, rows=20000, njobs=2, fixed=200, sle
     tables = {f"f{i}": ["n"] for i in range(1, njobs + 1)}
     for table in tables:
         counter_table(db, table, rows)
-    job_ids = [submit_counter(db, t, fixed=fixed, sleep_ms=sleep_ms) for t in tables]
+    job_ids = [submit(db, t, set_sql="n = n + 1", where_sql=None, fixed=fixed, sleep_ms=sleep_ms) for t in tables]
     port = pgharness.free_port()
     d = daemon_factory(daemon=dict(FAST, workers=njobs), http={"listen": f"127.0.0.1:{port}"})
     d.start()
-    wait_healthz(port, 200, timeout=20)
+    wait_http(port, status=200, timeout=20, request_timeout=2)
     for job_id in job_ids:
         wait_batches(db, job_id, 5)
     return tables, job_ids, d, port
-
-
-def wait_progress(db, job_id, batches, timeout=30):
-    """Wait until the job has BATCHES batches, or is done."""
-    pgharness.wait_until(lambda: (lambda r: r["batches"] >= batches or r["state"] == "done")(
-        job(db, job_id)), timeout=timeout, what=f"job {job_id} at {batches} batches or done")
 
 
 def finish_fault_scenario(db, tables, job_ids, d, port, rows):
@@ -360,7 +315,7 @@ def test_database_restarted(db, daemon_factory, cluster, mode):
         t0 = time.monotonic()
         restart_cluster(cluster, mode)
         t1 = time.monotonic()
-        wait_healthz(port, 200, timeout=40)
+        wait_http(port, status=200, timeout=40, request_timeout=2)
     d.wait_for_log(r"queue: connection lost", since=mark, timeout=5)
     statuses = health.statuses(since=t0)
     assert 503 in statuses, statuses
@@ -368,7 +323,7 @@ def test_database_restarted(db, daemon_factory, cluster, mode):
     # The jobs go on after the restart, from where they were (possibly minus the last commits
     # an immediate stop lost: synchronous_commit is off in the test cluster).
     for j in job_ids:
-        wait_progress(db, j, job(db, j)["batches"] + 3)
+        wait_batches(db, j, job(db, j)["batches"] + 3, or_done=True)
         assert job(db, j)["batches"] >= before[j] - 5
     print(f"restart -m {mode}: {t1 - t0:.1f}s")
     finish_fault_scenario(db, tables, job_ids, d, port, rows)
@@ -390,7 +345,7 @@ def test_server_gone_for_30_seconds(db, daemon_factory, cluster):
         finally:
             cluster.start()
         t1 = time.monotonic()
-        wait_healthz(port, 200, timeout=45)
+        wait_http(port, status=200, timeout=45, request_timeout=2)
         t2 = time.monotonic()
     down = health.statuses(since=t0 + 0.5, until=t1)
     assert len(down) > outage * 2 and set(down) == {503}, sorted(set(down), key=str)
@@ -469,7 +424,7 @@ def test_frozen_instance_holds_no_locks_and_commits_nothing_after_takeover(db, d
                       " AND state = 'active'", [a_pids]) == 0
 
         # B takes the job over once A's lease expires, not before, and walks on.
-        wait_state_owner(db, job_id, "frozen-b", timeout=lease + 10)
+        wait_job(db, job_id, lambda r: r["owner"] == "frozen-b", timeout=lease + 10, what="B owning the job")
         assert_no_early_takeover(db)
         (_, old, new, old_lease, claimed_at), = takeovers(db)
         assert (old, new) == ("frozen-a", "frozen-b") and claimed_at > old_lease > stop_at
@@ -489,7 +444,7 @@ def test_frozen_instance_holds_no_locks_and_commits_nothing_after_takeover(db, d
         if stopped:
             a.signal(signal.SIGCONT)
 
-    assert_exact(db, {"frozen": ["n"]}, [job_id])
+    assert_exact(db, "frozen", job_id, once="n")
     assert_batches_contiguous(db, job_id, rows)
     assert b_done["batches"] == db.one("SELECT count(*) FROM backfill.batches WHERE job_id = %s", [job_id])
     # Batches 1..a_batches are A's (committed before the takeover), the rest B's.
@@ -545,7 +500,7 @@ def test_batch_outliving_its_lease_is_fenced_by_the_server(db, daemon_factory, c
         a_row = job(db, job_id)
         assert a_row["owner"] == "fence-a"
 
-        wait_state_owner(db, job_id, "fence-b", timeout=LEASE_MS / 1000 + 10)
+        wait_job(db, job_id, lambda r: r["owner"] == "fence-b", timeout=LEASE_MS / 1000 + 10, what="B owning the job")
         assert backend_state() == "active", "A's batch ended before the takeover: make it slower"
         assert_no_early_takeover(db)
         db.sql("UPDATE knob SET slow = false")
@@ -576,19 +531,13 @@ def test_batch_outliving_its_lease_is_fenced_by_the_server(db, daemon_factory, c
             a.signal(signal.SIGCONT)
         db.sql("UPDATE knob SET slow = false")
 
-    assert_exact(db, {"fenced": ["n"]}, [job_id])
+    assert_exact(db, "fenced", job_id, once="n")
     assert_batches_contiguous(db, job_id, rows)
     a_logged = {bn for j, bn in logged_batches(a) if j == job_id}
     b_logged = {bn for j, bn in logged_batches(b) if j == job_id}
     assert a_logged == set(range(1, a_row["batches"] + 1)), (sorted(a_logged), a_row["batches"])
     assert b_logged == set(range(a_row["batches"] + 1, row["batches"] + 1)), sorted(b_logged)
     assert a.stop() == 0 and b.stop() == 0
-
-
-def wait_state_owner(db, job_id, owner, timeout):
-    return pgharness.wait_until(
-        lambda: (lambda r: r if r["owner"] == owner else None)(job(db, job_id)),
-        timeout=timeout, what=f"job {job_id} owned by {owner}")
 
 
 # -- soak --------------------------------------------------------------------------------------
@@ -620,8 +569,9 @@ def test_soak_random_faults(db, daemon_factory, cluster):
         table = f"s{i % ntables}"
         # Spread the starts over the first 70% so jobs keep arriving; sizes and pauses vary.
         start_in = rnd.uniform(0, 0.7 * seconds) if i >= 6 else 0
-        job_ids.append(submit_counter(
-            db, table, f"n{i}", fixed=rnd.choice([50, 100, 200]), sleep_ms=rnd.choice([20, 40, 60]),
+        job_ids.append(submit(
+            db, table, set_sql=f"n{i} = n{i} + 1", where_sql=None, fixed=rnd.choice([50, 100, 200]),
+            sleep_ms=rnd.choice([20, 40, 60]),
             priority=rnd.randint(0, 2),
             not_before=db.one("SELECT now() + %s * interval '1 second'", [start_in])))
 

@@ -4,21 +4,13 @@ its queue, make claims slow by queueing many jobs, keep workers busy with retrie
 statements, block the event loop with a huge SQL text, or flood the log with notices."""
 
 import time
-import urllib.request
 
 import psycopg
 import pytest
 
 import pgharness
-from bfhelp import job, make_users, run_to_idle, submit, wait_state
-
-
-def healthz(port):
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
+from bfhelp import (assert_exact, assert_job, daemon_sessions, healthz, job, make_users, run_to_idle, submit,
+                    wait_http, wait_job, wait_state)
 
 
 def listening(port):
@@ -49,15 +41,13 @@ def test_parallel_is_capped_and_slices_wait_for_a_free_connection(db, make_role,
     job_id = submit(db, "users", conn=m, set_sql="n = n + 1", where_sql=None, parallel=6, fixed=500, sleep_ms=20)
     most = 0
     while job(db, job_id)["state"] != "done":
-        n = db.one("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'backfilld%%'"
-                   " AND datname = %s", [db.name])
-        most = max(most, n)
+        most = max(most, len(daemon_sessions(db)))
         assert d.running(), d.log_tail()
         time.sleep(0.05)
     assert most <= 5, most
     assert db.one("SELECT count(*) FROM backfill.slices WHERE job_id = %s", [job_id]) == 6
     assert "waiting for a free connection" in d.log_text()
-    assert db.one("SELECT count(*) FROM users WHERE n <> 1") == 0
+    assert_exact(db, "users", job_id, once="n")
 
 
 def test_locks_a_submitter_can_take_never_freeze_the_queue(db, make_role, role_conn, daemon_factory):
@@ -87,16 +77,16 @@ def test_locks_a_submitter_can_take_never_freeze_the_queue(db, make_role, role_c
         wait_state(db, theirs, "running", timeout=10, daemon=d)
         claimed_after = time.monotonic() - t0
         lease = job(db, theirs)["lease_until"]
-        pgharness.wait_until(lambda: job(db, theirs)["lease_until"] > lease, timeout=10, what="a lease renewal")
-        assert healthz(port)[0] == 200
+        wait_job(db, theirs, lambda r: r["lease_until"] > lease, timeout=10, what="a lease renewal")
+        assert healthz(port, timeout=5)[0] == 200
         wait_state(db, theirs, "done", timeout=120, daemon=d)
-        assert healthz(port)[0] == 200
+        assert healthz(port, timeout=5)[0] == 200
         print(f"claimed {claimed_after:.2f} s after the INSERT despite the locks")
         assert claimed_after < 5
         assert job(db, hers)["state"] == "pending"  # locked: skipped, not waited for
     finally:
         locker.close()
-    assert db.one("SELECT count(*) FROM users WHERE n <> 1") == 0
+    assert_exact(db, "users", theirs, once="n")
 
 
 def test_healthz_reports_a_queue_that_answers_nothing(db, daemon_factory):
@@ -107,14 +97,13 @@ def test_healthz_reports_a_queue_that_answers_nothing(db, daemon_factory):
     d = daemon_factory(http={"listen": f"127.0.0.1:{port}"}, daemon={"lease_ms": 2000, "poll_interval_ms": 300})
     d.start()
     d.wait_for_log(r"listening on backfill_jobs")
-    pgharness.wait_until(lambda: healthz(port)[0] == 200, timeout=10, what="healthz ok")
+    wait_http(port, status=200, timeout=10)
     with db.connect(autocommit=False) as dba:
         dba.execute("LOCK TABLE backfill.jobs IN ACCESS EXCLUSIVE MODE")
-        status, body = pgharness.wait_until(lambda: (lambda r: r if r[0] == 503 else None)(healthz(port)),
-                                            timeout=20, what="healthz 503")
+        body = wait_http(port, status=503, timeout=20)
         assert "completed no claim, lease renewal or count" in body, body
         dba.rollback()
-    pgharness.wait_until(lambda: healthz(port)[0] == 200, timeout=20, what="healthz ok again")
+    wait_http(port, status=200, timeout=20)
     assert d.running()
 
 
@@ -187,12 +176,12 @@ def test_a_huge_set_sql_never_blocks_the_loop(db, daemon_factory):
     while job(db, job_id)["state"] != "done":
         assert time.monotonic() < deadline, d.log_tail()
         t0 = time.monotonic()
-        healthz(port)
+        assert healthz(port, timeout=5)[0] is not None, "/healthz did not answer"
         worst = max(worst, time.monotonic() - t0)
         time.sleep(0.02)
     print(f"/healthz answered within {worst * 1000:.0f} ms at worst")
     assert worst < 1.0, worst
-    assert db.one("SELECT count(*) FROM users WHERE n <> 1") == 0
+    assert_exact(db, "users", job_id, once="n")
 
 
 def test_server_notices_of_a_job_are_rate_limited(db, daemon_factory):
@@ -204,7 +193,7 @@ def test_server_notices_of_a_job_are_rate_limited(db, daemon_factory):
     job_id = submit(db, "users", set_sql="state = noisy(id)", where_sql=None, fixed=2000)
     d = daemon_factory(daemon={"lease_ms": 60000})
     assert run_to_idle(d, timeout=120) == 0
-    assert job(db, job_id)["state"] == "done"
+    assert_job(db, job_id)
     log = d.log_text()
     warnings = log.count("says hello")
     print(f"{warnings} of 20,000 warnings in the log")

@@ -4,27 +4,13 @@ the string is a malformed URI that libpq quotes back; a table name with a newlin
 ANSI escape cannot forge log lines or reach a terminal."""
 
 import re
-import urllib.error
-import urllib.request
 
 import pytest
 
 import pgharness
-from bfhelp import job, run_to_idle, submit
+from bfhelp import assert_exact, healthz, run_to_idle, submit
 
 SECRET = "s3cret"
-
-
-def healthz(port):
-    """(status, body) of GET /healthz; None while nothing answers yet."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as e:
-        with e:
-            return e.code, e.read().decode()
-    except OSError:
-        return None
 
 
 @pytest.mark.parametrize("conninfo", [
@@ -57,7 +43,8 @@ def test_a_malformed_uri_password_stays_off_healthz_and_the_log(daemon_factory, 
     d = daemon_factory(database={"conninfo": conninfo}, http={"listen": f"127.0.0.1:{port}"})
     d.start()
     d.wait_for_log(r"queue: cannot connect: .*reconnecting in \d+ ms")
-    answer = pgharness.wait_until(lambda: healthz(port), what="/healthz answering")
+    answer = pgharness.wait_until(lambda: (lambda a: a if a[0] is not None else None)(healthz(port, timeout=5)),
+                                  what="/healthz answering")
     status, body = answer
     assert status == 503 and body.startswith("database down: "), answer
     assert "URI" in body or "percent-encoded" in body, body  # libpq's own reason, masked
@@ -79,7 +66,7 @@ def test_a_hostile_table_name_cannot_forge_log_lines(db, daemon_factory):
     job_id = submit(db, quoted, batch_size=50)
     d = daemon_factory()
     assert run_to_idle(d) == 0, d.log_tail()
-    assert job(db, job_id)["state"] == "done", d.log_tail()
+    assert_exact(db, quoted, job_id, same=("state", "status"), daemon=d)
 
     log = d.logfile.read_bytes()
     assert log.endswith(b"\n")

@@ -11,10 +11,9 @@ import re
 import select
 import socket
 import time
-import urllib.error
-import urllib.request
 
 import pgharness
+from bfhelp import healthz, http_daemon, wait_http
 
 DEADLINE_S = 10  # HTTP_DEADLINE_MS: from accept (or the last complete request) to a complete request
 CAP = 64  # HTTP_MAX_CONNECTIONS
@@ -24,29 +23,11 @@ FD_LIMIT = 64  # the daemon's RLIMIT_NOFILE in the out-of-descriptors test
 
 # -- helpers ---------------------------------------------------------------------------------
 
-def healthz(port, timeout=2.0):
-    """(status, seconds) of GET /healthz; status None when nothing answered in TIMEOUT."""
+def timed_healthz(port):
+    """(status, seconds) of GET /healthz (bfhelp.healthz: status None when nothing answered)."""
     t0 = time.monotonic()
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=timeout) as r:
-            r.read()
-            status = r.status
-    except urllib.error.HTTPError as e:
-        with e:
-            status = e.code
-    except (urllib.error.URLError, OSError):
-        status = None
+    status, _ = healthz(port)
     return status, time.monotonic() - t0
-
-
-def wait_healthz_200(port, timeout=20):
-    pgharness.wait_until(lambda: healthz(port)[0] == 200, timeout=timeout, interval=0.1,
-                         what="/healthz 200")
-
-
-def http_daemon(daemon_factory, **sections):
-    port = pgharness.free_port()
-    return daemon_factory(http={"listen": f"127.0.0.1:{port}"}, **sections), port
 
 
 def server_closed(sock, wait=0.0):
@@ -117,7 +98,7 @@ def test_a_trickling_client_is_dropped_at_its_deadline(db, daemon_factory):
     keep-alive client's whole requests each earn a deadline of their own."""
     d, port = http_daemon(daemon_factory)
     d.start()
-    wait_healthz_200(port)
+    wait_http(port, request_timeout=2)
 
     s = socket.create_connection(("127.0.0.1", port), timeout=5)
     t0 = time.monotonic()
@@ -144,7 +125,7 @@ def test_a_trickling_client_is_dropped_at_its_deadline(db, daemon_factory):
             if server_closed(s, wait=0.8):
                 closed_after = time.monotonic() - t0
                 break
-            status, took = healthz(port)
+            status, took = timed_healthz(port)
             assert status == 200, f"/healthz answered {status} during the trickle"
             slowest = max(slowest, took)
             keep_alive_healthz()
@@ -167,7 +148,7 @@ def test_connections_beyond_the_cap_close_the_longest_waiting(db, daemon_factory
     once, logging the episode once; a fresh /healthz still answers at once."""
     d, port = http_daemon(daemon_factory)
     d.start()
-    wait_healthz_200(port)
+    wait_http(port, request_timeout=2)
     mark = d.log_mark()
 
     socks = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(200)]
@@ -179,7 +160,7 @@ def test_connections_beyond_the_cap_close_the_longest_waiting(db, daemon_factory
         assert not any(closed[-CAP + 1:]), "a connection among the newest was closed"
         assert open_fds(d.pid) < CAP + 40, f"{open_fds(d.pid)} descriptors open in the daemon"
 
-        status, took = healthz(port)
+        status, took = timed_healthz(port)
         assert status == 200 and took < 1.0, (status, took)
         assert len(log_lines(d, r"http: at the cap", mark)) == 1, d.log_tail()
     finally:
@@ -195,7 +176,7 @@ def test_out_of_descriptors_backs_off_quietly_and_recovers(db, daemon_factory):
     again once the clients go."""
     d, port = http_daemon(daemon_factory, daemon={"workers": 1})
     d.start(wrapper=["prlimit", f"--nofile={FD_LIMIT}:{FD_LIMIT}"])
-    wait_healthz_200(port)
+    wait_http(port, request_timeout=2)
     pid = d.pid
     with open(f"/proc/{pid}/comm") as f:
         assert f.read().strip() == "backfilld"  # setpriv and prlimit exec, so the pid is the daemon's
@@ -216,7 +197,7 @@ def test_out_of_descriptors_backs_off_quietly_and_recovers(db, daemon_factory):
         close_all(socks)
 
     t0 = time.monotonic()
-    wait_healthz_200(port, timeout=5)
+    wait_http(port, timeout=5, request_timeout=2)
     print(f"/healthz 200 {time.monotonic() - t0:.2f}s after the clients closed")
     d.wait_for_log(r"http: accepting connections again", since=mark, timeout=CALM_S + 5)
     about = log_lines(d, r"(?i)accept", mark)

@@ -17,16 +17,14 @@ import subprocess
 import tempfile
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 import zlib
 from pathlib import Path
 
 import pytest
 
 import pgharness
-from bfhelp import job, make_users, submit, wait_batches, wait_state
+from bfhelp import http, http_daemon, job, make_users, submit, wait_batches, wait_http, wait_state
 
 SOURCE_DIR = pgharness.SOURCE_DIR
 UNIT_FILE = SOURCE_DIR / "systemd" / "backfilld.service"
@@ -38,17 +36,6 @@ REASONS = ("replication_lag", "blocked_sessions", "lock_timeout", "autovacuum", 
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-def http(url, method="GET", timeout=5):
-    """(status, headers, body text) of one request; HTTP errors are answers too."""
-    req = urllib.request.Request(url, method=method)
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, resp.headers, resp.read().decode()
-    except urllib.error.HTTPError as e:
-        with e:
-            return e.code, e.headers, e.read().decode()
-
 
 _SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$')
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)",?')
@@ -93,33 +80,6 @@ def scrape(port):
     status, headers, body = http(f"http://127.0.0.1:{port}/metrics")
     assert status == 200, body
     return parse_metrics(body)
-
-
-def http_daemon(daemon_factory, listen=None, **sections):
-    """A daemon with HTTP on a free loopback port; returns (daemon, port)."""
-    port = pgharness.free_port()
-    d = daemon_factory(http={"listen": listen or f"127.0.0.1:{port}"}, **sections)
-    return d, port
-
-
-def wait_http(port, path="/healthz", status=200, timeout=20, body=None):
-    """Wait until PATH answers STATUS (and BODY matches, a regex); return the body."""
-    last = None
-
-    def ok():
-        nonlocal last
-        try:
-            last = http(f"http://127.0.0.1:{port}{path}")
-        except OSError as e:
-            last = (None, None, str(e))
-            return False
-        return last[0] == status and (body is None or re.search(body, last[2]))
-
-    try:
-        pgharness.wait_until(ok, timeout=timeout, what=f"{path} {status}")
-    except TimeoutError as e:
-        raise AssertionError(f"{path}: wanted {status} {body or ''}, last answer {last}") from e
-    return last[2]
 
 
 class NotifyListener:
@@ -401,10 +361,10 @@ def test_ipv6_listen(db, daemon_factory):
 
     def answered():
         try:
-            with urllib.request.urlopen(f"http://[::1]:{port}/healthz", timeout=5) as r:
-                return r.status == 200 and r.read() == b"ok\n"
-        except (urllib.error.HTTPError, OSError):
+            status, _, body = http(f"http://[::1]:{port}/healthz")
+        except OSError:
             return False
+        return status == 200 and body == "ok\n"
 
     pgharness.wait_until(answered, what="/healthz on [::1]")
     assert d.stop() == 0
