@@ -11,29 +11,25 @@ import contextlib
 import os
 import random
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from pathlib import Path
 
 import psycopg
 import pytest
 
 import pgharness
-from bfhelp import app_waits_on_a_slow_first_batch, differing, job, make_users, run_to_idle, submit, wait_state
-from conftest import Database
+from bfhelp import (app_waits_on_a_slow_first_batch, assert_exact, differing, job, make_users, run_to_idle, submit,
+                    wait_job, wait_state)
+from conftest import Database, daemons, new_database
 
 ROWS = 20000
 
 
-def assert_exact(db, job_id, row):
-    assert row["state"] == "done", row
-    assert row["throttled_reason"] is None, row
-    assert row["rows_scanned"] == ROWS and row["rows_changed"] == ROWS, row
-    assert differing(db) == 0
+def assert_copied(db, job_id, daemon=None):
+    """The job done (no throttled_reason left), every row of users walked and copied once."""
+    return assert_exact(db, "users", job_id, same=("state", "status"), rows=ROWS, changed=ROWS, daemon=daemon)
 
 
 def assert_held(db, job_id, reason, seconds=1.5, still=None):
@@ -112,16 +108,15 @@ def test_pause_during_autovacuum_holds_the_job_while_a_worker_is_on_its_table(
     job_id = submit(db, "users")
     d = daemon_factory(throttle={"pause_during_autovacuum": True, "sample_interval_ms": 100})
     d.start()
-    pgharness.wait_until(lambda: job(db, job_id)["throttled_reason"] == "autovacuum", timeout=60,
-                         what="held for autovacuum")
+    wait_job(db, job_id, lambda r: r["throttled_reason"] == "autovacuum", timeout=60, what="held for autovacuum")
     # Held, not a single batch, for as long as the very same worker is on the table.
     assert_held(db, job_id, "autovacuum", 2.0, still=lambda: vacuum_worker(db) == pid)
     d.wait_for_log(r"held: autovacuum \(autovacuum is processing the table\)", timeout=1)
     assert differing(db) == ROWS
 
     end_autovacuum(db)
-    row = wait_state(db, job_id, "done", timeout=60, daemon=d)
-    assert_exact(db, job_id, row)
+    wait_state(db, job_id, "done", timeout=60, daemon=d)
+    assert_copied(db, job_id)
     assert "running freely again (was autovacuum)" in d.log_text()
     assert d.log_text().count("held: autovacuum") == 1  # logged once, not once per decision
 
@@ -132,10 +127,10 @@ def test_autovacuum_does_not_hold_a_job_by_default(fast_autovacuum, db, daemon_f
     job_id = submit(db, "users")
     d = daemon_factory(throttle={"sample_interval_ms": 100})  # pause_during_autovacuum = false
     d.start()
-    row = wait_state(db, job_id, "done", timeout=60, daemon=d)
+    wait_state(db, job_id, "done", timeout=60, daemon=d)
     # The same worker was on the table from before the job started until after it ended.
     assert vacuum_worker(db) == pid
-    assert_exact(db, job_id, row)
+    assert_copied(db, job_id)
     assert db.one("SELECT count(*) FROM backfill.batches WHERE job_id = %s"
                   " AND throttled_reason IS NOT NULL", [job_id]) == 0
     assert "autovacuum" not in d.log_text()
@@ -158,14 +153,10 @@ def test_autovacuum_of_a_same_oid_table_in_another_database_does_not_hold(
         db.sql("ALTER TABLE users SET (autovacuum_enabled = on)")
         wait_vacuum_worker(db)
         job_id = submit(cdb, "users")
-        d = pgharness.Daemon(pgharness.default_binary(), tmp_path / "daemon",
-                             pgharness.base_config(cdb.conninfo, throttle={
-                                 "pause_during_autovacuum": True, "sample_interval_ms": 100}))
-        try:
+        with daemons(cdb, tmp_path) as make:
+            d = make(throttle={"pause_during_autovacuum": True, "sample_interval_ms": 100})
             assert run_to_idle(d, timeout=10) == 0, d.log_tail()
-        finally:
-            d.stop()
-        assert job(cdb, job_id)["state"] == "done"
+        assert_copied(cdb, job_id)
     finally:
         end_autovacuum(db)
         cluster.sql(f'DROP DATABASE IF EXISTS "{clone}" WITH (FORCE)')
@@ -173,29 +164,16 @@ def test_autovacuum_of_a_same_oid_table_in_another_database_does_not_hold(
 
 # -- a sleep chosen for lag pressure ----------------------------------------------------------
 
-STANDBY = "standby_more"
-
-
-@pytest.fixture(scope="module")
-def standby(cluster):
-    with pgharness.streaming_standby(cluster, STANDBY) as sb:
-        yield sb
-
-
-def standby_lag_bytes(cluster):
-    return pgharness.standby_lag_bytes(cluster, STANDBY)
-
-
 def test_a_lag_pressure_sleep_ends_soon_after_the_lag_clears(cluster, standby, db, daemon_factory):
     """Byte lag at 70% of the limit before the job starts (replay paused, WAL switched on an idle
     primary): the first decision is a sleep of 0.4 x max_sleep_ms = 12 s. Replay resumes at once;
     the lag is gone within a second, so should the sleep be."""
-    make_users_plain(db)
-    pgharness.wait_until(lambda: standby_lag_bytes(cluster) == 0, timeout=30, what="standby caught up")
+    make_users(db, ROWS)
+    pgharness.wait_caught_up(cluster, standby.name, timeout=30)
     standby.sql("SELECT pg_wal_replay_pause()")
     try:
         push_wal(db, 2)
-        limit = int(standby_lag_bytes(cluster) / 0.7)
+        limit = int(pgharness.standby_lag_bytes(cluster, standby.name) / 0.7)
         job_id = submit(db, "users")
         d = daemon_factory(throttle={"max_replication_lag_bytes": limit, "max_replication_lag_ms": 600000,
                                      "sample_interval_ms": 100, "max_sleep_ms": 30000})
@@ -204,12 +182,12 @@ def test_a_lag_pressure_sleep_ends_soon_after_the_lag_clears(cluster, standby, d
         assert job(db, job_id)["batches"] == 0
     finally:
         standby.sql("SELECT pg_wal_replay_resume()")
-    pgharness.wait_until(lambda: standby_lag_bytes(cluster) == 0, timeout=10, what="standby caught up")
+    pgharness.wait_caught_up(cluster, standby.name, timeout=10)
     t0 = time.monotonic()
-    pgharness.wait_until(lambda: job(db, job_id)["batches"] >= 1, timeout=30, what="the first batch")
+    wait_job(db, job_id, lambda r: r["batches"] >= 1, timeout=30, what="the first batch")
     waited = time.monotonic() - t0
-    row = wait_state(db, job_id, "done", timeout=60, daemon=d)
-    assert_exact(db, job_id, row)
+    wait_state(db, job_id, "done", timeout=60, daemon=d)
+    assert_copied(db, job_id)
     assert waited < 2.0, f"the first batch came {waited:.1f} s after the lag had cleared"
     # That batch still says why it waited, though the lag was gone when the sleep ended.
     assert db.one("SELECT throttled_reason FROM backfill.batches WHERE job_id = %s AND batch = 1",
@@ -230,58 +208,23 @@ class LogicalCluster(pgharness.Cluster):
 
 @pytest.fixture(scope="module")
 def logical_cluster():
-    base = Path(tempfile.mkdtemp(prefix="bfl-lg-"))
-    c = LogicalCluster(base / "logical", name="logical")
-    try:
-        c.init().start()
+    with pgharness.temporary_cluster("logical", cls=LogicalCluster) as c:
         assert c.sql("SHOW wal_level")[0][0] == "logical"
         yield c
-    finally:
-        c.destroy()
-        shutil.rmtree(base, ignore_errors=True)
-
-
-_ldb_counter = iter(range(1, 1 << 30))
 
 
 @pytest.fixture
 def ldb(logical_cluster):
-    name = f"l_{next(_ldb_counter)}"
-    logical_cluster.sql(f'CREATE DATABASE "{name}"')
-    database = Database(logical_cluster, name)
-    try:
-        with logical_cluster.connect(name) as conn:
-            pgharness.install_schema(conn)
+    """db, on the wal_level = logical cluster (its replication slots dropped with it)."""
+    with new_database(logical_cluster, "l") as database:
         yield database
-    finally:
-        database.close()
-        # A database with a replication slot cannot be dropped.
-        logical_cluster.sql("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
-                            " WHERE database = %s", [name])
-        logical_cluster.sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
 def ldaemon_factory(ldb, tmp_path):
-    made = []
-
-    def make(**sections):
-        daemon = pgharness.Daemon(pgharness.default_binary(), tmp_path / f"daemon{len(made) + 1}",
-                                  pgharness.base_config(ldb.conninfo, **sections))
-        made.append(daemon)
-        return daemon
-
-    yield make
-    for daemon in made:
-        daemon.stop()
-
-
-def make_users_plain(db):
-    db.sql("CREATE TABLE users (id bigint PRIMARY KEY, status text NOT NULL, state text,"
-           " n int NOT NULL DEFAULT 0)")
-    db.sql("INSERT INTO users (id, status) SELECT g, (ARRAY['active','idle','banned'])[1 + g % 3]"
-           f" FROM generate_series(1, {ROWS}) g")
-    db.sql("ANALYZE users")
+    """daemon_factory, for ldb."""
+    with daemons(ldb, tmp_path) as make:
+        yield make
 
 
 def push_wal(db, segments):
@@ -307,34 +250,34 @@ def lagging_slot(db, name, segments=3):
 
 
 def test_a_logical_slot_behind_holds_the_job_until_it_is_advanced(ldb, ldaemon_factory):
-    make_users_plain(ldb)
+    make_users(ldb, ROWS)
     lagging_slot(ldb, "bfl_behind")
     job_id = submit(ldb, "users")
     d = ldaemon_factory(throttle={"max_replication_lag_bytes": LIMIT, "max_replication_lag_ms": 600000,
                                   "sample_interval_ms": 100})
     d.start()
-    pgharness.wait_until(lambda: job(ldb, job_id)["throttled_reason"] == "replication_lag", timeout=60,
-                         what="held for the slot's lag")
+    wait_job(ldb, job_id, lambda r: r["throttled_reason"] == "replication_lag", timeout=60,
+             what="held for the slot's lag")
     d.wait_for_log(r"held: replication_lag \(logical slot bfl_behind: \d+ bytes behind\)", timeout=1)
     assert_held(ldb, job_id, "replication_lag", 1.5)
     assert differing(ldb) == ROWS
 
     ldb.sql("SELECT pg_replication_slot_advance('bfl_behind', pg_current_wal_lsn())")
-    row = wait_state(ldb, job_id, "done", timeout=60, daemon=d)
-    assert_exact(ldb, job_id, row)
+    wait_state(ldb, job_id, "done", timeout=60, daemon=d)
+    assert_copied(ldb, job_id)
     assert "running freely again (was replication_lag)" in d.log_text()
     # Nobody consumed the slot since: the job's own WAL is lag again, but under half the limit.
     assert 0 < slot(ldb, "bfl_behind")[0] < LIMIT // 2
 
 
 def test_with_logical_slots_off_a_slot_behind_does_not_hold(ldb, ldaemon_factory):
-    make_users_plain(ldb)
+    make_users(ldb, ROWS)
     lagging_slot(ldb, "bfl_ignored")
     job_id = submit(ldb, "users")
     d = ldaemon_factory(throttle={"logical_slots": False, "max_replication_lag_bytes": LIMIT,
                                   "max_replication_lag_ms": 600000, "sample_interval_ms": 100})
     assert run_to_idle(d, timeout=60) == 0, d.log_tail()
-    assert_exact(ldb, job_id, job(ldb, job_id))
+    assert_copied(ldb, job_id, daemon=d)
     assert ldb.one("SELECT count(*) FROM backfill.batches WHERE job_id = %s"
                    " AND throttled_reason IS NOT NULL", [job_id]) == 0
     assert "throttled" not in d.log_text() and "held" not in d.log_text()
@@ -355,7 +298,7 @@ def tiny_slot_wal_keep(logical_cluster):
 
 def test_a_logical_slot_that_lost_its_wal_holds_the_job(logical_cluster, tiny_slot_wal_keep, ldb,
                                                         ldaemon_factory):
-    make_users_plain(ldb)
+    make_users(ldb, ROWS)
     ldb.sql("SELECT pg_create_logical_replication_slot('bfl_lost', 'test_decoding')")
     push_wal(ldb, 2)
     assert slot(ldb, "bfl_lost")[1] == "unreserved"  # past max_slot_wal_keep_size, not yet removed
@@ -366,20 +309,20 @@ def test_a_logical_slot_that_lost_its_wal_holds_the_job(logical_cluster, tiny_sl
     d = ldaemon_factory(throttle={"max_replication_lag_bytes": 1 << 40, "max_replication_lag_ms": 600000,
                                   "sample_interval_ms": 100})
     d.start()
-    pgharness.wait_until(lambda: job(ldb, job_id)["throttled_reason"] == "logical_slot", timeout=60,
-                         what="held for the lost slot")
+    wait_job(ldb, job_id, lambda r: r["throttled_reason"] == "logical_slot", timeout=60,
+             what="held for the lost slot")
     assert_held(ldb, job_id, "logical_slot", 1.5)
     d.wait_for_log(r"held: logical_slot \(", timeout=1)
 
     ldb.sql("SELECT pg_drop_replication_slot('bfl_lost')")  # what an operator does with a lost slot
-    row = wait_state(ldb, job_id, "done", timeout=60, daemon=d)
-    assert_exact(ldb, job_id, row)
+    wait_state(ldb, job_id, "done", timeout=60, daemon=d)
+    assert_copied(ldb, job_id)
 
 
 
 def test_the_lost_slot_hold_is_logged_with_its_wal_status(logical_cluster, tiny_slot_wal_keep, ldb,
                                                          ldaemon_factory):
-    make_users_plain(ldb)
+    make_users(ldb, ROWS)
     ldb.sql("SELECT pg_create_logical_replication_slot('bfl_lost2', 'test_decoding')")
     push_wal(ldb, 2)
     logical_cluster.sql("CHECKPOINT")
@@ -387,8 +330,8 @@ def test_the_lost_slot_hold_is_logged_with_its_wal_status(logical_cluster, tiny_
     job_id = submit(ldb, "users")
     d = ldaemon_factory(throttle={"max_replication_lag_bytes": 1 << 40, "sample_interval_ms": 100})
     d.start()
-    pgharness.wait_until(lambda: job(ldb, job_id)["throttled_reason"] == "logical_slot", timeout=60,
-                         what="held for the lost slot")
+    wait_job(ldb, job_id, lambda r: r["throttled_reason"] == "logical_slot", timeout=60,
+             what="held for the lost slot")
     d.wait_for_log(r"held: logical_slot \(logical slot bfl_lost2 has wal_status lost\)", timeout=2)
 
 
@@ -414,8 +357,7 @@ def test_with_no_standby_and_no_slot_its_own_wal_is_not_lag(ldb, ldaemon_factory
     d = ldaemon_factory(throttle={"max_replication_lag_bytes": 1 << 20, "max_replication_lag_ms": 600000,
                                   "sample_interval_ms": 20000})
     assert run_to_idle(d, timeout=60) == 0, d.log_tail()
-    row = job(ldb, job_id)
-    assert row["state"] == "done" and row["rows_scanned"] == 40000 and differing(ldb) == 0, row
+    row = assert_exact(ldb, "users", job_id, same=("state", "status"), rows=40000)
     assert row["wal_bytes"] > 4 * (1 << 20), row  # it did write well past the limit
     assert ldb.one("SELECT count(*) FROM backfill.batches WHERE job_id = %s"
                    " AND throttled_reason IS NOT NULL", [job_id]) == 0
@@ -452,13 +394,13 @@ def test_a_wait_the_sampler_never_sees_still_halves_the_next_batch(ldb, ldaemon_
     d = ldaemon_factory(throttle={"sample_interval_ms": 20000})
     job_id, waited = app_waits_on_a_slow_first_batch(ldb, d)  # the rate alone would grow it to ~600
     assert waited > 0.2, waited  # it really waited on the batch
-    row = wait_state(ldb, job_id, "done", timeout=120, daemon=d)
+    wait_state(ldb, job_id, "done", timeout=120, daemon=d)
     batches = ldb.sql("SELECT batch, batch_size, throttled_reason, blocked_sessions FROM backfill.batches"
                       " WHERE job_id = %s ORDER BY batch", [job_id])
     assert batches[0][1] == 400, batches
     assert batches[1][1] < 400 and batches[1][2] == "blocked_sessions" and batches[1][3] == 1, batches
     assert "cancelling it" not in d.log_text()
-    assert row["rows_scanned"] == 1000 and ldb.one("SELECT count(*) FROM users WHERE n <> 1") == 0, row
+    assert_exact(ldb, "users", job_id, once="n", rows=1000)
 
 
 # -- an application that keeps meeting the job's locks -------------------------------------------
@@ -507,9 +449,9 @@ def test_an_application_that_keeps_meeting_the_locks_is_made_to_wait_rarely_with
         time.sleep(0.5)
         job_id = submit(ldb, "users", set_sql="state = status || left(pg_sleep(0.0005)::text, 0)")
         d.start()
-        row = wait_state(ldb, job_id, "done", timeout=300, daemon=d)
+        wait_state(ldb, job_id, "done", timeout=300, daemon=d)
     assert not app_errors, app_errors
-    assert row["rows_scanned"] == rows and differing(ldb) == 0, row
+    assert_exact(ldb, "users", job_id, same=("state", "status"), rows=rows)
     batches = ldb.sql("SELECT duration_ms, coalesce(sleep_ms, 0), coalesce(blocked_sessions, 0),"
                       " throttled_reason FROM backfill.batches WHERE job_id = %s ORDER BY batch", [job_id])
     assert sum(b[2] for b in batches) > 0, "the application never met the job: the test shows nothing"
@@ -538,9 +480,9 @@ def test_a_job_that_starts_under_an_application_writing_its_table_keeps_its_batc
         time.sleep(1.5)  # the application's first writes reach the statistics
         job_id = submit(ldb, "users", set_sql="state = status || left(md5(repeat(status, 2000)), 0)")
         d.start()
-        row = wait_state(ldb, job_id, "done", timeout=300, daemon=d)
+        wait_state(ldb, job_id, "done", timeout=300, daemon=d)
     assert not app_errors, app_errors
-    assert row["rows_scanned"] == rows and differing(ldb) == 0, row
+    assert_exact(ldb, "users", job_id, same=("state", "status"), rows=rows)
     batches = ldb.sql("SELECT batch_size, throttled_reason, coalesce(blocked_sessions, 0),"
                       " extract(epoch FROM finished_at - min(finished_at) OVER ())::float8"
                       " FROM backfill.batches WHERE job_id = %s ORDER BY batch", [job_id])
