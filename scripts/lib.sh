@@ -1,8 +1,8 @@
 # shellcheck shell=bash
-# Shared by scripts/test.sh, the demo script and the benchmarks: where the checkout is, the
-# Debian packages backfilld needs to build, test and run against a local PostgreSQL 15, and
-# throwaway PostgreSQL clusters (a primary, a streaming standby) removed at exit.
-# Source it; it sets no shell options of its own.
+# Shared by every script (scripts/*, tests/bench/*.sh): the command-line parser, messages and
+# arithmetic, where the checkout is, the Debian packages backfilld needs to build, test and run
+# against a local PostgreSQL 15, the daemon's build, and throwaway PostgreSQL clusters (a primary,
+# a streaming standby) removed at exit. Source it; it sets no shell options of its own.
 
 PG_BINDIR=${PG_BINDIR:-/usr/lib/postgresql/15/bin}
 
@@ -33,9 +33,173 @@ say() {
 	printf '==> %s\n' "$*" >&2
 }
 
+# die MESSAGE...: "error: MESSAGE" on stderr (DIE_PREFIX instead of "error" when the script sets
+# it), exit 1. die_status STATUS MESSAGE...: the same, exiting with STATUS.
 die() {
-	printf 'error: %s\n' "$*" >&2
-	exit 1
+	die_status 1 "$@"
+}
+
+die_status() {
+	local status=$1
+	shift
+	printf '%s: %s\n' "${DIE_PREFIX:-error}" "$*" >&2
+	exit "$status"
+}
+
+# -- the command line ---------------------------------------------------------------------------
+#
+# One parser for every script. The script defines usage() (its help on stdout), declares its
+# options, parses, then checks what it got:
+#
+#   opt_flag --keep keep      # --keep sets keep=1
+#   opt_value --rows rows     # --rows N and --rows=N set rows=N
+#   parse_args "$@"           # -h/--help: usage, exit 0; an unknown option or one without its
+#                             # value: usage on stderr, exit 64
+#   args_count 0 0            # ARGS: the positional arguments; none allowed here (nor "--")
+#   check_int --rows "$rows"  # a positive integer, else exit 64
+#
+# After "--" every argument is taken as it is, into ARGS_REST (ARGS_DASHDASH=1).
+
+declare -A _OPT_KIND=() _OPT_VAR=() OPT_GIVEN=()
+ARGS=()
+ARGS_REST=()
+ARGS_DASHDASH=0
+
+# opt_flag OPTION VAR: OPTION sets VAR to 1.
+opt_flag() {
+	_OPT_KIND[$1]=flag
+	_OPT_VAR[$1]=$2
+}
+
+# opt_value OPTION VAR: OPTION VALUE and OPTION=VALUE set VAR to VALUE.
+opt_value() {
+	_OPT_KIND[$1]=value
+	_OPT_VAR[$1]=$2
+}
+
+# usage_error [MESSAGE...]: "error: MESSAGE" (if any) and the usage on stderr; exit 64.
+usage_error() {
+	(($# == 0)) || printf '%s: %s\n' "${DIE_PREFIX:-error}" "$*" >&2
+	usage >&2
+	exit 64
+}
+
+# parse_args ARG...: set the declared options' variables (OPT_GIVEN[OPTION]=1 for each given),
+# the positional arguments in ARGS, those after "--" in ARGS_REST.
+# shellcheck disable=SC2034 # ARGS_REST and OPT_GIVEN are for the scripts that source this file
+parse_args() {
+	local arg name
+	ARGS=()
+	ARGS_REST=()
+	ARGS_DASHDASH=0
+	while (($#)); do
+		arg=$1
+		case $arg in
+		-h | --help)
+			usage
+			exit 0
+			;;
+		--)
+			shift
+			ARGS_REST=("$@")
+			ARGS_DASHDASH=1
+			break
+			;;
+		--*=*)
+			name=${arg%%=*}
+			[[ ${_OPT_KIND[$name]:-} == value ]] || usage_error
+			printf -v "${_OPT_VAR[$name]}" '%s' "${arg#*=}"
+			OPT_GIVEN[$name]=1
+			;;
+		-*)
+			case ${_OPT_KIND[$arg]:-} in
+			flag) printf -v "${_OPT_VAR[$arg]}" '%s' 1 ;;
+			value)
+				(($# >= 2)) || usage_error "$arg needs a value"
+				printf -v "${_OPT_VAR[$arg]}" '%s' "$2"
+				shift
+				;;
+			*) usage_error ;;
+			esac
+			OPT_GIVEN[$arg]=1
+			;;
+		*) ARGS+=("$arg") ;;
+		esac
+		shift
+	done
+}
+
+# args_count MIN MAX: between MIN and MAX positional arguments and no "--", else usage_error.
+args_count() {
+	((!ARGS_DASHDASH && ${#ARGS[@]} >= $1 && ${#ARGS[@]} <= $2)) || usage_error
+}
+
+# check_int OPTION VALUE [MIN]: VALUE is an integer of at least MIN (default 1: a positive
+# integer; 0: a whole number), else "error: OPTION wants ..." and exit 64.
+check_int() {
+	local min=${3:-1} what="a positive integer"
+	((min == 1)) || what="a whole number"
+	if ((min == 1)); then
+		[[ $2 =~ ^[1-9][0-9]*$ ]] && return 0
+	else
+		[[ $2 =~ ^[0-9]+$ ]] && return 0
+	fi
+	die_status 64 "$1 wants $what, not '$2'"
+}
+
+# -- figures --------------------------------------------------------------------------------------
+
+# calc EXPR [VAR=VALUE...]: awk arithmetic, e.g. calc 'r / t' r=10 t=4 (epoch times too: no 1.7e+09)
+calc() {
+	local expr=$1 v
+	shift
+	local -a vars=()
+	for v in "$@"; do vars+=(-v "$v"); done
+	awk -v OFMT=%.6f "${vars[@]}" "BEGIN { print ($expr) }"
+}
+
+# median NUMBER...: the median of the numbers; NaN for none.
+median() {
+	(($#)) || {
+		echo NaN
+		return
+	}
+	printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {
+        if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+# thousands NUMBER: rounded, with thousands separators: 1234567 -> 1,234,567 ("-" for "", NaN, -).
+thousands() {
+	awk -v n="$1" 'BEGIN {
+        if (n == "" || n == "NaN" || n == "-") { print "-"; exit }
+        s = sprintf("%.0f", n); neg = (s ~ /^-/); if (neg) s = substr(s, 2)
+        out = ""; while (length(s) > 3) { out = "," substr(s, length(s) - 2) out; s = substr(s, 1, length(s) - 3) }
+        print (neg ? "-" : "") s out }'
+}
+
+# A report's lines: line LABEL TEXT, the label padded to REPORT_LABEL_WIDTH; rule, a line of
+# REPORT_WIDTH dashes.
+REPORT_LABEL_WIDTH=34
+REPORT_WIDTH=78
+line() {
+	printf '%-*s %s\n' "$REPORT_LABEL_WIDTH" "$1" "$2"
+}
+
+rule() {
+	local dashes
+	printf -v dashes '%*s' "$REPORT_WIDTH" ''
+	printf '%s\n' "${dashes// /-}"
+}
+
+# The machine, for reports: the CPU model (else the architecture), the memory ("23.4 GiB").
+cpu_model() {
+	local cpu
+	cpu=$(awk -F': *' '/^(model name|Model|cpu model|Hardware)[[:space:]]*:/ { print $2; exit }' /proc/cpuinfo)
+	printf '%s\n' "${cpu:-$(uname -m)}"
+}
+
+mem_total() {
+	awk '/^MemTotal:/ { printf "%.1f GiB\n", $2 / 1048576 }' /proc/meminfo
 }
 
 # Install whichever of PKG... are missing; does nothing (not even apt-get update) when all
@@ -72,6 +236,38 @@ ensure_backfilld_packages() {
 	[[ -x $PG_BINDIR/postgres ]] || pkgs+=(postgresql-15)
 	command -v psql >/dev/null 2>&1 || pkgs+=(postgresql-client-15)
 	ensure_packages "${pkgs[@]}"
+}
+
+# -- building and running the daemon -------------------------------------------------------------
+
+# build_jobs: how many compile jobs to run (the CPUs).
+build_jobs() {
+	nproc 2>/dev/null || echo 2
+}
+
+# build_backfilld BUILD LOG: configure BUILD (from the checkout) and build the daemon there, the
+# output in LOG; on a failure, the log's tail and die.
+build_backfilld() {
+	{
+		cmake -S "$(repo_root)" -B "$1" && cmake --build "$1" -j"$(build_jobs)" --target backfilld
+	} >"$2" 2>&1 || {
+		tail -n 40 "$2" >&2
+		die "the build failed"
+	}
+}
+
+# backfilld_install_schema BIN CONF LOG: BIN -c CONF --install-schema, its output appended to LOG
+# (shown, and die, on a failure).
+backfilld_install_schema() {
+	"$1" -c "$2" --install-schema >>"$3" 2>&1 || {
+		cat "$3" >&2
+		die "--install-schema failed"
+	}
+}
+
+# pg_conninfo PORT DBNAME [USER]: the conninfo of a throwaway cluster's database (user postgres).
+pg_conninfo() {
+	printf 'host=127.0.0.1 port=%s user=%s dbname=%s\n' "$1" "${3:-postgres}" "$2"
 }
 
 # backfilld refuses to run as root: prefix the daemon's command with "${AS_DAEMON_USER[@]}",
