@@ -19,27 +19,11 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 rows=1000000
 keep=0
-while (($#)); do
-    case $1 in
-    --rows)
-        (($# >= 2)) || { usage >&2; exit 64; }
-        rows=$2
-        shift
-        ;;
-    --rows=*) rows=${1#--rows=} ;;
-    --keep) keep=1 ;;
-    -h | --help)
-        usage
-        exit 0
-        ;;
-    *)
-        usage >&2
-        exit 64
-        ;;
-    esac
-    shift
-done
-[[ $rows =~ ^[1-9][0-9]*$ ]] || { echo "error: --rows wants a positive integer, not '$rows'" >&2; exit 64; }
+opt_value --rows rows
+opt_flag --keep keep
+parse_args "$@"
+args_count 0 0
+check_int --rows "$rows"
 
 root=$(repo_root)
 build=${BUILD_DIR:-$root/build}
@@ -111,11 +95,8 @@ cluster_dir=$PG_WORK
 
 section "Packages and build"
 ensure_backfilld_packages
-jobs=$(nproc 2>/dev/null || echo 2)
 t0=$(now)
-{
-    cmake -S "$root" -B "$build" && cmake --build "$build" -j"$jobs" --target backfilld
-} >"$cluster_dir/build.log" 2>&1 || { tail -n 40 "$cluster_dir/build.log" >&2; die "the build failed"; }
+build_backfilld "$build" "$cluster_dir/build.log"
 [[ -x $bin ]] || die "the build produced no $bin"
 echo "built $bin ($("$bin" --version)) in $(since "$t0") s"
 
@@ -137,7 +118,7 @@ echo "PostgreSQL $(sql -Atc 'SHOW server_version') on 127.0.0.1:$port, data in $
 
 section "Install the queue schema, as a superuser"
 cat >"$cluster_dir/install.conf" <<EOF
-database: { conninfo = "host=127.0.0.1 port=$port user=postgres dbname=demo"; schema = "backfill"; };
+database: { conninfo = "$(pg_conninfo "$port" demo)"; schema = "backfill"; };
 EOF
 echo "\$ backfilld -c $cluster_dir/install.conf --install-schema"
 "$bin" -c "$cluster_dir/install.conf" --install-schema
@@ -167,7 +148,7 @@ echo "loaded in $(since "$t0") s; the new column state is empty, status holds th
 sql -c 'SELECT status, count(*) AS rows, count(state) AS with_state FROM users GROUP BY status ORDER BY 2 DESC'
 
 cat >"$cluster_dir/backfilld.conf" <<EOF
-database: { conninfo = "host=127.0.0.1 port=$port user=backfilld dbname=demo"; schema = "backfill"; };
+database: { conninfo = "$(pg_conninfo "$port" demo backfilld)"; schema = "backfill"; };
 daemon: { workers = 2; poll_interval_ms = 1000; lease_ms = 30000; };
 throttle: { batch_size = 5000; sleep_ms = 0; };
 http: { listen = ""; };

@@ -18,23 +18,12 @@ USAGE
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-seconds=60
-case ${1:-} in
--h | --help)
-	usage
-	exit 0
-	;;
-'') ;;
-*[!0-9]* | 0)
-	usage >&2
-	exit 64
-	;;
-*) seconds=$1 ;;
+parse_args "$@"
+args_count 0 1
+seconds=${ARGS[0]:-60}
+case $seconds in
+*[!0-9]* | 0) usage_error ;;
 esac
-(($# <= 1)) || {
-	usage >&2
-	exit 64
-}
 
 root=$(repo_root)
 cd "$root"
@@ -47,7 +36,7 @@ clang=$(command -v clang-14 || command -v clang) || die "clang not found"
 say "configuring $build (BACKFILLD_FUZZ=ON, $("$clang" --version | head -n1))"
 CC=$clang cmake -S "$root" -B "$build" -DBACKFILLD_FUZZ=ON -DBACKFILLD_TESTS=OFF \
 	-DCMAKE_BUILD_TYPE=RelWithDebInfo
-cmake --build "$build" -j"$(nproc 2>/dev/null || echo 2)" --target fuzz_config fuzz_keys
+cmake --build "$build" -j"$(build_jobs)" --target fuzz_config fuzz_keys
 
 build=$(cd "$build" && pwd)
 mkdir -p "$build/artifacts"

@@ -18,18 +18,7 @@ USAGE
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-case ${1:-} in
--h | --help)
-	usage
-	exit 0
-	;;
-'' | -*)
-	usage >&2
-	exit 64
-	;;
-esac
-(($# == 1)) || {
-	usage >&2
-	exit 64
-}
-pg_bindir "$1"
+parse_args "$@"
+args_count 1 1
+[[ -n ${ARGS[0]} ]] || usage_error
+pg_bindir "${ARGS[0]}"

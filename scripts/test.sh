@@ -39,45 +39,22 @@ sanitize=0
 unit_only=0
 ci=0
 pg_major=""
-ctest_extra=()
-while (($#)); do
-	case $1 in
-	--sanitize) sanitize=1 ;;
-	--unit) unit_only=1 ;;
-	--ci) ci=1 ;;
-	--pg)
-		[[ ${2:-} =~ ^[1-9][0-9]*$ ]] || {
-			usage >&2
-			exit 64
-		}
-		pg_major=$2
-		shift
-		;;
-	-h | --help)
-		usage
-		exit 0
-		;;
-	--)
-		shift
-		ctest_extra=("$@")
-		break
-		;;
-	*)
-		usage >&2
-		exit 64
-		;;
-	esac
-	shift
-done
+opt_flag --sanitize sanitize
+opt_flag --unit unit_only
+opt_flag --ci ci
+opt_value --pg pg_major
+parse_args "$@"
+((${#ARGS[@]} == 0)) || usage_error
+ctest_extra=("${ARGS_REST[@]}")
+[[ -z ${OPT_GIVEN[--pg]:-} || $pg_major =~ ^[1-9][0-9]*$ ]] || usage_error
 
 if ((ci && (sanitize || unit_only))) || { [[ -n $pg_major ]] && ((ci || unit_only)); }; then
-	usage >&2
-	exit 64
+	usage_error
 fi
 
 root=$(repo_root)
 cd "$root"
-jobs=$(nproc 2>/dev/null || echo 2)
+jobs=$(build_jobs)
 check_format=${CHECK_FORMAT:-auto}
 failed=()
 
