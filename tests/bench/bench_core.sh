@@ -20,28 +20,12 @@ source "$(dirname "${BASH_SOURCE[0]}")/../../scripts/lib.sh"
 rows=1000000
 runs=3
 batch=5000
-while (($#)); do
-    case $1 in
-    --rows | --runs)
-        (($# >= 2)) || { usage >&2; exit 64; }
-        printf -v "${1#--}" '%s' "$2"
-        shift
-        ;;
-    --rows=*) rows=${1#--rows=} ;;
-    --runs=*) runs=${1#--runs=} ;;
-    -h | --help)
-        usage
-        exit 0
-        ;;
-    *)
-        usage >&2
-        exit 64
-        ;;
-    esac
-    shift
-done
-[[ $rows =~ ^[1-9][0-9]*$ ]] || { echo "error: --rows wants a positive integer" >&2; exit 64; }
-[[ $runs =~ ^[1-9][0-9]*$ ]] || { echo "error: --runs wants a positive integer" >&2; exit 64; }
+opt_value --rows rows
+opt_value --runs runs
+parse_args "$@"
+args_count 0 0
+check_int --rows "$rows"
+check_int --runs "$runs"
 
 root=$(repo_root)
 build=${BUILD_DIR:-$root/build}
@@ -51,30 +35,6 @@ bin=$build/backfilld
 
 sql() {
     pg_sql "$port" bench "$@"
-}
-
-# calc EXPR [VAR=VALUE...]: awk arithmetic, e.g. calc 'r / t' r=10 t=4
-calc() {
-    local expr=$1
-    shift
-    local -a vars=()
-    local v
-    for v in "$@"; do vars+=(-v "$v"); done
-    awk "${vars[@]}" "BEGIN { print ($expr) }"
-}
-
-# Median of the numbers given as arguments.
-median() {
-    printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {
-        if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
-
-# An integer with thousands separators: 1234567 -> 1,234,567.
-thousands() {
-    awk -v n="$1" 'BEGIN {
-        s = sprintf("%.0f", n); neg = (s ~ /^-/); if (neg) s = substr(s, 2)
-        out = ""; while (length(s) > 3) { out = "," substr(s, length(s) - 2) out; s = substr(s, 1, length(s) - 3) }
-        print (neg ? "-" : "") s out }'
 }
 
 work=""
@@ -96,10 +56,7 @@ work=$PG_WORK
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 ensure_backfilld_packages
 say "building $bin"
-{
-    cmake -S "$root" -B "$build" &&
-        cmake --build "$build" -j"$(nproc 2>/dev/null || echo 2)" --target backfilld
-} >"$work/build.log" 2>&1 || { tail -n 40 "$work/build.log" >&2; die "the build failed"; }
+build_backfilld "$build" "$work/build.log"
 
 say "starting a throwaway cluster in $work"
 port=$(free_port)
@@ -169,14 +126,13 @@ row_bytes=$(calc 'int(b / r + 0.5)' b="$table_bytes" r="$rows")
 # -- backfilld: one resident daemon, fixed batches of $batch, no sleep --------------------------
 
 cat >"$work/backfilld.conf" <<EOF
-database: { conninfo = "host=127.0.0.1 port=$port user=postgres dbname=bench"; schema = "backfill"; };
+database: { conninfo = "$(pg_conninfo "$port" bench)"; schema = "backfill"; };
 daemon: { workers = 2; poll_interval_ms = 1000; lease_ms = 30000; };
 throttle: { batch_size = $batch; min_batch_size = $batch; max_batch_size = $batch; sleep_ms = 0; };
 http: { listen = ""; };
 log: { level = "info"; progress_interval_ms = 10000; };
 EOF
-"$bin" -c "$work/backfilld.conf" --install-schema >>"$work/backfilld.log" 2>&1 ||
-    { cat "$work/backfilld.log" >&2; die "--install-schema failed"; }
+backfilld_install_schema "$bin" "$work/backfilld.conf" "$work/backfilld.log"
 "${AS_DAEMON_USER[@]}" "$bin" -c "$work/backfilld.conf" 2>>"$work/backfilld.log" &
 daemon_pid=$!
 
@@ -275,9 +231,6 @@ ratio_srv=$(calc 'b / a' a="$a_srv_med" b="$b_ins_med")
 ratio_met=$(awk -v r="$ratio" 'BEGIN { print (r >= 0.9 ? "met" : "NOT MET") }')
 rss_met=$(awk -v m="$peak_mib" 'BEGIN { print (m < 20 ? "met" : "NOT MET") }')
 
-cpu=$(awk -F': *' '/^(model name|Model|cpu model|Hardware)[[:space:]]*:/ { print $2; exit }' /proc/cpuinfo)
-[[ -n $cpu ]] || cpu=$(uname -m)
-mem=$(awk '/^MemTotal:/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
 pg_version=$(sql -Atc 'SHOW server_version')
 
 # Each run's rate, joined: "97,104 / 95,880 / 98,012".
@@ -287,13 +240,13 @@ series() {
     printf '%s' "$out"
 }
 
-line() { printf '%-36s %s\n' "$1" "$2"; }
-rule() { printf '%s\n' "------------------------------------------------------------------------------"; }
+REPORT_LABEL_WIDTH=36
+REPORT_WIDTH=78
 
 echo
 echo "backfilld core benchmark"
 rule
-line "machine" "$(nproc) CPUs, $cpu, $mem RAM"
+line "machine" "$(nproc) CPUs, $(cpu_model), $(mem_total) RAM"
 line "kernel" "$(uname -sr)"
 line "load average (1/5/15 min)" "$load_start at the start, $(cut -d' ' -f1-3 /proc/loadavg) at the end"
 line "PostgreSQL" "$pg_version (shared_buffers 256MB, fsync off, synchronous_commit off)"

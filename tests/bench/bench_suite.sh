@@ -51,32 +51,13 @@ sizes=""
 rate=200
 clients=4
 png=""
-while (($#)); do
-    case $1 in
-    --quick) quick=1 ;;
-    --big) big=1 ;;
-    --rows | --big-rows | --rounds | --batch | --sizes | --rate | --clients | --png)
-        (($# >= 2)) || { usage >&2; exit 64; }
-        v=${1#--}
-        printf -v "${v//-/_}" '%s' "$2"
-        shift
-        ;;
-    --rows=* | --big-rows=* | --rounds=* | --batch=* | --sizes=* | --rate=* | --clients=* | --png=*)
-        v=${1%%=*}
-        v=${v#--}
-        printf -v "${v//-/_}" '%s' "${1#*=}"
-        ;;
-    -h | --help)
-        usage
-        exit 0
-        ;;
-    *)
-        usage >&2
-        exit 64
-        ;;
-    esac
-    shift
+opt_flag --quick quick
+opt_flag --big big
+for v in rows big-rows rounds batch sizes rate clients png; do
+    opt_value "--$v" "${v//-/_}"
 done
+parse_args "$@"
+args_count 0 0
 if ((quick)); then
     rows=${rows:-200000}
     rounds=${rounds:-1}
@@ -95,12 +76,12 @@ else
     notify_n=10
 fi
 for v in rows big_rows rounds batch rate clients; do
-    [[ ${!v} =~ ^[1-9][0-9]*$ ]] || { echo "error: --${v//_/-} wants a positive integer" >&2; exit 64; }
+    check_int "--${v//_/-}" "${!v}"
 done
 read -r -a size_list <<<"$sizes"
-((${#size_list[@]} > 0)) || { echo "error: --sizes wants at least one batch size" >&2; exit 64; }
+((${#size_list[@]} > 0)) || die_status 64 "--sizes wants at least one batch size"
 for v in "${size_list[@]}"; do
-    [[ $v =~ ^[1-9][0-9]*$ ]] || { echo "error: --sizes wants positive integers, not '$v'" >&2; exit 64; }
+    check_int --sizes "$v"
 done
 queued_jobs=10000 # section 6
 small_jobs=100    # section 5: jobs queued at once on small tables
@@ -120,32 +101,9 @@ sql() {
     pg_sql "$port" bench "$@"
 }
 
-# calc EXPR [VAR=VALUE...]: awk arithmetic (epoch times too: no 1.7e+09)
-calc() {
-    local expr=$1
-    shift
-    local -a vars=()
-    local v
-    for v in "$@"; do vars+=(-v "$v"); done
-    awk -v OFMT=%.6f "${vars[@]}" "BEGIN { print ($expr) }"
-}
-
-median() {
-    (($#)) || { echo NaN; return; }
-    printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {
-        if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
-
-thousands() {
-    awk -v n="$1" 'BEGIN {
-        if (n == "" || n == "NaN" || n == "-") { print "-"; exit }
-        s = sprintf("%.0f", n); neg = (s ~ /^-/); if (neg) s = substr(s, 2)
-        out = ""; while (length(s) > 3) { out = "," substr(s, length(s) - 2) out; s = substr(s, 1, length(s) - 3) }
-        print (neg ? "-" : "") s out }'
-}
-
 # fmt FORMAT VALUE: printf that prints "-" for an empty or NaN value.
 fmt() {
+    # shellcheck disable=SC2059 # FORMAT is the caller's
     if [[ -z ${2:-} || $2 == NaN || $2 == - ]]; then printf '%s' "-"; else printf "$1" "$2"; fi
 }
 
@@ -176,10 +134,7 @@ load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 ensure_backfilld_packages
 ensure_packages gnuplot-nox
 say "building $bin"
-{
-    cmake -S "$root" -B "$build" &&
-        cmake --build "$build" -j"$(nproc 2>/dev/null || echo 2)" --target backfilld
-} >"$work/build.log" 2>&1 || { tail -n 40 "$work/build.log" >&2; die "the build failed"; }
+build_backfilld "$build" "$work/build.log"
 
 say "starting a throwaway primary and a streaming standby in $work"
 port=$(free_port)
@@ -189,7 +144,7 @@ pg_start_cluster "$work/primary" "$port" "${PG_BENCH_SETTINGS[@]}" 'max_wal_size
     "${PG_PRIMARY_SETTINGS[@]}"
 pm_pid=$(head -n 1 "$work/primary/postmaster.pid")
 pg_sql "$port" postgres -c 'CREATE DATABASE bench'
-conninfo="host=127.0.0.1 port=$port user=postgres dbname=bench"
+conninfo=$(pg_conninfo "$port" bench)
 
 sb_port=$(free_port)
 # replay_lsn reaches the primary with every write/flush reply, and at least once a second (not 10 s).
@@ -305,8 +260,7 @@ daemon: { name = "bench"; workers = 2; poll_interval_ms = 1000; lease_ms = 30000
 http: { listen = ""; };
 log: { level = "info"; progress_interval_ms = 10000; };
 EOF
-"$bin" -c "$work/backfilld.conf" --install-schema >>"$work/backfilld.log" 2>&1 ||
-    { cat "$work/backfilld.log" >&2; die "--install-schema failed"; }
+backfilld_install_schema "$bin" "$work/backfilld.conf" "$work/backfilld.log"
 "${AS_DAEMON_USER[@]}" "$bin" -c "$work/backfilld.conf" 2>>"$work/backfilld.log" &
 daemon_pid=$!
 
@@ -491,7 +445,7 @@ run() {
     R[$key/events]=$ev
     runs_done+=("$key")
     printf '    %.2f s, %s rows/s, WAL %s MiB, server CPU %.1f s, daemon CPU %.2f s, lag peak %s MiB%s\n' \
-        "$secs" "$([[ $m == none ]] && echo - || thousands "${R[$key/rate]}")" "$(calc 'int(w / 1048576)' w="${R[$key/wal]}")" \
+        "$secs" "$(if [[ $m == none ]]; then echo -; else thousands "${R[$key/rate]}"; fi)" "$(calc 'int(w / 1048576)' w="${R[$key/wal]}")" \
         "${R[$key/srv_cpu]}" "${R[$key/dmn_cpu]}" "$(fmt %.1f "$(calc 'p / 1048576' p="${R[$key/lag_peak]}")")" \
         "${R[$key/tps]:+, pgbench TPS ${R[$key/tps]} p50 ${R[$key/p50]} ms p99 ${R[$key/p99]} ms}" >&2
 }
@@ -745,16 +699,13 @@ png_kib=$(($(stat -c %s "$png") / 1024))
 
 # -- the figures --------------------------------------------------------------------------------
 
-cpu=$(awk -F': *' '/^(model name|Model|cpu model|Hardware)[[:space:]]*:/ { print $2; exit }' /proc/cpuinfo)
-[[ -n $cpu ]] || cpu=$(uname -m)
-mem=$(awk '/^MemTotal:/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
 load_end=$(cut -d' ' -f1-3 /proc/loadavg)
 suite_min=$(calc '(b - a) / 60' a="$t_suite" b="$EPOCHREALTIME")
 mib() { fmt %.1f "$(calc 'v / 1048576' v="$1")"; }
 kib2mib() { printf '%.1f' "$(calc 'k / 1024' k="$1")"; }
 met() { awk -v v="$1" -v t="$3" "BEGIN { if (v == \"NaN\" || v == \"\") print \"-\"; else print (v $2 t) ? \"met\" : \"NOT MET\" }"; }
-line() { printf '%-34s %s\n' "$1" "$2"; }
-rule() { printf '%s\n' "------------------------------------------------------------------------------------------------------------------"; }
+REPORT_LABEL_WIDTH=34
+REPORT_WIDTH=114
 
 # med SET METHOD FIELD: the median over the rounds; ratio SET A B [FIELD]: the median over the
 # rounds of FIELD(A) / FIELD(B) taken in the same round (FIELD: rate unless given).
@@ -898,7 +849,7 @@ cost_table() { # SET
     echo
     echo "backfilld benchmark suite$( ((quick)) && echo ' (--quick)')$( ((big)) && echo ' (--big)')"
     rule
-    line "machine" "$(nproc) CPUs, $cpu, $mem RAM, $(uname -sr)"
+    line "machine" "$(nproc) CPUs, $(cpu_model), $(mem_total) RAM, $(uname -sr)"
     line "load average (1/5/15 min)" "$load_start at the start, $load_end at the end; suite took $(printf '%.1f' "$suite_min") min"
     line "PostgreSQL" "$(sql -Atc 'SHOW server_version'), primary + 1 streaming standby (shared_buffers 256MB, fsync off, synchronous_commit off)"
     line "backfilld" "$("$bin" --version), one resident daemon (workers 2, throttle defaults)"

@@ -36,29 +36,12 @@ clients=4
 pause=10
 rounds=""
 png=""
-while (($#)); do
-    case $1 in
-    --quick) quick=1 ;;
-    --scale | --duration | --rate | --clients | --pause | --rounds | --png)
-        (($# >= 2)) || { usage >&2; exit 64; }
-        printf -v "${1#--}" '%s' "$2"
-        shift
-        ;;
-    --scale=* | --duration=* | --rate=* | --clients=* | --pause=* | --rounds=* | --png=*)
-        opt=${1%%=*}
-        printf -v "${opt#--}" '%s' "${1#*=}"
-        ;;
-    -h | --help)
-        usage
-        exit 0
-        ;;
-    *)
-        usage >&2
-        exit 64
-        ;;
-    esac
-    shift
+opt_flag --quick quick
+for v in scale duration rate clients pause rounds png; do
+    opt_value "--$v" "$v"
 done
+parse_args "$@"
+args_count 0 0
 if ((quick)); then
     scale=${scale:-2}
     duration=${duration:-15}
@@ -69,9 +52,9 @@ else
     rounds=${rounds:-2}
 fi
 for v in scale duration rate clients pause; do
-    [[ ${!v} =~ ^[1-9][0-9]*$ ]] || { echo "error: --$v wants a positive integer" >&2; exit 64; }
+    check_int "--$v" "${!v}"
 done
-[[ $rounds =~ ^[0-9]+$ ]] || { echo "error: --rounds wants a whole number" >&2; exit 64; }
+check_int --rounds "$rounds" 0
 warmup=$((duration >= 30 ? 5 : 3)) # seconds of load before the backfill starts
 rows=$((scale * 100000))
 
@@ -90,23 +73,6 @@ sql() {
 
 sql_standby() {
     pg_sql "$sb_port" postgres "$@"
-}
-
-# calc EXPR [VAR=VALUE...]: awk arithmetic, e.g. calc 'r / t' r=10 t=4 (epoch times too: no 1.7e+09)
-calc() {
-    local expr=$1
-    shift
-    local -a vars=()
-    local v
-    for v in "$@"; do vars+=(-v "$v"); done
-    awk -v OFMT=%.6f "${vars[@]}" "BEGIN { print ($expr) }"
-}
-
-thousands() {
-    awk -v n="$1" 'BEGIN {
-        s = sprintf("%.0f", n); neg = (s ~ /^-/); if (neg) s = substr(s, 2)
-        out = ""; while (length(s) > 3) { out = "," substr(s, length(s) - 2) out; s = substr(s, 1, length(s) - 3) }
-        print (neg ? "-" : "") s out }'
 }
 
 work=""
@@ -134,14 +100,11 @@ load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 ensure_backfilld_packages
 ensure_packages gnuplot-nox
 say "building $bin"
-{
-    cmake -S "$root" -B "$build" &&
-        cmake --build "$build" -j"$(nproc 2>/dev/null || echo 2)" --target backfilld
-} >"$work/build.log" 2>&1 || { tail -n 40 "$work/build.log" >&2; die "the build failed"; }
+build_backfilld "$build" "$work/build.log"
 
 say "starting a throwaway primary and a streaming standby in $work"
 port=$(free_port)
-conninfo="host=127.0.0.1 port=$port user=postgres dbname=bench"
+conninfo=$(pg_conninfo "$port" bench)
 # fsync and synchronous_commit off as in bench_core.sh: what is measured is contention with the
 # backfill (row locks, CPU, I/O, replay), not the disk's flush latency. Checkpoints only happen
 # where the script asks (between conditions).
@@ -173,8 +136,7 @@ daemon: { name = "bench"; };
 http: { listen = ""; };
 log: { level = "info"; };
 EOF
-"$bin" -c "$work/backfilld.conf" --install-schema >>"$work/backfilld.log" 2>&1 ||
-    { cat "$work/backfilld.log" >&2; die "--install-schema failed"; }
+backfilld_install_schema "$bin" "$work/backfilld.conf" "$work/backfilld.log"
 # backfilld refuses to run as root: as root it runs as the postgres OS user (scripts/lib.sh).
 "${AS_DAEMON_USER[@]}" "$bin" -c "$work/backfilld.conf" 2>>"$work/backfilld.log" &
 daemon_pid=$!
@@ -517,13 +479,11 @@ ratios=("$ratio")
 for ((r = 1; r <= rounds; r++)); do
     ratios+=("$(calc 'b > 0 ? p / b : 0' p="${r_p99bf[round${r}_bf]}" b="${r_p99[round${r}_none]}")")
 done
-median=$(printf '%s\n' "${ratios[@]}" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }')
+median=$(median "${ratios[@]}")
 met=$(awk -v r="$median" 'BEGIN { print (r <= 1.5 ? "met" : "NOT MET") }')
-cpu=$(awk -F': *' '/^(model name|Model|cpu model|Hardware)[[:space:]]*:/ { print $2; exit }' /proc/cpuinfo)
-[[ -n $cpu ]] || cpu=$(uname -m)
 
-line() { printf '%-34s %s\n' "$1" "$2"; }
-rule() { printf '%s\n' "----------------------------------------------------------------------------------------------------"; }
+REPORT_LABEL_WIDTH=34
+REPORT_WIDTH=100
 declare -A labels=([none]="no backfill" [update]="one UPDATE of the whole table" [keyset]="keyset loop, 10,000/batch, no sleep"
     [backfilld]="backfilld, defaults" [tuned]="backfilld, target 100 ms, sleep 100 ms"
     [gentle]="backfilld, 1,000 a batch, sleep 50 ms" [keyset_gentle]="keyset loop, 1,000/batch, sleep 50 ms"
@@ -532,7 +492,7 @@ declare -A labels=([none]="no backfill" [update]="one UPDATE of the whole table"
 echo
 echo "backfilld throttle benchmark (issue 3)$( ((quick)) && echo ', --quick')"
 rule
-line "machine" "$(nproc) CPUs, $cpu, $(awk '/^MemTotal:/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo) RAM"
+line "machine" "$(nproc) CPUs, $(cpu_model), $(mem_total) RAM"
 line "load average (1/5/15 min)" "$load_start at the start, $(cut -d' ' -f1-3 /proc/loadavg) at the end"
 line "PostgreSQL" "$(sql -Atc 'SHOW server_version'), primary + 1 streaming standby (fsync off, synchronous_commit off)"
 line "backfilld" "$("$bin" --version)"
