@@ -38,9 +38,13 @@ _UNSET = object()  # submit's set_sql and where_sql when not given
 def insert_job(where, **columns):
     """INSERT a job of COLUMNS (names are quoted) through WHERE, a psycopg connection (its role,
     its transaction) or a Database (a new session); the new row as a dict."""
-    query = sql.SQL("INSERT INTO backfill.jobs ({}) VALUES ({}) RETURNING *").format(
+    return _insert_job(where, sql.SQL("*"), columns)
+
+
+def _insert_job(where, returning, columns):
+    query = sql.SQL("INSERT INTO backfill.jobs ({}) VALUES ({}) RETURNING {}").format(
         sql.SQL(", ").join(map(sql.Identifier, columns)),
-        sql.SQL(", ").join(sql.Placeholder() * len(columns)))
+        sql.SQL(", ").join(sql.Placeholder() * len(columns)), returning)
     if isinstance(where, psycopg.Connection):
         with where.cursor(row_factory=dict_row) as cur:
             return cur.execute(query, list(columns.values())).fetchone()
@@ -62,7 +66,9 @@ def submit(db, target, set_sql=_UNSET, where_sql=_UNSET, conn=None, fixed=None, 
         given = {**_UPDATE_DEFAULTS, **given}
     if fixed is not None:
         columns.update(batch_size=fixed, min_batch_size=fixed, max_batch_size=fixed)
-    return insert_job(conn if conn is not None else db, target=target, **given, **columns)["id"]
+    # RETURNING id only: a submitter's session may have a DateStyle psycopg cannot read.
+    return _insert_job(conn if conn is not None else db, sql.Identifier("id"),
+                       {"target": target, **given, **columns})["id"]
 
 
 def job(where, job_id):
