@@ -18,6 +18,7 @@
 #include "config.h"
 #include "text.h"
 #include "util.h"
+#include "widen.h"
 
 typedef enum key_type {
 	KEY_INT,       /* int64_t, within [min, max] */
@@ -487,112 +488,29 @@ static char *read_text(const char *path)
 	return text;
 }
 
-/*
- * libconfig 1.5 reads a decimal or hex literal without an L suffix as a 32-bit int and
- * silently truncates a larger one (10000000000 becomes 1410065408, 0x100000001 becomes 1).
- * Before parsing, append the L to such literals so that they arrive as int64; reject
- * literals beyond int64. Strings and comments are copied untouched, so line numbers do
- * not change. Returns the new text.
- */
-static char *widen_int_literals(const load_ctx_t *ctx, const char *in)
+/* TEXT with its integer literals widened for libconfig 1.5 (widen.h); NULL, the error written,
+ * when one is beyond int64 (or its key's range) or memory runs out. */
+static char *widen_text(const load_ctx_t *ctx, const char *text)
 {
-	char groups[8][64] = {{0}}; /* enclosing group names, for the key in an error */
-	char last[64] = "";	    /* the latest name, usually the key of the next value */
-	int depth = 0;
-	unsigned line = 1;
-	size_t n = strlen(in), i = 0, o = 0;
-	char *out = malloc(2 * n + 1);
+	widen_error_t e;
+	char *widened = widen_int_literals(text, &e);
+	const config_key_t *key;
 
-	if (!out) {
+	if (widened)
+		return widened;
+	if (!e.literal) {
 		error_oom(ctx->err, ctx->errlen, ctx->path);
 		return NULL;
 	}
-#define COPY_WHILE(cond)               \
-	while (i < n && (cond)) {      \
-		line += in[i] == '\n'; \
-		out[o++] = in[i++];    \
-	}
-	while (i < n) {
-		char c = in[i];
-		if (c == '"') {
-			out[o++] = in[i++];
-			while (i < n && in[i] != '"') {
-				if (in[i] == '\\' && i + 1 < n)
-					out[o++] = in[i++];
-				line += in[i] == '\n';
-				out[o++] = in[i++];
-			}
-			if (i < n)
-				out[o++] = in[i++];
-		} else if (c == '#' || (c == '/' && in[i + 1] == '/')) {
-			COPY_WHILE(in[i] != '\n');
-		} else if (c == '/' && in[i + 1] == '*') {
-			out[o++] = in[i++];
-			out[o++] = in[i++];
-			COPY_WHILE(!(in[i] == '*' && in[i + 1] == '/'));
-		} else if (isalpha((unsigned char)c) || c == '*') {
-			size_t start = i;
-			COPY_WHILE(isalnum((unsigned char)in[i]) || strchr("_*-", in[i]));
-			snprintf(last, sizeof(last), "%.*s", (int)(i - start), in + start);
-		} else if (isdigit((unsigned char)c) ||
-			   ((c == '-' || c == '+' || c == '.') &&
-			    (isdigit((unsigned char)in[i + 1]) || in[i + 1] == '.'))) {
-			size_t start = i;
-			if (c == '-' || c == '+')
-				out[o++] = in[i++];
-			bool too_large, widen;
-			errno = 0;
-			if (in[i] == '0' && (in[i + 1] == 'x' || in[i + 1] == 'X')) {
-				/* Hex is truncated to 32 bits as well: 0x100000001 would read as 1. */
-				unsigned long long hex = strtoull(in + i, NULL, 16);
-				too_large = errno == ERANGE || hex > INT64_MAX;
-				COPY_WHILE(isalnum((unsigned char)in[i])); /* digits and any L */
-				widen = hex > INT32_MAX && out[o - 1] != 'L';
-			} else {
-				COPY_WHILE(isdigit((unsigned char)in[i]));
-				if (in[i] == '.' || in[i] == 'e' || in[i] == 'E') {
-					COPY_WHILE(isdigit((unsigned char)in[i]) || strchr(".eE", in[i]) ||
-						   ((in[i] == '-' || in[i] == '+') &&
-						    (in[i - 1] == 'e' || in[i - 1] == 'E')));
-					continue;
-				}
-				long long value = strtoll(in + start, NULL, 10);
-				too_large = errno == ERANGE;
-				widen = in[i] != 'L' && (value < INT32_MIN || value > INT32_MAX);
-			}
-			if (too_large) {
-				char path[sizeof(groups) + sizeof(last)] = "";
-				for (int d = 0; d < depth && d < 8; d++)
-					snprintf(path + strlen(path), sizeof(path) - strlen(path), "%s.",
-						 groups[d]);
-				snprintf(path + strlen(path), sizeof(path) - strlen(path), "%s", last);
-				const config_key_t *key = key_find(path);
-				if (key && key->type == KEY_INT)
-					error_at(ctx->err, ctx->errlen, ctx->path, line, path,
-						 "%.*s is out of range (%" PRId64 "..%" PRId64 ")",
-						 (int)(i - start), in + start, key->min, key->max);
-				else
-					error_at(ctx->err, ctx->errlen, ctx->path, line, path,
-						 "%.*s is too large for an integer", (int)(i - start),
-						 in + start);
-				free(out);
-				return NULL;
-			}
-			if (widen)
-				out[o++] = 'L';
-			COPY_WHILE(in[i] == 'L');
-		} else {
-			if (c == '{' && depth++ < 8)
-				snprintf(groups[depth - 1], sizeof(groups[0]), "%s", last);
-			else if (c == '}' && depth > 0)
-				depth--;
-			line += c == '\n';
-			out[o++] = in[i++];
-		}
-	}
-#undef COPY_WHILE
-	out[o] = '\0';
-	return out;
+	key = key_find(e.key);
+	if (key && key->type == KEY_INT)
+		error_at(ctx->err, ctx->errlen, ctx->path, e.line, e.key,
+			 "%.*s is out of range (%" PRId64 "..%" PRId64 ")", e.len, e.literal, key->min,
+			 key->max);
+	else
+		error_at(ctx->err, ctx->errlen, ctx->path, e.line, e.key, "%.*s is too large for an integer",
+			 e.len, e.literal);
+	return NULL;
 }
 
 config_t *config_load(const char *path, char *err, size_t errlen)
@@ -614,7 +532,7 @@ config_t *config_load(const char *path, char *err, size_t errlen)
 		config_free(config);
 		return NULL;
 	}
-	widened = widen_int_literals(&ctx, text);
+	widened = widen_text(&ctx, text);
 	free(text);
 	if (!widened) {
 		config_free(config);
