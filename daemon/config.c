@@ -277,6 +277,45 @@ static const char *setting_file(const load_ctx_t *ctx, const config_setting_t *s
 	return file ? file : ctx->path;
 }
 
+/* apply_setting for a KEY_STRINGS key: SETTING (of TYPE, at FILE:LINE) must be a list of non-empty
+ * strings. */
+static bool __attribute__((warn_unused_result))
+apply_strings(load_ctx_t *ctx, config_t *config, const config_key_t *key, const config_setting_t *setting,
+	      const char *file, unsigned line)
+{
+	int type = config_setting_type(setting);
+	void *slot = key_slot(config, key);
+	int n = type == CONFIG_TYPE_ARRAY || type == CONFIG_TYPE_LIST ? config_setting_length(setting) : -1;
+
+	for (int i = 0; i < n; i++) {
+		const config_setting_t *elem = config_setting_get_elem(setting, (unsigned)i);
+		if (config_setting_type(elem) != CONFIG_TYPE_STRING ||
+		    *config_setting_get_string(elem) == '\0')
+			n = -1;
+	}
+	if (n < 0) {
+		error_at(ctx->err, ctx->errlen, file, line, key->path,
+			 "expected a list of non-empty strings, e.g. [\"standby1\", \"standby2\"]");
+		return false;
+	}
+	char **list = calloc((size_t)n + 1, sizeof(char *));
+	for (int i = 0; list && i < n; i++) {
+		list[i] = strdup(config_setting_get_string_elem(setting, (unsigned)i));
+		if (!list[i]) {
+			free_strings(list);
+			list = NULL;
+		}
+	}
+	if (!list) {
+		error_oom(ctx->err, ctx->errlen, ctx->path);
+		return false;
+	}
+	free_strings(*(char ***)slot);
+	*(char ***)slot = list;
+	*(int *)((char *)config + key->count_offset) = n;
+	return true;
+}
+
 /* Type-checks SETTING, range-checks it, and stores it in CONFIG under KEY. */
 static bool __attribute__((warn_unused_result))
 apply_setting(load_ctx_t *ctx, config_t *config, const config_key_t *key, const config_setting_t *setting)
@@ -335,37 +374,8 @@ apply_setting(load_ctx_t *ctx, config_t *config, const config_key_t *key, const 
 		}
 		return true;
 	}
-	case KEY_STRINGS: {
-		int n = type == CONFIG_TYPE_ARRAY || type == CONFIG_TYPE_LIST ? config_setting_length(setting)
-									      : -1;
-		for (int i = 0; i < n; i++) {
-			const config_setting_t *elem = config_setting_get_elem(setting, (unsigned)i);
-			if (config_setting_type(elem) != CONFIG_TYPE_STRING ||
-			    *config_setting_get_string(elem) == '\0')
-				n = -1;
-		}
-		if (n < 0) {
-			error_at(ctx->err, ctx->errlen, file, line, key->path,
-				 "expected a list of non-empty strings, e.g. [\"standby1\", \"standby2\"]");
-			return false;
-		}
-		char **list = calloc((size_t)n + 1, sizeof(char *));
-		for (int i = 0; list && i < n; i++) {
-			list[i] = strdup(config_setting_get_string_elem(setting, (unsigned)i));
-			if (!list[i]) {
-				free_strings(list);
-				list = NULL;
-			}
-		}
-		if (!list) {
-			error_oom(ctx->err, ctx->errlen, ctx->path);
-			return false;
-		}
-		free_strings(*(char ***)slot);
-		*(char ***)slot = list;
-		*(int *)((char *)config + key->count_offset) = n;
-		return true;
-	}
+	case KEY_STRINGS:
+		return apply_strings(ctx, config, key, setting, file, line);
 	}
 	return false;
 }
