@@ -47,7 +47,18 @@ enum {
 	OPT_LOG_LEVEL,
 };
 
-int main(int argc, char **argv)
+/* What the command line asks for. */
+typedef struct cli {
+	const char *path; /* the configuration file */
+	bool path_given, check_config, install_schema, print_schema;
+	daemon_options_t dopt;
+} cli_t;
+
+#define CLI_GO_ON (-1) /* not an exit code: the next step follows */
+
+/* Reads the options into CLI. Returns CLI_GO_ON, or the exit code when the command line is wrong
+ * or has been answered (--version, --help). */
+static int parse_options(int argc, char **argv, cli_t *cli)
 {
 	static const struct option options[] = {
 		{"config", required_argument, NULL, 'c'},
@@ -60,43 +71,35 @@ int main(int argc, char **argv)
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
-	const char *path = CONFIG_DEFAULT_PATH;
-	bool path_given = false, check_config = false, install_schema = false, print_schema = false;
-	daemon_options_t dopt = {0};
-	char err[1024];
-	config_t *config;
-	int c, modes;
-
-	signals_block();
-	atexit(text_secrets_clear);
+	int c;
 
 	while ((c = getopt_long(argc, argv, "c:Vh", options, NULL)) != -1) {
 		switch (c) {
 		case 'c':
-			path = optarg;
-			path_given = true;
+			cli->path = optarg;
+			cli->path_given = true;
 			break;
 		case OPT_CHECK_CONFIG:
-			check_config = true;
+			cli->check_config = true;
 			break;
 		case OPT_INSTALL_SCHEMA:
-			install_schema = true;
+			cli->install_schema = true;
 			break;
 		case OPT_SCHEMA_SQL:
-			print_schema = true;
+			cli->print_schema = true;
 			break;
 		case OPT_EXIT_WHEN_IDLE:
-			dopt.exit_when_idle = true;
+			cli->dopt.exit_when_idle = true;
 			break;
 		case OPT_LOG_LEVEL:
-			if (!log_level_parse(optarg, &dopt.log_level)) {
+			if (!log_level_parse(optarg, &cli->dopt.log_level)) {
 				fprintf(stderr,
 					"backfilld: --log-level: \"%s\" is not one of error, warning, "
 					"notice, info, debug\n",
 					optarg);
 				return EXIT_BAD_USAGE;
 			}
-			dopt.log_level_override = true;
+			cli->dopt.log_level_override = true;
 			break;
 		case 'V':
 			printf("backfilld %s\n", BACKFILLD_VERSION);
@@ -109,25 +112,40 @@ int main(int argc, char **argv)
 			return EXIT_BAD_USAGE;
 		}
 	}
+	return CLI_GO_ON;
+}
+
+/* The checks of the command line as a whole, once every option is read: CLI_GO_ON or the exit code. */
+static int check_arguments(int argc, char **argv, const cli_t *cli)
+{
 	if (optind < argc) {
 		fprintf(stderr, "backfilld: unexpected argument \"%s\"\n", argv[optind]);
 		usage(stderr);
 		return EXIT_BAD_USAGE;
 	}
-	modes = (int)check_config + (int)install_schema + (int)print_schema;
-	if (modes > 1) {
+	if ((int)cli->check_config + (int)cli->install_schema + (int)cli->print_schema > 1) {
 		fprintf(stderr,
 			"backfilld: --check-config, --install-schema and --schema-sql exclude each other\n");
 		return EXIT_BAD_USAGE;
 	}
+	return CLI_GO_ON;
+}
 
-	if (print_schema && !path_given && access(path, F_OK) != 0) {
+/* The configuration (the defaults for --schema-sql with no file), its passwords kept for masking,
+ * the log set up. NULL, the exit code in *CODE, when it cannot be had. */
+static config_t *load_config(const cli_t *cli, int *code)
+{
+	char err[1024];
+	config_t *config;
+
+	if (cli->print_schema && !cli->path_given && access(cli->path, F_OK) != 0) {
 		config = config_defaults(); /* no file: print for the default schema name */
 	} else {
-		config = config_load(path, err, sizeof(err));
+		config = config_load(cli->path, err, sizeof(err));
 		if (!config) {
 			fprintf(stderr, "backfilld: invalid configuration: %s\n", err);
-			return EXIT_BAD_CONFIG;
+			*code = EXIT_BAD_CONFIG;
+			return NULL;
 		}
 	}
 	if (!config_register_secrets(config)) {
@@ -135,30 +153,38 @@ int main(int argc, char **argv)
 			"backfilld: cannot keep the connection strings' passwords for masking: out of "
 			"memory, or too many of them\n");
 		config_free(config);
-		return EXIT_RUNTIME;
+		*code = EXIT_RUNTIME;
+		return NULL;
 	}
-	if (dopt.log_level_override)
-		config->log_level = dopt.log_level;
+	if (cli->dopt.log_level_override)
+		config->log_level = cli->dopt.log_level;
 	log_configure(config->log_level, config->log_syslog);
+	return config;
+}
 
-	if (check_config) {
+/* The one-shot command asked for, if any: its exit code (CONFIG freed), else CLI_GO_ON. */
+static int run_one_shot(const cli_t *cli, config_t *config)
+{
+	int code = EXIT_OK;
+
+	if (cli->check_config) {
 		config_print(config, stdout);
-		config_free(config);
-		return EXIT_OK;
-	}
-	if (print_schema) {
+	} else if (cli->print_schema) {
 		char *sql = schema_render(config->schema);
 		fputs(sql, stdout);
 		free(sql);
-		config_free(config);
-		return EXIT_OK;
+	} else if (cli->install_schema) {
+		code = schema_install(config->conninfo, config->schema);
+	} else {
+		return CLI_GO_ON;
 	}
-	if (install_schema) {
-		int code = schema_install(config->conninfo, config->schema);
-		config_free(config);
-		return code;
-	}
+	config_free(config);
+	return code;
+}
 
+/* The daemon, until it stops; it takes CONFIG. */
+static int start(config_t *config, cli_t *cli)
+{
 	/* A daemon trusted with production tables runs with as little privilege as it can. */
 	if (geteuid() == 0) {
 		fprintf(stderr, "backfilld: refusing to run as root: run the daemon as an unprivileged user"
@@ -176,6 +202,29 @@ int main(int argc, char **argv)
 			unsetenv(job_setting_env[i]);
 		}
 	}
-	dopt.config_path = path;
-	return daemon_run(config, &dopt);
+	cli->dopt.config_path = cli->path;
+	return daemon_run(config, &cli->dopt);
+}
+
+int main(int argc, char **argv)
+{
+	cli_t cli = {.path = CONFIG_DEFAULT_PATH};
+	config_t *config;
+	int code;
+
+	signals_block();
+	atexit(text_secrets_clear);
+
+	code = parse_options(argc, argv, &cli);
+	if (code == CLI_GO_ON)
+		code = check_arguments(argc, argv, &cli);
+	if (code != CLI_GO_ON)
+		return code;
+	config = load_config(&cli, &code);
+	if (!config)
+		return code;
+	code = run_one_shot(&cli, config);
+	if (code != CLI_GO_ON)
+		return code;
+	return start(config, &cli);
 }
