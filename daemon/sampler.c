@@ -68,6 +68,18 @@ static const char sample_autovacuum_sql[] =
 	" AND p.datid = (SELECT d.oid FROM pg_catalog.pg_database d"
 	" WHERE d.datname = pg_catalog.current_database())";
 
+/* The statements of a sample, in the order of its pipeline: res->results[SAMPLE_...]. */
+enum {
+	SAMPLE_WAL,	   /* sample_wal_sql */
+	SAMPLE_STANDBYS,   /* sample_standbys_sql */
+	SAMPLE_SLOTS,	   /* sample_slots_sql */
+	SAMPLE_BLOCKED,	   /* sample_blocked_sql, $1 the backends of our batches */
+	SAMPLE_AUTOVACUUM, /* sample_autovacuum_sql */
+	SAMPLE_OTHERS,	   /* sample_others_sql */
+	SAMPLE_PROBE,	   /* sample_probe_sql, only when a probe is due while jobs run */
+	SAMPLE_STATEMENTS,
+};
+
 /* The sampler's connection, timer and latest view. */
 static struct {
 	sampler_hooks_t hooks;
@@ -190,13 +202,13 @@ void sampler_batch_started(void)
 static void sampler_absorb(const pgconn_result_t *res, double at)
 {
 	const throttle_settings_t *s = &config_current()->throttle;
-	const PGresult *standbys = res->results[1], *slots = res->results[2], *blocked = res->results[3],
-		       *vacuum = res->results[4];
+	const PGresult *standbys = res->results[SAMPLE_STANDBYS], *slots = res->results[SAMPLE_SLOTS],
+		       *blocked = res->results[SAMPLE_BLOCKED], *vacuum = res->results[SAMPLE_AUTOVACUUM];
 	sampler_view_t v = {.known = true};
 	uint64_t current, lsn, worst_lsn = 0;
 	char worst[128] = "";
 
-	if (!lagclock_parse_lsn(pgconn_value(res->results[0], 0, 0), &current))
+	if (!lagclock_parse_lsn(pgconn_value(res->results[SAMPLE_WAL], 0, 0), &current))
 		return;
 	lagclock_add(&sampler.clock, at, current);
 
@@ -292,9 +304,9 @@ static void sampler_absorb(const pgconn_result_t *res, double at)
 	snprintf(sampler.worst, sizeof(sampler.worst), "%s", worst);
 	sampler.worst_lsn = worst_lsn;
 	v.replicating = worst[0] != '\0';
-	v.others_active = (int)pgconn_int64(res->results[5], 0, 0, -1);
-	if (res->n > 6)
-		sampler_probe_seen(pgconn_value(res->results[6], 0, 0), sampler.probe_in_batch);
+	v.others_active = (int)pgconn_int64(res->results[SAMPLE_OTHERS], 0, 0, -1);
+	if (res->n > SAMPLE_PROBE)
+		sampler_probe_seen(pgconn_value(res->results[SAMPLE_PROBE], 0, 0), sampler.probe_in_batch);
 	v.cpu_stretch = sampler.stretch;
 	sampler.view = v;
 	sampler.view_at_ms = at;
@@ -319,12 +331,15 @@ static void sampler_tick_cb(evutil_socket_t fd, short what, void *arg)
 {
 	char pids[1024];
 	const char *params[] = {pids};
-	pgconn_stmt_t stmts[7] = {
-		{sample_wal_sql, 0, NULL, NULL, NULL},	      {sample_standbys_sql, 0, NULL, NULL, NULL},
-		{sample_slots_sql, 0, NULL, NULL, NULL},      {sample_blocked_sql, 1, params, NULL, NULL},
-		{sample_autovacuum_sql, 0, NULL, NULL, NULL}, {sample_others_sql, 0, NULL, NULL, NULL},
+	pgconn_stmt_t stmts[SAMPLE_STATEMENTS] = {
+		[SAMPLE_WAL] = {sample_wal_sql, 0, NULL, NULL, NULL},
+		[SAMPLE_STANDBYS] = {sample_standbys_sql, 0, NULL, NULL, NULL},
+		[SAMPLE_SLOTS] = {sample_slots_sql, 0, NULL, NULL, NULL},
+		[SAMPLE_BLOCKED] = {sample_blocked_sql, 1, params, NULL, NULL},
+		[SAMPLE_AUTOVACUUM] = {sample_autovacuum_sql, 0, NULL, NULL, NULL},
+		[SAMPLE_OTHERS] = {sample_others_sql, 0, NULL, NULL, NULL},
 	};
-	int n = 6;
+	int n = SAMPLE_PROBE; /* the probe goes last, when it goes */
 	double *sent_at;
 	(void)fd;
 	(void)what;
@@ -342,7 +357,8 @@ static void sampler_tick_cb(evutil_socket_t fd, short what, void *arg)
 	if (sampler.hooks.njobs() > 0 && *sent_at >= sampler.probe_due_ms) {
 		sampler.probe_due_ms = *sent_at + PROBE_EVERY_MS;
 		sampler.probe_in_batch = strcmp(pids, "{}") != 0;
-		stmts[n++] = (pgconn_stmt_t){sample_probe_sql, 0, NULL, NULL, NULL};
+		stmts[SAMPLE_PROBE] = (pgconn_stmt_t){sample_probe_sql, 0, NULL, NULL, NULL};
+		n = SAMPLE_STATEMENTS;
 	}
 	if (pgconn_send(sampler.conn, stmts, n, sampler_result_cb, sent_at)) {
 		sampler.in_flight = true;
