@@ -198,119 +198,156 @@ void sampler_batch_started(void)
 		sampler.probe_in_flight = true;
 }
 
-/* Fold one round of results into the view. */
-static void sampler_absorb(const pgconn_result_t *res, double at)
+/* One round of results as it is read: the view it makes and the standby or slot furthest behind. */
+typedef struct sample_round {
+	sampler_view_t v;
+	uint64_t current;   /* the primary's WAL position */
+	char worst[128];    /* the standby or slot furthest behind */
+	uint64_t worst_lsn; /* its replay (or confirmed flush) position */
+} sample_round_t;
+
+/* The watched physical standbys: their lag, in bytes and on the lag clock. */
+static void absorb_standbys(sample_round_t *r, const PGresult *standbys, double at)
 {
-	const throttle_settings_t *s = &config_current()->throttle;
-	const PGresult *standbys = res->results[SAMPLE_STANDBYS], *slots = res->results[SAMPLE_SLOTS],
-		       *blocked = res->results[SAMPLE_BLOCKED], *vacuum = res->results[SAMPLE_AUTOVACUUM];
-	sampler_view_t v = {.known = true};
-	uint64_t current, lsn, worst_lsn = 0;
-	char worst[128] = "";
+	sampler_view_t *v = &r->v;
 
-	if (!lagclock_parse_lsn(pgconn_value(res->results[SAMPLE_WAL], 0, 0), &current))
-		return;
-	lagclock_add(&sampler.clock, at, current);
-
-	for (int r = 0; r < PQntuples(standbys); r++) {
-		const char *name = pgconn_value(standbys, r, 0);
+	for (int row = 0; row < PQntuples(standbys); row++) {
+		const char *name = pgconn_value(standbys, row, 0);
+		uint64_t lsn;
 		int64_t bytes;
 		double ms;
 
 		if (!sampler_watches(name))
 			continue;
-		if (!lagclock_parse_lsn(pgconn_value(standbys, r, 1), &lsn)) {
+		if (!lagclock_parse_lsn(pgconn_value(standbys, row, 1), &lsn)) {
 			if (!sampler.warned_invisible) {
 				log_msg(LOG_LEVEL_WARNING, SAMPLER_CONTEXT,
 					"cannot read the replay position of standby %s (state %s): without "
 					"it lag is"
 					" not throttled; GRANT pg_monitor to the daemon's role",
-					name ? name : "?", pgconn_value(standbys, r, 3) ?: "?");
+					name ? name : "?", pgconn_value(standbys, row, 3) ?: "?");
 				sampler.warned_invisible = true;
 			}
 			continue;
 		}
-		bytes = current > lsn ? (int64_t)(current - lsn) : 0;
+		bytes = r->current > lsn ? (int64_t)(r->current - lsn) : 0;
 		ms = lagclock_lag_ms(&sampler.clock, at, lsn);
 		metrics_standby_lag(name ? name : "?", bytes, ms / 1000.0);
-		if (bytes > v.lag_bytes || (int64_t)ms > v.lag_ms || !v.detail[0])
-			snprintf(v.detail, sizeof(v.detail), "standby %s: %lld bytes, %.0f ms behind",
+		if (bytes > v->lag_bytes || (int64_t)ms > v->lag_ms || !v->detail[0])
+			snprintf(v->detail, sizeof(v->detail), "standby %s: %lld bytes, %.0f ms behind",
 				 name ? name : "?", (long long)bytes, ms);
-		if (bytes > v.lag_bytes || !worst[0]) {
-			v.lag_bytes = bytes > v.lag_bytes ? bytes : v.lag_bytes;
-			snprintf(worst, sizeof(worst), "%s", name ? name : "?");
-			worst_lsn = lsn;
+		if (bytes > v->lag_bytes || !r->worst[0]) {
+			v->lag_bytes = bytes > v->lag_bytes ? bytes : v->lag_bytes;
+			snprintf(r->worst, sizeof(r->worst), "%s", name ? name : "?");
+			r->worst_lsn = lsn;
 		}
-		if ((int64_t)ms > v.lag_ms)
-			v.lag_ms = (int64_t)ms;
+		if ((int64_t)ms > v->lag_ms)
+			v->lag_ms = (int64_t)ms;
 	}
-	/* A named standby that is not connected counts as lagging. */
+}
+
+/* A named standby that is not connected counts as lagging. */
+static void absorb_missing_standbys(sample_round_t *r, const PGresult *standbys)
+{
+	const throttle_settings_t *s = &config_current()->throttle;
+
 	for (int i = 0; i < s->nstandbys; i++) {
 		bool seen = false;
-		for (int r = 0; r < PQntuples(standbys) && !seen; r++)
-			seen = strcmp(pgconn_value(standbys, r, 0) ?: "", s->standbys[i]) == 0;
+		for (int row = 0; row < PQntuples(standbys) && !seen; row++)
+			seen = strcmp(pgconn_value(standbys, row, 0) ?: "", s->standbys[i]) == 0;
 		if (!seen) {
-			v.hold = REASON_STANDBY_MISSING;
-			snprintf(v.detail, sizeof(v.detail), "standby %s is not connected", s->standbys[i]);
+			r->v.hold = REASON_STANDBY_MISSING;
+			snprintf(r->v.detail, sizeof(r->v.detail), "standby %s is not connected",
+				 s->standbys[i]);
 		}
 	}
-	if (s->logical_slots) {
-		for (int r = 0; r < PQntuples(slots); r++) {
-			const char *name = pgconn_value(slots, r, 0), *status = pgconn_value(slots, r, 2);
-			int64_t bytes;
-			if (status && strcmp(status, "reserved") != 0 && v.hold == REASON_NONE) {
-				v.hold = REASON_LOGICAL_SLOT;
-				snprintf(v.detail, sizeof(v.detail), "logical slot %s has wal_status %s",
-					 name, status);
-			}
-			if (!lagclock_parse_lsn(pgconn_value(slots, r, 1), &lsn))
-				continue;
-			bytes = current > lsn ? (int64_t)(current - lsn) : 0;
-			{
-				char label[128];
-				snprintf(label, sizeof(label), "slot:%s", name ? name : "?");
-				metrics_standby_lag(label, bytes, 0);
-			}
-			if (bytes > v.lag_bytes || !worst[0]) {
-				v.lag_bytes = bytes > v.lag_bytes ? bytes : v.lag_bytes;
-				snprintf(worst, sizeof(worst), "slot:%s", name ? name : "?");
-				worst_lsn = lsn;
-				if (v.hold == REASON_NONE) /* a hold's detail says why it holds */
-					snprintf(v.detail, sizeof(v.detail),
-						 "logical slot %s: %lld bytes behind", name,
-						 (long long)bytes);
-			}
-		}
-	}
-	metrics_standby_round();
-	{
-		int64_t total = 0;
-		for (int r = 0; r < PQntuples(blocked); r++)
-			total += pgconn_int64(blocked, r, 1, 0);
-		metrics_blocked_sessions(total);
-	}
-	for (int r = 0; r < PQntuples(blocked); r++)
-		sampler.hooks.on_blocked((int)pgconn_int64(blocked, r, 0, 0), pgconn_int64(blocked, r, 1, 0),
-					 pgconn_int64(blocked, r, 2, 0));
-	sampler.nautovacuum = 0;
-	for (int r = 0; r < PQntuples(vacuum) && sampler.nautovacuum < MAX_AUTOVACUUM; r++)
-		sampler.autovacuum[sampler.nautovacuum++] = (uint32_t)pgconn_int64(vacuum, r, 0, 0);
+}
 
-	/* How fast the worst one replays, for the estimate between samples (0: unknown, as if stalled). */
+/* The logical slots: their lag in bytes, and a hold when one's WAL is at risk. */
+static void absorb_slots(sample_round_t *r, const PGresult *slots)
+{
+	sampler_view_t *v = &r->v;
+
+	for (int row = 0; row < PQntuples(slots); row++) {
+		const char *name = pgconn_value(slots, row, 0), *status = pgconn_value(slots, row, 2);
+		uint64_t lsn;
+		int64_t bytes;
+		if (status && strcmp(status, "reserved") != 0 && v->hold == REASON_NONE) {
+			v->hold = REASON_LOGICAL_SLOT;
+			snprintf(v->detail, sizeof(v->detail), "logical slot %s has wal_status %s", name,
+				 status);
+		}
+		if (!lagclock_parse_lsn(pgconn_value(slots, row, 1), &lsn))
+			continue;
+		bytes = r->current > lsn ? (int64_t)(r->current - lsn) : 0;
+		{
+			char label[128];
+			snprintf(label, sizeof(label), "slot:%s", name ? name : "?");
+			metrics_standby_lag(label, bytes, 0);
+		}
+		if (bytes > v->lag_bytes || !r->worst[0]) {
+			v->lag_bytes = bytes > v->lag_bytes ? bytes : v->lag_bytes;
+			snprintf(r->worst, sizeof(r->worst), "slot:%s", name ? name : "?");
+			r->worst_lsn = lsn;
+			if (v->hold == REASON_NONE) /* a hold's detail says why it holds */
+				snprintf(v->detail, sizeof(v->detail), "logical slot %s: %lld bytes behind",
+					 name, (long long)bytes);
+		}
+	}
+}
+
+/* The sessions our batches block (told to the daemon) and the tables autovacuum works on. */
+static void absorb_sessions(const PGresult *blocked, const PGresult *vacuum)
+{
+	int64_t total = 0;
+
+	for (int row = 0; row < PQntuples(blocked); row++)
+		total += pgconn_int64(blocked, row, 1, 0);
+	metrics_blocked_sessions(total);
+	for (int row = 0; row < PQntuples(blocked); row++)
+		sampler.hooks.on_blocked((int)pgconn_int64(blocked, row, 0, 0),
+					 pgconn_int64(blocked, row, 1, 0), pgconn_int64(blocked, row, 2, 0));
+	sampler.nautovacuum = 0;
+	for (int row = 0; row < PQntuples(vacuum) && sampler.nautovacuum < MAX_AUTOVACUUM; row++)
+		sampler.autovacuum[sampler.nautovacuum++] = (uint32_t)pgconn_int64(vacuum, row, 0, 0);
+}
+
+/* How fast the worst one replays, for the estimate between samples (0: unknown, as if stalled). */
+static void absorb_replay_rate(const sample_round_t *r, double at)
+{
 	sampler.replay_rate = 0;
-	if (worst[0] && strcmp(worst, sampler.worst) == 0 && sampler.view_at_ms > 0 &&
-	    at > sampler.view_at_ms && worst_lsn >= sampler.worst_lsn)
-		sampler.replay_rate = (double)(worst_lsn - sampler.worst_lsn) / (at - sampler.view_at_ms);
-	snprintf(sampler.worst, sizeof(sampler.worst), "%s", worst);
-	sampler.worst_lsn = worst_lsn;
-	v.replicating = worst[0] != '\0';
-	v.others_active = (int)pgconn_int64(res->results[SAMPLE_OTHERS], 0, 0, -1);
+	if (r->worst[0] && strcmp(r->worst, sampler.worst) == 0 && sampler.view_at_ms > 0 &&
+	    at > sampler.view_at_ms && r->worst_lsn >= sampler.worst_lsn)
+		sampler.replay_rate = (double)(r->worst_lsn - sampler.worst_lsn) / (at - sampler.view_at_ms);
+	snprintf(sampler.worst, sizeof(sampler.worst), "%s", r->worst);
+	sampler.worst_lsn = r->worst_lsn;
+}
+
+/* Fold one round of results into the view. */
+static void sampler_absorb(const pgconn_result_t *res, double at)
+{
+	const PGresult *standbys = res->results[SAMPLE_STANDBYS];
+	sample_round_t r = {.v = {.known = true}};
+
+	if (!lagclock_parse_lsn(pgconn_value(res->results[SAMPLE_WAL], 0, 0), &r.current))
+		return;
+	lagclock_add(&sampler.clock, at, r.current);
+
+	absorb_standbys(&r, standbys, at);
+	absorb_missing_standbys(&r, standbys);
+	if (config_current()->throttle.logical_slots)
+		absorb_slots(&r, res->results[SAMPLE_SLOTS]);
+	metrics_standby_round();
+	absorb_sessions(res->results[SAMPLE_BLOCKED], res->results[SAMPLE_AUTOVACUUM]);
+	absorb_replay_rate(&r, at);
+	r.v.replicating = r.worst[0] != '\0';
+	r.v.others_active = (int)pgconn_int64(res->results[SAMPLE_OTHERS], 0, 0, -1);
 	if (res->n > SAMPLE_PROBE)
 		sampler_probe_seen(pgconn_value(res->results[SAMPLE_PROBE], 0, 0), sampler.probe_in_batch);
-	v.cpu_stretch = sampler.stretch;
-	sampler.view = v;
+	r.v.cpu_stretch = sampler.stretch;
+	sampler.view = r.v;
 	sampler.view_at_ms = at;
-	sampler.view_lsn = current;
+	sampler.view_lsn = r.current;
 }
 
 static void sampler_result_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
