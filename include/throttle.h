@@ -1,7 +1,8 @@
 /*
  * The throttle controller: pure arithmetic over plain structs, no I/O. After each batch it
  * moves the batch size toward target_batch_ms; before each batch it turns what the sampler
- * saw (replication lag, holds) into a sleep, or a hold, with a reason.
+ * saw (replication lag, holds) into a sleep, or a hold, with a reason. The formulas, and why
+ * they are what they are: docs/throttle.md, "The controller's arithmetic".
  */
 #ifndef BACKFILLD_THROTTLE_H
 #define BACKFILLD_THROTTLE_H
@@ -71,76 +72,49 @@ void throttle_after_batch(throttle_state_t *st, const throttle_settings_t *s, in
 
 /*
  * After throttle_after_batch: another session waited WAITED_MS on the committed batch's locks.
- * Any wait of a millisecond or more is contention: every such wait is latency the application
- * feels, and with the row locks of a batch growing with it, only a smaller batch makes fewer.
- * The next batch is halved (not below min) and
- * that size becomes a ceiling, which then grows by a tenth per batch nobody waits on (slow,
- * additive-like recovery instead of x1.5 a step), not past throttle_after_waiters' cap, and
- * goes once it reaches max_batch_size. For
- * THROTTLE_DUTY_BATCHES batches after contention, throttle_decide sleeps at least `idle` times
- * as long as the last batch took, so the application gets its rows (and the CPU) between
- * batches: idle is 1 at the first contention (busy at most half the time) and doubles with each
- * contention that comes before the duty cycle has ended, up to THROTTLE_MAX_IDLE (busy a ninth
- * of the time) - an application that keeps meeting the job's locks keeps it slow. Returns true
- * on contention.
+ * A wait of a millisecond or more is contention: the next batch is halved (not below min) and
+ * that size becomes a ceiling, which grows back by a tenth per batch nobody waits on, not past
+ * throttle_after_waiters' cap, and goes once it reaches max_batch_size. For
+ * THROTTLE_DUTY_BATCHES batches after contention throttle_decide sleeps at least `idle` times as
+ * long as the last batch took: idle is 1 at the first contention and doubles with each one before
+ * the duty cycle has ended, up to THROTTLE_MAX_IDLE. Returns true on contention.
  */
-#define THROTTLE_DUTY_BATCHES 10
-#define THROTTLE_MAX_IDLE 8.0
+#define THROTTLE_DUTY_BATCHES 10 /* the batches a duty cycle lasts after contention */
+#define THROTTLE_MAX_IDLE 8.0	 /* the most idle gets (busy a ninth of the time) */
 bool throttle_after_contention(throttle_state_t *st, const throttle_settings_t *s, int64_t waited_ms);
 
 /*
  * After throttle_after_batch: a committed batch walked ROWS keys in DURATION_MS, and WAITERS
- * other sessions waited on its locks. How often an application meets the job's row locks grows
- * with the rows a batch holds and how long it holds them: waiters per batch ~ k x rows x
- * duration, for a k that depends on the application's rate and the rows it touches, not on the
- * batch. k is estimated from everything seen (waiters over rows x ms), with a memory that fades
- * over THROTTLE_WAITS_MEMORY_MS of the job's time, so an application that goes away stops
- * counting. Running batches of B rows that take D ms with sleep_ms (S) between them, the job
- * makes k B D / (D + S) sessions wait per ms: `cap` is the largest B that keeps that under
- * THROTTLE_WAITS_PER_S (one session every 5 s), a rate no percentile an application watches
- * should feel. The cap only brakes: after contention the
- * ceiling (throttle_after_contention) grows back no further than it, and never shrinks for it
- * (a first wait is little evidence; halving on contention does the shrinking). Before anybody
- * waited there is no cap; as batches go by without waiters it rises by itself.
+ * other sessions waited on its locks. Updates k, the waiters per row and millisecond of row locks
+ * held (a memory that fades over THROTTLE_WAITS_MEMORY_MS of the job's time), and from it `cap`:
+ * the largest batch size whose waits stay under THROTTLE_WAITS_PER_S at the job's rate and
+ * sleep_ms (0: no cap, as before anybody waited). The cap only brakes the ceiling of
+ * throttle_after_contention, which grows back no further than it and never shrinks for it.
  */
-#define THROTTLE_WAITS_PER_S 0.2
-#define THROTTLE_WAITS_MEMORY_MS 60000.0
+#define THROTTLE_WAITS_PER_S 0.2	 /* the waits a second the cap allows: one every 5 s */
+#define THROTTLE_WAITS_MEMORY_MS 60000.0 /* the job's time over which the waits seen fade */
 void throttle_after_waiters(throttle_state_t *st, const throttle_settings_t *s, int64_t rows,
 			    double duration_ms, int64_t waiters);
 
 /*
  * Before anybody waits: the application's writes to the target table predict k. Between the
  * starts of two batches MS apart the application updated or deleted WRITES rows of the target
- * (the table's statistics counters less the job's own; not inserts: a new row cannot meet a
- * batch's locks), which has TABLE_ROWS rows (pass 0 when the job's batches write nothing
- * there: nothing of the application can meet their locks). An application writing r rows a ms at random over N rows meets a batch of B rows held D ms
- * about r B D / (2 N) times (the batch's locks grow from none to B), so k0 = r / 2N.
+ * (the table's statistics counters less the job's own; not inserts), which has TABLE_ROWS rows
+ * (pass 0 when the job's batches write nothing there). The prior k0 = r / 2N (r the writes a ms,
+ * fading over THROTTLE_APP_MEMORY_MS; N the table's rows) is corrected by the waits seen against
+ * those it predicted. While the prior holds a cap, the cap is firm: the size grows no further
+ * and, when over it, halves toward it each batch; throttle_decide gives the reason
+ * application_writes while the cap holds the size under what target_batch_ms asks.
  *
- * r is an average that fades over THROTTLE_APP_MEMORY_MS (the counters move about once a
- * second): an application that arrives in the middle of a job is seen within seconds. What is
- * seen corrects the prior: k = k0 (W + P) / (E + P), W the waits seen and E the waits k0
- * predicted for the same batches (both fading over THROTTLE_WAITS_MEMORY_MS), P =
- * THROTTLE_PRIOR_WAITS. Waits that do not come (the application writes rows the job is not
- * near) lift the cap within a minute or so; waits that come more often than predicted (the
- * application's rows are where the job is) lower it; batches run before the application came
- * predicted nothing and weigh nothing. While the prior holds a cap, the cap is firm: the size
- * grows no further and, when over it (the application arrived), halves toward it each batch;
- * throttle_decide gives the reason application_writes while the cap holds the size under what
- * target_batch_ms asks.
- *
- * A job that measures (app_watch, set by the caller after throttle_init) does not grow past
- * its first batch_size before it has measured for THROTTLE_APP_WARMUP_MS, and meanwhile is busy
- * at most THROTTLE_START_DUTY of the time until the CPU probes show CPU to spare (cpu_stretch
- * known and at most THROTTLE_CPU_STRETCH), unless no other session is at work on the server
- * (server_idle: nobody to protect; throttle_decide; no reason: the job says so in its
- * log as it starts, and its batches' sleep_ms show it): the statistics of other sessions reach the
- * counters about once a second, and a job that ran flat out meanwhile would make its biggest
- * batches, and take the most CPU, before it knew anybody was there.
+ * A job that measures (app_watch, set by the caller after throttle_init) does not grow past its
+ * first batch_size before it has measured for THROTTLE_APP_WARMUP_MS, and meanwhile
+ * throttle_decide keeps it busy at most THROTTLE_START_DUTY of the time (no reason of its own)
+ * unless cpu_stretch is known and at most THROTTLE_CPU_STRETCH, or server_idle.
  */
-#define THROTTLE_PRIOR_WAITS 4.0
-#define THROTTLE_APP_WARMUP_MS 2000.0
-#define THROTTLE_START_DUTY 0.125
-#define THROTTLE_APP_MEMORY_MS 3000.0
+#define THROTTLE_PRIOR_WAITS 4.0      /* the prior's weight, in waits, against the waits seen */
+#define THROTTLE_APP_WARMUP_MS 2000.0 /* how long a job measures before its size may grow */
+#define THROTTLE_START_DUTY 0.125     /* the busy share meanwhile */
+#define THROTTLE_APP_MEMORY_MS 3000.0 /* the time over which the application's writes fade */
 void throttle_after_app(throttle_state_t *st, const throttle_settings_t *s, double writes, double ms,
 			double table_rows);
 
@@ -152,16 +126,15 @@ void throttle_after_app(throttle_state_t *st, const throttle_settings_t *s, doub
 void throttle_after_retry(throttle_state_t *st, const throttle_settings_t *s, double jitter);
 
 /*
- * While the application writes the table (THROTTLE_APP_MIN_WRITES_S rows a second or more) and
- * the CPU work of other sessions takes s = cpu_stretch times as long while batches run, the job
- * leaves the CPU to it: busy a share u of the time, every session's CPU work takes on average
- * 1 + u (s - 1) as long, and u is chosen to keep that at THROTTLE_CPU_STRETCH (u = 0.1 / (s - 1),
- * not under THROTTLE_MIN_DUTY): it sleeps (1 / u - 1) times as long as its last batch took,
- * reason cpu_contention. Where the server has CPUs to spare, s stays near 1 and nothing changes.
+ * The CPU share (throttle_decide): while the application writes the table
+ * (THROTTLE_APP_MIN_WRITES_S rows a second or more) and other sessions' CPU work takes
+ * s = cpu_stretch times as long while batches run, the job is busy a share
+ * u = (THROTTLE_CPU_STRETCH - 1) / (s - 1) of the time, not under THROTTLE_MIN_DUTY: it sleeps
+ * (1 / u - 1) times as long as its last batch took, reason cpu_contention.
  */
-#define THROTTLE_CPU_STRETCH 1.1
-#define THROTTLE_MIN_DUTY 0.0625
-#define THROTTLE_APP_MIN_WRITES_S 1.0
+#define THROTTLE_CPU_STRETCH 1.1      /* the stretch of other sessions' CPU work the share aims at */
+#define THROTTLE_MIN_DUTY 0.0625      /* the least busy share */
+#define THROTTLE_APP_MIN_WRITES_S 1.0 /* the application's writes a second that call for a share */
 
 /*
  * After a committed batch that walked ROWS keys and wrote WAL_BYTES of WAL: what a key costs in
@@ -176,11 +149,11 @@ void throttle_after_wal(throttle_state_t *st, int64_t rows, int64_t wal_bytes);
  * lag_ms/max_replication_lag_ms: below 0.5 no sleep is added; from 0.5 to 1 the sleep grows
  * linearly from sleep_ms to max_sleep_ms; at 1 the job holds until p is back under 0.5. After
  * contention the sleep is at least idle times the last batch's duration (reason
- * blocked_sessions), unless lag asks for more; and then the CPU share above. The batch walks at
- * most max_rows keys: the WAL it is expected to write (wal_per_row, with a margin) fits in this
- * runner's share of the lag headroom left (max_replication_lag_bytes - lag_bytes, shared by the
- * instance's runners), so a paused standby's lag passes the limit by little more than what other
- * sessions write (reason replication_lag when that cuts the batch).
+ * blocked_sessions), unless lag asks for more; then the gentle start and the CPU share above.
+ * The batch walks at most max_rows keys: the WAL it is expected to write (wal_per_row x
+ * THROTTLE_WAL_MARGIN) fits in this runner's share of the lag headroom
+ * (max_replication_lag_bytes - lag_bytes, over the instance's runners; reason replication_lag
+ * when that cuts the batch).
  */
 throttle_decision_t throttle_decide(throttle_state_t *st, const throttle_settings_t *s,
 				    const throttle_input_t *in);
