@@ -1,5 +1,6 @@
 #!/usr/bin/python3
-"""The Python side of the benchmarks (tests/bench/*.sh): a lag sampler, the client-side loop,
+"""The Python side of the benchmarks (tests/bench/*.sh): a lag sampler, a sampler of pgbench's
+wait events, the client-side loop,
 submitting a job and waiting for its end, CPU ticks from /proc, pgbench log statistics and plot
 series. Run with Debian's python3 (psycopg): bench.py COMMAND ARGS..."""
 import glob, os, select, signal, sys, time
@@ -34,6 +35,49 @@ def sample(conninfo, out):
                 time.sleep(d)
             else:
                 nxt = time.time()
+
+def waits(conninfo, out, hz='200'):
+    """HZ times a second (default 200), until SIGTERM: for each pgbench session that is active,
+    "time what", what being CPU (active, no wait event) or WAITTYPE:EVENT."""
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
+    q = ("SELECT extract(epoch FROM clock_timestamp())::float8, coalesce(wait_event_type || ':' || wait_event, 'CPU')"
+         " FROM pg_stat_activity WHERE application_name = 'pgbench' AND state = 'active'")
+    conn = connect(conninfo, 'bench-waits')
+    step = 1.0 / float(hz)
+    nxt = time.time()
+    with open(out, 'w', buffering=1 << 16) as f:
+        while not stop:
+            try:
+                for t, what in conn.execute(q).fetchall():
+                    f.write('%.4f %s\n' % (t, what))
+            except psycopg.Error:
+                break
+            nxt += step
+            d = nxt - time.time()
+            if d > 0:
+                time.sleep(d)
+            else:
+                nxt = time.time()
+
+def waitstats(path, t0, t1, top='6'):
+    """Where pgbench's active sessions were between t0 and t1: the TOP most frequent of CPU and
+    each wait event, as shares of all active samples ("CPU=71% Lock:tuple=12% ..."), and the mean
+    number of active sessions per sample round."""
+    t0, t1 = float(t0), float(t1)
+    count = {}
+    n = 0
+    with open(path) as f:
+        for line in f:
+            p = line.split()
+            if len(p) == 2 and t0 <= float(p[0]) <= t1:
+                count[p[1]] = count.get(p[1], 0) + 1
+                n += 1
+    if not n:
+        print('none')
+        return
+    best = sorted(count.items(), key=lambda kv: -kv[1])[:int(top)]
+    print(' '.join('%s=%.0f%%' % (k, 100.0 * v / n) for k, v in best) + ' (%d samples)' % n)
 
 def client(conninfo, table, batch, log):
     """The usual hand-written script: autocommit, one round trip per statement, keyset batches."""
@@ -205,4 +249,5 @@ def flat(events):
 cmd = sys.argv[1]
 args = sys.argv[2:]
 {'sample': sample, 'client': client, 'submit-wait': submit_wait, 'procstat': procstat,
- 'latstats': latstats, 'lag': lag, 'series': series, 'flat': flat}[cmd](*args)
+ 'latstats': latstats, 'lag': lag, 'series': series, 'flat': flat, 'waits': waits,
+ 'waitstats': waitstats}[cmd](*args)
