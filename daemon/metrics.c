@@ -77,6 +77,8 @@ static struct {
 	bool counted; /* metrics_queue_round() was called at least once */
 
 	int64_t blocked_sessions;
+	int64_t archive_backlog;
+	bool archive_measured; /* archive_backlog is a measurement (archive_mode on, and it was known) */
 	bool paused;
 	bool db_up;
 	char *db_reason;
@@ -327,6 +329,12 @@ void metrics_standby_round(void)
 void metrics_blocked_sessions(int64_t n)
 {
 	m.blocked_sessions = n;
+}
+
+void metrics_archive_backlog(int64_t bytes)
+{
+	m.archive_measured = bytes >= 0;
+	m.archive_backlog = bytes >= 0 ? bytes : 0;
 }
 
 void metrics_queue_jobs(const char *state, int64_t n)
@@ -594,6 +602,12 @@ void metrics_render(FILE *out)
 	put_family(out, "backfilld_blocked_sessions", "gauge",
 		   "Sessions waiting on locks held by this instance's batches, as last sampled.");
 	fprintf(out, "backfilld_blocked_sessions %" PRId64 "\n", m.blocked_sessions);
+
+	put_family(out, "backfilld_archive_backlog_bytes", "gauge",
+		   "WAL the primary keeps because it is not archived yet, as last sampled (only while "
+		   "archive_mode is on and it could be measured).");
+	if (m.archive_measured)
+		fprintf(out, "backfilld_archive_backlog_bytes %" PRId64 "\n", m.archive_backlog);
 }
 
 void metrics_reset(void)

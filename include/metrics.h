@@ -36,6 +36,10 @@ void metrics_standby_round(void);
 /* Sessions currently waiting on locks held by our batches. */
 void metrics_blocked_sessions(int64_t n);
 
+/* WAL not archived yet, in bytes, as sampled; negative: not measured (archive_mode off, or
+ * unknown), and the gauge has no sample. */
+void metrics_archive_backlog(int64_t bytes);
+
 /* Jobs in the queue by state (all instances), as last counted: report each state of one count,
  * then call metrics_queue_round(); the contract's six states not reported read 0. */
 void metrics_queue_jobs(const char *state, int64_t n);

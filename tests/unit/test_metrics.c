@@ -1,9 +1,9 @@
 /*
  * Unit tests for metrics.c: what each report turns into in the Prometheus text format
  * (labels and their escaping, the throttle-reason enum, the histogram, rounds that forget
- * standbys and queue states, the bound on finished jobs), the /healthz reason (one line, its
- * passwords masked), the STATUS summary, and, when promtool is installed, that promtool
- * accepts a fully populated page.
+ * standbys and queue states, the archive backlog gauge, the bound on finished jobs), the
+ * /healthz reason (one line, its passwords masked), the STATUS summary, and, when promtool is
+ * installed, that promtool accepts a fully populated page.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -235,6 +235,29 @@ static void test_standby_rounds(void **state)
 	free(page);
 }
 
+static void test_archive_backlog(void **state)
+{
+	char *page;
+	(void)state;
+
+	page = render(); /* not measured yet: the family, no sample */
+	expect_line(page, "# TYPE backfilld_archive_backlog_bytes gauge");
+	assert_int_equal(count_lines(page, "backfilld_archive_backlog_bytes", ""), 0);
+	free(page);
+	metrics_archive_backlog(INT64_C(1) << 34);
+	page = render();
+	expect_line(page, "backfilld_archive_backlog_bytes 17179869184");
+	free(page);
+	metrics_archive_backlog(0);
+	page = render();
+	expect_line(page, "backfilld_archive_backlog_bytes 0");
+	free(page);
+	metrics_archive_backlog(-1); /* archive_mode turned off */
+	page = render();
+	assert_int_equal(count_lines(page, "backfilld_archive_backlog_bytes", ""), 0);
+	free(page);
+}
+
 static void test_queue_states(void **state)
 {
 	char *page;
@@ -345,6 +368,7 @@ static void test_promtool_accepts_the_page(void **state)
 	metrics_batch_duration(0.2);
 	metrics_standby_lag("standby1", 4096, 1.5);
 	metrics_standby_round();
+	metrics_archive_backlog(16777216);
 	metrics_queue_jobs("running", 2);
 	metrics_queue_round();
 	metrics_database(true, NULL);
@@ -375,6 +399,7 @@ int main(void)
 		cmocka_unit_test_teardown(test_queue_states, teardown),
 		cmocka_unit_test_teardown(test_database_and_pause, teardown),
 		cmocka_unit_test_teardown(test_database_reason_masked, teardown),
+		cmocka_unit_test_teardown(test_archive_backlog, teardown),
 		cmocka_unit_test_teardown(test_summary, teardown),
 		cmocka_unit_test_teardown(test_promtool_accepts_the_page, teardown),
 	};
