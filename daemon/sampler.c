@@ -3,7 +3,9 @@
  * confirmed_flush_lsn) against pg_current_wal_lsn(); lag time from the lag clock, not from
  * replay_lag or replay timestamps, which both lie. Blocked sessions are found by filtering
  * pg_stat_activity on wait_event_type = 'Lock' first and calling pg_blocking_pids() only on
- * those; the daemon then cancels the batch that blocks too long.
+ * those; the daemon then cancels the batch that blocks too long. The WAL archive backlog comes
+ * from pg_stat_archiver (archive.c does the arithmetic); while it is over
+ * max_archive_backlog_bytes the view holds every job.
  */
 #include "sampler.h"
 
@@ -14,6 +16,7 @@
 
 #include <event2/event.h>
 
+#include "archive.h"
 #include "config.h"
 #include "lagclock.h"
 #include "log.h"
@@ -68,6 +71,45 @@ static const char sample_autovacuum_sql[] =
 	" AND p.datid = (SELECT d.oid FROM pg_catalog.pg_database d"
 	" WHERE d.datname = pg_catalog.current_database())";
 
+/*
+ * The WAL archive (archive.h), one row. The listing of pg_wal/archive_status is needed only when
+ * pg_stat_archiver names no segment to count from, and needs pg_monitor: its function's EXECUTE
+ * privilege is checked as the statement starts, however little of it runs, so a role without it
+ * is sent the form without the listing (or the whole sample would fail).
+ */
+enum archive_col {
+	ARCHIVE_COL_ON,		  /* archive_mode is on or always */
+	ARCHIVE_COL_SEGMENT,	  /* wal_segment_size in bytes */
+	ARCHIVE_COL_ARCHIVED,	  /* last_archived_wal */
+	ARCHIVE_COL_FAILED,	  /* last_failed_wal */
+	ARCHIVE_COL_FAILED_SINCE, /* it failed after its last success */
+	ARCHIVE_COL_MAY_LIST,	  /* the role may list archive_status */
+	ARCHIVE_COL_LISTED,	  /* it was listed (only when pg_stat_archiver names no segment) */
+	ARCHIVE_COL_OLDEST_READY, /* then: the lowest segment with a .ready file, its timeline 0 */
+};
+#define ARCHIVE_SEGMENT_RE "'^[0-9A-F]{24}(\\.partial|\\.[0-9A-F]{8}\\.backup)?$'"
+#define SAMPLE_ARCHIVE_SQL(listed, oldest_ready)                                                             \
+	"SELECT s.mode_on, s.segment, s.archived, s.failed, s.failed_since, s.may_list, " listed             \
+	", " oldest_ready                                                                                    \
+	" FROM (SELECT pg_catalog.current_setting('archive_mode') IN ('on', 'always') AS mode_on,"           \
+	" pg_catalog.pg_size_bytes(pg_catalog.current_setting('wal_segment_size')) AS segment,"              \
+	" a.last_archived_wal AS archived, a.last_failed_wal AS failed,"                                     \
+	" coalesce(a.last_failed_time > a.last_archived_time, a.last_failed_time IS NOT NULL)"               \
+	"   AS failed_since,"                                                                                \
+	" pg_catalog.has_function_privilege('pg_catalog.pg_ls_archive_statusdir()', 'EXECUTE') AS may_list," \
+	" coalesce(a.last_archived_wal ~ " ARCHIVE_SEGMENT_RE ", false)"                                     \
+	" OR (coalesce(a.last_failed_time > a.last_archived_time, a.last_failed_time IS NOT NULL)"           \
+	"     AND coalesce(a.last_failed_wal ~ " ARCHIVE_SEGMENT_RE ", false)) AS named"                     \
+	" FROM pg_catalog.pg_stat_archiver a) s"
+static const char sample_archive_sql[] = SAMPLE_ARCHIVE_SQL("false", "NULL::text");
+#define ARCHIVE_OLDEST_READY_SQL                                                  \
+	"CASE WHEN s.mode_on AND NOT s.named THEN"                                \
+	" (SELECT '00000000' || pg_catalog.min(pg_catalog.substr(f.name, 9, 16))" \
+	"  FROM pg_catalog.pg_ls_archive_statusdir() f"                           \
+	"  WHERE f.name ~ '^[0-9A-F]{24}(\\.partial)?\\.ready$') END"
+static const char sample_archive_listing_sql[] =
+	SAMPLE_ARCHIVE_SQL("s.mode_on AND NOT s.named", ARCHIVE_OLDEST_READY_SQL);
+
 /* The statements of a sample, in the order of its pipeline: res->results[SAMPLE_...]. */
 enum {
 	SAMPLE_WAL,	   /* sample_wal_sql */
@@ -76,6 +118,7 @@ enum {
 	SAMPLE_BLOCKED,	   /* sample_blocked_sql, $1 the backends of our batches */
 	SAMPLE_AUTOVACUUM, /* sample_autovacuum_sql */
 	SAMPLE_OTHERS,	   /* sample_others_sql */
+	SAMPLE_ARCHIVE,	   /* sample_archive_sql, or with the listing (sample_archive_listing_sql) */
 	SAMPLE_PROBE,	   /* sample_probe_sql, only when a probe is due while jobs run */
 	SAMPLE_STATEMENTS,
 };
@@ -99,6 +142,12 @@ static struct {
 	uint32_t autovacuum[MAX_AUTOVACUUM];
 	int nautovacuum;
 	bool warned_invisible;
+	/* The WAL archive. */
+	bool archive_may_list; /* samples send the listing form: the role may list archive_status */
+	bool archive_listing;  /* the sample in flight was sent the listing form */
+	bool archive_holding;  /* every job holds for the backlog (archive_hold) */
+	int64_t archive_known; /* the latest backlog measured (bytes) */
+	bool warned_archive;   /* the backlog could not be measured: said once */
 	/* The CPU probe. */
 	double probe_due_ms;		 /* the next one goes with the first sample from then */
 	double probe_batch_due_ms;	 /* the next one as a batch begins: not before then */
@@ -323,6 +372,49 @@ static void absorb_replay_rate(const sample_round_t *r, double at)
 	sampler.worst_lsn = r->worst_lsn;
 }
 
+/* Column COL of R's first row is true. */
+static bool sampler_true(const PGresult *r, int col)
+{
+	const char *value = pgconn_value(r, 0, col);
+	return value && strcmp(value, "t") == 0;
+}
+
+/* The WAL archive backlog from the archive step's row R, at the WAL position CURRENT: into the
+ * view V and the metrics, and the hold every job honours while it is too large. */
+static void sampler_archive(const PGresult *r, uint64_t current, sampler_view_t *v)
+{
+	int64_t limit = config_current()->throttle.max_archive_backlog_bytes;
+	archive_seen_t seen = {.on = sampler_true(r, ARCHIVE_COL_ON),
+			       .segment_bytes = pgconn_int64(r, 0, ARCHIVE_COL_SEGMENT, 0),
+			       .current_lsn = current,
+			       .last_archived = pgconn_value(r, 0, ARCHIVE_COL_ARCHIVED),
+			       .last_failed = pgconn_value(r, 0, ARCHIVE_COL_FAILED),
+			       .failed_since = sampler_true(r, ARCHIVE_COL_FAILED_SINCE),
+			       .listed = sampler.archive_listing && sampler_true(r, ARCHIVE_COL_LISTED),
+			       .oldest_ready = pgconn_value(r, 0, ARCHIVE_COL_OLDEST_READY)};
+	int64_t backlog = archive_backlog(&seen);
+
+	sampler.archive_may_list = sampler_true(r, ARCHIVE_COL_MAY_LIST);
+	if (backlog == ARCHIVE_UNKNOWN && !sampler.archive_may_list && !sampler.warned_archive) {
+		log_msg(LOG_LEVEL_WARNING, SAMPLER_CONTEXT,
+			"cannot measure the WAL archive backlog: pg_stat_archiver names no WAL segment to "
+			"count from (%s), and listing pg_wal/archive_status needs pg_monitor; GRANT "
+			"pg_monitor to the daemon's role",
+			seen.last_archived ? seen.last_archived : "nothing archived or failed yet");
+		sampler.warned_archive = true;
+	}
+	if (backlog >= 0)
+		sampler.archive_known = backlog;
+	sampler.archive_holding = archive_hold(sampler.archive_holding, backlog, limit);
+	metrics_archive_backlog(backlog);
+	v->archive_backlog = backlog;
+	if (sampler.archive_holding && v->hold == REASON_NONE) {
+		v->hold = REASON_ARCHIVE_BACKLOG;
+		snprintf(v->detail, sizeof(v->detail), "WAL not yet archived: %lld bytes (limit %lld)",
+			 (long long)sampler.archive_known, (long long)limit);
+	}
+}
+
 /* Fold one round of results into the view. */
 static void sampler_absorb(const pgconn_result_t *res, double at)
 {
@@ -342,6 +434,7 @@ static void sampler_absorb(const pgconn_result_t *res, double at)
 	absorb_replay_rate(&r, at);
 	r.v.replicating = r.worst[0] != '\0';
 	r.v.others_active = (int)pgconn_int64(res->results[SAMPLE_OTHERS], 0, 0, -1);
+	sampler_archive(res->results[SAMPLE_ARCHIVE], r.current, &r.v);
 	if (res->n > SAMPLE_PROBE)
 		sampler_probe_seen(pgconn_value(res->results[SAMPLE_PROBE], 0, 0), sampler.probe_in_batch);
 	r.v.cpu_stretch = sampler.stretch;
@@ -350,12 +443,26 @@ static void sampler_absorb(const pgconn_result_t *res, double at)
 	sampler.view_lsn = r.current;
 }
 
+static void sampler_tick_cb(evutil_socket_t fd, short what, void *arg);
+
 static void sampler_result_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
 {
 	double *sent_at = arg;
 	(void)conn;
 
 	sampler.in_flight = false;
+	if (!res->ok && res->failed_index == SAMPLE_ARCHIVE && sampler.archive_listing &&
+	    strcmp(res->sqlstate, "42501") == 0) {
+		/* The role may not list archive_status (assumed until told, so that the first sample
+		 * of a role with pg_monitor lists it): sample again at once without the listing. */
+		log_msg(LOG_LEVEL_DEBUG, SAMPLER_CONTEXT, "archive_status cannot be listed: %s",
+			res->message);
+		sampler.archive_may_list = false;
+		free(sent_at);
+		evtimer_del(sampler.tick);
+		sampler_tick_cb(-1, 0, NULL);
+		return;
+	}
 	if (res->ok)
 		sampler_absorb(res, *sent_at);
 	else if (!res->broken)
@@ -375,6 +482,9 @@ static void sampler_tick_cb(evutil_socket_t fd, short what, void *arg)
 		[SAMPLE_BLOCKED] = {sample_blocked_sql, 1, params, NULL, NULL},
 		[SAMPLE_AUTOVACUUM] = {sample_autovacuum_sql, 0, NULL, NULL, NULL},
 		[SAMPLE_OTHERS] = {sample_others_sql, 0, NULL, NULL, NULL},
+		[SAMPLE_ARCHIVE] = {sampler.archive_may_list ? sample_archive_listing_sql
+							     : sample_archive_sql,
+				    0, NULL, NULL, NULL},
 	};
 	int n = SAMPLE_PROBE; /* the probe goes last, when it goes */
 	double *sent_at;
@@ -399,6 +509,7 @@ static void sampler_tick_cb(evutil_socket_t fd, short what, void *arg)
 	}
 	if (pgconn_send(sampler.conn, stmts, n, sampler_result_cb, sent_at)) {
 		sampler.in_flight = true;
+		sampler.archive_listing = sampler.archive_may_list;
 	} else {
 		free(sent_at);
 	}
@@ -427,6 +538,7 @@ void sampler_open(struct event_base *base, const sampler_hooks_t *hooks)
 
 	memset(&sampler, 0, sizeof(sampler));
 	sampler.hooks = *hooks;
+	sampler.archive_may_list = true; /* until a sample says otherwise */
 	sampler.conn = pgconn_new(base, &opt);
 	sampler.tick = evtimer_new(base, sampler_tick_cb, NULL);
 	if (!sampler.tick)

@@ -26,7 +26,8 @@ typedef struct pace_state {
 } pace_state_t;
 
 typedef struct pace_input {
-	sampler_view_t view; /* what the sampler saw (its hold: standby_missing, logical_slot) */
+	sampler_view_t view; /* what the sampler saw (its hold: standby_missing, logical_slot,
+				archive_backlog) */
 	int runners;	     /* the job runners of this instance, which share the lag headroom */
 	bool autovacuum;     /* pause_during_autovacuum, and autovacuum works on the table now */
 	double now_ms;	     /* the monotonic clock */

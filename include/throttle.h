@@ -45,7 +45,7 @@ typedef struct throttle_input {
 	int64_t lag_ms;	    /* worst watched standby, on the daemon's own clock */
 	bool replicating;   /* a watched standby or slot exists: a batch's WAL adds to the lag */
 	reason_t hold;	    /* a reason that holds the job outright (standby_missing, logical_slot,
-			       autovacuum), or REASON_NONE */
+			       archive_backlog, autovacuum), or REASON_NONE */
 	double cpu_stretch; /* how much longer other sessions' CPU work takes while batches run, as
 			       the sampler's probe measures it (0: unknown) */
 	bool server_idle;   /* no other client session was at work at the latest sample */
