@@ -164,6 +164,7 @@ def first_batch(db, job_id, timeout=120):
     return time.monotonic()
 
 
+@pytest.mark.versions
 def test_a_failing_archiver_holds_the_job_until_it_works_again(archive_cluster, adb, archiver, adaemon_factory):
     """archive_command = '/bin/false' and a full segment waiting (16 MiB, over the 4 MiB limit):
     the job holds from the start and commits nothing; once the command works and the server
@@ -194,8 +195,9 @@ def test_a_failing_archiver_holds_the_job_until_it_works_again(archive_cluster, 
     resumed_at = first_batch(adb, job_id)
     wait_state(adb, job_id, "done", timeout=120, daemon=d)
     print(f"\nbacklog seen: {backlog} bytes; held {resumed_at - held_at:.1f} s, of which"
-          f" {resumed_at - reloaded_at:.1f} s after archive_command was fixed; the gauge after: {metric(port)}")
-    assert metric(port) < SEGMENT
+          f" {resumed_at - reloaded_at:.1f} s after archive_command was fixed")
+    # The job's own WAL may have completed a segment just now: the archiver copies it at once.
+    pgharness.wait_until(lambda: metric(port) == 0, timeout=10, what="the gauge back to 0")
     assert_every_row_once(adb, job_id, rows)
     assert "running freely again (was archive_backlog)" in d.log_text()
     # The batch after the hold records why the job waited.
@@ -240,6 +242,7 @@ def blind_role(archive_cluster, adb):
     archive_cluster.sql(f'DROP ROLE "{role}"')
 
 
+@pytest.mark.versions
 def test_nothing_archived_since_a_statistics_reset(archive_cluster, adb, archiver, blind_role, adaemon_factory):
     """pg_stat_archiver names no segment (its statistics were reset while a segment waits, and the
     archiver, after its three failed tries, waits a minute before the next): a daemon whose role
@@ -252,7 +255,8 @@ def test_nothing_archived_since_a_statistics_reset(archive_cluster, adb, archive
     pgharness.wait_until(lambda: archiver_row(archive_cluster)[2] >= 3, timeout=30,
                          what="the archiver giving up for now")
     archive_cluster.sql("SELECT pg_stat_reset_shared('archiver')")
-    assert archiver_row(archive_cluster) == (0, None, 0, None)
+    pgharness.wait_until(lambda: archiver_row(archive_cluster) == (0, None, 0, None), timeout=10,
+                         what="the archiver's statistics reset")  # on 14 the collector does it later
     conninfo = adb.conninfo.replace("user=postgres", f"user={blind_role}")
 
     blind_job = submit(adb, "users", set_sql="state = status, n = n + 1", where_sql=None)
