@@ -63,9 +63,9 @@ KNOWN_DAEMON_BUGS = {
 # The passing ones chosen so that together they cover every key type alone and composite keys,
 # each collation, range, hash and no partitioning, both triggers and none, the generated column,
 # both RLS shapes, a unique key that is not the primary key, parallel, fixed and adaptive batches,
-# WHERE or not, a tiny table and each role setting (test_fixed_seeds_cover_every_feature checks
-# it); then the daemon's known failures.
-FIXED_SEEDS = [884, 55, 1295, 3, 4, 6, 9, 12] + sorted(KNOWN_DAEMON_BUGS)
+# WHERE or not, a tiny table, each role setting, key columns named oddly and a dropped column
+# (test_fixed_seeds_cover_every_feature checks it); then the daemon's known failures.
+FIXED_SEEDS = [884, 55, 1295, 3, 4, 6, 9, 12, 1124] + sorted(KNOWN_DAEMON_BUGS)
 
 KEY_TYPES = ("int", "bigint", "uuid", "text", "numeric", "timestamptz")
 TEXT_COLLATIONS = ("und-x-icu", "diff_kn", "diff_ci", "tr-x-icu")
@@ -130,6 +130,9 @@ INSTANTS = [
     datetime.datetime(2000, 1, 1, tzinfo=datetime.timezone.utc),
     datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc),
 ]
+# Key column names that need quoting: a quote, a space and an accent; reserved words; two names
+# that differ only in case; the characters an array literal quotes.
+ODD_KEY_NAMES = [('Key "1"', "kéy 2"), ("select", "order"), ("K", "k"), ("a,b", "{c}")]
 ODD_TIMESTAMPS = ["infinity", "-infinity", "4714-11-24 00:00:00+00 BC", "0001-01-01 00:00:00+00 BC",
                   "294276-12-31 23:59:59.999999+00", "1900-01-01 00:00:00.000001+00"]
 ODD_NUMERICS = ["NaN", "Infinity", "-Infinity", "0", "-0.000000000000000000001", "1e-30",
@@ -264,12 +267,19 @@ class Scenario:
             type_ = rnd.choice(KEY_TYPES + ("text",))
             coll = rnd.choice(TEXT_COLLATIONS) if type_ == "text" else None
             self.keys.append((f"k{i + 1}", type_, coll))
+        # The table's shape, from a stream of its own (the choices above stay what they were):
+        # key columns whose names need quoting, and a dropped column before them.
+        shape = random.Random(f"shape {seed}")
+        if shape.random() < 0.3:
+            names = shape.choice(ODD_KEY_NAMES)
+            self.keys = [(names[i], t, c) for i, (_, t, c) in enumerate(self.keys)]
+        self.dropped = shape.random() < 0.3
         self.rows = rnd.randint(1500, 4000) if rnd.random() < 0.92 else rnd.choice([0, 1, 2, 3, 17])
         self.partition = rnd.choice([None, None, "range", "hash"])
         self.walk = "pk" if self.partition or rnd.random() < 0.7 else "unique"
         self.nparts = rnd.randint(2, 4)
-        self.part_cols = [self.keys[0][0]] if self.partition == "range" or rnd.random() < 0.5 \
-            else [k[0] for k in self.keys]
+        self.part_cols = [quote(self.keys[0][0])] if self.partition == "range" or rnd.random() < 0.5 \
+            else [quote(k[0]) for k in self.keys]
         self.trigger = rnd.choice([None, None, "diff_count", "diff_count_skip"])
         self.generated = rnd.choice([None, None, "text", "float"])
         self.rls = rnd.choice([None, None, "all", "split"])
@@ -307,8 +317,8 @@ class Scenario:
                                     str(rnd.randint(0, 3))))
 
     def _make_job(self, rnd):
-        keys = [k[0] for k in self.keys]
-        ts_keys = [k[0] for k in self.keys if k[1] == "timestamptz"]
+        keys = [quote(k[0]) for k in self.keys]
+        ts_keys = [quote(k[0]) for k in self.keys if k[1] == "timestamptz"]
         choices = {
             "i1": ["i1 = coalesce(i1, 0) + 7", "i1 = coalesce(i1, 1) * 3 % 1009 - grp",
                    "i1 = length(coalesce(t1, '')) + coalesce(i1, 0)"],
@@ -350,16 +360,16 @@ class Scenario:
         if self.parallel > 1:
             self.columns["parallel"] = self.parallel
         if self.walk == "unique":
-            self.columns["key_columns"] = keys
+            self.columns["key_columns"] = [k[0] for k in self.keys]  # as stored, unquoted
 
     # -- SQL ---------------------------------------------------------------------------------
 
     def _key_defs(self):
-        return [f"{name} {type_}{f' COLLATE {quote(coll)}' if coll else ''} NOT NULL"
+        return [f"{quote(name)} {type_}{f' COLLATE {quote(coll)}' if coll else ''} NOT NULL"
                 for name, type_, coll in self.keys]
 
     def key_list(self):
-        return ", ".join(k[0] for k in self.keys)
+        return ", ".join(quote(k[0]) for k in self.keys)
 
     def src_ddl(self):
         """The staging table the rows are loaded into first (the key's duplicates, under its
@@ -371,7 +381,8 @@ class Scenario:
     def ddl(self, name, role, bounds):
         """The statements that make table NAME: the same for the job's table and its copy."""
         t1 = f"t1 text{f' COLLATE {quote(self.t1_collation)}' if self.t1_collation else ''}"
-        cols = (["id bigint PRIMARY KEY"] if self.walk == "unique" else []) + self._key_defs() + \
+        cols = (["junk int"] if self.dropped else []) + \
+            (["id bigint PRIMARY KEY"] if self.walk == "unique" else []) + self._key_defs() + \
             ["i1 int", t1, "j1 jsonb", "f1 float8", "grp int NOT NULL", "n int NOT NULL DEFAULT 0",
              "touched text"]
         if self.generated:
@@ -384,6 +395,8 @@ class Scenario:
         elif self.partition == "hash":
             part = f" PARTITION BY HASH ({', '.join(self.part_cols)})"
         out = [f"CREATE TABLE {name} ({', '.join(cols)}){part}"]
+        if self.dropped:  # before the partitions: theirs have no dropped column, the parent's has
+            out.append(f"ALTER TABLE {name} DROP COLUMN junk")
         if self.walk == "unique":
             out.append(f"CREATE UNIQUE INDEX {name}_key ON {name} ({self.key_list()})")
         if self.partition == "range":
@@ -414,7 +427,7 @@ class Scenario:
     def describe(self):
         keys = ", ".join(f"{n} {t}{f' COLLATE {c}' if c else ''}" for n, t, c in self.keys)
         part = f"{self.partition} on ({', '.join(self.part_cols)})" if self.partition else "none"
-        return (f"key ({keys}) walked by {'its primary key' if self.walk == 'pk' else 'key_columns (id is the pk)'};"
+        return (f"key ({keys}){' after a dropped column' if self.dropped else ''} walked by {'its primary key' if self.walk == 'pk' else 'key_columns (id is the pk)'};"
                 f" {self.rows} rows; partitioning {part}; trigger {self.trigger}; generated {self.generated};"
                 f" rls {self.rls}; t1 collation {self.t1_collation}; role settings {self.settings};"
                 f" analyze {self.analyze}; kills {self.kills}\n"
@@ -429,6 +442,10 @@ class Scenario:
             out.add("tiny")
         out |= {f"collation:{c}" for _, _, c in self.keys if c}
         out.add("composite" if len(self.keys) > 1 else "single")
+        if self.keys[0][0] != "k1":
+            out.add("odd names")
+        if self.dropped:
+            out.add("dropped column")
         out.add(f"partition:{self.partition}")
         out.add(f"trigger:{self.trigger}")
         out.add(f"generated:{bool(self.generated)}")
@@ -501,8 +518,8 @@ def _load(db, sc, role):
     db.sql(sc.src_ddl())
     ncols = len(sc.keys) + 5
     columns = [list(col) for col in zip(*sc.data)] or [[] for _ in range(ncols)]
-    names = [k[0] for k in sc.keys] + ["i1", "t1", "j1", "f1", "grp"]
-    casts = [f"{k[0]}::{k[1]}" for k in sc.keys] + ["i1::int", "t1", "j1::jsonb", "f1::float8", "grp::int"]
+    names = [quote(k[0]) for k in sc.keys] + ["i1", "t1", "j1", "f1", "grp"]
+    casts = [f"{quote(k[0])}::{k[1]}" for k in sc.keys] + ["i1::int", "t1", "j1::jsonb", "f1::float8", "grp::int"]
     if sc.walk == "unique":
         names.insert(0, "id")
         casts.insert(0, "row_number() OVER ()")
@@ -511,7 +528,7 @@ def _load(db, sc, role):
            f" ON CONFLICT DO NOTHING", columns)
     bounds = []
     if sc.partition == "range":
-        first = sc.keys[0][0]
+        first = quote(sc.keys[0][0])
         distinct = [r[0] for r in db.sql(f"SELECT quote_literal({first}::text) FROM diff_src"
                                          f" GROUP BY {first} ORDER BY {first}")]
         bounds = [distinct[i * len(distinct) // sc.nparts] for i in range(1, sc.nparts)]
@@ -673,5 +690,6 @@ def test_fixed_seeds_cover_every_feature():
             | {f"setting:{s}" for s in ROLE_SETTINGS}
             | {"composite", "partition:None", "partition:range", "partition:hash", "trigger:None",
                "trigger:diff_count", "trigger:diff_count_skip", "generated:True", "rls:all", "rls:split",
-               "walk:unique", "parallel", "fixed", "adaptive", "where:True", "where:False", "tiny"})
+               "walk:unique", "parallel", "fixed", "adaptive", "where:True", "where:False", "tiny",
+               "odd names", "dropped column"})
     assert want <= have, f"not covered by FIXED_SEEDS: {sorted(want - have)}"
