@@ -545,11 +545,19 @@ def _load(db, sc, role):
 
 def _kill_mid_job(db, daemon, job_id, kills, rnd):
     """Start the daemon, wait for a batch it commits, let it run a random while, SIGKILL it; KILLS
-    times or until the job is done. Returns (batches, state) at each kill."""
+    times or until the job is done. One kill in four comes early instead, without waiting for a
+    batch: while the daemon claims the job, cuts it into slices or checks its SQL. Returns
+    (batches, state) at each kill."""
     seen = []
     for _ in range(kills):
         before = job(db, job_id)["batches"]
         daemon.start()
+        if rnd.random() < 0.25:
+            time.sleep(rnd.uniform(0, 0.15))
+            daemon.kill()
+            row = job(db, job_id)
+            seen.append((row["batches"], row["state"] + " (early)"))
+            continue
         deadline = time.monotonic() + 30
         while True:
             row = job(db, job_id)
