@@ -48,9 +48,10 @@ class UnfairSlices(AssertionError):
 # seed -> (the exception it raises, strict, why).
 KNOWN_DAEMON_BUGS = {
     72: (UnfairSlices, True,
-         "daemon: without statistics _split_points interpolates between the minimum and maximum of a"
-         " numeric key; with NaN and infinities among the keys the cut is NaN, so parallel = 3 gets 2"
-         " slices and one walks every row: [2247, 0]"),
+         "daemon: without statistics (never analyzed, or hidden from the submitter by RLS)"
+         " _split_points interpolates between the minimum and maximum of a numeric key; with NaN and"
+         " infinities among the keys the cut is NaN, so parallel = 3 gets 2 slices and one walks every"
+         " row: [2247, 0]"),
     28: (UnfairSlices, True,
          "daemon: without statistics _split_points interpolates between the minimum and maximum of a"
          " numeric key; on a skewed bigint key (its extremes and a dense run) parallel = 2 walks [606, 1623]"),
@@ -72,7 +73,7 @@ TEXT_COLLATIONS = ("und-x-icu", "diff_kn", "diff_ci", "tr-x-icu")
 COLLATION_DDL = {
     # numeric ordering of digits: 'a9' < 'a10'
     "diff_kn": "CREATE COLLATION IF NOT EXISTS diff_kn (provider = icu, locale = 'en-u-kn-true')",
-    # case- and accent-insensitive at level 1, case-insensitive here: 'a' = 'A'
+    # nondeterministic, case-insensitive (level 2: accents count, case does not): 'a' = 'A'
     "diff_ci": "CREATE COLLATION IF NOT EXISTS diff_ci (provider = icu, locale = 'und-u-ks-level2',"
                " deterministic = false)",
 }
