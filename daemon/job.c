@@ -323,6 +323,9 @@ static void job_timer_cb(evutil_socket_t fd, short what, void *arg)
 	case JOB_LOADING:
 		job_load(job);
 		break;
+	case JOB_CHECKING: /* the check failed on a serialization failure or a lock */
+		job_check(job);
+		break;
 	case JOB_CONNECTING: /* waiting for a free connection */
 		job_use_session(job);
 		break;
@@ -333,7 +336,6 @@ static void job_timer_cb(evutil_socket_t fd, short what, void *arg)
 		job_dry_record(job);
 		break;
 	case JOB_SPLITTING:
-	case JOB_CHECKING:
 	case JOB_HOLD_CHECK:
 	case JOB_BATCH:
 	case JOB_HELD:

@@ -28,6 +28,9 @@
 #include "util.h"
 
 #define JOB_SAMPLER_WAIT_MS 50 /* before its first look, the sampler is asked again this soon */
+#define JOB_CHECK_RETRIES 20   /* the check's serialization failures and lock timeouts in a row */
+
+static bool sqlstate_is_retryable(const char *sqlstate);
 
 /* ---- checking the job's SQL before any data is touched ---- */
 
@@ -40,6 +43,14 @@ static void job_check_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
 
 	if (!job_session_result_ok(job, res, JOB_CHECKING))
 		return;
+	if (!res->ok && sqlstate_is_retryable(res->sqlstate) && job->check_retries < JOB_CHECK_RETRIES) {
+		/* A serialization failure or a lock: the role's isolation level, another slice. */
+		job->check_retries++;
+		job_log(job, LOG_LEVEL_NOTICE, "%s %s (%s): checking again in 1 s", res->sqlstate,
+			res->message, job_failed_step(job, res));
+		job_retry_later(job);
+		return;
+	}
 	if (!res->ok) {
 		text_snprintf(err, sizeof(err), "%s: %s (%s as role %s, before touching any row)",
 			      res->sqlstate, res->message, job_failed_step(job, res), job->run_as);
@@ -93,7 +104,7 @@ void job_check(job_t *job)
 	snprintf(oid, sizeof(oid), "%u", job->target_oid);
 	steps[n] = STEP_PRIVILEGES;
 	stmts[n++] = (pgconn_stmt_t){batch_privileges_sql(job->how->writes), 1, check_params, NULL, NULL};
-	if (job->key_numeric) {
+	if (job->key_numeric && job->parallel <= 1) { /* (percent by position: one slice only) */
 		sql[4] = batch_build_bounds(&spec);
 		steps[n] = STEP_BOUNDS;
 		stmts[n++] = (pgconn_stmt_t){sql[4], 2, bounds_params, NULL, NULL};

@@ -99,6 +99,7 @@ struct job {
 	pgconn_t *conn;		    /* its session, logged in as run_as; made once run_as is known */
 	bool session_closed;	    /* conn is closed for good (the job finished) */
 	bool waited_for_connection; /* it said so once */
+	int check_retries;	    /* the check failed on a serialization failure or a lock: tried again */
 	struct event *timer;
 	int queue_requests; /* requests on the queue connection whose callback has not run */
 

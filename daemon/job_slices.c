@@ -51,6 +51,10 @@ bool job_load_slice(job_t *job, const PGresult *slices, char *err, size_t errlen
 			job_finish(job);
 			return true;
 		}
+		/* (Cut into fewer slices than asked for: say how many there are.) */
+		snprintf(job->context, sizeof(job->context), "job %lld (%s.%s) slice %d/%d",
+			 (long long)job->id, job->target_schema, job->target_table, job->slice,
+			 PQntuples(slices));
 		if (!job_decode_key(job,
 				    pgconn_value(slices, r, QSQL_SLICE_LAST_KEY)
 					    ?: pgconn_value(slices, r, QSQL_SLICE_LOWER_KEY),
