@@ -38,6 +38,7 @@ void throttle_init(throttle_state_t *st, const throttle_settings_t *s)
 	st->expected = 0;
 	st->capped = false;
 	st->wal_per_row = 0;
+	st->wal_known = false;
 }
 
 void throttle_after_batch(throttle_state_t *st, const throttle_settings_t *s, int64_t rows,
@@ -195,6 +196,7 @@ void throttle_after_wal(throttle_state_t *st, int64_t rows, int64_t wal_bytes)
 	if (rows <= 0 || wal_bytes < 0)
 		return;
 	per_row = (double)wal_bytes / (double)rows;
+	st->wal_known = true;
 	st->wal_per_row = st->wal_per_row > 0
 				  ? RATE_SMOOTHING * per_row + (1 - RATE_SMOOTHING) * st->wal_per_row
 				  : per_row;

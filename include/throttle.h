@@ -36,6 +36,7 @@ typedef struct throttle_state {
 	double expected;    /* the waits the prior predicted for the batches since, fading like waits */
 	bool capped;	    /* the last batch size was held under what the target asked by the cap */
 	double wal_per_row; /* WAL bytes a walked key writes, smoothed (0: not measured) */
+	bool wal_known;	    /* wal_per_row is measured (and may be 0: batches that write no WAL) */
 } throttle_state_t;
 
 /* What the sampler saw, for one decision. */
@@ -139,7 +140,8 @@ void throttle_after_retry(throttle_state_t *st, const throttle_settings_t *s, do
 /*
  * After a committed batch that walked ROWS keys and wrote WAL_BYTES of WAL: what a key costs in
  * WAL, smoothed, but never under the latest batch's (a checkpoint's full-page images make it
- * jump), for throttle_decide's lag headroom.
+ * jump), for throttle_decide's lag headroom and the WAL budgets' batch sizes (pace.h); wal_known
+ * from the first batch that walked a key.
  */
 #define THROTTLE_WAL_MARGIN 1.25 /* a batch may write this much more WAL a key than measured */
 void throttle_after_wal(throttle_state_t *st, int64_t rows, int64_t wal_bytes);

@@ -1359,6 +1359,12 @@ static void test_wal_per_key_fits_batches_in_the_lag_headroom(void **state)
 	(void)state;
 	throttle_init(&st, &s);
 	assert_int_equal(throttle_decide(&st, &s, &in).max_rows, 0); /* nothing measured yet */
+	assert_false(st.wal_known);
+	throttle_after_wal(&st, 0, 100000); /* no key walked: nothing learned */
+	assert_false(st.wal_known);
+	throttle_after_wal(&st, 1000, 0); /* measured, and nothing written (the WAL budget's sizes) */
+	assert_true(st.wal_known);
+	assert_true(st.wal_per_row == 0);
 	throttle_after_wal(&st, 1000, 100000);
 	d = throttle_decide(&st, &s, &in);
 	assert_int_equal(d.max_rows, expect);
