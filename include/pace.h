@@ -14,6 +14,7 @@
 #include "reason.h"
 #include "sampler.h"
 #include "throttle.h"
+#include "walbudget.h"
 
 /* What pacing carries from one decision to the next, for one job runner. */
 typedef struct pace_state {
@@ -22,15 +23,22 @@ typedef struct pace_state {
 	bool contended;	      /* the last batch made another session wait: its size was halved */
 	bool holding;	      /* in a hold already announced (logged and written to the job row) */
 	bool sleeping;	      /* in a throttle sleep that began at sleep_began_ms */
+	bool wal_sleep;	      /* that sleep waits for the WAL budgets */
 	double sleep_began_ms;
+	bool wal_ticketed; /* the next batch took its WAL from the budgets (wal_ticket bytes) */
+	double wal_ticket;
+	int64_t wal_rows;  /* the keys that pays for (0: the batch size) */
+	double wal_due_ms; /* and when the budgets let it run */
 } pace_state_t;
 
 typedef struct pace_input {
-	sampler_view_t view; /* what the sampler saw (its hold: standby_missing, logical_slot,
-				archive_backlog) */
-	int runners;	     /* the job runners of this instance, which share the lag headroom */
-	bool autovacuum;     /* pause_during_autovacuum, and autovacuum works on the table now */
-	double now_ms;	     /* the monotonic clock */
+	sampler_view_t view;  /* what the sampler saw (its hold: standby_missing, logical_slot,
+				 archive_backlog) */
+	int runners;	      /* the job runners of this instance, which share the lag headroom */
+	bool autovacuum;      /* pause_during_autovacuum, and autovacuum works on the table now */
+	double now_ms;	      /* the monotonic clock */
+	walbudget_t *wal;     /* the instance's WAL budget, shared by its runners (NULL: none) */
+	walbudget_t *job_wal; /* the job's own (NULL: none) */
 } pace_input_t;
 
 typedef enum pace_action {
@@ -68,11 +76,25 @@ void pace_init(pace_state_t *ps);
  * over (a duty cycle's blocked_sessions does not hide a lag wait it follows). A sleep is taken in
  * steps of at most a sample interval, deciding again after each, so a sleep chosen for lag ends
  * soon after the lag does.
+ *
+ * Then the WAL budgets, once the job neither holds nor sleeps for the throttle. The next batch
+ * takes from every budget the WAL it is expected to write: its keys times wal_per_row with
+ * THROTTLE_WAL_MARGIN, the keys cut to what its share of each burst pays for (the instance's burst
+ * is shared by its runners, the job's own is the job's), never under min_batch_size; before the
+ * job has measured its WAL a key, min_batch_size keys that take nothing. It sleeps as long as the
+ * budgets, as they were right after it took, need to be out of debt: those who took before it run
+ * before it, and what others take later does not delay it (a job capped by its own budget gets it
+ * beside others that are not, as long as it is no more than their shares). The ticket is kept
+ * until the batch is sent (pace_batch_sent), across pace_init. The reason is wal_budget when the
+ * job sleeps for the budgets, when a batch runs at the end of such a sleep, and when the budgets
+ * cut the batch and nothing else has a reason. The sleep is not bounded by max_sleep_ms: the
+ * budget is a limit, not a pause.
  */
 pace_decision_t pace_decide(pace_state_t *ps, throttle_state_t *st, const throttle_settings_t *s,
 			    const pace_input_t *in);
 
-/* A batch was sent: the wait it records is over. */
+/* A batch was sent: the wait it records is over, and its WAL ticket is the caller's to settle
+ * (read wal_ticket first). */
 void pace_batch_sent(pace_state_t *ps);
 
 #endif

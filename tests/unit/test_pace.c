@@ -1,6 +1,7 @@
 /*
  * Unit tests for pace.c: the decision before each batch (run, sleep a step, hold), the holds
- * announced once, sleeps taken in steps of a sample interval, and the reason each batch records.
+ * announced once, sleeps taken in steps of a sample interval, the WAL budgets' waits and cuts,
+ * and the reason each batch records.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -302,6 +303,211 @@ static void test_lag_over_the_limit_holds(void **state)
 	assert_int_equal(d.reason, REASON_REPLICATION_LAG);
 }
 
+/* ---- WAL budgets ---- */
+
+#define WAL_RATE 1000000 /* bytes a second: a burst of 250 kB */
+
+/* A budget of WAL_RATE owing DEBT bytes at time 0 (0: full). */
+static walbudget_t budget(double debt)
+{
+	walbudget_t b;
+
+	walbudget_init(&b, WAL_RATE, 0);
+	if (debt > 0)
+		walbudget_spend(&b, b.burst + debt, 0);
+	return b;
+}
+
+/* No lag, the instance's budget B and the job's own OWN (NULL: none), at NOW_MS. */
+static pace_input_t with_wal(walbudget_t *b, walbudget_t *own, double now_ms)
+{
+	pace_input_t in = {.view = {.known = true}, .runners = 1, .now_ms = now_ms, .wal = b, .job_wal = own};
+	return in;
+}
+
+#define WAL(...) (&(pace_input_t[]){with_wal(__VA_ARGS__)}[0])
+
+/* A job that has measured WAL_PER_ROW bytes a key. */
+static fixture_t measured(double wal_per_row)
+{
+	fixture_t f = start();
+
+	f.st.wal_known = true;
+	f.st.wal_per_row = wal_per_row;
+	return f;
+}
+
+/* A budget in debt: the next batch takes its WAL once, and the job sleeps until the budget is out
+ * of debt, in steps of a sample interval, with the reason wal_budget; the batch after it says so
+ * too, and walks the whole size when a burst pays for it. */
+static void test_a_wal_debt_sleeps_until_it_is_paid_back(void **state)
+{
+	fixture_t f = measured(100); /* 1000 keys: 125 kB with the margin */
+	walbudget_t b = budget(1000000);
+	pace_decision_t d;
+
+	(void)state;
+	d = pace_decide(&f.ps, &f.st, &f.s, WAL(&b, NULL, 0));
+	assert_int_equal(d.action, PACE_SLEEP);
+	assert_int_equal(d.sleep_ms, 1125);
+	assert_int_equal(d.wait_ms, INTERVAL_MS);
+	assert_int_equal(d.reason, REASON_WAL_BUDGET);
+	assert_int_equal(d.current, REASON_WAL_BUDGET);
+	assert_true(f.ps.wal_ticket == 125000);
+	d = pace_decide(&f.ps, &f.st, &f.s, WAL(&b, NULL, 1000)); /* taken once, not again */
+	assert_int_equal(d.action, PACE_SLEEP);
+	assert_int_equal(d.wait_ms, 125);
+	assert_int_equal(d.sleep_ms, 1125);
+	d = pace_decide(&f.ps, &f.st, &f.s, WAL(&b, NULL, 1125));
+	assert_int_equal(d.action, PACE_RUN);
+	assert_int_equal(d.slept_ms, 1125);
+	assert_int_equal(d.max_rows, 0);
+	assert_int_equal(d.reason, REASON_WAL_BUDGET);
+	assert_int_equal(d.current, REASON_WAL_BUDGET);
+	pace_batch_sent(&f.ps);
+	assert_false(f.ps.wal_ticketed);
+	/* Paid back and full again: the next batch runs freely. */
+	d = pace_decide(&f.ps, &f.st, &f.s, WAL(&b, NULL, 5000));
+	assert_int_equal(d.action, PACE_RUN);
+	assert_int_equal(d.reason, REASON_NONE);
+	assert_int_equal(d.slept_ms, 0);
+}
+
+/* Batches are cut to what a burst pays for (with the margin), never under min_batch_size; before
+ * the job has measured a batch it walks min_batch_size keys and takes nothing. */
+static void test_the_wal_budget_cuts_the_batch(void **state)
+{
+	fixture_t f = start();
+	walbudget_t b = budget(0);
+	pace_decision_t d;
+
+	(void)state;
+	d = pace_decide(&f.ps, &f.st, &f.s, WAL(&b, NULL, 0));
+	assert_int_equal(d.action, PACE_RUN);
+	assert_int_equal(d.max_rows, f.s.min_batch_size);
+	assert_int_equal(d.reason, REASON_WAL_BUDGET);
+	assert_true(f.ps.wal_ticket == 0);
+	pace_batch_sent(&f.ps);
+	f = measured(1000); /* 1250 bytes a key: a burst pays for 200 keys */
+	d = pace_decide(&f.ps, &f.st, &f.s, WAL(&b, NULL, 0));
+	assert_int_equal(d.action, PACE_RUN);
+	assert_int_equal(d.max_rows, 200);
+	assert_int_equal(d.reason, REASON_WAL_BUDGET);
+	assert_true(f.ps.wal_ticket == 250000);
+	pace_batch_sent(&f.ps);
+	f.st.wal_per_row = 100000; /* one key is more than a burst: min_batch_size, a debt */
+	d = pace_decide(&f.ps, &f.st, &f.s, WAL(&b, NULL, 250)); /* 250 kB back by then */
+	assert_int_equal(d.action, PACE_SLEEP);
+	assert_int_equal(f.ps.wal_rows, f.s.min_batch_size);
+	assert_int_equal(d.sleep_ms, 1000);
+	/* Off: nothing. */
+	f = measured(1000);
+	walbudget_init(&b, 0, 0);
+	d = pace_decide(&f.ps, &f.st, &f.s, WAL(&b, NULL, 0));
+	assert_int_equal(d.action, PACE_RUN);
+	assert_int_equal(d.max_rows, 0);
+	assert_int_equal(d.reason, REASON_NONE);
+}
+
+/* The instance's budget and the job's own: the batch takes from both, the smaller burst cuts it,
+ * the longer debt makes it wait. */
+static void test_the_tighter_of_two_budgets_wins(void **state)
+{
+	fixture_t f = measured(1000);
+	walbudget_t instance, own = budget(500000);
+	pace_decision_t d;
+
+	(void)state;
+	walbudget_init(&instance, 4 * WAL_RATE, 0);
+	d = pace_decide(&f.ps, &f.st, &f.s, WAL(&instance, &own, 0));
+	assert_int_equal(d.action, PACE_SLEEP);
+	assert_int_equal(d.sleep_ms, 750); /* its own 500 kB of debt and the 250 kB it took */
+	assert_int_equal(d.reason, REASON_WAL_BUDGET);
+	assert_true(walbudget_level(&instance, 0) == instance.burst - 250000);
+	d = pace_decide(&f.ps, &f.st, &f.s, WAL(&instance, &own, 750));
+	assert_int_equal(d.action, PACE_RUN);
+	assert_int_equal(d.max_rows, 200); /* the job's burst pays for 200 keys, the instance's 800 */
+	assert_int_equal(d.reason, REASON_WAL_BUDGET);
+}
+
+/* Two runners on one budget: the one that took first runs first; the other's wait includes what
+ * the first took, and what the first takes later does not delay it. */
+static void test_runners_on_one_budget_take_turns(void **state)
+{
+	fixture_t first = measured(1000), second = measured(1000);
+	walbudget_t b = budget(0);
+	pace_decision_t d;
+
+	(void)state;
+	d = pace_decide(&first.ps, &first.st, &first.s, WAL(&b, NULL, 0));
+	assert_int_equal(d.action, PACE_RUN);
+	d = pace_decide(&second.ps, &second.st, &second.s, WAL(&b, NULL, 0));
+	assert_int_equal(d.action, PACE_SLEEP);
+	assert_int_equal(d.sleep_ms, 250);
+	pace_batch_sent(&first.ps);
+	d = pace_decide(&first.ps, &first.st, &first.s, WAL(&b, NULL, 100));
+	assert_int_equal(d.action, PACE_SLEEP);
+	assert_int_equal(d.sleep_ms, 400); /* behind the second */
+	d = pace_decide(&second.ps, &second.st, &second.s, WAL(&b, NULL, 250));
+	assert_int_equal(d.action, PACE_RUN);
+	pace_batch_sent(&second.ps);
+	d = pace_decide(&second.ps, &second.st, &second.s, WAL(&b, NULL, 260)); /* behind the first */
+	assert_int_equal(d.action, PACE_SLEEP);
+	assert_int_equal(d.sleep_ms, 490);
+	d = pace_decide(&first.ps, &first.st, &first.s, WAL(&b, NULL, 300));
+	assert_int_equal(d.action, PACE_SLEEP);
+	assert_int_equal(d.wait_ms, 200);
+	d = pace_decide(&first.ps, &first.st, &first.s, WAL(&b, NULL, 500));
+	assert_int_equal(d.action, PACE_RUN);
+}
+
+/* The throttle's own sleep comes first (its reason, and no WAL taken meanwhile); a wait for the
+ * budgets after it says wal_budget now, while the batch records the first wait; a hold wins over
+ * both; a lag cut keeps its reason when the budget cuts more. */
+static void test_the_throttle_sleeps_first(void **state)
+{
+	fixture_t f = start();
+	walbudget_t b = budget(10000000); /* 10 s of debt */
+	pace_input_t in = with_wal(&b, NULL, 0);
+	pace_decision_t d;
+
+	(void)state;
+	in.view = at(0.75, 0).view; /* a lag sleep of 5 s */
+	d = pace_decide(&f.ps, &f.st, &f.s, &in);
+	assert_int_equal(d.action, PACE_SLEEP);
+	assert_int_equal(d.sleep_ms, 5000);
+	assert_int_equal(d.reason, REASON_REPLICATION_LAG);
+	assert_false(f.ps.wal_ticketed);
+	in.now_ms = 5000; /* the lag sleep is over; 5 s of debt are left */
+	d = pace_decide(&f.ps, &f.st, &f.s, &in);
+	assert_int_equal(d.action, PACE_SLEEP);
+	assert_int_equal(d.sleep_ms, 10000);
+	assert_int_equal(d.current, REASON_WAL_BUDGET);
+	assert_int_equal(d.reason, REASON_REPLICATION_LAG);
+	in.view.hold = REASON_STANDBY_MISSING;
+	d = pace_decide(&f.ps, &f.st, &f.s, &in);
+	assert_int_equal(d.action, PACE_HOLD);
+	assert_int_equal(d.hold_reason, REASON_STANDBY_MISSING);
+
+	f = measured(100); /* a burst pays for 2000 keys, lag's headroom of 0.4 MB for 3200 */
+	f.st.batch_size = 5000;
+	f.s.max_sleep_ms = 0; /* no lag sleep: only the cut */
+	b = budget(0);
+	in = with_wal(&b, NULL, 0);
+	in.view = at(0.6, 0).view;
+	d = pace_decide(&f.ps, &f.st, &f.s, &in);
+	assert_int_equal(d.action, PACE_RUN);
+	assert_int_equal(d.max_rows, 2000);
+	assert_int_equal(d.reason, REASON_REPLICATION_LAG);
+	pace_batch_sent(&f.ps);
+	in.view = at(0.9, 0).view; /* headroom for 0.1 MB: 800 keys */
+	in.now_ms = 1000;
+	d = pace_decide(&f.ps, &f.st, &f.s, &in);
+	assert_int_equal(d.action, PACE_RUN);
+	assert_int_equal(d.max_rows, 800);
+	assert_int_equal(d.reason, REASON_REPLICATION_LAG);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -315,6 +521,11 @@ int main(void)
 		cmocka_unit_test(test_a_duty_cycle_does_not_hide_a_lag_wait),
 		cmocka_unit_test(test_lag_over_the_limit_holds),
 		cmocka_unit_test(test_what_the_throttle_sees),
+		cmocka_unit_test(test_a_wal_debt_sleeps_until_it_is_paid_back),
+		cmocka_unit_test(test_the_wal_budget_cuts_the_batch),
+		cmocka_unit_test(test_the_tighter_of_two_budgets_wins),
+		cmocka_unit_test(test_runners_on_one_budget_take_turns),
+		cmocka_unit_test(test_the_throttle_sleeps_first),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
