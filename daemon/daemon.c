@@ -46,6 +46,13 @@ static struct {
 	job_t *finished[MAX_JOBS]; /* freed after the loop iteration that finished them */
 	int nfinished;
 
+	walbudget_t wal; /* throttle.max_wal_bytes_per_s */
+	struct {
+		int64_t id;
+		walbudget_t budget;
+	} job_wal[MAX_JOBS]; /* the WAL budgets of jobs that have their own */
+	int njob_wal;
+
 	bool ready_sent; /* READY=1 went to systemd */
 	bool claiming;	 /* a claim request is in flight */
 	bool idle_check; /* an --exit-when-idle count is in flight */
@@ -94,6 +101,42 @@ void daemon_wake(void)
 		daemon_arm(d.wake, 0);
 }
 
+walbudget_t *daemon_wal_budget(void)
+{
+	return walbudget_on(&d.wal) ? &d.wal : NULL;
+}
+
+walbudget_t *daemon_job_wal_budget(int64_t id, int64_t rate)
+{
+	int i = 0;
+
+	if (rate <= 0)
+		return NULL;
+	while (i < d.njob_wal && d.job_wal[i].id != id)
+		i++;
+	if (i == d.njob_wal) {
+		if (d.njob_wal >= MAX_JOBS)
+			return NULL; /* never reached: one per job this instance runs */
+		d.njob_wal++;
+		d.job_wal[i].id = id;
+		walbudget_init(&d.job_wal[i].budget, rate, util_now_ms());
+	} else if (d.job_wal[i].budget.rate != (double)rate) {
+		walbudget_set_rate(&d.job_wal[i].budget, rate, util_now_ms());
+	}
+	return &d.job_wal[i].budget;
+}
+
+/* JOB left: its job's WAL budget goes with its last runner here. */
+static void daemon_drop_job_wal(const job_t *job)
+{
+	for (int i = 0; i < d.njobs; i++)
+		if (job_id(d.jobs[i]) == job_id(job))
+			return;
+	for (int i = 0; i < d.njob_wal; i++)
+		if (d.job_wal[i].id == job_id(job))
+			d.job_wal[i--] = d.job_wal[--d.njob_wal];
+}
+
 void daemon_job_finished(job_t *job)
 {
 	for (int i = 0; i < d.njobs; i++) {
@@ -103,6 +146,7 @@ void daemon_job_finished(job_t *job)
 			break;
 		}
 	}
+	daemon_drop_job_wal(job);
 	daemon_wake();
 }
 
@@ -329,6 +373,8 @@ void daemon_reload(void)
 	d.config = fresh;
 	config_set_current(fresh);
 	log_configure(d.config->log_level, d.config->log_syslog);
+	if (d.wal.rate != (double)d.config->throttle.max_wal_bytes_per_s)
+		walbudget_set_rate(&d.wal, d.config->throttle.max_wal_bytes_per_s, util_now_ms());
 	log_notice("configuration reloaded from %s; it applies from the next batch", d.options.config_path);
 	queue_record_limits();
 	notify_ready();
@@ -477,6 +523,7 @@ int daemon_run(config_t *config, const daemon_options_t *options)
 	d.config = config;
 	config_set_current(config);
 	d.options = *options;
+	walbudget_init(&d.wal, config->throttle.max_wal_bytes_per_s, util_now_ms());
 	srandom((unsigned)time(NULL) ^ (unsigned)getpid());
 
 	d.base = event_base_new();

@@ -26,6 +26,7 @@
 #include "text.h"
 #include "throttle.h"
 #include "util.h"
+#include "walbudget.h"
 
 #define JOB_SAMPLER_WAIT_MS 50 /* before its first look, the sampler is asked again this soon */
 #define JOB_CHECK_RETRIES 20   /* the check's serialization failures and lock timeouts in a row */
@@ -168,15 +169,78 @@ void job_note_reason(job_t *job, reason_t reason, const char *detail)
 	job->logged_reason = reason;
 }
 
-/* What the pacing policy sees now: the sampler's view, autovacuum on the table. */
+/* ---- the WAL budgets ---- */
+
+#define JOB_WAL_BUDGETS 2
+
+/* The WAL budgets a batch of JOB draws from: the instance's and its job's own (NULL: none). */
+static void job_wal_budgets(const job_t *job, walbudget_t *b[JOB_WAL_BUDGETS])
+{
+	b[0] = daemon_wal_budget();
+	b[1] = daemon_job_wal_budget(job->id, job->max_wal_bytes_per_s);
+}
+
+/* The batch about to be sent takes from the WAL budgets what it is expected to write: what its
+ * ticket took (pace.h), made up to its final size (a lag headroom may have cut it further; a
+ * retry, or a bisection's batch, has no ticket). What a batch that fails took stays taken. */
+static void job_wal_reserve(job_t *job)
+{
+	walbudget_t *b[JOB_WAL_BUDGETS];
+	double now = util_now_ms();
+	double ticket = job->pace.wal_ticketed ? job->pace.wal_ticket : 0;
+
+	job_wal_budgets(job, b);
+	job->wal_reserved = job->throttle.wal_per_row * THROTTLE_WAL_MARGIN * (double)job->batch_limit;
+	for (int i = 0; i < JOB_WAL_BUDGETS; i++)
+		if (b[i])
+			walbudget_spend(b[i], job->wal_reserved - ticket, now);
+}
+
+/* The batch in flight ended having written WAL_BYTES (dry runs too: their WAL is written all the
+ * same): the budgets get back what it took beyond that, or take what it wrote beyond what it took
+ * (a debt the next waits pay back); -1: unknown, what it took stays taken. */
+void job_wal_settle(job_t *job, int64_t wal_bytes)
+{
+	walbudget_t *b[JOB_WAL_BUDGETS];
+	double now = util_now_ms();
+
+	job_wal_budgets(job, b);
+	for (int i = 0; i < JOB_WAL_BUDGETS && wal_bytes >= 0; i++)
+		if (b[i])
+			walbudget_spend(b[i], (double)wal_bytes - job->wal_reserved, now);
+	job->wal_reserved = 0;
+}
+
+/* Which budgets hold the job back, for the log. */
+static void job_wal_detail(const job_t *job, char *detail, size_t len)
+{
+	int64_t instance = daemon_config()->throttle.max_wal_bytes_per_s;
+	char mine[64] = "";
+
+	if (job->max_wal_bytes_per_s > 0)
+		snprintf(mine, sizeof(mine), "%sthe job's max_wal_bytes_per_s %lld", instance > 0 ? ", " : "",
+			 (long long)job->max_wal_bytes_per_s);
+	if (instance > 0)
+		snprintf(detail, len, "throttle.max_wal_bytes_per_s %lld for all jobs%s", (long long)instance,
+			 mine);
+	else
+		snprintf(detail, len, "%s", mine);
+}
+
+/* What the pacing policy sees now: the sampler's view, autovacuum on the table, the WAL budgets. */
 static void job_pace_input(job_t *job, const throttle_settings_t *s, const sampler_view_t *view,
 			   pace_input_t *in)
 {
+	walbudget_t *b[JOB_WAL_BUDGETS];
+
+	job_wal_budgets(job, b);
 	*in = (pace_input_t){.view = *view,
 			     .runners = daemon_njobs(),
 			     .autovacuum = view->hold == REASON_NONE && s->pause_during_autovacuum &&
 					   sampler_autovacuum(job->target_oid),
-			     .now_ms = util_now_ms()};
+			     .now_ms = util_now_ms(),
+			     .wal = b[0],
+			     .job_wal = b[1]};
 	job->input = pace_seen(in);
 }
 
@@ -208,6 +272,8 @@ void job_continue(job_t *job)
 	}
 	job_pace_input(job, &s, &view, &in);
 	d = pace_decide(&job->pace, &job->throttle, &s, &in);
+	if (d.current == REASON_WAL_BUDGET)
+		job_wal_detail(job, d.detail, sizeof(d.detail));
 	/* (While its window or hold_when_sql holds it, that is the reason the log has.) */
 	job_note_reason(job, d.current != REASON_NONE ? d.current : job->cond_reason, d.detail);
 	job_report(job, true);
@@ -377,6 +443,7 @@ static void job_batch_done(job_t *job, const pgconn_result_t *res)
 	double duration_ms = util_elapsed_s(&job->batch_started) * 1000.0;
 
 	sampler_wal_position(pgconn_value(cp, 0, QSQL_CHECKPOINT_WAL_LSN));
+	job_wal_settle(job, pgconn_int64(cp, 0, QSQL_CHECKPOINT_WAL_BYTES, -1));
 	clock_gettime(CLOCK_MONOTONIC, &job->batch_ended);
 	if (w) { /* who waited on it till the end, beside what the sampler saw */
 		int64_t sessions = pgconn_int64(w, 0, PQfnumber(w, "waiters"), 0);
@@ -639,9 +706,10 @@ void job_next_batch(job_t *job)
 	job_settings(job, &s);
 	job->batch_limit =
 		job->bisect_left > 0 && job->bisect_size > 0 ? job->bisect_size : job->throttle.batch_size;
-	if (job->max_rows > 0 && job->batch_limit > job->max_rows) /* the lag headroom's WAL */
+	if (job->max_rows > 0 && job->batch_limit > job->max_rows) /* lag headroom, WAL budget */
 		job->batch_limit = job->max_rows;
 	job->max_rows = 0;
+	job_wal_reserve(job);
 	job_batch_texts(job, &s, &t);
 	n = job_batch_pipeline(job, &t, stmts, steps);
 	job->batch_blocked = 0;

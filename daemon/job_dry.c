@@ -83,7 +83,7 @@ void job_dry_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
 {
 	job_t *job = arg;
 	const PGresult *b = job_result(job, res, STEP_BATCH);
-	int64_t scanned;
+	int64_t scanned, wal;
 	double duration_ms;
 	throttle_settings_t s;
 	(void)conn;
@@ -98,7 +98,9 @@ void job_dry_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
 	duration_ms = util_elapsed_s(&job->batch_started) * 1000.0;
 	job->dry_scanned += scanned;
 	job->dry_batches++;
-	job->dry_wal += pgconn_int64(job_result(job, res, STEP_DRY_WAL), 0, 0, 0);
+	wal = pgconn_int64(job_result(job, res, STEP_DRY_WAL), 0, 0, -1);
+	job_wal_settle(job, wal); /* rolled back, but written: it counts against the WAL budgets */
+	job->dry_wal += wal > 0 ? wal : 0;
 	if (pgconn_value(b, 0, BATCH_LAST_KEY)) {
 		keys_clear(&job->last_key);
 		if (!keys_decode(pgconn_value(b, 0, BATCH_LAST_KEY), &job->last_key)) {
@@ -108,6 +110,7 @@ void job_dry_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
 	}
 	job_settings(job, &s);
 	throttle_after_batch(&job->throttle, &s, scanned, duration_ms);
+	throttle_after_wal(&job->throttle, scanned, wal); /* sizes batches for the lag, the budgets */
 	if (scanned < job->batch_limit)
 		job_dry_finish(job, true);
 	else if (util_elapsed_s(&job->dry_started) >= DRY_RUN_MAX_S ||

@@ -122,6 +122,7 @@ struct job {
 	char *key_op_schema; /* where the key types' comparison operators live */
 	bool has_override[JOB_NOVERRIDES];
 	int64_t override[JOB_NOVERRIDES];
+	int64_t max_wal_bytes_per_s; /* its own WAL budget (0: none), within the instance's */
 
 	/* Progress, as committed. */
 	jobkey_t last_key; /* n == 0 before the first batch */
@@ -143,7 +144,8 @@ struct job {
 	throttle_state_t throttle;
 	pace_state_t pace;	/* its reason, and how it has waited since its last batch */
 	int64_t batch_limit;	/* the size of the batch in flight */
-	int64_t max_rows;	/* the most keys the next batch may walk (lag headroom; 0: no limit) */
+	int64_t max_rows;	/* the most keys the next batch may walk (lag, WAL budget; 0: no limit) */
+	double wal_reserved;	/* the WAL the batch in flight took from the WAL budgets */
 	int64_t slept_ms;	/* the pause that preceded it */
 	reason_t logged_reason; /* the reason last logged: a change is logged once */
 	reason_t cancel_reason; /* why we asked the server to cancel the batch in flight */
@@ -216,6 +218,7 @@ void job_continue(job_t *job);
 void job_next_batch(job_t *job);
 void job_batch_failed(job_t *job, const pgconn_result_t *res);
 void job_note_reason(job_t *job, reason_t reason, const char *detail);
+void job_wal_settle(job_t *job, int64_t wal_bytes);
 
 /* job_hold.c: its run window and hold_when_sql, checked before each batch */
 void job_hold_check(job_t *job);

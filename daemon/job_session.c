@@ -392,6 +392,7 @@ static bool job_build(job_t *job, const PGresult *row, const PGresult *keys, cha
 		job->has_override[i] = v != NULL;
 		job->override[i] = v ? strtoll(v, NULL, 10) : 0;
 	}
+	job->max_wal_bytes_per_s = job_column_int64(row, "max_wal_bytes_per_s", 0);
 
 	if (job->slice > 0)
 		snprintf(job->context, sizeof(job->context), "job %lld (%s.%s) slice %d/%lld",

@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 #include "config.h"
+#include "walbudget.h"
 
 struct event_base;
 typedef struct job job_t;
@@ -58,6 +59,15 @@ void daemon_job_finished(job_t *job);
 
 /* How many jobs (or slices of one) this instance runs now. */
 int daemon_njobs(void);
+
+/* The instance's WAL budget: throttle.max_wal_bytes_per_s for all its jobs and slices together,
+ * its rate following reloads; NULL while it is off. */
+walbudget_t *daemon_wal_budget(void);
+
+/* The WAL budget of job ID on this instance (its max_wal_bytes_per_s column, RATE bytes a second),
+ * shared by the job's runners: made full on first use, its rate set to RATE when that differs,
+ * gone once the job's last runner here has finished. NULL when RATE is 0 or less. */
+walbudget_t *daemon_job_wal_budget(int64_t id, int64_t rate);
 
 /* The backends of the batches in flight, as an int[] literal ("{12,34}") for the sampler. */
 void daemon_batch_pids(char *buf, size_t len);
