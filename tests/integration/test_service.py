@@ -647,6 +647,7 @@ def png_colors(path):
 
 
 SHADE_REPLICATION_LAG = (0xf6, 0xc6, 0xc6)
+SHADE_WAL_BUDGET = (0xdc, 0xd3, 0xf2)
 
 
 def test_plot_job_draws_a_png(db, daemon_factory, tmp_path):
@@ -669,18 +670,25 @@ def test_plot_job_draws_a_png(db, daemon_factory, tmp_path):
 
     proc = plot(tmp_path / "default.png")
     assert f"job {job_id}, {batches} batches" in proc.stdout
-    assert png_size(tmp_path / "default.png") == (1200, 1100)
+    assert png_size(tmp_path / "default.png") == (1200, 1350)
     plot(tmp_path / "plain.png", "--size", "600x550")  # small: decoding in Python is slow
     assert png_size(tmp_path / "plain.png") == (600, 550)
     colors = png_colors(tmp_path / "plain.png")
     assert len(colors) > 20  # curves, text, grid: not a blank canvas
     assert SHADE_REPLICATION_LAG not in colors  # nothing throttled in this run
+    assert SHADE_WAL_BUDGET not in colors
 
     # Mark a stretch of batches as held back by replication lag: it is shaded in that color.
     db.sql("UPDATE backfill.batches SET throttled_reason = 'replication_lag', lag_bytes = 1048576 * batch, "
            "lag_ms = 100 * batch WHERE job_id = %s AND batch BETWEEN 10 AND 20", [job_id])
     plot(tmp_path / "shaded.png", "--schema", "backfill", "--size", "600x550")
     assert SHADE_REPLICATION_LAG in png_colors(tmp_path / "shaded.png")
+    # And another held back by a WAL budget, drawn with the budget's line in the WAL panel.
+    db.sql("UPDATE backfill.batches SET throttled_reason = 'wal_budget' WHERE job_id = %s AND batch > 25", [job_id])
+    db.sql("UPDATE backfill.jobs SET max_wal_bytes_per_s = 500000 WHERE id = %s", [job_id])
+    plot(tmp_path / "budget.png", "--wal-budget", "2000000", "--size", "600x550")
+    colors = png_colors(tmp_path / "budget.png")
+    assert SHADE_REPLICATION_LAG in colors and SHADE_WAL_BUDGET in colors
 
 
 def test_plot_job_errors(db, tmp_path):
@@ -689,6 +697,7 @@ def test_plot_job_errors(db, tmp_path):
     assert run().returncode == 64
     assert run("--conninfo", db.conninfo, "abc", out).returncode == 64
     assert run("--conninfo", db.conninfo, "--size", "big", 1, out).returncode == 64
+    assert run("--conninfo", db.conninfo, "--wal-budget", "2MB", 1, out).returncode == 64
     p = run("--conninfo", db.conninfo, 999999, out)
     assert p.returncode == 1 and "no job 999999" in p.stderr
     make_users(db, 10)
