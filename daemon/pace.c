@@ -73,7 +73,8 @@ static void pace_wal_ticket(pace_state_t *ps, const throttle_state_t *st, const 
 	for (int i = 0; i < PACE_WAL_BUDGETS; i++) {
 		double due;
 
-		if (!b[i])
+		/* A batch known to write nothing does not wait behind others' debt. */
+		if (!b[i] || (st->wal_known && !(ps->wal_ticket > 0)))
 			continue;
 		walbudget_spend(b[i], ps->wal_ticket, now_ms);
 		/* Fixed now: what others take later is not in it. */

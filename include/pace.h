@@ -82,7 +82,8 @@ void pace_init(pace_state_t *ps);
  * THROTTLE_WAL_MARGIN, the keys cut to what its share of each burst pays for (the instance's burst
  * is shared by its runners, the job's own is the job's), never under min_batch_size; before the
  * job has measured its WAL a key, min_batch_size keys that take nothing. It sleeps as long as the
- * budgets, as they were right after it took, need to be out of debt: those who took before it run
+ * budgets, as they were right after it took, need to be out of debt (not at all when its batches
+ * are known to write no WAL): those who took before it run
  * before it, and what others take later does not delay it (a job capped by its own budget gets it
  * beside others that are not, as long as it is no more than their shares). The ticket is kept
  * until the batch is sent (pace_batch_sent), across pace_init. The reason is wal_budget when the

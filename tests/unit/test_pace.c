@@ -461,6 +461,26 @@ static void test_runners_on_one_budget_take_turns(void **state)
 	assert_int_equal(d.action, PACE_RUN);
 }
 
+/* A job whose batches write no WAL (a verify job) is not held back by others' debt; one that has
+ * not measured yet waits for it, with its first small batch. */
+static void test_a_job_that_writes_no_wal_is_not_held_back(void **state)
+{
+	fixture_t f = measured(0);
+	walbudget_t b = budget(1000000);
+	pace_decision_t d;
+
+	(void)state;
+	d = pace_decide(&f.ps, &f.st, &f.s, WAL(&b, NULL, 0));
+	assert_int_equal(d.action, PACE_RUN);
+	assert_int_equal(d.max_rows, 0);
+	assert_int_equal(d.reason, REASON_NONE);
+	f = start();
+	d = pace_decide(&f.ps, &f.st, &f.s, WAL(&b, NULL, 0));
+	assert_int_equal(d.action, PACE_SLEEP);
+	assert_int_equal(d.sleep_ms, 1000);
+	assert_int_equal(d.reason, REASON_WAL_BUDGET);
+}
+
 /* The throttle's own sleep comes first (its reason, and no WAL taken meanwhile); a wait for the
  * budgets after it says wal_budget now, while the batch records the first wait; a hold wins over
  * both; a lag cut keeps its reason when the budget cuts more. */
@@ -525,6 +545,7 @@ int main(void)
 		cmocka_unit_test(test_the_wal_budget_cuts_the_batch),
 		cmocka_unit_test(test_the_tighter_of_two_budgets_wins),
 		cmocka_unit_test(test_runners_on_one_budget_take_turns),
+		cmocka_unit_test(test_a_job_that_writes_no_wal_is_not_held_back),
 		cmocka_unit_test(test_the_throttle_sleeps_first),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
