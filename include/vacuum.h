@@ -1,0 +1,51 @@
+/*
+ * A job's VACUUM of its target, pure: when it is due (throttle.vacuum_after_percent of the
+ * table's rows changed since the last one), and the statements the job's session sends for it.
+ * job_vacuum.c sends them; tests/unit/test_vacuum.c tests them.
+ */
+#ifndef BACKFILLD_VACUUM_H
+#define BACKFILLD_VACUUM_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+/* Never fewer changed rows between two VACUUMs than this: on a table never analyzed the job's
+ * row estimate is the rows it has walked so far, which would make the first VACUUMs come after
+ * every batch or two. */
+#define VACUUM_MIN_ROWS 10000
+
+/* The rows a job changes between two VACUUMs of a table of TABLE_ROWS rows (its estimate; at
+ * least the rows walked) with vacuum_after_percent PERCENT: PERCENT of TABLE_ROWS, rounded up,
+ * and at least VACUUM_MIN_ROWS. 0 (never) when PERCENT or TABLE_ROWS is not positive. */
+int64_t vacuum_threshold(int64_t percent, int64_t table_rows);
+
+/* Whether the job vacuums now, having changed CHANGED rows since its last VACUUM (or since its
+ * walk began on this instance). */
+bool vacuum_due(int64_t percent, int64_t changed, int64_t table_rows);
+
+/*
+ * The VACUUM of SCHEMA.TABLE (unquoted names, as in the catalog), alone in its request: it cannot
+ * run in a transaction block or a pipeline with other statements. TRUNCATE false: it never takes
+ * the ACCESS EXCLUSIVE lock that truncating the table's empty end needs (the walk leaves none
+ * there anyway). The table's own vacuum_index_cleanup (AUTO by default) decides whether its
+ * indexes are vacuumed. A partitioned table's partitions are vacuumed one by one. Caller frees.
+ */
+char *vacuum_build(const char *schema, const char *table) __attribute__((warn_unused_result));
+
+/* Before the VACUUM, alone in its request: the session's statement_timeout ($1) and lock_timeout
+ * ($2), in ms, as session settings (the VACUUM runs outside any transaction). */
+extern const char vacuum_timeouts_sql[];
+
+/* After it, one request of both: the session's own settings back (the role's, the database's). */
+extern const char vacuum_reset_statement_timeout_sql[];
+extern const char vacuum_reset_lock_timeout_sql[];
+
+/*
+ * Whether the session's role may VACUUM the table $1 (its oid), one boolean: it has the rights of
+ * the table's owner or of the database's (superusers have every role's), or, from PostgreSQL 17,
+ * the MAINTAIN privilege on the table (granted, or through pg_maintain). A VACUUM the role may
+ * not run is skipped with a warning, not an error: the job asks first.
+ */
+extern const char vacuum_permitted_sql[];
+
+#endif

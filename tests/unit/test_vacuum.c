@@ -1,0 +1,123 @@
+/*
+ * Unit tests for vacuum.c: when a job vacuums its target (vacuum_after_percent of the table's
+ * rows changed since the last VACUUM, never fewer than VACUUM_MIN_ROWS, never at 0), and the text
+ * of the statements its session sends.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#include <cmocka.h>
+
+#include "sqlcheck.h"
+#include "vacuum.h"
+
+static void test_threshold_is_the_percent_of_the_table(void **state)
+{
+	(void)state;
+	assert_int_equal(vacuum_threshold(10, 1000000), 100000);
+	assert_int_equal(vacuum_threshold(10, 200000), 20000);
+	assert_int_equal(vacuum_threshold(1, 5000000), 50000);
+	assert_int_equal(vacuum_threshold(100, 300000), 300000);
+	/* Rounded up: a job never vacuums before the percent is reached. */
+	assert_int_equal(vacuum_threshold(10, 1000005), 100001);
+	assert_int_equal(vacuum_threshold(33, 1000001), 330001);
+	/* A huge table does not overflow. */
+	assert_int_equal(vacuum_threshold(50, INT64_MAX / 2), INT64_MAX / 4 + 1);
+	/* A percent beyond 100 (never from the configuration, which bounds it) is 100. */
+	assert_int_equal(vacuum_threshold(250, 300000), 300000);
+}
+
+static void test_threshold_has_a_floor(void **state)
+{
+	(void)state;
+	assert_int_equal(vacuum_threshold(10, 20000), VACUUM_MIN_ROWS);
+	assert_int_equal(vacuum_threshold(1, 1), VACUUM_MIN_ROWS);
+	assert_int_equal(vacuum_threshold(10, 10 * VACUUM_MIN_ROWS), VACUUM_MIN_ROWS);
+	assert_int_equal(vacuum_threshold(10, 10 * VACUUM_MIN_ROWS + 10), VACUUM_MIN_ROWS + 1);
+}
+
+static void test_never_when_off_or_unknown(void **state)
+{
+	(void)state;
+	assert_int_equal(vacuum_threshold(0, 1000000), 0);
+	assert_int_equal(vacuum_threshold(-5, 1000000), 0);
+	assert_int_equal(vacuum_threshold(10, 0), 0);
+	assert_int_equal(vacuum_threshold(10, -1), 0); /* a table never analyzed, nothing walked */
+	assert_false(vacuum_due(0, INT64_MAX, 1000000));
+	assert_false(vacuum_due(10, INT64_MAX, -1));
+	assert_false(vacuum_due(10, 0, 0));
+}
+
+static void test_due_once_the_threshold_is_reached(void **state)
+{
+	(void)state;
+	assert_false(vacuum_due(10, 0, 1000000));
+	assert_false(vacuum_due(10, 99999, 1000000));
+	assert_true(vacuum_due(10, 100000, 1000000));
+	assert_true(vacuum_due(10, 250000, 1000000));
+	/* The floor: a small table, or the first batches of one never analyzed (its estimate is the
+	 * rows walked so far), is not vacuumed after every batch. */
+	assert_false(vacuum_due(10, 2000, 2000));
+	assert_false(vacuum_due(10, VACUUM_MIN_ROWS - 1, 50000));
+	assert_true(vacuum_due(10, VACUUM_MIN_ROWS, 50000));
+	/* 100%: once as many rows changed as the table has. */
+	assert_false(vacuum_due(100, 199999, 200000));
+	assert_true(vacuum_due(100, 200000, 200000));
+}
+
+static void test_the_vacuum_statement(void **state)
+{
+	char *sql = vacuum_build("app", "users");
+	(void)state;
+
+	assert_string_equal(sql, "VACUUM (TRUNCATE false) \"app\".\"users\"");
+	free(sql);
+	/* Names are only names. */
+	sql = vacuum_build("we\"ird", "t; DROP TABLE x");
+	assert_string_equal(sql, "VACUUM (TRUNCATE false) \"we\"\"ird\".\"t; DROP TABLE x\"");
+	free(sql);
+}
+
+static void test_the_session_statements(void **state)
+{
+	(void)state;
+	/* Session settings (false), not the transaction's: the VACUUM runs outside any. */
+	expect_contains(vacuum_timeouts_sql,
+			"pg_catalog.set_config('statement_timeout', $1::pg_catalog.text, false)");
+	expect_contains(vacuum_timeouts_sql,
+			"pg_catalog.set_config('lock_timeout', $2::pg_catalog.text, false)");
+	expect_params(vacuum_timeouts_sql, 2);
+	assert_string_equal(vacuum_reset_statement_timeout_sql, "RESET statement_timeout");
+	assert_string_equal(vacuum_reset_lock_timeout_sql, "RESET lock_timeout");
+}
+
+static void test_the_permission_check(void **state)
+{
+	(void)state;
+	expect_params(vacuum_permitted_sql, 1);
+	expect_contains(vacuum_permitted_sql, "pg_catalog.pg_has_role(c.relowner, 'USAGE')");
+	expect_contains(vacuum_permitted_sql, "pg_catalog.pg_has_role(d.datdba, 'USAGE')");
+	/* MAINTAIN only where the server knows it: inside a CASE on the version. */
+	expect_contains(vacuum_permitted_sql, "CASE WHEN pg_catalog.current_setting('server_version_num')");
+	expect_contains(vacuum_permitted_sql,
+			"170000 THEN pg_catalog.has_table_privilege(c.oid, 'MAINTAIN')");
+	expect_contains(vacuum_permitted_sql, "FROM pg_catalog.pg_class c, pg_catalog.pg_database d");
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_threshold_is_the_percent_of_the_table),
+		cmocka_unit_test(test_threshold_has_a_floor),
+		cmocka_unit_test(test_never_when_off_or_unknown),
+		cmocka_unit_test(test_due_once_the_threshold_is_reached),
+		cmocka_unit_test(test_the_vacuum_statement),
+		cmocka_unit_test(test_the_session_statements),
+		cmocka_unit_test(test_the_permission_check),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
