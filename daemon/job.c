@@ -36,7 +36,9 @@ static const char *const job_state_names[JOB_STATE_COUNT] = {JOB_STATES(JOB_STAT
 
 #define TO(id) (1u << JOB_##id)
 /* Where the walk goes after a decision (job_continue). */
-#define WALK (TO(WAITING_SAMPLER) | TO(HOLD_CHECK) | TO(BATCH) | TO(PACING) | TO(THROTTLED) | TO(HELD))
+#define WALK                                                                                             \
+	(TO(WAITING_SAMPLER) | TO(HOLD_CHECK) | TO(BATCH) | TO(VACUUMING) | TO(PACING) | TO(THROTTLED) | \
+	 TO(HELD))
 /* Anywhere but FINISHED a job may lose its session, give the job back, or end. */
 #define ANY_END (TO(CONNECTING) | TO(RELEASING) | TO(FINISHED))
 /* The states each state may go to. */
@@ -48,8 +50,9 @@ static const unsigned job_transitions[JOB_STATE_COUNT] = {
 	[JOB_WAITING_SAMPLER] = WALK | ANY_END,
 	[JOB_HOLD_CHECK] = WALK | ANY_END,
 	[JOB_BATCH] = WALK | TO(BACKOFF) | TO(RECORDING) | ANY_END,
+	[JOB_VACUUMING] = WALK | ANY_END,
 	[JOB_PACING] = WALK | ANY_END,
-	[JOB_BACKOFF] = TO(BATCH) | TO(HELD) | ANY_END,
+	[JOB_BACKOFF] = TO(BATCH) | TO(VACUUMING) | TO(HELD) | ANY_END,
 	[JOB_THROTTLED] = WALK | ANY_END,
 	[JOB_HELD] = WALK | ANY_END,
 	[JOB_RELEASING] = TO(RELEASING) | TO(FINISHED),
@@ -73,6 +76,8 @@ static const char *const job_step_names[] = {
 	[STEP_SPLIT] = "cutting the key range into slices",
 	[STEP_WINDOW] = "asking whether the run window is open",
 	[STEP_HOLD_WHEN] = "evaluating hold_when_sql",
+	[STEP_MAY_VACUUM] = "asking whether the role may vacuum the table",
+	[STEP_VACUUM] = "vacuuming the table",
 };
 _Static_assert(sizeof(job_step_names) / sizeof(job_step_names[0]) == STEP_COUNT, "a name for each step");
 
@@ -163,14 +168,20 @@ bool job_can_free(const job_t *job)
 	return job->state == JOB_FINISHED && job->queue_requests == 0;
 }
 
+/* A batch or the job's VACUUM: a statement in flight that holds locks on the target. */
+static bool job_in_statement(const job_t *job)
+{
+	return (job->state == JOB_BATCH || job->state == JOB_VACUUMING) && job->conn;
+}
+
 int job_batch_backend_pid(const job_t *job)
 {
-	return job->state == JOB_BATCH && job->conn ? pgconn_backend_pid(job->conn) : 0;
+	return job_in_statement(job) ? pgconn_backend_pid(job->conn) : 0;
 }
 
 bool job_cancel_batch(job_t *job)
 {
-	return job->state == JOB_BATCH && job->conn && pgconn_cancel(job->conn);
+	return job_in_statement(job) && pgconn_cancel(job->conn);
 }
 
 void job_free(job_t *job)
@@ -338,6 +349,7 @@ static void job_timer_cb(evutil_socket_t fd, short what, void *arg)
 	case JOB_SPLITTING:
 	case JOB_HOLD_CHECK:
 	case JOB_BATCH:
+	case JOB_VACUUMING:
 	case JOB_HELD:
 	case JOB_FINISHED:
 	case JOB_STATE_COUNT:
@@ -364,6 +376,26 @@ static void job_reason_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
 	if (!res->ok && !res->broken)
 		job_log(job, LOG_LEVEL_WARNING, "cannot record the throttle reason: %s %s", res->sqlstate,
 			res->message);
+}
+
+static void job_error_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
+{
+	job_t *job = arg;
+	(void)conn;
+	if (!res->ok && !res->broken)
+		job_log(job, LOG_LEVEL_WARNING, "cannot record last_error: %s %s", res->sqlstate,
+			res->message);
+}
+
+void job_write_error(job_t *job, const char *error)
+{
+	char *sql = queuesql(QSQL_SET_ERROR, daemon_config()->schema);
+	const char *params[] = {daemon_name(), job->id_text, error};
+	pgconn_stmt_t stmt = {sql, 3, params, NULL, NULL};
+
+	if (!job_queue_send(job, &stmt, 1, job_error_cb))
+		job_log(job, LOG_LEVEL_DEBUG, "the queue is down: last_error not written");
+	free(sql);
 }
 
 /* Write throttled_reason now (not only at the next checkpoint): a held job has none. */
@@ -419,6 +451,7 @@ void job_pause_changed(job_t *job)
 	case JOB_CHECKING:
 	case JOB_HOLD_CHECK:
 	case JOB_BATCH:
+	case JOB_VACUUMING:
 	case JOB_RELEASING:
 	case JOB_RECORDING:
 	case JOB_FINISHED:
@@ -578,6 +611,7 @@ static void job_stop_as(job_t *job, const char *state, const char *error)
 	case JOB_CHECKING:
 	case JOB_HOLD_CHECK:
 	case JOB_BATCH:
+	case JOB_VACUUMING:
 	case JOB_RELEASING:
 	case JOB_RECORDING:
 	case JOB_FINISHED:
@@ -601,8 +635,16 @@ void job_lease_seen(job_t *job, const char *state, const char *owner)
 		job_log(job, LOG_LEVEL_WARNING, "lease lost: the job is %s now",
 			owner ? owner : "not owned by anyone");
 		job->lease_lost = true;
-		if (job->state != JOB_BATCH) /* a batch in flight fails its fence by itself */
+		if (job->state == JOB_VACUUMING) /* it has no fence: its end finishes the job */
+			job_cancel_batch(job);
+		else if (job->state != JOB_BATCH) /* a batch in flight fails its fence by itself */
 			job_finish(job);
+		return;
+	}
+	if (state && strcmp(state, "running") != 0 && job->state == JOB_VACUUMING && !job->stopping) {
+		/* No batch follows it: it gives the job back once it ends. */
+		job_log(job, LOG_LEVEL_INFO, "%s by a user during its VACUUM", state);
+		job_stop_as(job, job_state_literal(state), NULL);
 		return;
 	}
 	if (state && strcmp(state, "running") != 0 &&

@@ -26,6 +26,7 @@
 #include "text.h"
 #include "throttle.h"
 #include "util.h"
+#include "vacuum.h"
 #include "walbudget.h"
 
 #define JOB_SAMPLER_WAIT_MS 50 /* before its first look, the sampler is asked again this soon */
@@ -70,13 +71,15 @@ static void job_check_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
 		job_fail(job, err);
 		return;
 	}
+	job_vacuum_checked(job, job_result(job, res, STEP_MAY_VACUUM));
 	job_continue(job);
 }
 
 /*
  * In a fresh session: prepare the job's statements, which parses and analyses its SQL as its role
  * (syntax errors and unknown names show up here, before any row is touched), check the role's
- * privileges on the target, and, for a numeric key, record its bounds for percent.
+ * privileges on the target (and whether it may vacuum it), and, for a numeric key, record its
+ * bounds for percent.
  */
 void job_check(job_t *job)
 {
@@ -88,8 +91,8 @@ void job_check(job_t *job)
 	static const char *const names[] = {JOB_PREPARED_FIRST, JOB_PREPARED_NEXT, JOB_PREPARED_PEEK_FIRST,
 					    JOB_PREPARED_PEEK_NEXT};
 	Oid user_types[2] = {job->key_oids[0], job->key_oids[0]};
-	pgconn_stmt_t stmts[9];
-	job_step_t steps[9];
+	pgconn_stmt_t stmts[10];
+	job_step_t steps[10];
 	int n = 0;
 
 	steps[n] = STEP_PREPARE; /* a session checked before (never so far) prepares them again */
@@ -105,6 +108,10 @@ void job_check(job_t *job)
 	snprintf(oid, sizeof(oid), "%u", job->target_oid);
 	steps[n] = STEP_PRIVILEGES;
 	stmts[n++] = (pgconn_stmt_t){batch_privileges_sql(job->how->writes), 1, check_params, NULL, NULL};
+	if (job_vacuums(job)) {
+		steps[n] = STEP_MAY_VACUUM;
+		stmts[n++] = (pgconn_stmt_t){vacuum_permitted_sql, 1, check_params, NULL, NULL};
+	}
 	if (job->key_numeric && job->parallel <= 1) { /* (percent by position: one slice only) */
 		sql[4] = batch_build_bounds(&spec);
 		steps[n] = STEP_BOUNDS;
@@ -307,6 +314,10 @@ void job_on_blocked(job_t *job, int64_t sessions, int64_t waited_ms)
 	throttle_settings_t s;
 	int pid = job_batch_backend_pid(job);
 
+	if (job->state == JOB_VACUUMING) {
+		job_vacuum_blocked(job, sessions, waited_ms);
+		return;
+	}
 	if (job->state != JOB_BATCH || !pid)
 		return;
 	if (sessions > job->batch_blocked)
@@ -697,6 +708,10 @@ void job_next_batch(job_t *job)
 	}
 	if (daemon_paused()) {
 		job_hold(job);
+		return;
+	}
+	if (job_vacuum_due(job)) {
+		job_vacuum(job); /* then it decides again */
 		return;
 	}
 	/* What the history records as this batch's sleep: all the time since the previous one

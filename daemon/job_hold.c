@@ -22,27 +22,6 @@
 #include "text.h"
 #include "util.h"
 
-static void job_error_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
-{
-	job_t *job = arg;
-	(void)conn;
-	if (!res->ok && !res->broken)
-		job_log(job, LOG_LEVEL_WARNING, "cannot record last_error: %s %s", res->sqlstate,
-			res->message);
-}
-
-/* Write ERROR (NULL: none) into the job row's last_error, the job going on. */
-static void job_write_error(job_t *job, const char *error)
-{
-	char *sql = queuesql(QSQL_SET_ERROR, daemon_config()->schema);
-	const char *params[] = {daemon_name(), job->id_text, error};
-	pgconn_stmt_t stmt = {sql, 3, params, NULL, NULL};
-
-	if (!job_queue_send(job, &stmt, 1, job_error_cb))
-		job_log(job, LOG_LEVEL_DEBUG, "the queue is down: last_error not written");
-	free(sql);
-}
-
 /* Held by REASON (DETAIL for the log): announced when it begins, decided again after a sample
  * interval. The batch after the hold records why it waited. */
 static void job_cond_hold(job_t *job, reason_t reason, const char *detail)

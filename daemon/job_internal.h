@@ -1,7 +1,8 @@
 /*
  * The parts of a job shared by its files: job.c (its life and its one state setter),
  * job_session.c (its definition and its session), job_batch.c (the check and the batches),
- * job_rows.c (rows that fail on their own), job_dry.c (dry runs) and job_slices.c (parallel
+ * job_rows.c (rows that fail on their own), job_hold.c (its run window and hold_when_sql),
+ * job_vacuum.c (its VACUUMs of the target), job_dry.c (dry runs) and job_slices.c (parallel
  * slices). Private: include/job.h is the interface.
  */
 #ifndef BACKFILLD_JOB_INTERNAL_H
@@ -33,6 +34,7 @@
 	X(WAITING_SAMPLER, "waiting") /* the sampler has not looked yet: its first look comes soon */   \
 	X(HOLD_CHECK, "holdcheck")    /* asking its session whether its window is open, its hold off */ \
 	X(BATCH, "batch")	      /* a batch (or a failing row's skip) in flight */                 \
+	X(VACUUMING, "vacuuming")     /* its VACUUM of the target, between two batches */               \
 	X(PACING, "pacing")	      /* a step of the throttle's sleep: decide again after it */       \
 	X(BACKOFF, "backoff")	      /* backing off before a retried batch */                          \
 	X(THROTTLED, "throttled")     /* held by the throttle: decide again after a sample interval */  \
@@ -63,6 +65,8 @@ typedef enum job_step {
 	STEP_SPLIT,	 /* cutting a parallel job into slices */
 	STEP_WINDOW,	 /* whether the run window is open */
 	STEP_HOLD_WHEN,	 /* the job's hold_when_sql */
+	STEP_MAY_VACUUM, /* the check: whether the role may VACUUM the target */
+	STEP_VACUUM,	 /* the VACUUM of the target */
 	STEP_COUNT,
 } job_step_t;
 
@@ -151,6 +155,12 @@ struct job {
 	reason_t cancel_reason; /* why we asked the server to cancel the batch in flight */
 	reason_t cond_reason;	/* the hold of its window or hold_when_sql in force (announced) */
 	bool cond_error_set;	/* a failing hold_when_sql's error is in last_error */
+	/* Its VACUUMs of the target (job_vacuum.c). */
+	int64_t vacuum_changed_at;	/* rows_changed when its last VACUUM began (or its walk here) */
+	bool vacuum_denied;		/* its role may not vacuum the target (seen by the check) */
+	bool vacuum_denied_said;	/* that is in the log and last_error */
+	bool vacuum_off;		/* a VACUUM failed unexpectedly: none more on this instance */
+	struct timespec vacuum_started; /* the VACUUM in flight */
 	struct timespec batch_started;
 	struct timespec batch_ended; /* when the last batch committed: its successor records the wait */
 	int64_t batch_blocked;	     /* most sessions seen blocked by the batch in flight */
@@ -187,6 +197,8 @@ void job_report(const job_t *job, bool running);
 void job_sleep(job_t *job, job_state_t state, int64_t ms);
 void job_retry_later(job_t *job);
 void job_write_reason(job_t *job, reason_t reason);
+/* Write ERROR (NULL: none) into the job row's last_error, the job going on. */
+void job_write_error(job_t *job, const char *error);
 void job_hold(job_t *job);
 void job_release(job_t *job, const char *state, const char *error);
 void job_fail(job_t *job, const char *error);
@@ -224,6 +236,18 @@ void job_wal_settle(job_t *job, int64_t wal_bytes);
 void job_hold_check(job_t *job);
 /* The job's row has RUN_WINDOW now (NULL: none): the next batches follow it. */
 void job_window_seen(job_t *job, const char *run_window);
+
+/* job_vacuum.c: its VACUUMs of the target between batches */
+/* Whether the job vacuums its target at all: its kind updates it in place; not a dry run. */
+bool job_vacuums(const job_t *job);
+/* The check's answer (STEP_MAY_VACUUM's result, NULL when not asked): whether its role may. */
+void job_vacuum_checked(job_t *job, const PGresult *permitted);
+/* Before a batch: whether a VACUUM comes first (job_vacuum then, which goes on to job_continue). */
+bool job_vacuum_due(job_t *job);
+void job_vacuum(job_t *job);
+/* SESSIONS wait on the VACUUM's lock, the longest for WAITED_MS: past max_blocked_ms it is
+ * cancelled (and skipped this time). */
+void job_vacuum_blocked(job_t *job, int64_t sessions, int64_t waited_ms);
 
 /* job_rows.c: rows that fail on their own */
 bool job_bisect(job_t *job, const pgconn_result_t *res);

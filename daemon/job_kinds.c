@@ -5,9 +5,9 @@
 #include <string.h>
 
 static const job_kind_info_t kinds[] = {
-	{JOB_KIND_UPDATE, "update", "set_sql", true, false, false, batch_build_update},
-	{JOB_KIND_STATEMENT, "statement", "batch_sql", true, true, false, batch_build_statement},
-	{JOB_KIND_VERIFY, "verify", "mismatch_sql", false, false, true, batch_build_verify},
+	{JOB_KIND_UPDATE, "update", "set_sql", true, false, false, true, batch_build_update},
+	{JOB_KIND_STATEMENT, "statement", "batch_sql", true, true, false, false, batch_build_statement},
+	{JOB_KIND_VERIFY, "verify", "mismatch_sql", false, false, true, false, batch_build_verify},
 };
 #define NKINDS (sizeof(kinds) / sizeof(kinds[0]))
 

@@ -275,6 +275,7 @@ static void job_connection_event(pgconn_t *conn, pgconn_event_t event, const cha
 	case JOB_WAITING_SAMPLER:
 	case JOB_HOLD_CHECK:
 	case JOB_BATCH:
+	case JOB_VACUUMING:
 	case JOB_PACING:
 	case JOB_BACKOFF:
 	case JOB_THROTTLED:
@@ -425,6 +426,7 @@ static void job_begin_walk(job_t *job)
 	}
 	job->writes_pid = 0;
 	job->rows_at_start = job->rows_scanned;
+	job->vacuum_changed_at = job->rows_changed; /* what it changed before is not known here */
 	job->loaded = true;
 	job_log(job, LOG_LEVEL_INFO,
 		"walking %d key column%s from %s as role %s, batch size %lld, sleep %lld ms", job->nkeys,

@@ -32,10 +32,11 @@ void job_pause_changed(job_t *job);
 /* Shutdown: no new batch; the one in flight finishes, then the lease is released (pending). */
 void job_stop(job_t *job);
 
-/* The backend of the batch in flight, or 0 if none. */
+/* The backend of the batch (or the job's VACUUM of its target) in flight, or 0 if none. */
 int job_batch_backend_pid(const job_t *job);
 
-/* Ask the server to cancel the batch in flight (it rolls back). False when none is. */
+/* Ask the server to cancel the batch in flight (it rolls back), or the job's VACUUM (skipped this
+ * time). False when neither is in flight. */
 bool job_cancel_batch(job_t *job);
 
 /*
@@ -46,7 +47,8 @@ void job_lease_seen(job_t *job, const char *state, const char *owner);
 
 /*
  * SESSIONS other sessions wait on locks of this job's batch, the longest for WAITED_MS: past
- * max_blocked_ms the batch is cancelled (it rolls back) and retried with half the size.
+ * max_blocked_ms the batch is cancelled (it rolls back) and retried with half the size. A VACUUM
+ * of the job's that blocks them as long is cancelled, and skipped this time.
  */
 void job_on_blocked(job_t *job, int64_t sessions, int64_t waited_ms);
 

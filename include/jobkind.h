@@ -19,6 +19,8 @@ typedef struct job_kind_info {
 	bool sql_param;		 /* its SQL is the batch statement's last parameter, checked by preparing
 				   it alone with $1 and $2 typed as the key */
 	bool records_mismatches; /* its batches record mismatches */
+	bool vacuums;		 /* its batches update the target in place, leaving dead row versions:
+				   it vacuums the target as it goes (throttle.vacuum_after_percent) */
 	char *(*build)(const batch_spec_t *spec, bool first); /* its batch statement */
 } job_kind_info_t;
 
