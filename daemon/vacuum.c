@@ -27,6 +27,15 @@ bool vacuum_due(int64_t percent, int64_t changed, int64_t table_rows)
 	return threshold > 0 && changed >= threshold;
 }
 
+int64_t vacuum_rows_left(int64_t percent, int64_t changed, int64_t table_rows)
+{
+	int64_t threshold = vacuum_threshold(percent, table_rows);
+
+	if (threshold == 0)
+		return 0;
+	return changed < threshold ? threshold - changed : 1;
+}
+
 char *vacuum_build(const char *schema, const char *table)
 {
 	char *s = sql_quote_ident(schema), *t = sql_quote_ident(table), *sql;

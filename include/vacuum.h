@@ -23,6 +23,11 @@ int64_t vacuum_threshold(int64_t percent, int64_t table_rows);
  * walk began on this instance). */
 bool vacuum_due(int64_t percent, int64_t changed, int64_t table_rows);
 
+/* The rows the job may still change before its next VACUUM is due (at least 1 once it is, since
+ * a VACUUM comes first then); 0 when it never vacuums. A batch walks at most as many keys (each
+ * key changes a row at most), so the VACUUMs come after that many rows, not a batch later. */
+int64_t vacuum_rows_left(int64_t percent, int64_t changed, int64_t table_rows);
+
 /*
  * The VACUUM of SCHEMA.TABLE (unquoted names, as in the catalog), alone in its request: it cannot
  * run in a transaction block or a pipeline with other statements. TRUNCATE false: it never takes

@@ -1,7 +1,7 @@
 /*
  * Unit tests for vacuum.c: when a job vacuums its target (vacuum_after_percent of the table's
- * rows changed since the last VACUUM, never fewer than VACUUM_MIN_ROWS, never at 0), and the text
- * of the statements its session sends.
+ * rows changed since the last VACUUM, never fewer than VACUUM_MIN_ROWS, never at 0), how many rows
+ * the batches before it may still change, and the text of the statements its session sends.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -69,6 +69,21 @@ static void test_due_once_the_threshold_is_reached(void **state)
 	assert_true(vacuum_due(100, 200000, 200000));
 }
 
+static void test_rows_left_before_the_next(void **state)
+{
+	(void)state;
+	assert_int_equal(vacuum_rows_left(10, 0, 1000000), 100000);
+	assert_int_equal(vacuum_rows_left(10, 99000, 1000000), 1000);
+	assert_int_equal(vacuum_rows_left(10, 99999, 1000000), 1);
+	/* Due (a VACUUM comes first): never 0, which means no limit. */
+	assert_int_equal(vacuum_rows_left(10, 100000, 1000000), 1);
+	assert_int_equal(vacuum_rows_left(10, 500000, 1000000), 1);
+	assert_int_equal(vacuum_rows_left(10, 0, 20000), VACUUM_MIN_ROWS);
+	/* Never: no limit. */
+	assert_int_equal(vacuum_rows_left(0, 500000, 1000000), 0);
+	assert_int_equal(vacuum_rows_left(10, 500000, -1), 0);
+}
+
 static void test_the_vacuum_statement(void **state)
 {
 	char *sql = vacuum_build("app", "users");
@@ -115,6 +130,7 @@ int main(void)
 		cmocka_unit_test(test_threshold_has_a_floor),
 		cmocka_unit_test(test_never_when_off_or_unknown),
 		cmocka_unit_test(test_due_once_the_threshold_is_reached),
+		cmocka_unit_test(test_rows_left_before_the_next),
 		cmocka_unit_test(test_the_vacuum_statement),
 		cmocka_unit_test(test_the_session_statements),
 		cmocka_unit_test(test_the_permission_check),
