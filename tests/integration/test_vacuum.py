@@ -78,6 +78,24 @@ def test_a_full_table_update_stays_near_its_size(db, daemon_factory, make_role, 
     assert firsts[:3] == [11, 21, 31], firsts
 
 
+def test_batches_stop_where_a_vacuum_is_due(db, daemon_factory):
+    """Batches of 15,000 keys on a table whose VACUUMs are due every 20,000 rows: the batch that
+    would cross the point is cut there, so that each VACUUM comes after exactly a tenth of the
+    table, not a batch later."""
+    before = make_table(db, "bloat")
+    jid = submit_copy(db, "bloat", batch_size=15000, max_batch_size=15000)
+    d = daemon_factory(throttle=FAST)
+    d.start()
+    wait_state(db, jid, "done", timeout=180, daemon=d)
+    assert_every_row_once(db, "bloat")
+    firsts = [int(k[0]) for (k,) in db.sql("SELECT first_key FROM backfill.batches WHERE job_id = %s"
+                                            " AND throttled_reason = 'vacuum' AND rows_scanned > 0"
+                                            " ORDER BY batch", [jid])]
+    assert firsts == [20000 * i + 1 for i in range(1, 10)], firsts
+    assert db.one("SELECT max(rows_scanned) FROM backfill.batches WHERE job_id = %s", [jid]) == 15000
+    assert db.one("SELECT pg_relation_size('bloat')") <= 1.25 * before
+
+
 def test_without_vacuum_the_table_doubles(db, daemon_factory):
     """The same job with vacuum_after_percent = 0: no VACUUM, the table about twice its size (so
     the bound above is the VACUUMs' doing)."""
