@@ -2,7 +2,9 @@
  * A job's VACUUMs of its target. An update job leaves a dead version of every row it changes;
  * once it has changed throttle.vacuum_after_percent of the table's rows since its last VACUUM,
  * it vacuums the table between two batches, alone on its session (as run_as: the role's rights
- * decide, asked at the check), so that the batches after it reuse the space. The job waits for
+ * decide, asked at the check), so that the batches after it reuse the space; not sooner than
+ * VACUUM_SETTLE_MS after its last commit, so that other sessions' snapshots taken before it do not
+ * keep that batch's dead rows. The job waits for
  * it (throttled_reason vacuum), and the batch after it records that wait. A VACUUM that waits
  * lock_timeout_ms for its lock (autovacuum or DDL on the table) or keeps another session waiting
  * max_blocked_ms is given up: skipped this time. A role that may not vacuum the table is said
@@ -177,7 +179,7 @@ static void job_vacuum_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
  * long as the pages changed and the indexes take; cancelling it would waste them) and its
  * lock_timeout the job's lock_timeout_ms, set before and reset after, each a request of its own.
  */
-void job_vacuum(job_t *job)
+static void job_vacuum_send(job_t *job)
 {
 	throttle_settings_t s;
 	char lock_timeout[24], detail[160];
@@ -206,6 +208,21 @@ void job_vacuum(job_t *job)
 	    !pgconn_send(job->conn, reset, 2, NULL, NULL))
 		job_session_lost(job);
 	free(sql);
+}
+
+/* The VACUUM comes VACUUM_SETTLE_MS after the last commit at the soonest: a sleep first if need
+ * be, after which the job decides again (and, unless held, comes back here). */
+void job_vacuum(job_t *job)
+{
+	int64_t wait_ms = vacuum_wait_ms(job->batch_ended.tv_sec ? util_elapsed_s(&job->batch_ended) * 1000.0
+								 : VACUUM_SETTLE_MS);
+
+	if (wait_ms > 0) {
+		job->pace.wait_reason = REASON_VACUUM;
+		job_sleep(job, JOB_PACING, wait_ms);
+		return;
+	}
+	job_vacuum_send(job);
 }
 
 void job_vacuum_blocked(job_t *job, int64_t sessions, int64_t waited_ms)

@@ -27,6 +27,13 @@ bool vacuum_due(int64_t percent, int64_t changed, int64_t table_rows)
 	return threshold > 0 && changed >= threshold;
 }
 
+int64_t vacuum_wait_ms(double since_commit_ms)
+{
+	if (!(since_commit_ms >= 0)) /* also NaN: the clock says nothing, wait the whole time */
+		return VACUUM_SETTLE_MS;
+	return since_commit_ms < VACUUM_SETTLE_MS ? VACUUM_SETTLE_MS - (int64_t)since_commit_ms : 0;
+}
+
 int64_t vacuum_rows_left(int64_t percent, int64_t changed, int64_t table_rows)
 {
 	int64_t threshold = vacuum_threshold(percent, table_rows);

@@ -219,7 +219,7 @@ run_backfilld() {
     local name=$1 percent=$2 pinned=$3 i t0 t1 id fields state changed vacuums vacuum_s job_s
     start_daemon "$name" "$percent" "$pinned"
     for ((i = 0; i < 300; i++)); do # connected and listening: the INSERT's NOTIFY wakes it
-        grep -q 'listening on' "$work/$name.log" && break
+        grep -qs 'listening on' "$work/$name.log" && break
         sleep 0.1
     done
     sleep 2 # and its sampler has looked (a job waits for its first look)

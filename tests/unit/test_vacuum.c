@@ -84,6 +84,17 @@ static void test_rows_left_before_the_next(void **state)
 	assert_int_equal(vacuum_rows_left(10, 500000, -1), 0);
 }
 
+static void test_it_waits_after_the_last_commit(void **state)
+{
+	(void)state;
+	assert_int_equal(vacuum_wait_ms(0), VACUUM_SETTLE_MS);
+	assert_int_equal(vacuum_wait_ms(30.5), VACUUM_SETTLE_MS - 30);
+	assert_int_equal(vacuum_wait_ms(VACUUM_SETTLE_MS), 0);
+	assert_int_equal(vacuum_wait_ms(60000), 0); /* a throttle's sleep already waited */
+	assert_int_equal(vacuum_wait_ms(-1), VACUUM_SETTLE_MS);
+	assert_int_equal(vacuum_wait_ms(0.0 / 0.0), VACUUM_SETTLE_MS);
+}
+
 static void test_the_vacuum_statement(void **state)
 {
 	char *sql = vacuum_build("app", "users");
@@ -131,6 +142,7 @@ int main(void)
 		cmocka_unit_test(test_never_when_off_or_unknown),
 		cmocka_unit_test(test_due_once_the_threshold_is_reached),
 		cmocka_unit_test(test_rows_left_before_the_next),
+		cmocka_unit_test(test_it_waits_after_the_last_commit),
 		cmocka_unit_test(test_the_vacuum_statement),
 		cmocka_unit_test(test_the_session_statements),
 		cmocka_unit_test(test_the_permission_check),
