@@ -244,7 +244,7 @@ bool job_vacuums(const job_t *job);
 void job_vacuum_checked(job_t *job, const PGresult *permitted);
 /* Before a batch: whether a VACUUM comes first (job_vacuum then, which goes on to job_continue). */
 bool job_vacuum_due(job_t *job);
-/* VACUUM the target now, or sleep until VACUUM_SETTLE_MS after the last commit first. */
+/* VACUUM the target now, or sleep a little after the last commit first (vacuum_wait_ms). */
 /* The most keys the next batch may walk so that the next VACUUM is not late; 0: no limit. */
 int64_t job_vacuum_batch_limit(const job_t *job);
 void job_vacuum(job_t *job);

@@ -2,8 +2,8 @@
  * A job's VACUUMs of its target. An update job leaves a dead version of every row it changes;
  * once it has changed throttle.vacuum_after_percent of the table's rows since its last VACUUM,
  * it vacuums the table between two batches, alone on its session (as run_as: the role's rights
- * decide, asked at the check), so that the batches after it reuse the space; not sooner than
- * VACUUM_SETTLE_MS after its last commit, so that other sessions' snapshots taken before it do not
+ * decide, asked at the check), so that the batches after it reuse the space; a little after its
+ * last commit (up to VACUUM_SETTLE_MS), so that other sessions' snapshots taken before it do not
  * keep that batch's dead rows. The job waits for
  * it (throttled_reason vacuum), and the batch after it records that wait. A VACUUM that waits
  * lock_timeout_ms for its lock (autovacuum or DDL on the table) or keeps another session waiting
@@ -210,12 +210,18 @@ static void job_vacuum_send(job_t *job)
 	free(sql);
 }
 
-/* The VACUUM comes VACUUM_SETTLE_MS after the last commit at the soonest: a sleep first if need
- * be, after which the job decides again (and, unless held, comes back here). */
+/* The VACUUM comes up to VACUUM_SETTLE_MS after the last commit (vacuum_wait_ms): a sleep first if
+ * need be, after which the job decides again (and, unless held, comes back here). */
 void job_vacuum(job_t *job)
 {
-	int64_t wait_ms = vacuum_wait_ms(job->batch_ended.tv_sec ? util_elapsed_s(&job->batch_ended) * 1000.0
-								 : VACUUM_SETTLE_MS);
+	throttle_settings_t s;
+	int64_t wait_ms;
+
+	job_settings(job, &s);
+	wait_ms = vacuum_wait_ms(job->batch_ended.tv_sec ? util_elapsed_s(&job->batch_ended) * 1000.0
+							 : VACUUM_SETTLE_MS,
+				 job->batch_limit, /* the last batch's keys: at least the rows it changed */
+				 vacuum_threshold(s.vacuum_after_percent, job_table_rows(job)));
 
 	if (wait_ms > 0) {
 		job->pace.wait_reason = REASON_VACUUM;

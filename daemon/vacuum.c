@@ -27,11 +27,15 @@ bool vacuum_due(int64_t percent, int64_t changed, int64_t table_rows)
 	return threshold > 0 && changed >= threshold;
 }
 
-int64_t vacuum_wait_ms(double since_commit_ms)
+int64_t vacuum_wait_ms(double since_commit_ms, int64_t last_rows, int64_t round_rows)
 {
-	if (!(since_commit_ms >= 0)) /* also NaN: the clock says nothing, wait the whole time */
-		return VACUUM_SETTLE_MS;
-	return since_commit_ms < VACUUM_SETTLE_MS ? VACUUM_SETTLE_MS - (int64_t)since_commit_ms : 0;
+	double settle = VACUUM_SETTLE_MS;
+
+	if (round_rows > 0 && last_rows >= 0 && (double)last_rows * 10 < (double)round_rows)
+		settle = VACUUM_SETTLE_MS * (double)last_rows * 10 / (double)round_rows;
+	if (!(since_commit_ms >= 0)) /* also NaN: the clock says nothing */
+		since_commit_ms = 0;
+	return since_commit_ms < settle ? (int64_t)(settle - since_commit_ms + 0.5) : 0;
 }
 
 int64_t vacuum_rows_left(int64_t percent, int64_t changed, int64_t table_rows)

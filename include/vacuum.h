@@ -23,13 +23,16 @@ int64_t vacuum_threshold(int64_t percent, int64_t table_rows);
  * walk began on this instance). */
 bool vacuum_due(int64_t percent, int64_t changed, int64_t table_rows);
 
-/* How long after the job's last commit its VACUUM starts. A snapshot taken before that commit
- * (any other session's query running then, however short) keeps the dead rows of the last batch
- * from being removed: right after a batch of 100,000 rows that is a whole round's. */
-#define VACUUM_SETTLE_MS 100
+/* How long after the job's last commit its VACUUM starts, at most. A snapshot taken before that
+ * commit (any other session's query running then, however short) keeps the dead rows of the last
+ * batch from being removed: right after a batch of 100,000 rows that is a whole round's. */
+#define VACUUM_SETTLE_MS 50
 
-/* How much longer the job waits before its VACUUM, SINCE_COMMIT_MS after its last commit. */
-int64_t vacuum_wait_ms(double since_commit_ms);
+/* How much longer the job waits before its VACUUM, SINCE_COMMIT_MS after its last commit, which
+ * changed at most LAST_ROWS rows of the ROUND_ROWS the round counted: VACUUM_SETTLE_MS after it
+ * when that batch was a tenth of the round or more, in proportion below (a wait would cost more
+ * than the few rows it saves). */
+int64_t vacuum_wait_ms(double since_commit_ms, int64_t last_rows, int64_t round_rows);
 
 /* The rows the job may still change before its next VACUUM is due (at least 1 once it is, since
  * a VACUUM comes first then); 0 when it never vacuums. A batch walks at most as many keys (each

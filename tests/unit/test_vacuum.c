@@ -87,12 +87,21 @@ static void test_rows_left_before_the_next(void **state)
 static void test_it_waits_after_the_last_commit(void **state)
 {
 	(void)state;
-	assert_int_equal(vacuum_wait_ms(0), VACUUM_SETTLE_MS);
-	assert_int_equal(vacuum_wait_ms(30.5), VACUUM_SETTLE_MS - 30);
-	assert_int_equal(vacuum_wait_ms(VACUUM_SETTLE_MS), 0);
-	assert_int_equal(vacuum_wait_ms(60000), 0); /* a throttle's sleep already waited */
-	assert_int_equal(vacuum_wait_ms(-1), VACUUM_SETTLE_MS);
-	assert_int_equal(vacuum_wait_ms(0.0 / 0.0), VACUUM_SETTLE_MS);
+	/* A last batch of a tenth of the round or more: the whole wait. */
+	assert_int_equal(vacuum_wait_ms(0, 100000, 100000), VACUUM_SETTLE_MS);
+	assert_int_equal(vacuum_wait_ms(0, 10000, 100000), VACUUM_SETTLE_MS);
+	assert_int_equal(vacuum_wait_ms(30, 50000, 100000), VACUUM_SETTLE_MS - 30);
+	assert_int_equal(vacuum_wait_ms(VACUUM_SETTLE_MS, 100000, 100000), 0);
+	assert_int_equal(vacuum_wait_ms(60000, 100000, 100000), 0); /* a throttle's sleep waited */
+	/* A small one: in proportion (1,000 of 100,000 rows: a tenth of the wait). */
+	assert_int_equal(vacuum_wait_ms(0, 1000, 100000), VACUUM_SETTLE_MS / 10);
+	assert_int_equal(vacuum_wait_ms(4, 1000, 100000), VACUUM_SETTLE_MS / 10 - 4);
+	assert_int_equal(vacuum_wait_ms(VACUUM_SETTLE_MS / 10, 1000, 100000), 0);
+	assert_int_equal(vacuum_wait_ms(0, 0, 100000), 0);
+	/* Nothing known of the round: the whole wait; a clock that says nothing: from the commit. */
+	assert_int_equal(vacuum_wait_ms(0, 1000, 0), VACUUM_SETTLE_MS);
+	assert_int_equal(vacuum_wait_ms(-1, 100000, 100000), VACUUM_SETTLE_MS);
+	assert_int_equal(vacuum_wait_ms(0.0 / 0.0, 100000, 100000), VACUUM_SETTLE_MS);
 }
 
 static void test_the_vacuum_statement(void **state)
