@@ -198,7 +198,7 @@ static void job_vacuum_send(job_t *job)
 		 (long long)changed, (long long)rows);
 	job_set_state(job, JOB_VACUUMING);
 	job->cancel_reason = REASON_NONE;
-	job->pace.reason = job->pace.wait_reason = REASON_VACUUM; /* the next batch records it */
+	job->pace.reason = REASON_VACUUM;
 	job_note_reason(job, REASON_VACUUM, detail);
 	job_write_reason(job, REASON_VACUUM);
 	job_report(job, true);
@@ -222,9 +222,13 @@ void job_vacuum(job_t *job)
 							 : VACUUM_SETTLE_MS,
 				 job->batch_limit, /* the last batch's keys: at least the rows it changed */
 				 vacuum_threshold(s.vacuum_after_percent, job_table_rows(job)));
-
+	/* The next batch records it, and the throttle's sleep before that batch counts from the last
+	 * commit: the wait and the VACUUM are part of it. */
+	pace_wait_began(&job->pace, REASON_VACUUM,
+			job->batch_ended.tv_sec ? (double)job->batch_ended.tv_sec * 1000.0 +
+							  (double)job->batch_ended.tv_nsec / 1e6
+						: util_now_ms());
 	if (wait_ms > 0) {
-		job->pace.wait_reason = REASON_VACUUM;
 		job_sleep(job, JOB_PACING, wait_ms);
 		return;
 	}

@@ -19,6 +19,16 @@ void pace_batch_sent(pace_state_t *ps)
 	ps->wal_rows = 0;
 }
 
+void pace_wait_began(pace_state_t *ps, reason_t reason, double began_ms)
+{
+	if (ps->wait_reason == REASON_NONE || ps->wait_reason == REASON_BLOCKED_SESSIONS)
+		ps->wait_reason = reason;
+	if (!ps->sleeping) {
+		ps->sleeping = true;
+		ps->sleep_began_ms = began_ms;
+	}
+}
+
 throttle_input_t pace_seen(const pace_input_t *in)
 {
 	throttle_input_t seen = {.lag_known = in->view.known,

@@ -98,4 +98,9 @@ pace_decision_t pace_decide(pace_state_t *ps, throttle_state_t *st, const thrott
  * (read wal_ticket first). */
 void pace_batch_sent(pace_state_t *ps);
 
+/* A wait of the job's own between two batches (its VACUUM) began at BEGAN_MS, the previous batch's
+ * end: the next batch records REASON as a wait of the throttle's would be recorded, and the
+ * throttle's sleep before it counts from BEGAN_MS (the wait is part of it, not added to it). */
+void pace_wait_began(pace_state_t *ps, reason_t reason, double began_ms);
+
 #endif

@@ -528,6 +528,47 @@ static void test_the_throttle_sleeps_first(void **state)
 	assert_int_equal(d.reason, REASON_REPLICATION_LAG);
 }
 
+/* A VACUUM between two batches (from 1000, the previous batch's end): the batch after it records
+ * vacuum, and a throttle's sleep counts from 1000 rather than from the VACUUM's end. */
+static void test_a_wait_of_its_own_is_part_of_the_sleep(void **state)
+{
+	fixture_t f = start();
+	pace_decision_t d;
+
+	(void)state;
+	pace_wait_began(&f.ps, REASON_VACUUM, 1000);
+	d = pace_decide(&f.ps, &f.st, &f.s, IN(0.1, 1200));
+	assert_int_equal(d.action, PACE_RUN);
+	assert_int_equal(d.slept_ms, 200);
+	assert_int_equal(d.reason, REASON_VACUUM);
+	assert_int_equal(d.current, REASON_NONE);
+	pace_batch_sent(&f.ps);
+	d = pace_decide(&f.ps, &f.st, &f.s, IN(0.1, 1300));
+	assert_int_equal(d.reason, REASON_NONE);
+	/* Lag asks for 5 s of sleep: 3 s of it went by in the VACUUM. */
+	pace_wait_began(&f.ps, REASON_VACUUM, 2000);
+	d = pace_decide(&f.ps, &f.st, &f.s, IN(0.75, 5000));
+	assert_int_equal(d.action, PACE_SLEEP);
+	assert_int_equal(d.sleep_ms, 5000);
+	assert_int_equal(d.reason, REASON_VACUUM); /* the first wait is the one recorded */
+	d = pace_decide(&f.ps, &f.st, &f.s, IN(0.75, 6500));
+	assert_int_equal(d.action, PACE_SLEEP);
+	assert_int_equal(d.wait_ms, 500);
+	d = pace_decide(&f.ps, &f.st, &f.s, IN(0.75, 7000));
+	assert_int_equal(d.action, PACE_RUN);
+	assert_int_equal(d.slept_ms, 5000);
+	/* A sleep of the throttle's already under way keeps its start; a wait already recorded (lag)
+	 * stays the one the batch records. */
+	pace_batch_sent(&f.ps);
+	d = pace_decide(&f.ps, &f.st, &f.s, IN(0.75, 8000));
+	assert_int_equal(d.action, PACE_SLEEP);
+	pace_wait_began(&f.ps, REASON_VACUUM, 8500);
+	d = pace_decide(&f.ps, &f.st, &f.s, IN(0.75, 13000));
+	assert_int_equal(d.action, PACE_RUN);
+	assert_int_equal(d.slept_ms, 5000);
+	assert_int_equal(d.reason, REASON_REPLICATION_LAG);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -547,6 +588,7 @@ int main(void)
 		cmocka_unit_test(test_runners_on_one_budget_take_turns),
 		cmocka_unit_test(test_a_job_that_writes_no_wal_is_not_held_back),
 		cmocka_unit_test(test_the_throttle_sleeps_first),
+		cmocka_unit_test(test_a_wait_of_its_own_is_part_of_the_sleep),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
