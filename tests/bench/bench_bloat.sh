@@ -330,5 +330,15 @@ c_ratio=$(calc 'c / d' c="$(med "${secs[2]}")" d="$d_s")
 e_heap=$(med "${heap[4]}")
 e_ratio=$(calc 'e / f' e="$(med "${secs[4]}")" f="$f_s")
 line "target heap <= 1.25x" "(c) $(printf '%.3f' "$c_heap") $(met "$c_heap" 1.25); (e) $(printf '%.3f' "$e_heap") $(met "$e_heap" 1.25)"
+# The same ratios round by round (each pair ran in the same round, minutes apart at most).
+per_round() {
+    local -a x y
+    local i out=""
+    read -r -a x <<<"$1"
+    read -r -a y <<<"$2"
+    for ((i = 0; i < ${#x[@]}; i++)); do out+="$(printf '%.2f ' "$(calc 'a / b' a="${x[i]}" b="${y[i]}")")"; done
+    printf '%s' "$out"
+}
 line "target time <= 1.3x without VACUUM" "(c)/(d) $(printf '%.2f' "$c_ratio") $(met "$c_ratio" 1.3); (e)/(f) $(printf '%.2f' "$e_ratio") $(met "$e_ratio" 1.3)"
+line "  round by round" "(c)/(d) $(per_round "${secs[2]}" "${secs[3]}"); (e)/(f) $(per_round "${secs[4]}" "${secs[5]}")"
 rule
