@@ -723,9 +723,7 @@ void job_next_batch(job_t *job)
 		job->bisect_left > 0 && job->bisect_size > 0 ? job->bisect_size : job->throttle.batch_size;
 	if (job->max_rows > 0 && job->batch_limit > job->max_rows) /* lag headroom, WAL budget */
 		job->batch_limit = job->max_rows;
-	job->max_rows = job_vacuum_batch_limit(job); /* no later than the next VACUUM is due */
-	if (job->max_rows > 0 && job->batch_limit > job->max_rows)
-		job->batch_limit = job->max_rows;
+	job->batch_limit = job_vacuum_batch_limit(job, job->batch_limit); /* not past a VACUUM due */
 	job->max_rows = 0;
 	job_wal_reserve(job);
 	job_batch_texts(job, &s, &t);

@@ -245,8 +245,9 @@ void job_vacuum_checked(job_t *job, const PGresult *permitted);
 /* Before a batch: whether a VACUUM comes first (job_vacuum then, which goes on to job_continue). */
 bool job_vacuum_due(job_t *job);
 /* VACUUM the target now, or sleep a little after the last commit first (vacuum_wait_ms). */
-/* The most keys the next batch may walk so that the next VACUUM is not late; 0: no limit. */
-int64_t job_vacuum_batch_limit(const job_t *job);
+/* The keys the next batch walks, at most BATCH, so that the next VACUUM is not late and the
+ * batches before it are of one size (not below min_batch_size). */
+int64_t job_vacuum_batch_limit(const job_t *job, int64_t batch);
 void job_vacuum(job_t *job);
 /* SESSIONS wait on the VACUUM's lock, the longest for WAITED_MS: past max_blocked_ms it is
  * cancelled (and skipped this time). */

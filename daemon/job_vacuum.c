@@ -131,17 +131,18 @@ bool job_vacuum_due(job_t *job)
 	return true;
 }
 
-int64_t job_vacuum_batch_limit(const job_t *job)
+int64_t job_vacuum_batch_limit(const job_t *job, int64_t batch)
 {
 	throttle_settings_t s;
-	int64_t left;
+	int64_t left, keys;
 
 	if (!job_vacuums(job) || job->vacuum_off || job->vacuum_denied)
-		return 0;
+		return batch;
 	job_settings(job, &s);
 	left = vacuum_rows_left(s.vacuum_after_percent, job->rows_changed - job->vacuum_changed_at,
 				job_table_rows(job));
-	return left > 0 && left < s.min_batch_size ? s.min_batch_size : left;
+	keys = vacuum_batch_keys(left, batch);
+	return keys < s.min_batch_size && s.min_batch_size < batch ? s.min_batch_size : keys;
 }
 
 static void job_vacuum_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)

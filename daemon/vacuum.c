@@ -47,6 +47,16 @@ int64_t vacuum_rows_left(int64_t percent, int64_t changed, int64_t table_rows)
 	return changed < threshold ? threshold - changed : 1;
 }
 
+int64_t vacuum_batch_keys(int64_t left, int64_t batch)
+{
+	int64_t n;
+
+	if (left <= 0 || batch <= 0)
+		return batch;
+	n = left / batch + (left % batch != 0);
+	return left / n + (left % n != 0);
+}
+
 char *vacuum_build(const char *schema, const char *table)
 {
 	char *s = sql_quote_ident(schema), *t = sql_quote_ident(table), *sql;

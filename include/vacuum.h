@@ -39,6 +39,11 @@ int64_t vacuum_wait_ms(double since_commit_ms, int64_t last_rows, int64_t round_
  * key changes a row at most), so the VACUUMs come after that many rows, not a batch later. */
 int64_t vacuum_rows_left(int64_t percent, int64_t changed, int64_t table_rows);
 
+/* The keys the next batch walks, at most BATCH, when LEFT rows are left before the next VACUUM
+ * (vacuum_rows_left; 0: BATCH): what is left in batches of one size, each more than half of
+ * BATCH, rather than full batches and a short one at the end of every round. */
+int64_t vacuum_batch_keys(int64_t left, int64_t batch);
+
 /*
  * The VACUUM of SCHEMA.TABLE (unquoted names, as in the catalog), alone in its request: it cannot
  * run in a transaction block or a pipeline with other statements. TRUNCATE false: it never takes

@@ -140,7 +140,8 @@ def test_a_job_on_an_idle_server_runs_at_full_speed_at_once(db, daemon_factory):
     db.sql("ANALYZE calm")
     job_id = submit(db, "calm", set_sql="v = 1", where_sql=None, fixed=1000)
     time.sleep(1)  # the session that submitted it is gone and its last statement long past
-    assert run_to_idle(daemon_factory()) == 0
+    # Its own VACUUMs off: the batch after each records the VACUUM's time as its sleep.
+    assert run_to_idle(daemon_factory(throttle={"vacuum_after_percent": 0})) == 0
     assert_exact(db, "calm", job_id, once="v")
     slept = db.sql("SELECT batch, sleep_ms FROM backfill.batches WHERE job_id = %s ORDER BY batch", [job_id])
     total = sum(s for b, s in slept if b > 1)

@@ -125,7 +125,9 @@ def test_autovacuum_does_not_hold_a_job_by_default(fast_autovacuum, db, daemon_f
     make_slow_vacuum_users(db)
     pid = wait_vacuum_worker(db)
     job_id = submit(db, "users")
-    d = daemon_factory(throttle={"sample_interval_ms": 100})  # pause_during_autovacuum = false
+    # pause_during_autovacuum = false; its own VACUUMs off (they would be skipped while autovacuum
+    # is on the table, and say so)
+    d = daemon_factory(throttle={"sample_interval_ms": 100, "vacuum_after_percent": 0})
     d.start()
     wait_state(db, job_id, "done", timeout=60, daemon=d)
     # The same worker was on the table from before the job started until after it ended.
@@ -274,8 +276,10 @@ def test_with_logical_slots_off_a_slot_behind_does_not_hold(ldb, ldaemon_factory
     make_users(ldb, ROWS)
     lagging_slot(ldb, "bfl_ignored")
     job_id = submit(ldb, "users")
+    # Its own VACUUMs off: they are a throttled_reason (vacuum) of their own.
     d = ldaemon_factory(throttle={"logical_slots": False, "max_replication_lag_bytes": LIMIT,
-                                  "max_replication_lag_ms": 600000, "sample_interval_ms": 100})
+                                  "max_replication_lag_ms": 600000, "sample_interval_ms": 100,
+                                  "vacuum_after_percent": 0})
     assert run_to_idle(d, timeout=60) == 0, d.log_tail()
     assert_copied(ldb, job_id, daemon=d)
     assert ldb.one("SELECT count(*) FROM backfill.batches WHERE job_id = %s"
@@ -354,8 +358,9 @@ def test_with_no_standby_and_no_slot_its_own_wal_is_not_lag(ldb, ldaemon_factory
     assert ldb.one("SELECT count(*) FROM pg_replication_slots") == 0
     assert ldb.one("SELECT count(*) FROM pg_stat_replication") == 0
     job_id = submit(ldb, "users", batch_size=2000)
+    # Its own VACUUMs off: they are a throttled_reason (vacuum) of their own.
     d = ldaemon_factory(throttle={"max_replication_lag_bytes": 1 << 20, "max_replication_lag_ms": 600000,
-                                  "sample_interval_ms": 20000})
+                                  "sample_interval_ms": 20000, "vacuum_after_percent": 0})
     assert run_to_idle(d, timeout=60) == 0, d.log_tail()
     row = assert_exact(ldb, "users", job_id, same=("state", "status"), rows=40000)
     assert row["wal_bytes"] > 4 * (1 << 20), row  # it did write well past the limit
