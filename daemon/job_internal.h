@@ -246,7 +246,7 @@ void job_vacuum_checked(job_t *job, const PGresult *permitted);
 bool job_vacuum_due(job_t *job);
 /* VACUUM the target now, or sleep a little after the last commit first (vacuum_wait_ms). */
 /* The keys the next batch walks, at most BATCH, so that the next VACUUM is not late and the
- * batches before it are of one size (not below min_batch_size). */
+ * round ends in no short batch (vacuum_batch_keys; not below min_batch_size). */
 int64_t job_vacuum_batch_limit(const job_t *job, int64_t batch);
 void job_vacuum(job_t *job);
 /* SESSIONS wait on the VACUUM's lock, the longest for WAITED_MS: past max_blocked_ms it is

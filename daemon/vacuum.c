@@ -49,12 +49,11 @@ int64_t vacuum_rows_left(int64_t percent, int64_t changed, int64_t table_rows)
 
 int64_t vacuum_batch_keys(int64_t left, int64_t batch)
 {
-	int64_t n;
-
 	if (left <= 0 || batch <= 0)
 		return batch;
-	n = left / batch + (left % batch != 0);
-	return left / n + (left % n != 0);
+	if (left <= batch)
+		return left;
+	return left < 2 * batch ? left - left / 2 : batch;
 }
 
 char *vacuum_build(const char *schema, const char *table)

@@ -40,8 +40,8 @@ int64_t vacuum_wait_ms(double since_commit_ms, int64_t last_rows, int64_t round_
 int64_t vacuum_rows_left(int64_t percent, int64_t changed, int64_t table_rows);
 
 /* The keys the next batch walks, at most BATCH, when LEFT rows are left before the next VACUUM
- * (vacuum_rows_left; 0: BATCH): what is left in batches of one size, each more than half of
- * BATCH, rather than full batches and a short one at the end of every round. */
+ * (vacuum_rows_left; 0: BATCH): full batches, then the last two of the round share what is left
+ * (each at least half of BATCH), rather than a short batch at the end of every round. */
 int64_t vacuum_batch_keys(int64_t left, int64_t batch);
 
 /*

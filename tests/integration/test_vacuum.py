@@ -80,9 +80,9 @@ def test_a_full_table_update_stays_near_its_size(db, daemon_factory, make_role, 
 
 
 def test_batches_stop_where_a_vacuum_is_due(db, daemon_factory):
-    """Batches of 15,000 keys on a table whose VACUUMs are due every 20,000 rows: each round is
-    walked in two batches of 10,000, so that each VACUUM comes after exactly a tenth of the table,
-    not a batch later, and no batch is a short remainder."""
+    """Batches of 15,000 keys on a table whose VACUUMs are due every 20,000 rows: each round ends
+    in two batches of 10,000, so that each VACUUM comes after exactly a tenth of the table, not a
+    batch later, and no batch is a short remainder."""
     before = make_table(db, "bloat")
     jid = submit_copy(db, "bloat", batch_size=15000, max_batch_size=15000)
     d = daemon_factory(throttle=FAST)

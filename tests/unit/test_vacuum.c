@@ -104,25 +104,31 @@ static void test_it_waits_after_the_last_commit(void **state)
 	assert_int_equal(vacuum_wait_ms(0.0 / 0.0, 100000, 100000), VACUUM_SETTLE_MS);
 }
 
-static void test_a_round_in_batches_of_one_size(void **state)
+static void test_a_round_ends_in_two_even_batches(void **state)
 {
 	(void)state;
 	/* 100,000 rows to the next VACUUM at 83,000 a batch: two of 50,000, not 83,000 and 17,000. */
 	assert_int_equal(vacuum_batch_keys(100000, 83000), 50000);
 	assert_int_equal(vacuum_batch_keys(50000, 83000), 50000);
-	assert_int_equal(vacuum_batch_keys(100000, 30000), 25000);
+	/* Full batches first: 30,000, 30,000, then 20,000 and 20,000. */
+	assert_int_equal(vacuum_batch_keys(100000, 30000), 30000);
+	assert_int_equal(vacuum_batch_keys(70000, 30000), 30000);
+	assert_int_equal(vacuum_batch_keys(40000, 30000), 20000);
+	assert_int_equal(vacuum_batch_keys(20000, 30000), 20000);
 	assert_int_equal(vacuum_batch_keys(100000, 100000), 100000);
 	assert_int_equal(vacuum_batch_keys(100000, 1000), 1000);
-	assert_int_equal(vacuum_batch_keys(100001, 1000), 991); /* 101 batches of 991 or 990 */
+	assert_int_equal(vacuum_batch_keys(1001, 1000), 501); /* then 500 */
 	assert_int_equal(vacuum_batch_keys(20000, 15000), 10000);
 	assert_int_equal(vacuum_batch_keys(10000, 15000), 10000);
 	assert_int_equal(vacuum_batch_keys(1, 15000), 1);
-	/* Each more than half of the batch size, never more than it. */
+	/* Never more than the batch or what is left; never a batch under half the batch size but
+	 * the whole of what is left. */
 	for (int64_t left = 1; left < 5000; left += 7)
 		for (int64_t batch = 1; batch < 700; batch += 13) {
-			int64_t keys = vacuum_batch_keys(left, batch);
+			int64_t keys = vacuum_batch_keys(left, batch), rest = left - keys;
 			assert_true(keys <= batch && keys <= left);
-			assert_true(keys * 2 > batch || keys == left);
+			assert_true(keys * 2 >= batch || keys == left);
+			assert_true(rest == 0 || rest * 2 >= batch);
 		}
 	/* No VACUUM ahead: the batch as it is. */
 	assert_int_equal(vacuum_batch_keys(0, 83000), 83000);
@@ -176,7 +182,7 @@ int main(void)
 		cmocka_unit_test(test_due_once_the_threshold_is_reached),
 		cmocka_unit_test(test_rows_left_before_the_next),
 		cmocka_unit_test(test_it_waits_after_the_last_commit),
-		cmocka_unit_test(test_a_round_in_batches_of_one_size),
+		cmocka_unit_test(test_a_round_ends_in_two_even_batches),
 		cmocka_unit_test(test_the_vacuum_statement),
 		cmocka_unit_test(test_the_session_statements),
 		cmocka_unit_test(test_the_permission_check),
