@@ -17,28 +17,9 @@ static int64_t clamp64(int64_t v, int64_t lo, int64_t hi)
 
 void throttle_init(throttle_state_t *st, const throttle_settings_t *s)
 {
-	st->batch_size = clamp64(s->batch_size, s->min_batch_size, s->max_batch_size);
-	st->sleep_ms = clamp64(s->sleep_ms, 0, s->max_sleep_ms);
-	st->retries = 0;
-	st->rate = 0;
-	st->lag_hold = false;
-	st->ceiling = 0;
-	st->calm = THROTTLE_DUTY_BATCHES;
-	st->last_ms = 0;
-	st->idle = 0;
-	st->waits = 0;
-	st->exposure = 0;
-	st->cap = 0;
-	st->last_sleep = 0;
-	st->app_watch = false;
-	st->app_writes = 0;
-	st->app_ms = 0;
-	st->app_seen_ms = 0;
-	st->prior = 0;
-	st->expected = 0;
-	st->capped = false;
-	st->wal_per_row = 0;
-	st->wal_known = false;
+	*st = (throttle_state_t){.batch_size = clamp64(s->batch_size, s->min_batch_size, s->max_batch_size),
+				 .sleep_ms = clamp64(s->sleep_ms, 0, s->max_sleep_ms),
+				 .calm = THROTTLE_DUTY_BATCHES};
 }
 
 void throttle_after_batch(throttle_state_t *st, const throttle_settings_t *s, int64_t rows,
@@ -52,6 +33,8 @@ void throttle_after_batch(throttle_state_t *st, const throttle_settings_t *s, in
 
 	st->retries = 0;
 	st->last_ms = duration_ms > 0 ? duration_ms : 0;
+	if (st->cpu_hot > 0)
+		st->cpu_hot--;
 	if (duration_ms > 2 * target) {
 		size = size / 2; /* overshoot: shrink fast */
 		if (full)
@@ -233,6 +216,45 @@ double throttle_pressure(const throttle_settings_t *s, const throttle_input_t *i
 	return pb > pt ? pb : pt;
 }
 
+/*
+ * The application's share of the CPU. What an application feels is its slowest transactions,
+ * those that run beside a batch: they run slower by the stretch, the longer the batch the more of
+ * them wholly so. Hence short batches, and few enough of them that the stretch they cause stays
+ * near THROTTLE_CPU_STRETCH on average.
+ */
+static void throttle_cpu_share(throttle_state_t *st, const throttle_settings_t *s, const throttle_input_t *in,
+			       throttle_decision_t *d)
+{
+	bool writing = st->app_watch && st->app_ms > 0 &&
+		       st->app_writes / st->app_ms * 1000.0 >= THROTTLE_APP_MIN_WRITES_S;
+	double duty, idle;
+	int64_t share, burst;
+
+	if (writing && in->cpu_stretch > THROTTLE_CPU_STRETCH)
+		st->cpu_hot = THROTTLE_CPU_HOLD_BATCHES;
+	if (!writing || st->cpu_hot <= 0)
+		return;
+	duty = in->cpu_stretch > THROTTLE_CPU_STRETCH ? (THROTTLE_CPU_STRETCH - 1) / (in->cpu_stretch - 1)
+						      : 1;
+	duty = duty > THROTTLE_CPU_TAIL_DUTY ? THROTTLE_CPU_TAIL_DUTY
+	       : duty < THROTTLE_MIN_DUTY    ? THROTTLE_MIN_DUTY
+					     : duty;
+	idle = 1 / duty - 1;
+	share = (int64_t)(st->last_ms * idle);
+	if (share >= d->sleep_ms) {
+		d->sleep_ms = clamp64(share, 0, s->max_sleep_ms);
+		d->reason = REASON_CPU_CONTENTION;
+	}
+	if (st->rate > 0) {
+		burst = clamp64((int64_t)(st->rate * THROTTLE_CPU_BURST_MS), s->min_batch_size,
+				s->max_batch_size);
+		if (burst < st->batch_size && (d->max_rows == 0 || burst < d->max_rows)) {
+			d->max_rows = burst;
+			d->reason = REASON_CPU_CONTENTION;
+		}
+	}
+}
+
 throttle_decision_t throttle_decide(throttle_state_t *st, const throttle_settings_t *s,
 				    const throttle_input_t *in)
 {
@@ -279,18 +301,7 @@ throttle_decision_t throttle_decide(throttle_state_t *st, const throttle_setting
 		if (gentle > d.sleep_ms)
 			d.sleep_ms = clamp64(gentle, 0, s->max_sleep_ms);
 	}
-	/* The application's share of the CPU. */
-	if (st->app_watch && st->app_ms > 0 &&
-	    st->app_writes / st->app_ms * 1000.0 >= THROTTLE_APP_MIN_WRITES_S &&
-	    in->cpu_stretch > THROTTLE_CPU_STRETCH) {
-		double duty = (THROTTLE_CPU_STRETCH - 1) / (in->cpu_stretch - 1);
-		double idle = 1 / (duty > THROTTLE_MIN_DUTY ? duty : THROTTLE_MIN_DUTY) - 1;
-		int64_t share = (int64_t)(st->last_ms * idle);
-		if (share >= d.sleep_ms) {
-			d.sleep_ms = clamp64(share, 0, s->max_sleep_ms);
-			d.reason = REASON_CPU_CONTENTION;
-		}
-	}
+	throttle_cpu_share(st, s, in, &d);
 	st->last_sleep = d.sleep_ms;
 	return d;
 }

@@ -36,6 +36,7 @@ typedef struct throttle_state {
 	double expected;    /* the waits the prior predicted for the batches since, fading like waits */
 	bool capped;	    /* the last batch size was held under what the target asked by the cap */
 	double wal_per_row; /* WAL bytes a walked key writes, smoothed (0: not measured) */
+	int cpu_hot;	    /* batches left in the CPU-contention regime (throttle_decide) */
 	bool wal_known;	    /* wal_per_row is measured (and may be 0: batches that write no WAL) */
 } throttle_state_t;
 
@@ -130,11 +131,17 @@ void throttle_after_retry(throttle_state_t *st, const throttle_settings_t *s, do
  * The CPU share (throttle_decide): while the application writes the table
  * (THROTTLE_APP_MIN_WRITES_S rows a second or more) and other sessions' CPU work takes
  * s = cpu_stretch times as long while batches run, the job is busy a share
- * u = (THROTTLE_CPU_STRETCH - 1) / (s - 1) of the time, not under THROTTLE_MIN_DUTY: it sleeps
- * (1 / u - 1) times as long as its last batch took, reason cpu_contention.
+ * u = (THROTTLE_CPU_STRETCH - 1) / (s - 1) of the time, at most THROTTLE_CPU_TAIL_DUTY and not
+ * under THROTTLE_MIN_DUTY: it sleeps (1 / u - 1) times as long as its last batch took, and each
+ * batch walks no more keys than run in THROTTLE_CPU_BURST_MS, reason cpu_contention. The regime
+ * lasts THROTTLE_CPU_HOLD_BATCHES batches after the stretch was last seen over
+ * THROTTLE_CPU_STRETCH (shorter, sparser batches show less of it).
  */
 #define THROTTLE_CPU_STRETCH 1.1      /* the stretch of other sessions' CPU work the share aims at */
 #define THROTTLE_MIN_DUTY 0.0625      /* the least busy share */
+#define THROTTLE_CPU_TAIL_DUTY 0.1    /* the busiest share under contention */
+#define THROTTLE_CPU_BURST_MS 2.0     /* the longest batch under contention */
+#define THROTTLE_CPU_HOLD_BATCHES 200 /* how long the regime outlasts the stretch it was seen at */
 #define THROTTLE_APP_MIN_WRITES_S 1.0 /* the application's writes a second that call for a share */
 
 /*
