@@ -8,6 +8,7 @@
 #include <limits.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -113,6 +114,45 @@ static void expect_defaults(const config_t *c)
 	assert_int_equal(c->log_progress_interval_ms, 10000);
 }
 
+/* Does a line of the example file set key (its first word, followed by "=")? */
+static bool file_sets_key(const char *path, const char *key)
+{
+	FILE *in = fopen(path, "r");
+	char line[512], word[128];
+	bool found = false;
+
+	assert_non_null(in);
+	while (!found && fgets(line, sizeof(line), in))
+		found = sscanf(line, " %127[a-z_] =", word) == 1 && strchr(line, '=') && !strcmp(word, key);
+	fclose(in);
+	return found;
+}
+
+/* Every key the daemon knows (as --check-config prints them) is set in the example file. */
+static void expect_every_key_shown(const config_t *config, const char *path)
+{
+	char *printed = NULL, line[512], key[128];
+	size_t printed_len = 0;
+	FILE *out = open_memstream(&printed, &printed_len), *keys;
+	int count = 0;
+
+	assert_non_null(out);
+	config_print(config, out);
+	fclose(out);
+	keys = fmemopen(printed, printed_len, "r");
+	assert_non_null(keys);
+	while (fgets(line, sizeof(line), keys)) {
+		if (sscanf(line, " %127[a-z_] =", key) != 1 || !strchr(line, '='))
+			continue;
+		count++;
+		if (!file_sets_key(path, key))
+			fail_msg("%s does not show the key %s", path, key);
+	}
+	fclose(keys);
+	free(printed);
+	assert_true(count >= 30);
+}
+
 static void test_example_conf_loads(void **state)
 {
 	const char *source = getenv("BACKFILLD_SOURCE_DIR");
@@ -134,6 +174,7 @@ static void test_example_conf_loads(void **state)
 	assert_string_equal(config->conninfo, "dbname=app user=backfilld");
 	expect_defaults(config);
 	expect_host_pid_name(config);
+	expect_every_key_shown(config, path);
 	config_free(config);
 }
 
