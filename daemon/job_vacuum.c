@@ -177,26 +177,32 @@ static void job_vacuum_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
 
 /*
  * VACUUM the target now, alone in its request: the session's statement_timeout off (it takes as
- * long as the pages changed and the indexes take; cancelling it would waste them) and its
- * lock_timeout the job's lock_timeout_ms, set before and reset after, each a request of its own.
+ * long as the pages changed and the indexes take; cancelling it would waste them), its
+ * lock_timeout the job's lock_timeout_ms, and while the application competes for the CPU
+ * autovacuum's cost delay, set before and reset after, each a request of its own.
  */
 static void job_vacuum_send(job_t *job)
 {
 	throttle_settings_t s;
 	char lock_timeout[24], detail[160];
-	const char *timeouts[] = {"0", lock_timeout};
+	bool contended = throttle_cpu_contended(&job->throttle);
+	const char *timeouts[] = {"0", lock_timeout, contended ? VACUUM_CONTENDED_COST_DELAY_MS : NULL,
+				  contended ? VACUUM_CONTENDED_COST_LIMIT : NULL};
 	char *sql = vacuum_build(job->target_schema, job->target_table);
-	pgconn_stmt_t set = {vacuum_timeouts_sql, 2, timeouts, NULL, NULL};
+	pgconn_stmt_t set = {vacuum_timeouts_sql, 4, timeouts, NULL, NULL};
 	pgconn_stmt_t vacuum = {sql, 0, NULL, NULL, NULL};
 	pgconn_stmt_t reset[] = {{vacuum_reset_statement_timeout_sql, 0, NULL, NULL, NULL},
-				 {vacuum_reset_lock_timeout_sql, 0, NULL, NULL, NULL}};
+				 {vacuum_reset_lock_timeout_sql, 0, NULL, NULL, NULL},
+				 {vacuum_reset_cost_delay_sql, 0, NULL, NULL, NULL},
+				 {vacuum_reset_cost_limit_sql, 0, NULL, NULL, NULL}};
 	static const job_step_t steps[] = {STEP_VACUUM};
 	int64_t rows = job_table_rows(job), changed = job_vacuum_round(job);
 
 	job_settings(job, &s);
 	snprintf(lock_timeout, sizeof(lock_timeout), "%lld", (long long)s.lock_timeout_ms);
-	snprintf(detail, sizeof(detail), "%lld rows changed since its last VACUUM, of about %lld",
-		 (long long)changed, (long long)rows);
+	snprintf(detail, sizeof(detail), "%lld rows changed since its last VACUUM, of about %lld%s",
+		 (long long)changed, (long long)rows,
+		 contended ? "; with autovacuum's cost delay, as the application competes for the CPU" : "");
 	job_set_state(job, JOB_VACUUMING);
 	job->cancel_reason = REASON_NONE;
 	job->pace.reason = REASON_VACUUM;
@@ -206,7 +212,7 @@ static void job_vacuum_send(job_t *job)
 	clock_gettime(CLOCK_MONOTONIC, &job->vacuum_started);
 	if (!job->conn || !pgconn_send(job->conn, &set, 1, NULL, NULL) ||
 	    !job_session_send(job, &vacuum, steps, 1, job_vacuum_cb) ||
-	    !pgconn_send(job->conn, reset, 2, NULL, NULL))
+	    !pgconn_send(job->conn, reset, 4, NULL, NULL))
 		job_session_lost(job);
 	free(sql);
 }

@@ -22,6 +22,11 @@ void throttle_init(throttle_state_t *st, const throttle_settings_t *s)
 				 .calm = THROTTLE_DUTY_BATCHES};
 }
 
+bool throttle_cpu_contended(const throttle_state_t *st)
+{
+	return st->cpu_hot > 0;
+}
+
 void throttle_after_batch(throttle_state_t *st, const throttle_settings_t *s, int64_t rows,
 			  double duration_ms)
 {

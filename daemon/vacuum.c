@@ -70,10 +70,16 @@ char *vacuum_build(const char *schema, const char *table)
 
 const char vacuum_timeouts_sql[] =
 	"SELECT pg_catalog.set_config('statement_timeout', $1::pg_catalog.text, false),"
-	" pg_catalog.set_config('lock_timeout', $2::pg_catalog.text, false)";
+	" pg_catalog.set_config('lock_timeout', $2::pg_catalog.text, false),"
+	" CASE WHEN $3::pg_catalog.text IS NOT NULL"
+	" THEN pg_catalog.set_config('vacuum_cost_delay', $3::pg_catalog.text, false) END,"
+	" CASE WHEN $4::pg_catalog.text IS NOT NULL"
+	" THEN pg_catalog.set_config('vacuum_cost_limit', $4::pg_catalog.text, false) END";
 
 const char vacuum_reset_statement_timeout_sql[] = "RESET statement_timeout";
 const char vacuum_reset_lock_timeout_sql[] = "RESET lock_timeout";
+const char vacuum_reset_cost_delay_sql[] = "RESET vacuum_cost_delay";
+const char vacuum_reset_cost_limit_sql[] = "RESET vacuum_cost_limit";
 
 /* has_table_privilege(..., 'MAINTAIN') is an error before 17: CASE keeps it from being called. */
 const char vacuum_permitted_sql[] =

@@ -64,6 +64,10 @@ typedef struct throttle_decision {
 /* Start a job: the configured size, clamped into [min, max]. */
 void throttle_init(throttle_state_t *st, const throttle_settings_t *s);
 
+/* Whether the job is in the CPU share's regime (the application writes the table and its CPU work
+ * was stretched by the job's batches in the last THROTTLE_CPU_HOLD_BATCHES batches). */
+bool throttle_cpu_contended(const throttle_state_t *st);
+
 /*
  * A batch committed after walking ROWS keys in DURATION_MS. The size moves toward
  * target_batch_ms from the smoothed rate, growing at most x1.5 a step; a batch over twice

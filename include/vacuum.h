@@ -53,13 +53,23 @@ int64_t vacuum_batch_keys(int64_t left, int64_t batch);
  */
 char *vacuum_build(const char *schema, const char *table) __attribute__((warn_unused_result));
 
-/* Before the VACUUM, alone in its request: the session's statement_timeout ($1) and lock_timeout
- * ($2), in ms, as session settings (the VACUUM runs outside any transaction). */
+/*
+ * Before the VACUUM, alone in its request: the session's statement_timeout ($1) and lock_timeout
+ * ($2), in ms, as session settings (the VACUUM runs outside any transaction); and, unless NULL,
+ * vacuum_cost_delay ($3, ms) and vacuum_cost_limit ($4): while the application competes with the
+ * job for the CPU (throttle_cpu_contended), the job's VACUUM sleeps as autovacuum's does
+ * (VACUUM_CONTENDED_COST_DELAY_MS every VACUUM_CONTENDED_COST_LIMIT of cost) instead of running
+ * flat out for a tenth of a second or more.
+ */
 extern const char vacuum_timeouts_sql[];
+#define VACUUM_CONTENDED_COST_DELAY_MS "2"
+#define VACUUM_CONTENDED_COST_LIMIT "200"
 
-/* After it, one request of both: the session's own settings back (the role's, the database's). */
+/* After it, one request of each: the session's own settings back (the role's, the database's). */
 extern const char vacuum_reset_statement_timeout_sql[];
 extern const char vacuum_reset_lock_timeout_sql[];
+extern const char vacuum_reset_cost_delay_sql[];
+extern const char vacuum_reset_cost_limit_sql[];
 
 /*
  * Whether the session's role may VACUUM the table $1 (its oid), one boolean: it has the rights of

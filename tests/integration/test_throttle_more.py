@@ -553,3 +553,34 @@ def test_a_job_leaves_the_cpu_to_an_application_whose_work_its_batches_slow_down
     m = re.search(r"throttled: cpu_contention \(other sessions' CPU work takes (\d+\.\d+)x as long"
                   r" while batches run", d.log_text())
     assert m and float(m.group(1)) > 1.1, d.log_tail()
+
+
+def test_a_jobs_vacuum_sleeps_like_autovacuum_while_the_application_competes_for_the_cpu(ldb, ldaemon_factory):
+    """As above, all CPUs but one busy and an application writing the table: the job is in the CPU
+    share's regime when its VACUUMs come (vacuum_after_percent 25 of 200,000 rows: every 50,000),
+    and each runs with autovacuum's cost delay (2 ms every 200 of cost), seen in pg_stat_activity
+    as the VACUUM's VacuumDelay waits, instead of a flat-out burst of a tenth of a second or more
+    that the application's transactions would queue behind."""
+    rows = 200000
+    make_users(ldb, rows)
+    ldb.sql("ALTER TABLE users ADD COLUMN pad text DEFAULT repeat('x', 400)")  # pages for it to vacuum
+    d = ldaemon_factory(throttle={"vacuum_after_percent": 25})
+    hogs = max(1, (os.cpu_count() or 2) - 1)
+    delays = []
+    with cpu_hogs(hogs), steady_application(ldb, rows, 100) as app_errors:
+        time.sleep(1.5)
+        job_id = submit(ldb, "users", set_sql="state = status || left(md5(repeat(status, 2000)), 0)")
+        d.start()
+        with psycopg.connect(ldb.conninfo, autocommit=True) as watch:
+            deadline = time.monotonic() + 240
+            while time.monotonic() < deadline and not delays:
+                delays += watch.execute(
+                    "SELECT wait_event FROM pg_stat_activity WHERE query LIKE 'VACUUM%%users%%'"
+                    " AND wait_event = 'VacuumDelay' AND application_name LIKE 'backfilld%%'").fetchall()
+                time.sleep(0.002)
+        assert delays, d.log_tail()
+        pgharness.wait_until(lambda: "cost delay" in d.log_text(), timeout=30, what="the log's word of it")
+        ldb.sql("UPDATE backfill.jobs SET state = 'cancelled' WHERE id = %s", [job_id])
+        wait_state(ldb, job_id, "cancelled", timeout=60, daemon=d)
+    assert not app_errors, app_errors
+    assert "with autovacuum's cost delay, as the application competes for the CPU" in d.log_text()

@@ -155,9 +155,18 @@ static void test_the_session_statements(void **state)
 			"pg_catalog.set_config('statement_timeout', $1::pg_catalog.text, false)");
 	expect_contains(vacuum_timeouts_sql,
 			"pg_catalog.set_config('lock_timeout', $2::pg_catalog.text, false)");
-	expect_params(vacuum_timeouts_sql, 2);
+	/* Autovacuum's cost delay only when asked for ($3, $4 not NULL): otherwise the role's own. */
+	expect_contains(vacuum_timeouts_sql,
+			"CASE WHEN $3::pg_catalog.text IS NOT NULL"
+			" THEN pg_catalog.set_config('vacuum_cost_delay', $3::pg_catalog.text, false) END");
+	expect_contains(vacuum_timeouts_sql,
+			"CASE WHEN $4::pg_catalog.text IS NOT NULL"
+			" THEN pg_catalog.set_config('vacuum_cost_limit', $4::pg_catalog.text, false) END");
+	expect_params(vacuum_timeouts_sql, 4);
 	assert_string_equal(vacuum_reset_statement_timeout_sql, "RESET statement_timeout");
 	assert_string_equal(vacuum_reset_lock_timeout_sql, "RESET lock_timeout");
+	assert_string_equal(vacuum_reset_cost_delay_sql, "RESET vacuum_cost_delay");
+	assert_string_equal(vacuum_reset_cost_limit_sql, "RESET vacuum_cost_limit");
 }
 
 static void test_the_permission_check(void **state)
