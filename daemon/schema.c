@@ -78,7 +78,9 @@ int schema_install(const char *conninfo, const char *schema)
 	/* One transaction, serialised against concurrent installers. */
 	ok = schema_exec(conn, "SET client_min_messages = warning", "setting up") &&
 	     schema_exec(conn, "BEGIN", "BEGIN") &&
-	     schema_exec(conn, "SELECT pg_advisory_xact_lock(hashtext('backfilld install-schema'))",
+	     schema_exec(conn,
+			 "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('backfilld "
+			 "install-schema'))",
 			 "locking") &&
 	     schema_exec(conn, sql, "installing the schema") && schema_exec(conn, "COMMIT", "COMMIT");
 	free(sql);
@@ -87,7 +89,8 @@ int schema_install(const char *conninfo, const char *schema)
 		return EXIT_RUNTIME;
 	}
 	quoted = sql_quote_ident(schema);
-	snprintf(version_sql, sizeof(version_sql), "SELECT max(version) FROM %s.schema_version", quoted);
+	snprintf(version_sql, sizeof(version_sql), "SELECT pg_catalog.max(version) FROM %s.schema_version",
+		 quoted);
 	free(quoted);
 	res = PQexec(conn, version_sql);
 	if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1)

@@ -84,6 +84,25 @@ def test_install_schema_is_idempotent_and_creates_other_schemas(db, daemon_facto
                   "AND pronamespace = 'queue2'::regnamespace") == 1
 
 
+def test_install_schema_calls_nothing_a_search_path_could_shadow(db, daemon_factory):
+    """The database's search_path puts a schema of look-alike functions before pg_catalog: every
+    function --install-schema calls is pg_catalog's (qualified), none of the look-alikes."""
+    db.sql("CREATE SCHEMA evil")
+    db.sql("CREATE TABLE evil.called (name text)")
+    db.sql("CREATE FUNCTION evil.hashtext(text) RETURNS int LANGUAGE sql"
+           " AS $$ INSERT INTO evil.called VALUES ('hashtext') RETURNING 0 $$")
+    db.sql("CREATE FUNCTION evil.maxstep(int, int) RETURNS int LANGUAGE sql"
+           " AS $$ INSERT INTO evil.called VALUES ('max') RETURNING $2 $$")
+    db.sql("CREATE AGGREGATE evil.max(int) (sfunc = evil.maxstep, stype = int)")
+    db.sql(f'ALTER DATABASE "{db.name}" SET search_path = evil, pg_catalog, public')
+    d = daemon_factory(database={"schema": "queue3"})
+    d.write_config()
+    p = d.run_oneshot("--install-schema")
+    assert p.returncode == 0, p.stderr
+    assert "installed at version 3" in p.stderr, p.stderr
+    assert db.sql("SELECT name FROM evil.called") == []
+
+
 def test_install_schema_unreachable_database_exits_69(daemon_factory):
     port = pgharness.free_port()
     d = daemon_factory(database={"conninfo": f"host=127.0.0.1 port={port} user=postgres dbname=x connect_timeout=2"})
