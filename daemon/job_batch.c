@@ -309,9 +309,23 @@ void job_continue(job_t *job)
 
 /* ---- while a batch runs ---- */
 
-void job_on_blocked(job_t *job, int64_t sessions, int64_t waited_ms)
+void job_cancel_if_blocking(job_t *job, int64_t sessions, int64_t waited_ms, const char *locks,
+			    const char *what)
 {
 	throttle_settings_t s;
+
+	job_settings(job, &s);
+	if (waited_ms < s.max_blocked_ms || job->cancel_reason != REASON_NONE)
+		return;
+	job_log(job, LOG_LEVEL_NOTICE, "%lld session(s) waited %lld ms on %s: cancelling it",
+		(long long)sessions, (long long)waited_ms, locks);
+	job->cancel_reason = REASON_BLOCKED_SESSIONS;
+	if (!job_cancel_batch(job))
+		job_log(job, LOG_LEVEL_WARNING, "cannot cancel %s", what);
+}
+
+void job_on_blocked(job_t *job, int64_t sessions, int64_t waited_ms)
+{
 	int pid = job_batch_backend_pid(job);
 
 	if (job->state == JOB_VACUUMING) {
@@ -324,14 +338,7 @@ void job_on_blocked(job_t *job, int64_t sessions, int64_t waited_ms)
 		job->batch_blocked = sessions;
 	if (waited_ms > job->batch_waited_ms)
 		job->batch_waited_ms = waited_ms;
-	job_settings(job, &s);
-	if (waited_ms < s.max_blocked_ms || job->cancel_reason != REASON_NONE)
-		return;
-	job_log(job, LOG_LEVEL_NOTICE, "%lld session(s) waited %lld ms on the batch's locks: cancelling it",
-		(long long)sessions, (long long)waited_ms);
-	job->cancel_reason = REASON_BLOCKED_SESSIONS;
-	if (!job_cancel_batch(job))
-		job_log(job, LOG_LEVEL_WARNING, "cannot cancel the batch");
+	job_cancel_if_blocking(job, sessions, waited_ms, "the batch's locks", "the batch");
 }
 
 /* ---- a batch's outcome ---- */

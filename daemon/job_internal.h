@@ -252,6 +252,10 @@ void job_vacuum(job_t *job);
 /* SESSIONS wait on the VACUUM's lock, the longest for WAITED_MS: past max_blocked_ms it is
  * cancelled (and skipped this time). */
 void job_vacuum_blocked(job_t *job, int64_t sessions, int64_t waited_ms);
+/* Cancel the statement in flight (batch or VACUUM) once a session has waited max_blocked_ms on
+ * LOCKS (logged), unless a cancel is already under way; WHAT names it if the cancel fails. */
+void job_cancel_if_blocking(job_t *job, int64_t sessions, int64_t waited_ms, const char *locks,
+			    const char *what);
 
 /* job_rows.c: rows that fail on their own */
 bool job_bisect(job_t *job, const pgconn_result_t *res);

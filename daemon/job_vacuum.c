@@ -244,14 +244,5 @@ void job_vacuum(job_t *job)
 
 void job_vacuum_blocked(job_t *job, int64_t sessions, int64_t waited_ms)
 {
-	throttle_settings_t s;
-
-	job_settings(job, &s);
-	if (waited_ms < s.max_blocked_ms || job->cancel_reason != REASON_NONE)
-		return;
-	job_log(job, LOG_LEVEL_NOTICE, "%lld session(s) waited %lld ms on the VACUUM's lock: cancelling it",
-		(long long)sessions, (long long)waited_ms);
-	job->cancel_reason = REASON_BLOCKED_SESSIONS;
-	if (!job_cancel_batch(job))
-		job_log(job, LOG_LEVEL_WARNING, "cannot cancel the VACUUM");
+	job_cancel_if_blocking(job, sessions, waited_ms, "the VACUUM's lock", "the VACUUM");
 }
