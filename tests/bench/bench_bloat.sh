@@ -22,29 +22,13 @@ source "$(dirname "${BASH_SOURCE[0]}")/../../scripts/lib.sh"
 rows=1000000
 runs=1
 batch=1000
-while (($#)); do
-    case $1 in
-    --rows | --runs | --batch)
-        (($# >= 2)) || { usage >&2; exit 64; }
-        printf -v "${1#--}" '%s' "$2"
-        shift
-        ;;
-    --rows=*) rows=${1#--rows=} ;;
-    --runs=*) runs=${1#--runs=} ;;
-    --batch=*) batch=${1#--batch=} ;;
-    -h | --help)
-        usage
-        exit 0
-        ;;
-    *)
-        usage >&2
-        exit 64
-        ;;
-    esac
-    shift
-done
 for v in rows runs batch; do
-    [[ ${!v} =~ ^[1-9][0-9]*$ ]] || { echo "error: --$v wants a positive integer" >&2; exit 64; }
+    opt_value "--$v" "$v"
+done
+parse_args "$@"
+args_count 0 0
+for v in rows runs batch; do
+    check_int "--$v" "${!v}"
 done
 
 root=$(repo_root)
@@ -239,7 +223,7 @@ EOF
                                        extract(epoch FROM finished_at - started_at)
                                 FROM backfill.jobs WHERE id = $id")
     read -r state changed vacuums job_s <<<"$fields"
-    [[ $state == done ]] || die "$name: job $id ended '$state'"
+    [[ $state == "done" ]] || die "$name: job $id ended '$state'"
     ((changed == rows)) || die "$name: job $id changed $changed rows, not $rows"
     vacuum_s=$(awk '/vacuumed the table in/ { for (i = 1; i <= NF; i++) if ($i == "in") s += $(i + 1) }
                     END { printf "%.2f", s }' "$work/$name.log")

@@ -28,32 +28,15 @@ quick=0
 budget=2000000
 rows=""
 png=""
-while (($#)); do
-    case $1 in
-    --quick) quick=1 ;;
-    --budget | --rows | --png)
-        (($# >= 2)) || { usage >&2; exit 64; }
-        printf -v "${1#--}" '%s' "$2"
-        shift
-        ;;
-    --budget=* | --rows=* | --png=*)
-        opt=${1%%=*}
-        printf -v "${opt#--}" '%s' "${1#*=}"
-        ;;
-    -h | --help)
-        usage
-        exit 0
-        ;;
-    *)
-        usage >&2
-        exit 64
-        ;;
-    esac
-    shift
+opt_flag --quick quick
+for v in budget rows png; do
+    opt_value "--$v" "$v"
 done
+parse_args "$@"
+args_count 0 0
 rows=${rows:-$((quick ? 20000 : 60000))}
 for v in budget rows; do
-    [[ ${!v} =~ ^[1-9][0-9]*$ ]] || { echo "error: --$v wants a positive integer" >&2; exit 64; }
+    check_int "--$v" "${!v}"
 done
 own=$((budget / 4))
 small=$((rows / 4))
