@@ -236,7 +236,9 @@ static size_t keyword_value(const char *t, size_t len, size_t i, bool lenient)
 }
 
 /* The end of the value at V: after its closing quote if quoted, else at whitespace; a backslash
- * escapes the next byte either way (libpq's rules). */
+ * escapes the next byte either way (libpq's rules). A closing quote not followed by whitespace
+ * (a malformed string) goes on as another value up to whitespace, so that the masked text, which no longer
+ * starts with a quote, masks the same bytes again. */
 static size_t keyword_value_end(const char *t, size_t len, size_t v)
 {
 	bool quoted = v < len && t[v] == '\'';
@@ -247,7 +249,9 @@ static size_t keyword_value_end(const char *t, size_t len, size_t v)
 			j++;
 		j++;
 	}
-	return quoted && j < len ? j + 1 : j;
+	if (!quoted || j >= len)
+		return j;
+	return j + 1 < len && !is_space(t[j + 1]) ? keyword_value_end(t, len, j + 1) : j + 1;
 }
 
 /*

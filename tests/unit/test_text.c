@@ -210,6 +210,11 @@ static void test_mask_keyword_conninfo(void **state)
 	expect_conninfo("password= host=h", "password= " M); /* libpq's value is "host=h" */
 	expect_conninfo("password=", "password=");
 	expect_conninfo("password=''", "password=" M);
+	/* A closing quote run into more text (malformed): masked up to the whitespace, so that
+	 * masking the masked text again changes nothing (the fuzzer's config round trip). */
+	expect_conninfo("password='''' x", "password=" M " x");
+	expect_conninfo("password=''''' x", "password=" M); /* the fifth quote opens an unterminated value */
+	expect_conninfo("password='a'b'c' dbname=x", "password=" M " dbname=x");
 	expect_conninfo("passfile=/x/y dbname=passwords", "passfile=/x/y dbname=passwords");
 	expect_conninfo("dbname=postgresql://u:s3cret@h/x host=y", "dbname=postgresql://u:" M "@h/x host=y");
 	expect_conninfo("", "");
