@@ -134,6 +134,20 @@ def submit_wait(conninfo, insert_sql, timeout, at=None):
     job = conn.execute(insert_sql).fetchone()[0]
     print(job, wait_state(conn, job, timeout))
 
+def burn(busy_ms, period_ms, seconds, at=None):
+    """From the epoch time AT on, for SECONDS: spin BUSY_MS then sleep out each PERIOD_MS. No
+    database work: started under chrt -i (SCHED_IDLE), it shows what any CPU work at the lowest
+    priority costs the application on this machine (bench_settings.sh --floor)."""
+    busy, period = float(busy_ms) / 1000, float(period_ms) / 1000
+    if at is not None:
+        time.sleep(max(0.0, float(at) - time.time()))
+    end = time.monotonic() + float(seconds)
+    while time.monotonic() < end:
+        t = time.monotonic()
+        while time.monotonic() - t < busy:
+            pass
+        time.sleep(max(0.0, period - (time.monotonic() - t)))
+
 def ticks(pid):
     """utime + stime (clock ticks) of a live process, and of its reaped children."""
     with open('/proc/%d/stat' % pid) as f:
@@ -250,4 +264,4 @@ cmd = sys.argv[1]
 args = sys.argv[2:]
 {'sample': sample, 'client': client, 'submit-wait': submit_wait, 'procstat': procstat,
  'latstats': latstats, 'lag': lag, 'series': series, 'flat': flat, 'waits': waits,
- 'waitstats': waitstats}[cmd](*args)
+ 'waitstats': waitstats, 'burn': burn}[cmd](*args)

@@ -6,13 +6,16 @@
 # alternating; each setting is judged on the median of its pairs' p99 ratios (goal: <= 1.5).
 # With --waits, one more pair per setting samples pgbench's active sessions 200 times a second
 # and says where their time went (CPU, lock waits, WAL, I/O ...), with and without the backfill.
+# With --floor, one more condition per shape: no backfill, a busy loop at the lowest CPU priority
+# (SCHED_IDLE) doing no database work, BUSY ms every PERIOD ms: what any CPU work at all costs the
+# application on this machine, the floor under what a throttle can reach here.
 # It prints figures, it does not pass or fail. See tests/bench/README.md.
 set -euo pipefail
 
 usage() {
     cat <<'USAGE'
 usage: tests/bench/bench_settings.sh [--quick] [--scale N] [--duration S] [--rounds N]
-                                     [--settings LIST] [--waits]
+                                     [--settings LIST] [--waits] [--floor SHAPES]
   --quick          a short check: scale 2, 15 s per condition, 1 pair per setting
   --scale N        pgbench scale: 100,000 pgbench_accounts rows per unit (default 10: 1,000,000)
   --duration S     seconds of load per condition (default 40)
@@ -23,6 +26,8 @@ usage: tests/bench/bench_settings.sh [--quick] [--scale N] [--duration S] [--rou
                      standby-read-800     a standby, 90% point reads, 10% TPC-B, 800 TPS, 4 clients
                      busy-tpcb-800        no standby, TPC-B at 800 TPS, 8 clients
   --waits          one more pair per setting, sampling where pgbench's sessions spend their time
+  --floor SHAPES   one more condition per setting and shape BUSY/PERIOD (ms, comma-separated, e.g.
+                   2/200,2/28): no backfill, a SCHED_IDLE busy loop BUSY ms every PERIOD ms
   --keep           keep the work directory (pgbench's logs, each daemon's log) and say where
   BUILD_DIR        environment: build directory (default build under the repository root)
   PG_BINDIR        environment: PostgreSQL server binaries (default /usr/lib/postgresql/15/bin)
@@ -38,11 +43,12 @@ keep=0
 scale=""
 duration=""
 rounds=""
+floor=""
 settings="standby-tpcb-400,quiet-tpcb-100,standby-read-800,busy-tpcb-800"
 opt_flag --quick quick
 opt_flag --waits waits
 opt_flag --keep keep
-for v in scale duration rounds settings; do
+for v in scale duration rounds settings floor; do
     opt_value "--$v" "$v"
 done
 parse_args "$@"
@@ -66,6 +72,14 @@ declare -A s_mix=([standby-tpcb-400]="-b tpcb-like" [quiet-tpcb-100]="-b tpcb-li
 IFS=, read -r -a chosen <<<"$settings"
 for s in "${chosen[@]}"; do
     [[ -n ${s_rate[$s]:-} ]] || usage_error "unknown setting '$s'"
+done
+shapes=()
+[[ -z $floor ]] || IFS=, read -r -a shapes <<<"$floor"
+for sh in "${shapes[@]}"; do
+    if ! [[ $sh =~ ^([0-9]+(\.[0-9]+)?)/([0-9]+)$ ]] ||
+        ! awk -v b="${BASH_REMATCH[1]}" -v p="${BASH_REMATCH[3]}" 'BEGIN { exit !(b > 0 && b < p) }'; then
+        usage_error "--floor: '$sh' is not BUSY/PERIOD in ms with 0 < BUSY < PERIOD"
+    fi
 done
 
 root=$(repo_root)
@@ -148,8 +162,9 @@ reset_table() { # NAME
     if ((s_standby[$1])); then pg_wait_standby "$port" standby1 120; fi
 }
 
-# run NAME SETTING KIND(none|backfilld) [waits]: the load for $duration s, a backfill from
-# $warmup s on (waited for up to 10 minutes). Prints "p99 p99_during seconds" (ms, ms, s).
+# run NAME SETTING KIND(none|backfilld|burn:BUSY/PERIOD) [waits]: the load for $duration s, a
+# backfill (or the busy loop) from $warmup s on (a backfill waited for up to 10 minutes). Prints
+# "p99 p99_during seconds" (ms, ms, s).
 run() {
     local name=$1 s=$2 kind=$3 sample=${4:-} t_load t_end t0 t1 id state
     local dir=$work/$s
@@ -171,6 +186,11 @@ run() {
              VALUES ('$name', 'pgbench_accounts', 'abalance2 = abalance', 'abalance2 IS DISTINCT FROM abalance')
              RETURNING id" 600 "$(calc "$t_load + $warmup")" >"$dir/wait_$name" &
         wait_pid=$!
+    elif [[ $kind == burn:* ]]; then
+        local shape=${kind#burn:}
+        chrt -i 0 /usr/bin/python3 "$bench_py" burn "${shape%/*}" "${shape#*/}" "$(calc "$duration - $warmup")" \
+            "$(calc "$t_load + $warmup")" &
+        wait_pid=$!
     fi
     wait "$load_pid" || { cat "$dir/pgbench_$name.out" >&2; die "$name: pgbench failed"; }
     load_pid=""
@@ -183,6 +203,9 @@ run() {
         [[ $state == "done" ]] || die "$name: job $id ended $state"
         read -r t0 t1 < <(sql -At -F ' ' -c "SELECT extract(epoch FROM created_at), extract(epoch FROM finished_at)
                                              FROM backfill.jobs WHERE id = $id")
+    elif [[ -n $wait_pid ]]; then
+        wait "$wait_pid" || die "$name: the busy loop failed"
+        wait_pid=""
     fi
     if [[ -n $waits_pid ]]; then
         kill -TERM "$waits_pid" 2>/dev/null || true
@@ -206,7 +229,7 @@ run() {
 
 # -- the settings --------------------------------------------------------------------------------
 
-declare -A res_median res_ratios res_base res_bf res_secs res_wait_none res_wait_bf
+declare -A res_median res_ratios res_base res_bf res_secs res_wait_none res_wait_bf res_floor
 for s in "${chosen[@]}"; do
     say "setting $s: standby ${s_standby[$s]}, ${s_rate[$s]} TPS, ${s_clients[$s]} clients, ${s_mix[$s]}"
     start_setting "$s"
@@ -232,6 +255,12 @@ for s in "${chosen[@]}"; do
     res_median[$s]=$(median "${ratios[@]}")
     res_ratios[$s]=$(printf '%.2f ' "${ratios[@]}")
     res_base[$s]=$(median "${bases[@]}")
+    res_floor[$s]=""
+    for sh in "${shapes[@]}"; do
+        read -r p_fl _ _ < <(run "floor_${sh//[^0-9]/_}" "$s" "burn:$sh")
+        res_floor[$s]+="$sh ms: p99 $p_fl ms, $(printf '%.2f' "$(calc 'b > 0 ? a / b : 0' a="$p_fl" b="${res_base[$s]}")")x; "
+        say "  floor $sh: p99 $p_fl ms with a SCHED_IDLE busy loop ($sh ms), no backfill"
+    done
     res_bf[$s]=$(median "${bfs[@]}")
     res_secs[$s]=$(median "${secs[@]}")
     stop_setting "$s"
@@ -265,5 +294,11 @@ if ((waits)); then
         line "" "with:    ${res_wait_bf[$s]}"
     done
     line "waits" "shares of pgbench's active-session samples, 200 a second (CPU: active, no wait event)"
+fi
+if ((${#shapes[@]})); then
+    for s in "${chosen[@]}"; do
+        line "floor $s" "${res_floor[$s]%; }"
+    done
+    line "floor" "no backfill: a busy loop under chrt -i (SCHED_IDLE), BUSY/PERIOD ms, against p99 without"
 fi
 rule
