@@ -1,6 +1,7 @@
 """Helpers for tests that drive the daemon: tables, jobs (submit, read, wait, kill loops), the
 exactly-once check, HTTP and the daemon's sessions. Fixtures are in conftest.py."""
 
+import os
 import re
 import time
 import urllib.error
@@ -277,3 +278,11 @@ def wait_http(port, path="/healthz", status=200, timeout=20, body=None, request_
     except TimeoutError as e:
         raise AssertionError(f"{path}: wanted {status} {body or ''}, last answer {last}") from e
     return last[2]
+
+
+def cpu_seconds(pid):
+    """User + system CPU time of process PID on this host (a daemon or a server backend), from
+    /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -3,7 +3,6 @@ hold_when_sql holds it while an expression of the submitter's is true, both vali
 both live (a user's change applies while the job runs), both in the job row, the log and the
 batches that follow."""
 import datetime as dt
-import os
 import time
 import urllib.request
 
@@ -11,7 +10,7 @@ import psycopg
 import pytest
 
 import pgharness
-from bfhelp import differing, job, make_users, submit, wait_batches, wait_state
+from bfhelp import cpu_seconds, differing, job, make_users, submit, wait_batches, wait_state
 
 FAST = {"sample_interval_ms": 100}
 
@@ -163,13 +162,6 @@ def test_a_job_outside_its_window_holds_until_its_window_opens(db, daemon_factor
                   [jid]) == 2
 
 
-def backend_cpu_seconds(pid):
-    """User + system CPU time of a server process on this host (/proc/PID/stat, in clock ticks)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def test_a_job_held_by_its_window_costs_its_server_next_to_nothing(db, daemon_factory):
     """While held, the job's session asks about its window at every sample interval (here ten
     times a second): each ask must be cheap. (Checking the zone through pg_timezone_names, which
@@ -181,9 +173,9 @@ def test_a_job_held_by_its_window_costs_its_server_next_to_nothing(db, daemon_fa
     d.start()
     wait_reason(db, jid, "run_window")
     pid = db.one("SELECT pid FROM pg_stat_activity WHERE application_name = %s", [f"backfilld job {jid}"])
-    cpu0, t0 = backend_cpu_seconds(pid), time.monotonic()
+    cpu0, t0 = cpu_seconds(pid), time.monotonic()
     time.sleep(4)
-    cpu, wall = backend_cpu_seconds(pid) - cpu0, time.monotonic() - t0
+    cpu, wall = cpu_seconds(pid) - cpu0, time.monotonic() - t0
     assert job(db, jid)["throttled_reason"] == "run_window"
     assert d.log_text().count("held: run_window") == 1
     assert cpu < 0.05 * wall, f"the held job's session used {cpu:.2f} s of CPU in {wall:.1f} s"

@@ -13,7 +13,7 @@ import socket
 import time
 
 import pgharness
-from bfhelp import healthz, http_daemon, wait_http
+from bfhelp import cpu_seconds, healthz, http_daemon, wait_http
 
 DEADLINE_S = 10  # HTTP_DEADLINE_MS: from accept (or the last complete request) to a complete request
 CAP = 64  # HTTP_MAX_CONNECTIONS
@@ -41,13 +41,6 @@ def server_closed(sock, wait=0.0):
         return False
     except OSError:  # ECONNRESET and friends
         return True
-
-
-def cpu_seconds(pid):
-    """User + system CPU time of PID, from /proc/PID/stat."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def open_fds(pid):
