@@ -235,7 +235,10 @@ static void throttle_cpu_share(throttle_state_t *st, const throttle_settings_t *
 	double duty, idle;
 	int64_t share, burst;
 
-	if (writing && in->cpu_stretch > THROTTLE_CPU_STRETCH)
+	/* Once seen, the regime holds while the application writes: under it the probes measure the
+	 * job's short, sparse batches, not what full ones would cost (they showed 1.05x and the job,
+	 * let go, ran flat out beside the same application). */
+	if (writing && (in->cpu_stretch > THROTTLE_CPU_STRETCH || st->cpu_hot > 0))
 		st->cpu_hot = THROTTLE_CPU_HOLD_BATCHES;
 	if (!writing || st->cpu_hot <= 0)
 		return;

@@ -138,14 +138,15 @@ void throttle_after_retry(throttle_state_t *st, const throttle_settings_t *s, do
  * u = (THROTTLE_CPU_STRETCH - 1) / (s - 1) of the time, at most THROTTLE_CPU_TAIL_DUTY and not
  * under THROTTLE_MIN_DUTY: it sleeps (1 / u - 1) times as long as its last batch took, and each
  * batch walks no more keys than run in THROTTLE_CPU_BURST_MS, reason cpu_contention. The regime
- * lasts THROTTLE_CPU_HOLD_BATCHES batches after the stretch was last seen over
- * THROTTLE_CPU_STRETCH (shorter, sparser batches show less of it).
+ * begins when the stretch is seen over THROTTLE_CPU_STRETCH, holds while the application writes
+ * (shorter, sparser batches show less of the stretch, not what full ones would cost), and lasts
+ * THROTTLE_CPU_HOLD_BATCHES batches after the writes were last seen.
  */
 #define THROTTLE_CPU_STRETCH 1.1      /* the stretch of other sessions' CPU work the share aims at */
 #define THROTTLE_MIN_DUTY 0.0625      /* the least busy share */
 #define THROTTLE_CPU_TAIL_DUTY 0.1    /* the busiest share under contention */
 #define THROTTLE_CPU_BURST_MS 2.0     /* the longest batch under contention */
-#define THROTTLE_CPU_HOLD_BATCHES 200 /* how long the regime outlasts the stretch it was seen at */
+#define THROTTLE_CPU_HOLD_BATCHES 200 /* how long the regime outlasts the application's writes */
 #define THROTTLE_APP_MIN_WRITES_S 1.0 /* the application's writes a second that call for a share */
 
 /*

@@ -139,7 +139,7 @@ start_setting() { # NAME
 database: { conninfo = "$conninfo"; };
 daemon: { name = "bench"; };
 http: { listen = ""; };
-log: { level = "info"; };
+log: { level = "${BENCH_LOG_LEVEL:-info}"; };
 EOF
     backfilld_install_schema "$bin" "$dir/backfilld.conf" "$dir/backfilld.log"
     "${AS_DAEMON_USER[@]}" "$bin" -c "$dir/backfilld.conf" 2>>"$dir/backfilld.log" &

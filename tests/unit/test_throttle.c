@@ -1526,11 +1526,12 @@ static void test_cpu_share_follows_the_stretch(void **state)
 
 /*
  * Under contention each batch walks no more keys than run in THROTTLE_CPU_BURST_MS at the measured
- * rate (a short batch makes a short stall for the transactions beside it), and the regime outlasts
- * the stretch by THROTTLE_CPU_HOLD_BATCHES batches: shorter, sparser batches show less of it, and
- * the job must not go back to long ones for that.
+ * rate (a short batch makes a short stall for the transactions beside it), and the regime holds
+ * while the application writes however calm the probes look under it (shorter, sparser batches
+ * show less of the stretch, not what full ones would cost); it outlasts the writes by
+ * THROTTLE_CPU_HOLD_BATCHES batches, and then only a stretch seen again brings it back.
  */
-static void test_cpu_contention_keeps_batches_short_for_a_while(void **state)
+static void test_cpu_contention_keeps_batches_short_while_the_application_writes(void **state)
 {
 	throttle_settings_t s = contention_settings();
 	throttle_state_t st = cpu_share_state(&s, 80);
@@ -1546,19 +1547,26 @@ static void test_cpu_contention_keeps_batches_short_for_a_while(void **state)
 	assert_int_equal(d.max_rows, 800);
 	assert_int_equal(d.reason, REASON_CPU_CONTENTION);
 	assert_int_equal(d.sleep_ms, 720);
-	for (i = 0; i < THROTTLE_CPU_HOLD_BATCHES - 1; i++) {
+	for (i = 0; i < 3 * THROTTLE_CPU_HOLD_BATCHES; i++) { /* calm probes, the application writing */
 		throttle_after_batch(&st, &s, 800, 2.0);
+		throttle_after_app(&st, &s, 40, 100, 1e6);
 		st.batch_size = 20000;
 		d = throttle_decide(&st, &s, &calm);
 		assert_int_equal(d.max_rows, 800);
 		assert_int_equal(d.reason, REASON_CPU_CONTENTION);
 		assert_int_equal(d.sleep_ms, 18); /* a tenth of the time busy */
 	}
-	throttle_after_batch(&st, &s, 800, 2.0);
+	throttle_after_app(&st, &s, 0, 60000, 1e6); /* a minute without writes */
+	for (i = 0; i < THROTTLE_CPU_HOLD_BATCHES; i++)
+		throttle_after_batch(&st, &s, 800, 2.0);
+	throttle_after_app(&st, &s, 4000, 10000, 1e6); /* the writes again, the probes calm */
 	st.batch_size = 20000;
 	d = throttle_decide(&st, &s, &calm);
 	assert_int_equal(d.max_rows, 0);
 	assert_int_not_equal(d.reason, REASON_CPU_CONTENTION);
+	d = throttle_decide(&st, &s, &hot); /* until the stretch is seen again */
+	assert_int_equal(d.max_rows, 800);
+	assert_int_equal(d.reason, REASON_CPU_CONTENTION);
 	/* Without a measured rate there is no burst to cut to; the share applies all the same. */
 	st = cpu_share_state(&s, 80);
 	d = throttle_decide(&st, &s, &hot);
@@ -1683,7 +1691,7 @@ int main(void)
 		cmocka_unit_test(test_app_writes_elsewhere_lift_the_cap),
 		cmocka_unit_test(test_app_writes_without_a_table_size_cap_nothing),
 		cmocka_unit_test(test_cpu_share_follows_the_stretch),
-		cmocka_unit_test(test_cpu_contention_keeps_batches_short_for_a_while),
+		cmocka_unit_test(test_cpu_contention_keeps_batches_short_while_the_application_writes),
 		cmocka_unit_test(test_cpu_share_needs_the_application),
 		cmocka_unit_test(test_contention_that_keeps_coming_back_lengthens_the_idle_time),
 		cmocka_unit_test(test_contention_ceiling_grows_slowly),
