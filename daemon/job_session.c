@@ -435,8 +435,10 @@ static void job_begin_walk(job_t *job)
 	if (job->throttle.app_watch)
 		job_log(job, LOG_LEVEL_INFO,
 			"busy at most 1/%.0f of the time for its first %.0f s while it measures the "
-			"application's writes and CPU (or until the CPU is seen to be free)",
-			1 / THROTTLE_START_DUTY, THROTTLE_APP_WARMUP_MS / 1000);
+			"application's writes and CPU, longer where the application writes the table, "
+			"until the CPU probes tell (at most %.0f s; not once the CPU is seen to be free)",
+			1 / THROTTLE_START_DUTY, THROTTLE_APP_WARMUP_MS / 1000,
+			THROTTLE_STRETCH_WAIT_MS / 1000);
 }
 
 /* The statements of job_load, in its pipeline's order. */

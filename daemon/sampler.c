@@ -27,12 +27,15 @@
 
 #define SAMPLER_CONTEXT "sampler"
 #define MAX_AUTOVACUUM 64
-#define STALE_SAMPLES 10   /* a view older than this many intervals (and 5 s) is unknown */
-#define WARMUP_MS 5000	   /* how long jobs wait for the first sample before going on without */
-#define PROBE_EVERY_MS 500 /* the CPU probe's interval (at most once a sample) */
-#define PROBE_WINDOW 64	   /* the baseline is the lower quartile of this many latest probes */
-#define PROBE_IN_BATCH 8   /* the stretch is the mean of this many latest probes during batches */
-#define PROBE_MIN_SEEN 5   /* probes (3 of them during batches) before the stretch is told */
+#define STALE_SAMPLES 10      /* a view older than this many intervals (and 5 s) is unknown */
+#define WARMUP_MS 5000	      /* how long jobs wait for the first sample before going on without */
+#define PROBE_EVERY_MS 500    /* the CPU probe's interval (at most once a sample) until... */
+#define PROBE_SETTLED 16      /* ...this many were taken (8 during batches), then: */
+#define PROBE_SETTLED_MS 2000 /* (each probe is CPU work the application shares the CPU with) */
+#define PROBE_WINDOW 64	      /* the baseline is the lower quartile of this many latest probes */
+#define PROBE_IN_BATCH 8      /* the stretch is the mean of this many latest probes during batches */
+#define PROBE_MIN_SEEN 12     /* probes before the stretch is told (the first few, as the daemon's */
+#define PROBE_MIN_IN_BATCH 4  /* sessions start, run slow), and of them during batches */
 
 static const char sample_wal_sql[] = "SELECT pg_catalog.pg_current_wal_lsn()::text";
 static const char sample_standbys_sql[] =
@@ -183,6 +186,14 @@ static int cmp_double(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
+/* The time to the next probe of each kind: often until the baseline and the stretch are known,
+ * rarely then. */
+static double sampler_probe_every(void)
+{
+	return sampler.nprobes < PROBE_SETTLED || sampler.nin_batch < PROBE_IN_BATCH ? PROBE_EVERY_MS
+										     : PROBE_SETTLED_MS;
+}
+
 /* The mean of the latest probes during batches over the lower quartile of all the latest probes:
  * what the CPU work of other sessions takes while batches run against what it takes at best. */
 static double sampler_stretch(void)
@@ -191,7 +202,7 @@ static double sampler_stretch(void)
 	int n = sampler.nin_batch < PROBE_IN_BATCH ? sampler.nin_batch : PROBE_IN_BATCH;
 	int all = sampler.nprobes < PROBE_WINDOW ? sampler.nprobes : PROBE_WINDOW;
 
-	if (all < PROBE_MIN_SEEN || n < 3)
+	if (all < PROBE_MIN_SEEN || n < PROBE_MIN_IN_BATCH)
 		return 0;
 	memcpy(sorted, sampler.probes, sizeof(double) * (size_t)all);
 	qsort(sorted, (size_t)all, sizeof(double), cmp_double);
@@ -242,7 +253,7 @@ void sampler_batch_started(void)
 	if (sampler.in_flight || sampler.probe_in_flight || !sampler.conn || !pgconn_is_idle(sampler.conn) ||
 	    now < sampler.probe_batch_due_ms)
 		return;
-	sampler.probe_batch_due_ms = now + PROBE_EVERY_MS;
+	sampler.probe_batch_due_ms = now + sampler_probe_every();
 	if (pgconn_send(sampler.conn, &probe, 1, sampler_probe_cb, NULL))
 		sampler.probe_in_flight = true;
 }
@@ -500,9 +511,9 @@ static void sampler_tick_cb(evutil_socket_t fd, short what, void *arg)
 	if (!sent_at)
 		abort();
 	*sent_at = util_now_ms();
-	/* The CPU probe, twice a second at most while jobs run. */
+	/* The CPU probe, twice a second at most while jobs run (every other second once known). */
 	if (sampler.hooks.njobs() > 0 && *sent_at >= sampler.probe_due_ms) {
-		sampler.probe_due_ms = *sent_at + PROBE_EVERY_MS;
+		sampler.probe_due_ms = *sent_at + sampler_probe_every();
 		sampler.probe_in_batch = strcmp(pids, "{}") != 0;
 		stmts[SAMPLE_PROBE] = (pgconn_stmt_t){sample_probe_sql, 0, NULL, NULL, NULL};
 		n = SAMPLE_STATEMENTS;

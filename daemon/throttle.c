@@ -221,6 +221,13 @@ double throttle_pressure(const throttle_settings_t *s, const throttle_input_t *i
 	return pb > pt ? pb : pt;
 }
 
+/* The application writes the table, as the job measures it. */
+static bool throttle_app_writing(const throttle_state_t *st)
+{
+	return st->app_watch && st->app_ms > 0 &&
+	       st->app_writes / st->app_ms * 1000.0 >= THROTTLE_APP_MIN_WRITES_S;
+}
+
 /*
  * The application's share of the CPU. What an application feels is its slowest transactions,
  * those that run beside a batch: they run slower by the stretch, the longer the batch the more of
@@ -230,8 +237,7 @@ double throttle_pressure(const throttle_settings_t *s, const throttle_input_t *i
 static void throttle_cpu_share(throttle_state_t *st, const throttle_settings_t *s, const throttle_input_t *in,
 			       throttle_decision_t *d)
 {
-	bool writing = st->app_watch && st->app_ms > 0 &&
-		       st->app_writes / st->app_ms * 1000.0 >= THROTTLE_APP_MIN_WRITES_S;
+	bool writing = throttle_app_writing(st);
 	double duty, idle;
 	int64_t share, burst;
 
@@ -302,9 +308,12 @@ throttle_decision_t throttle_decide(throttle_state_t *st, const throttle_setting
 	}
 	/* A job that measures starts gently: busy at most THROTTLE_START_DUTY of the time until it
 	 * knows, unless the CPU probes already show CPU to spare (its size still waits for the
-	 * write counters). */
-	if (st->app_watch && st->app_seen_ms < THROTTLE_APP_WARMUP_MS && !in->server_idle &&
-	    !(in->cpu_stretch > 0 && in->cpu_stretch <= THROTTLE_CPU_STRETCH)) {
+	 * write counters); where the application writes, until the probes tell. */
+	if (st->app_watch && !in->server_idle &&
+	    !(in->cpu_stretch > 0 && in->cpu_stretch <= THROTTLE_CPU_STRETCH) &&
+	    (st->app_seen_ms < THROTTLE_APP_WARMUP_MS ||
+	     (!(in->cpu_stretch > 0) && throttle_app_writing(st) &&
+	      st->app_seen_ms < THROTTLE_STRETCH_WAIT_MS))) {
 		int64_t gentle = (int64_t)(st->last_ms * (1 / THROTTLE_START_DUTY - 1));
 		if (gentle > d.sleep_ms)
 			d.sleep_ms = clamp64(gentle, 0, s->max_sleep_ms);

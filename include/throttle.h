@@ -115,12 +115,16 @@ void throttle_after_waiters(throttle_state_t *st, const throttle_settings_t *s, 
  * A job that measures (app_watch, set by the caller after throttle_init) does not grow past its
  * first batch_size before it has measured for THROTTLE_APP_WARMUP_MS, and meanwhile
  * throttle_decide keeps it busy at most THROTTLE_START_DUTY of the time (no reason of its own)
- * unless cpu_stretch is known and at most THROTTLE_CPU_STRETCH, or server_idle.
+ * unless cpu_stretch is known and at most THROTTLE_CPU_STRETCH, or server_idle. Where the
+ * application writes the table (THROTTLE_APP_MIN_WRITES_S), the gentle start goes on until
+ * cpu_stretch is known, for up to THROTTLE_STRETCH_WAIT_MS of measuring: whether its batches slow
+ * the application's CPU work decides the CPU share below.
  */
-#define THROTTLE_PRIOR_WAITS 4.0      /* the prior's weight, in waits, against the waits seen */
-#define THROTTLE_APP_WARMUP_MS 2000.0 /* how long a job measures before its size may grow */
-#define THROTTLE_START_DUTY 0.125     /* the busy share meanwhile */
-#define THROTTLE_APP_MEMORY_MS 3000.0 /* the time over which the application's writes fade */
+#define THROTTLE_PRIOR_WAITS 4.0	 /* the prior's weight, in waits, against the waits seen */
+#define THROTTLE_APP_WARMUP_MS 2000.0	 /* how long a job measures before its size may grow */
+#define THROTTLE_START_DUTY 0.01	 /* the busy share meanwhile */
+#define THROTTLE_STRETCH_WAIT_MS 10000.0 /* the longest gentle start for the CPU probes */
+#define THROTTLE_APP_MEMORY_MS 3000.0	 /* the time over which the application's writes fade */
 void throttle_after_app(throttle_state_t *st, const throttle_settings_t *s, double writes, double ms,
 			double table_rows);
 
@@ -143,8 +147,8 @@ void throttle_after_retry(throttle_state_t *st, const throttle_settings_t *s, do
  * THROTTLE_CPU_HOLD_BATCHES batches after the writes were last seen.
  */
 #define THROTTLE_CPU_STRETCH 1.1      /* the stretch of other sessions' CPU work the share aims at */
-#define THROTTLE_MIN_DUTY 0.0625      /* the least busy share */
-#define THROTTLE_CPU_TAIL_DUTY 0.1    /* the busiest share under contention */
+#define THROTTLE_MIN_DUTY 0.005	      /* the least busy share */
+#define THROTTLE_CPU_TAIL_DUTY 0.01   /* the busiest share under contention */
 #define THROTTLE_CPU_BURST_MS 2.0     /* the longest batch under contention */
 #define THROTTLE_CPU_HOLD_BATCHES 200 /* how long the regime outlasts the application's writes */
 #define THROTTLE_APP_MIN_WRITES_S 1.0 /* the application's writes a second that call for a share */

@@ -133,7 +133,7 @@ def test_slices_are_even_on_skewed_keys(db, daemon_factory):
 
 
 def test_a_job_on_an_idle_server_runs_at_full_speed_at_once(db, daemon_factory):
-    """No other session at work: the gentle start (busy an eighth of the time for 2 s while it
+    """No other session at work: the gentle start (busy a hundredth of the time for 2 s while it
     measures the application) has nobody to protect, so the job does not sleep."""
     db.sql("CREATE TABLE calm (id bigint PRIMARY KEY, v int)")
     db.sql("INSERT INTO calm SELECT g, 0 FROM generate_series(1, 60000) g")

@@ -1086,11 +1086,12 @@ typedef struct app {
 	double writes;	   /* its row writes to the target a ms, seen when the job measures them */
 	double table_rows; /* the table's rows, as the job reads them with the counters */
 	int64_t largest;   /* the largest batch since `time` was last zeroed */
+	double stretch;	   /* the CPU probes' stretch (0: none yet) */
 } app_t;
 
 static void run_contended_batch(throttle_state_t *st, const throttle_settings_t *s, server_t *sv, app_t *app)
 {
-	throttle_input_t calm = {.lag_known = true};
+	throttle_input_t calm = {.lag_known = true, .cpu_stretch = app->stretch};
 	throttle_decision_t d = throttle_decide(st, s, &calm);
 	int64_t rows = st->batch_size, waiters = 0;
 	double ms = server_batch_ms(sv, rows);
@@ -1218,10 +1219,11 @@ static void test_waiters_gone_the_size_grows_back(void **state)
 }
 
 /* 400 transactions/s, each writing one row of 1M at random: what the job's counters show, and
- * the waits that follow (k = r / 2N, one row held half the batch). */
+ * the waits that follow (k = r / 2N, one row held half the batch); the CPU probes show CPU to
+ * spare (the waits alone govern). */
 static app_t pgbench_like_app(void)
 {
-	return (app_t){.k = 2e-7, .writes = 0.4, .table_rows = 1e6};
+	return (app_t){.k = 2e-7, .writes = 0.4, .table_rows = 1e6, .stretch = 1.02};
 }
 
 /*
@@ -1305,8 +1307,7 @@ static void test_app_warmup_ends_early_when_the_cpu_is_free(void **state)
 	(void)state;
 	throttle_init(&st, &s);
 	st.app_watch = true;
-	for (int i = 0; i < 3; i++)
-		run_contended_batch(&st, &s, &sv, &app);
+	run_contended_batch(&st, &s, &sv, &app);
 	assert_true(st.app_seen_ms < THROTTLE_APP_WARMUP_MS);
 	assert_true(throttle_decide(&st, &s, &unknown).sleep_ms >=
 		    (int64_t)(st.last_ms * (1 / THROTTLE_START_DUTY - 1)));
@@ -1316,6 +1317,49 @@ static void test_app_warmup_ends_early_when_the_cpu_is_free(void **state)
 	/* the size still keeps to the first batch_size until the counters are in */
 	throttle_after_batch(&st, &s, st.batch_size, server_batch_ms(&sv, st.batch_size));
 	assert_int_equal(st.batch_size, s.batch_size);
+}
+
+/*
+ * Where the application writes the table, the gentle start outlasts THROTTLE_APP_WARMUP_MS until
+ * the CPU probes tell whether batches slow its CPU work (a job let go at full speed for the
+ * seconds the probes take was half of the slow transactions bench_settings saw); a stretch then
+ * brings the CPU share, CPU to spare lets it go, and probes that never come do so after
+ * THROTTLE_STRETCH_WAIT_MS. Nobody writing: the warm-up alone.
+ */
+static void test_app_writing_keeps_the_start_gentle_until_the_probes_tell(void **state)
+{
+	throttle_settings_t s = contention_settings();
+	throttle_state_t st;
+	throttle_input_t unknown = {.lag_known = true};
+	throttle_input_t busy = {.lag_known = true, .cpu_stretch = 1.5};
+	throttle_input_t free_cpu = {.lag_known = true, .cpu_stretch = 1.02};
+	int64_t gentle;
+	throttle_decision_t d;
+
+	(void)state;
+	throttle_init(&st, &s);
+	st.app_watch = true;
+	st.last_ms = 4;
+	gentle = (int64_t)(st.last_ms * (1 / THROTTLE_START_DUTY - 1));
+	throttle_after_app(&st, &s, 400 * 3, 3000, 1e6); /* 3 s measured: 400 writes a second */
+	assert_true(st.app_seen_ms >= THROTTLE_APP_WARMUP_MS);
+	assert_true(throttle_decide(&st, &s, &unknown).sleep_ms >= gentle);
+	d = throttle_decide(&st, &s, &busy);
+	assert_int_equal(d.reason, REASON_CPU_CONTENTION);
+	assert_true(d.sleep_ms >= gentle);
+	throttle_init(&st, &s);
+	st.app_watch = true;
+	st.last_ms = 4;
+	throttle_after_app(&st, &s, 400 * 3, 3000, 1e6);
+	assert_int_equal(throttle_decide(&st, &s, &free_cpu).sleep_ms, s.sleep_ms);
+	throttle_after_app(&st, &s, 400 * 8, 8000, 1e6); /* 11 s, and still no probe */
+	assert_int_equal(throttle_decide(&st, &s, &unknown).sleep_ms, s.sleep_ms);
+	/* Nobody writing: free once measured. */
+	throttle_init(&st, &s);
+	st.app_watch = true;
+	st.last_ms = 4;
+	throttle_after_app(&st, &s, 0, 3000, 1e6);
+	assert_int_equal(throttle_decide(&st, &s, &unknown).sleep_ms, s.sleep_ms);
 }
 
 /* On a server where no other session is at work, a job that measures starts at full speed: nobody
@@ -1488,9 +1532,9 @@ static throttle_state_t cpu_share_state(const throttle_settings_t *s, double las
 /*
  * While the application writes the table, the job is busy the share of the time that keeps other
  * sessions' CPU work at THROTTLE_CPU_STRETCH of its time on average, 0.1 / (s - 1), but never more
- * than THROTTLE_CPU_TAIL_DUTY (its slowest transactions are those beside a batch): a stretch of 2
- * or of 1.2 leaves a tenth, sleep 9 times the batch; 1.05: nothing; 5: no less than
- * THROTTLE_MIN_DUTY.
+ * than THROTTLE_CPU_TAIL_DUTY (its slowest transactions are those beside a batch): a stretch of
+ * 1.2, 2, 5 or 11 leaves a hundredth, sleep 99 times the batch; 1.05: nothing; 21 a two-hundredth,
+ * and 41 no less than THROTTLE_MIN_DUTY.
  */
 static void test_cpu_share_follows_the_stretch(void **state)
 {
@@ -1503,9 +1547,12 @@ static void test_cpu_share_follows_the_stretch(void **state)
 		{0, 0, NULL},
 		{1.05, 0, NULL},
 		{1.1, 0, NULL},
-		{1.2, 720, "cpu_contention"},
-		{2, 720, "cpu_contention"},
-		{5, 1200, "cpu_contention"},
+		{1.2, 7920, "cpu_contention"},
+		{2, 7920, "cpu_contention"},
+		{5, 7920, "cpu_contention"},
+		{11, 7920, "cpu_contention"},
+		{21, 15920, "cpu_contention"},
+		{41, 15920, "cpu_contention"},
 	};
 
 	(void)state;
@@ -1546,7 +1593,7 @@ static void test_cpu_contention_keeps_batches_short_while_the_application_writes
 	d = throttle_decide(&st, &s, &hot);
 	assert_int_equal(d.max_rows, 800);
 	assert_int_equal(d.reason, REASON_CPU_CONTENTION);
-	assert_int_equal(d.sleep_ms, 720);
+	assert_int_equal(d.sleep_ms, 7920);
 	for (i = 0; i < 3 * THROTTLE_CPU_HOLD_BATCHES; i++) { /* calm probes, the application writing */
 		throttle_after_batch(&st, &s, 800, 2.0);
 		throttle_after_app(&st, &s, 40, 100, 1e6);
@@ -1554,7 +1601,7 @@ static void test_cpu_contention_keeps_batches_short_while_the_application_writes
 		d = throttle_decide(&st, &s, &calm);
 		assert_int_equal(d.max_rows, 800);
 		assert_int_equal(d.reason, REASON_CPU_CONTENTION);
-		assert_int_equal(d.sleep_ms, 18); /* a tenth of the time busy */
+		assert_int_equal(d.sleep_ms, 198); /* a hundredth of the time busy */
 	}
 	throttle_after_app(&st, &s, 0, 60000, 1e6); /* a minute without writes */
 	for (i = 0; i < THROTTLE_CPU_HOLD_BATCHES; i++)
@@ -1571,7 +1618,7 @@ static void test_cpu_contention_keeps_batches_short_while_the_application_writes
 	st = cpu_share_state(&s, 80);
 	d = throttle_decide(&st, &s, &hot);
 	assert_int_equal(d.max_rows, 0);
-	assert_int_equal(d.sleep_ms, 720);
+	assert_int_equal(d.sleep_ms, 7920);
 }
 
 /* Not without the application writing the table (the CPU is only shared with whom it is for),
@@ -1598,7 +1645,7 @@ static void test_cpu_share_needs_the_application(void **state)
 	in.lag_bytes = 900; /* pressure 0.9 of max_replication_lag_bytes 1000 */
 	d = throttle_decide(&st, &s, &in);
 	assert_string_equal(reason_name(d.reason), "replication_lag");
-	assert_true(d.sleep_ms > 720);
+	assert_true(d.sleep_ms > 7920);
 
 	st = cpu_share_state(&s, 80);
 	in.lag_bytes = 0;
@@ -1685,6 +1732,7 @@ int main(void)
 		cmocka_unit_test(test_app_writes_keep_the_start_under_the_budget),
 		cmocka_unit_test(test_app_warmup_then_free_when_nobody_writes),
 		cmocka_unit_test(test_app_warmup_ends_early_when_the_cpu_is_free),
+		cmocka_unit_test(test_app_writing_keeps_the_start_gentle_until_the_probes_tell),
 		cmocka_unit_test(test_app_arriving_brings_the_size_down),
 		cmocka_unit_test(test_app_warmup_skipped_on_an_idle_server),
 		cmocka_unit_test(test_wal_per_key_fits_batches_in_the_lag_headroom),
