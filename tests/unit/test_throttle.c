@@ -1322,43 +1322,44 @@ static void test_app_warmup_ends_early_when_the_cpu_is_free(void **state)
 /*
  * Where the application writes the table, the gentle start outlasts THROTTLE_APP_WARMUP_MS until
  * the CPU probes tell whether batches slow its CPU work (a job let go at full speed for the
- * seconds the probes take was half of the slow transactions bench_settings saw); a stretch then
+ * seconds the probes take caused a fifth to a third of the slow transactions bench_settings saw); a stretch then
  * brings the CPU share, CPU to spare lets it go, and probes that never come do so after
  * THROTTLE_STRETCH_WAIT_MS. Nobody writing: the warm-up alone.
  */
+/* A job that measures, whose last batch took 4 ms, after MS of measuring WRITES rows. */
+static throttle_state_t measured_state(const throttle_settings_t *s, double writes, double ms)
+{
+	throttle_state_t st;
+
+	throttle_init(&st, s);
+	st.app_watch = true;
+	st.last_ms = 4;
+	throttle_after_app(&st, s, writes, ms, 1e6);
+	return st;
+}
+
 static void test_app_writing_keeps_the_start_gentle_until_the_probes_tell(void **state)
 {
 	throttle_settings_t s = contention_settings();
-	throttle_state_t st;
+	throttle_state_t st = measured_state(&s, 400 * 3, 3000); /* 3 s: 400 writes a second */
 	throttle_input_t unknown = {.lag_known = true};
 	throttle_input_t busy = {.lag_known = true, .cpu_stretch = 1.5};
 	throttle_input_t free_cpu = {.lag_known = true, .cpu_stretch = 1.02};
-	int64_t gentle;
+	int64_t gentle = (int64_t)(st.last_ms * (1 / THROTTLE_START_DUTY - 1));
 	throttle_decision_t d;
 
 	(void)state;
-	throttle_init(&st, &s);
-	st.app_watch = true;
-	st.last_ms = 4;
-	gentle = (int64_t)(st.last_ms * (1 / THROTTLE_START_DUTY - 1));
-	throttle_after_app(&st, &s, 400 * 3, 3000, 1e6); /* 3 s measured: 400 writes a second */
 	assert_true(st.app_seen_ms >= THROTTLE_APP_WARMUP_MS);
 	assert_true(throttle_decide(&st, &s, &unknown).sleep_ms >= gentle);
 	d = throttle_decide(&st, &s, &busy);
 	assert_int_equal(d.reason, REASON_CPU_CONTENTION);
 	assert_true(d.sleep_ms >= gentle);
-	throttle_init(&st, &s);
-	st.app_watch = true;
-	st.last_ms = 4;
-	throttle_after_app(&st, &s, 400 * 3, 3000, 1e6);
+	st = measured_state(&s, 400 * 3, 3000);
 	assert_int_equal(throttle_decide(&st, &s, &free_cpu).sleep_ms, s.sleep_ms);
 	throttle_after_app(&st, &s, 400 * 8, 8000, 1e6); /* 11 s, and still no probe */
 	assert_int_equal(throttle_decide(&st, &s, &unknown).sleep_ms, s.sleep_ms);
 	/* Nobody writing: free once measured. */
-	throttle_init(&st, &s);
-	st.app_watch = true;
-	st.last_ms = 4;
-	throttle_after_app(&st, &s, 0, 3000, 1e6);
+	st = measured_state(&s, 0, 3000);
 	assert_int_equal(throttle_decide(&st, &s, &unknown).sleep_ms, s.sleep_ms);
 }
 
