@@ -299,7 +299,7 @@ void job_continue(job_t *job)
 	case PACE_RUN:
 		job->slept_ms = d.slept_ms;
 		job->max_rows = d.max_rows;
-		if (job->run_window || job->hold_when_sql)
+		if (job->run_window || job->hold_when_sql || job->cond_error_set)
 			job_hold_check(job); /* then the batch, unless its window or hold says no */
 		else
 			job_next_batch(job);

@@ -41,17 +41,50 @@ static void job_cond_hold(job_t *job, reason_t reason, const char *detail)
 	job_sleep(job, JOB_THROTTLED, s.sample_interval_ms);
 }
 
+/* The answer to writing a hold's error to last_error (or clearing it): _set_error says false
+ * when the row was locked by another session and nothing was written. */
+static bool job_cond_error_written(job_t *job, const pgconn_result_t *res, const char *what)
+{
+	if (res->broken)
+		return false;
+	if (!res->ok) {
+		job_log(job, LOG_LEVEL_WARNING, "cannot %s last_error: %s %s", what, res->sqlstate,
+			res->message);
+		return false;
+	}
+	if (strcmp(pgconn_value(res->results[0], 0, 0) ?: "f", "t") == 0)
+		return true;
+	job_log(job, LOG_LEVEL_DEBUG,
+		"the job's row was locked: last_error is written again at the next check");
+	return false;
+}
+
+static void job_cond_error_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
+{
+	job_t *job = arg;
+	(void)conn;
+	if (!job_cond_error_written(job, res, "record"))
+		job->cond_error_missed = true; /* the next check while held writes it again */
+}
+
 /* The expression (or the window's check) failed: held, the error in last_error. */
 static void job_cond_failed(job_t *job, const pgconn_result_t *res)
 {
 	char err[1024];
 	bool window = job->steps.of[res->failed_index] == STEP_WINDOW;
+	char *sql = queuesql(QSQL_SET_ERROR, daemon_config()->schema);
+	const char *params[] = {daemon_name(), job->id_text, err};
+	pgconn_stmt_t stmt = {sql, 3, params, NULL, NULL};
 
 	text_snprintf(err, sizeof(err), "%s: %s (%s as role %s: the job holds until it works)", res->sqlstate,
 		      res->message, job_failed_step(job, res), job->run_as);
-	if (!job->cond_error_set || job->cond_reason == REASON_NONE)
-		job_write_error(job, err);
-	job->cond_error_set = true;
+	if (!job->cond_error_set || job->cond_error_missed || job->cond_reason == REASON_NONE) {
+		/* Set before the answer: a clear that follows must be sent even while this one is in
+		 * flight (the queue connection keeps their order). */
+		job->cond_error_set = true;
+		job->cond_error_missed = !job_queue_send(job, &stmt, 1, job_cond_error_cb);
+	}
+	free(sql);
 	job_cond_hold(job, window ? REASON_RUN_WINDOW : REASON_HOLD_WHEN_SQL, err);
 }
 
@@ -64,6 +97,51 @@ void job_window_seen(job_t *job, const char *run_window)
 		run_window ? run_window : "");
 	free(job->run_window);
 	job->run_window = run_window ? util_strdup(run_window) : NULL;
+}
+
+/* Neither its window nor its hold_when_sql holds the job: the batch. */
+static void job_cond_go_on(job_t *job)
+{
+	if (job->cond_reason != REASON_NONE) {
+		job_log(job, LOG_LEVEL_NOTICE, "%s: going on",
+			job->cond_reason == REASON_RUN_WINDOW ? "its run window is open"
+							      : "its hold_when_sql is no longer true");
+		job_write_reason(job, REASON_NONE);
+		job->cond_reason = REASON_NONE;
+		job->logged_reason = REASON_NONE;
+	}
+	job_next_batch(job);
+}
+
+static void job_cond_cleared_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
+{
+	job_t *job = arg;
+	bool cleared = job_cond_error_written(job, res, "clear");
+	(void)conn;
+
+	if (!job->cond_clearing || job->state != JOB_HOLD_CHECK)
+		return; /* the job moved on meanwhile (its session lost, its lease, a new check) */
+	job->cond_clearing = false;
+	if (cleared) {
+		job->cond_error_set = false;
+		job->cond_error_missed = false;
+	}
+	job_cond_go_on(job); /* not cleared: the check before the next batch tries again */
+}
+
+/* The expression works again: clear its error before the next batch. Not at the same time: the
+ * batch's checkpoint locks the job's row, and a clear that met that lock would be skipped (and
+ * the job could finish with the stale error). The job waits in JOB_HOLD_CHECK for the answer. */
+static void job_cond_clear(job_t *job)
+{
+	char *sql = queuesql(QSQL_SET_ERROR, daemon_config()->schema);
+	const char *params[] = {daemon_name(), job->id_text, NULL};
+	pgconn_stmt_t stmt = {sql, 3, params, NULL, NULL};
+
+	job->cond_clearing = job_queue_send(job, &stmt, 1, job_cond_cleared_cb);
+	free(sql);
+	if (!job->cond_clearing)
+		job_cond_go_on(job); /* the queue is down: cleared at a later check */
 }
 
 static void job_hold_check_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
@@ -97,18 +175,10 @@ static void job_hold_check_cb(pgconn_t *conn, const pgconn_result_t *res, void *
 		return;
 	}
 	if (job->cond_error_set) {
-		job_write_error(job, NULL);
-		job->cond_error_set = false;
+		job_cond_clear(job); /* then the batch */
+		return;
 	}
-	if (job->cond_reason != REASON_NONE) {
-		job_log(job, LOG_LEVEL_NOTICE, "%s: going on",
-			job->cond_reason == REASON_RUN_WINDOW ? "its run window is open"
-							      : "its hold_when_sql is no longer true");
-		job_write_reason(job, REASON_NONE);
-		job->cond_reason = REASON_NONE;
-		job->logged_reason = REASON_NONE;
-	}
-	job_next_batch(job);
+	job_cond_go_on(job);
 }
 
 void job_hold_check(job_t *job)
@@ -122,6 +192,7 @@ void job_hold_check(job_t *job)
 	job_step_t steps[5];
 	int n = 0;
 
+	job->cond_clearing = false; /* a clear still in flight belongs to an earlier check */
 	job_settings(job, &s);
 	snprintf(stmt_timeout, sizeof(stmt_timeout), "%lld", (long long)s.statement_timeout_ms);
 	snprintf(lock_timeout, sizeof(lock_timeout), "%lld", (long long)s.lock_timeout_ms);

@@ -154,7 +154,9 @@ struct job {
 	reason_t logged_reason; /* the reason last logged: a change is logged once */
 	reason_t cancel_reason; /* why we asked the server to cancel the batch in flight */
 	reason_t cond_reason;	/* the hold of its window or hold_when_sql in force (announced) */
-	bool cond_error_set;	/* a failing hold_when_sql's error is in last_error */
+	bool cond_error_set;	/* a failing hold's error is in last_error (or on its way) */
+	bool cond_error_missed; /* its write was refused or skipped: the next check writes it again */
+	bool cond_clearing;	/* its clear is in flight; the next batch waits for the answer */
 	/* Its VACUUMs of the target (job_vacuum.c). */
 	int64_t vacuum_changed_at;	/* rows_changed when its last VACUUM began (or its walk here) */
 	bool vacuum_denied;		/* its role may not vacuum the target (seen by the check) */

@@ -222,6 +222,19 @@ BEGIN
     END IF;
 END
 $v3$;
+-- _set_error returned void in the first schemas of version 3; it says whether it wrote now (a
+-- result type cannot be replaced). The schema found by its jobs table's row type: a name in a
+-- string literal would break on a schema name with a quote in it.
+DO $set_error$
+BEGIN
+    IF EXISTS (SELECT FROM pg_catalog.pg_proc p
+               JOIN pg_catalog.pg_type t ON t.typnamespace = p.pronamespace
+               WHERE t.oid = pg_catalog.pg_typeof(NULL::@schema@.jobs) AND p.proname = '_set_error'
+                 AND p.prorettype = 'pg_catalog.void'::pg_catalog.regtype) THEN
+        DROP FUNCTION @schema@._set_error(text, bigint, text);
+    END IF;
+END
+$set_error$;
 
 -- 4. Functions, triggers, views -----------------------------------------------------------------
 
@@ -1353,8 +1366,11 @@ END
 $$;
 
 -- A running job's last_error, without failing it (a hold_when_sql that fails holds the job and
--- says why there); NULL clears it.
-CREATE OR REPLACE FUNCTION @schema@._set_error(p_owner text, p_id bigint, p_error text) RETURNS void
+-- says why there); NULL clears it. False when the row held something else and another session
+-- kept it locked (the job's own batch at its checkpoint, a user's UPDATE): nothing was written,
+-- and the daemon writes it again at the job's next boundary. True when written, already so, or
+-- no longer the daemon's running job.
+CREATE OR REPLACE FUNCTION @schema@._set_error(p_owner text, p_id bigint, p_error text) RETURNS boolean
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET backfilld.internal = 'on'
 AS $$
 BEGIN
@@ -1362,6 +1378,12 @@ BEGIN
     WHERE j.id IN (SELECT l.id FROM @schema@.jobs l
                    WHERE l.id = p_id AND l.owner = p_owner AND l.state = 'running'
                      AND l.last_error IS DISTINCT FROM p_error FOR UPDATE SKIP LOCKED);
+    IF FOUND THEN
+        RETURN true;
+    END IF;
+    RETURN NOT EXISTS (SELECT FROM @schema@.jobs j
+                       WHERE j.id = p_id AND j.owner = p_owner AND j.state = 'running'
+                         AND j.last_error IS DISTINCT FROM p_error);
 END
 $$;
 

@@ -238,6 +238,37 @@ def test_a_failing_hold_when_sql_holds_the_job_with_its_error(db, daemon_factory
     assert job(db, jid2)["rows_scanned"] == 0 and db.one("SELECT n FROM counter") == 0
 
 
+def test_a_hold_error_is_cleared_although_the_job_row_is_locked_when_the_hold_ends(db, daemon_factory):
+    """The expression works again while another session keeps the job's row locked (as a batch's
+    checkpoint does for a moment, or a user's UPDATE): the clear of last_error meets the lock and
+    writes nothing. The daemon must write it again, before a batch, and not finish the job with
+    the stale error (it did: CI saw a job done with last_error still saying the table was gone)."""
+    make_users(db, 3000)
+    db.sql("CREATE TABLE flags (paused boolean NOT NULL)")
+    db.sql("INSERT INTO flags VALUES (false)")
+    jid = submit(db, "users", fixed=300, sleep_ms=50, hold_when_sql="(SELECT paused FROM flags)")
+    d = daemon_factory(throttle=FAST, log={"level": "debug"})
+    d.start()
+    wait_batches(db, jid, 2)
+    db.sql("DROP TABLE flags")
+    wait_reason(db, jid, "hold_when_sql")
+    pgharness.wait_until(lambda: job(db, jid)["last_error"] is not None, timeout=10, what="last_error")
+    with db.connect(autocommit=False) as locker:
+        locker.execute("SELECT 1 FROM backfill.jobs WHERE id = %s FOR UPDATE", [jid])
+        mark = d.log_mark()
+        db.sql("CREATE TABLE flags (paused boolean NOT NULL)")
+        db.sql("INSERT INTO flags VALUES (false)")
+        # The clear has been answered when the daemon goes on (it waits for it); a second
+        # more for a daemon that sends it beside the batch instead.
+        d.wait_for_log(r"its hold_when_sql is no longer true: going on", since=mark)
+        time.sleep(1.0)
+        locker.rollback()
+    wait_state(db, jid, "done", daemon=d)
+    row = job(db, jid)
+    assert row["last_error"] is None, row
+    assert differing(db) == 0
+
+
 def test_hold_when_sql_is_evaluated_as_the_submitter(db, make_role, role_conn, daemon_factory):
     """A submitter cannot hold its job on what it may not read: refused at INSERT; granted, then
     revoked under the running job, the job holds with the permission error (its own session, its
