@@ -445,16 +445,21 @@ pg_sql() {
 	psql -X -q -P pager=off -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d "$db" "$@"
 }
 
-# pg_workdir PREFIX MODE: make the throwaway directory, PG_WORK (PREFIX.XXXXXX, chmod MODE).
-# As root the postgres user must reach it and own it: directly under /tmp, chowned.
+# pg_workdir PREFIX MODE [GIB]: make the throwaway directory, PG_WORK (PREFIX.XXXXXX, chmod MODE).
+# As root the postgres user must reach it and own it: directly under /tmp, chowned. Refuses when
+# its file system has less than GIB GiB free (default 1): a cluster that runs out of space PANICs
+# ("No space left on device") and its sessions see what looks like a server crash.
 pg_workdir() {
-	local prefix=$1 mode=$2
-	if ((EUID == 0)); then
-		PG_WORK=$(mktemp -d "/tmp/$prefix.XXXXXX")
-		chown postgres: "$PG_WORK"
-	else
-		PG_WORK=$(mktemp -d "${TMPDIR:-/tmp}/$prefix.XXXXXX")
+	local prefix=$1 mode=$2 need_gib=${3:-1} parent free_kib
+	parent=/tmp
+	((EUID == 0)) || parent=${TMPDIR:-/tmp}
+	free_kib=$(df -Pk "$parent" | awk 'NR == 2 { print $4 }')
+	if [[ $free_kib =~ ^[0-9]+$ ]] && ((free_kib < need_gib * 1024 * 1024)); then
+		die "$parent has $((free_kib / 1024)) MiB free; this needs at least $need_gib GiB" \
+			"(its clusters' WAL and data): remove old work directories (kept ones: $parent/$prefix.*)"
 	fi
+	PG_WORK=$(mktemp -d "$parent/$prefix.XXXXXX")
+	((EUID != 0)) || chown postgres: "$PG_WORK"
 	chmod "$mode" "$PG_WORK"
 }
 

@@ -72,7 +72,7 @@ pg_cleanup_on_exit cleanup
 
 # -- setup: build, cluster ----------------------------------------------------------------------
 
-pg_workdir backfilld-bloat 700
+pg_workdir backfilld-bloat 700 10
 work=$PG_WORK
 
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)

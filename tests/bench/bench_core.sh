@@ -50,7 +50,7 @@ pg_cleanup_on_exit cleanup
 # -- setup: build, cluster, table ---------------------------------------------------------------
 
 # One directory for the build log, the cluster, the daemon's configuration and its log.
-pg_workdir backfilld-bench 700
+pg_workdir backfilld-bench 700 10
 work=$PG_WORK
 
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)

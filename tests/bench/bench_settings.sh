@@ -28,7 +28,8 @@ usage: tests/bench/bench_settings.sh [--quick] [--scale N] [--duration S] [--rou
   --waits          one more pair per setting, sampling where pgbench's sessions spend their time
   --floor SHAPES   one more condition per setting and shape BUSY/PERIOD (ms, comma-separated, e.g.
                    2/200,2/28): no backfill, a SCHED_IDLE busy loop BUSY ms every PERIOD ms
-  --keep           keep the work directory (pgbench's logs, each daemon's log) and say where
+  --keep           keep the work directory (pgbench's, each daemon's and each server's logs; not
+                   the clusters' data) and say where
   BUILD_DIR        environment: build directory (default build under the repository root)
   PG_BINDIR        environment: PostgreSQL server binaries (default /usr/lib/postgresql/15/bin)
 USAGE
@@ -110,7 +111,7 @@ pg_cleanup_clusters_only() {
 }
 pg_cleanup_on_exit cleanup
 
-pg_workdir backfilld-settings 711
+pg_workdir backfilld-settings 711 10
 work=$PG_WORK
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 ensure_backfilld_packages
@@ -153,6 +154,9 @@ stop_setting() { # NAME
     daemon_pid=""
     ((s_standby[$1])) && pg_stop "$work/$1/standby" standby
     pg_stop "$work/$1/primary" primary
+    # Their data (gigabytes of WAL) goes now, --keep or not: what --keep is for (the logs of
+    # pgbench, the daemon, the servers) stays beside it. Kept runs once filled the disk.
+    rm -rf "$work/$1/primary" "$work/$1/standby"
 }
 
 reset_table() { # NAME

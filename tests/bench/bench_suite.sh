@@ -121,7 +121,7 @@ cleanup() {
 }
 pg_cleanup_on_exit cleanup
 
-pg_workdir backfilld-bench 711
+pg_workdir backfilld-bench 711 18
 work=$PG_WORK
 
 # The Python side (sampler, client loop, submit-and-wait, /proc, pgbench logs, plot series).

@@ -93,7 +93,7 @@ pg_cleanup_on_exit cleanup
 
 # -- setup: packages, build, primary + standby --------------------------------------------------
 
-pg_workdir backfilld-bench 711
+pg_workdir backfilld-bench 711 10
 work=$PG_WORK
 
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)

@@ -81,7 +81,7 @@ pg_cleanup_on_exit cleanup
 
 # -- setup: packages, build, one primary ---------------------------------------------------------
 
-pg_workdir backfilld-walbench 711
+pg_workdir backfilld-walbench 711 10
 work=$PG_WORK
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 ensure_backfilld_packages
