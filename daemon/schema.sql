@@ -1365,24 +1365,25 @@ BEGIN
 END
 $$;
 
--- A running job's last_error, without failing it (a hold_when_sql that fails holds the job and
--- says why there); NULL clears it. False when the row held something else and another session
--- kept it locked (the job's own batch at its checkpoint, a user's UPDATE): nothing was written,
--- and the daemon writes it again at the job's next boundary. True when written, already so, or
--- no longer the daemon's running job.
+-- The last_error of a job p_owner holds, without failing it (a hold_when_sql that fails holds
+-- the job and says why there); NULL clears it. Whatever its state: a job a user paused keeps its
+-- owner until the daemon gives it back, and must not keep a stale error. False when the row held
+-- something else and another session kept it locked (the job's own batch at its checkpoint, a
+-- user's UPDATE): nothing was written, and the daemon writes it again at the job's next check.
+-- True when written, already so, or no longer the daemon's job.
 CREATE OR REPLACE FUNCTION @schema@._set_error(p_owner text, p_id bigint, p_error text) RETURNS boolean
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET backfilld.internal = 'on'
 AS $$
 BEGIN
     UPDATE @schema@.jobs j SET last_error = p_error
     WHERE j.id IN (SELECT l.id FROM @schema@.jobs l
-                   WHERE l.id = p_id AND l.owner = p_owner AND l.state = 'running'
+                   WHERE l.id = p_id AND l.owner = p_owner
                      AND l.last_error IS DISTINCT FROM p_error FOR UPDATE SKIP LOCKED);
     IF FOUND THEN
         RETURN true;
     END IF;
     RETURN NOT EXISTS (SELECT FROM @schema@.jobs j
-                       WHERE j.id = p_id AND j.owner = p_owner AND j.state = 'running'
+                       WHERE j.id = p_id AND j.owner = p_owner
                          AND j.last_error IS DISTINCT FROM p_error);
 END
 $$;
