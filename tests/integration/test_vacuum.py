@@ -10,6 +10,7 @@ import threading
 import time
 
 import psycopg
+import pytest
 
 import pgharness
 from bfhelp import job, submit, wait_batches, wait_state
@@ -144,10 +145,12 @@ def test_without_vacuum_the_table_doubles(db, daemon_factory):
     assert vacuum_count(db, "bloat") == 0
 
 
+@pytest.mark.versions
 def test_a_submitter_that_may_not_vacuum_goes_on_without(db, daemon_factory, make_role, role_conn, cluster):
     """A submitter granted SELECT and UPDATE but not owning the table: the job finishes, the log
-    says once that it may not vacuum, last_error of the done job keeps that note, and no VACUUM
-    is ever sent (the server logs every statement of the role)."""
+    says once that it may not vacuum (naming MAINTAIN from 17 on, the owner before), last_error of
+    the done job keeps that note, and no VACUUM is ever sent (the server logs every statement of
+    the role). On every version: 17 asks for MAINTAIN, which older servers do not know."""
     make_table(db, "bloat")
     role = make_role("backfill_submit")
     db.sql(f'GRANT SELECT, UPDATE ON bloat TO "{role}"')
@@ -160,12 +163,36 @@ def test_a_submitter_that_may_not_vacuum_goes_on_without(db, daemon_factory, mak
     said = re.findall(rf"not vacuumed: role {role} may not VACUUM public\.bloat", d.log_text())
     assert len(said) == 1, d.log_text()
     assert row["last_error"].startswith(f"not vacuumed: role {role} may not VACUUM public.bloat"), row
-    assert "only the owner of the table or of the database may" in row["last_error"] or \
-        "MAINTAIN" in row["last_error"]
+    if cluster.major >= 17:
+        assert "that takes the MAINTAIN privilege on it, or owning it or the database" in row["last_error"], row
+    else:
+        assert "only the owner of the table or of the database may" in row["last_error"], row
     assert vacuum_batches(db, jid) == 0 and vacuum_count(db, "bloat") == 0
     lines = [line for line in cluster.log_text().splitlines() if f"{role}@{db.name}" in line]
     assert any("backfilld_next" in line for line in lines), "the role's statements are not in the server log"
     assert not [line for line in lines if "VACUUM" in line.upper()], lines
+
+
+@pytest.mark.versions
+def test_maintain_lets_a_submitter_that_does_not_own_the_table_vacuum_it(db, daemon_factory, make_role, role_conn,
+                                                                         cluster):
+    """PostgreSQL 17's MAINTAIN privilege is enough to VACUUM: a submitter granted it (and SELECT,
+    UPDATE), not owning the table, gets the same VACUUMs as an owner, and no note."""
+    if cluster.major < 17:
+        pytest.skip("the MAINTAIN privilege came with PostgreSQL 17")
+    before = make_table(db, "bloat")
+    role = make_role("backfill_submit")
+    db.sql(f'GRANT SELECT, UPDATE, MAINTAIN ON bloat TO "{role}"')
+    jid = submit_copy(db, "bloat", conn=role_conn(role), fixed=2000)
+    d = daemon_factory(throttle=FAST)
+    d.start()
+    row = wait_state(db, jid, "done", timeout=180, daemon=d)
+    assert row["last_error"] is None, row
+    assert_every_row_once(db, "bloat")
+    vacuumed = re.findall(r"vacuumed the table in \d+\.\d+ s", d.log_text())
+    assert 8 <= len(vacuumed) <= 10, d.log_tail(60)
+    assert vacuum_count(db, "bloat") == len(vacuumed) == vacuum_batches(db, jid)
+    assert db.one("SELECT pg_relation_size('bloat')") <= 1.25 * before
 
 
 def test_a_vacuum_that_waits_for_its_lock_is_skipped(db, daemon_factory):
