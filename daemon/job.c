@@ -387,15 +387,17 @@ static void job_error_cb(pgconn_t *conn, const pgconn_result_t *res, void *arg)
 			res->message);
 }
 
-void job_write_error(job_t *job, const char *error)
+bool job_write_error(job_t *job, const char *error, pgconn_result_cb cb)
 {
 	char *sql = queuesql(QSQL_SET_ERROR, daemon_config()->schema);
 	const char *params[] = {daemon_name(), job->id_text, error};
 	pgconn_stmt_t stmt = {sql, 3, params, NULL, NULL};
+	bool sent = job_queue_send(job, &stmt, 1, cb ? cb : job_error_cb);
 
-	if (!job_queue_send(job, &stmt, 1, job_error_cb))
+	if (!sent)
 		job_log(job, LOG_LEVEL_DEBUG, "the queue is down: last_error not written");
 	free(sql);
+	return sent;
 }
 
 /* Write throttled_reason now (not only at the next checkpoint): a held job has none. */

@@ -72,9 +72,6 @@ static void job_cond_failed(job_t *job, const pgconn_result_t *res)
 {
 	char err[1024];
 	bool window = job->steps.of[res->failed_index] == STEP_WINDOW;
-	char *sql = queuesql(QSQL_SET_ERROR, daemon_config()->schema);
-	const char *params[] = {daemon_name(), job->id_text, err};
-	pgconn_stmt_t stmt = {sql, 3, params, NULL, NULL};
 
 	text_snprintf(err, sizeof(err), "%s: %s (%s as role %s: the job holds until it works)", res->sqlstate,
 		      res->message, job_failed_step(job, res), job->run_as);
@@ -82,9 +79,8 @@ static void job_cond_failed(job_t *job, const pgconn_result_t *res)
 		/* Set before the answer: a clear that follows must be sent even while this one is in
 		 * flight (the queue connection keeps their order). */
 		job->cond_error_set = true;
-		job->cond_error_missed = !job_queue_send(job, &stmt, 1, job_cond_error_cb);
+		job->cond_error_missed = !job_write_error(job, err, job_cond_error_cb);
 	}
-	free(sql);
 	job_cond_hold(job, window ? REASON_RUN_WINDOW : REASON_HOLD_WHEN_SQL, err);
 }
 
@@ -134,12 +130,7 @@ static void job_cond_cleared_cb(pgconn_t *conn, const pgconn_result_t *res, void
  * the job could finish with the stale error). The job waits in JOB_HOLD_CHECK for the answer. */
 static void job_cond_clear(job_t *job)
 {
-	char *sql = queuesql(QSQL_SET_ERROR, daemon_config()->schema);
-	const char *params[] = {daemon_name(), job->id_text, NULL};
-	pgconn_stmt_t stmt = {sql, 3, params, NULL, NULL};
-
-	job->cond_clearing = job_queue_send(job, &stmt, 1, job_cond_cleared_cb);
-	free(sql);
+	job->cond_clearing = job_write_error(job, NULL, job_cond_cleared_cb);
 	if (!job->cond_clearing)
 		job_cond_go_on(job); /* the queue is down: cleared at a later check */
 }

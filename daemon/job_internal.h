@@ -199,8 +199,10 @@ void job_report(const job_t *job, bool running);
 void job_sleep(job_t *job, job_state_t state, int64_t ms);
 void job_retry_later(job_t *job);
 void job_write_reason(job_t *job, reason_t reason);
-/* Write ERROR (NULL: none) into the job row's last_error, the job going on. */
-void job_write_error(job_t *job, const char *error);
+/* Write ERROR (NULL: none) into the job row's last_error, the job going on. CB (NULL: a warning
+ * if it fails) has the answer: true when written or already so, false when another session kept
+ * the row locked. False when the queue is down: nothing sent. */
+bool job_write_error(job_t *job, const char *error, pgconn_result_cb cb);
 void job_hold(job_t *job);
 void job_release(job_t *job, const char *state, const char *error);
 void job_fail(job_t *job, const char *error);

@@ -100,7 +100,7 @@ static void job_vacuum_denied(job_t *job)
 		if (job->slice > 0)
 			daemon_each_sibling(job, job_sibling_said, NULL);
 	}
-	job_write_error(job, note);
+	job_write_error(job, note, NULL);
 }
 
 bool job_vacuum_due(job_t *job)
